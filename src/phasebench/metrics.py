@@ -1,0 +1,390 @@
+"""Every metric, defined once. ``docs/metrics.md`` gives the same definitions in words.
+
+Inputs are request records (nanoseconds from the run's start); outputs are plain dicts that go into
+``summary.json``. Latencies are in milliseconds, rates per second.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from .records import RequestRecord
+from .spec import SLO
+
+PERCENTILES = (50, 90, 95, 99, 99.9)
+NS_PER_MS = 1e6
+
+
+# ---- per-request metrics ------------------------------------------------------------------------------
+
+
+def ttft_ms(r: RequestRecord) -> float | None:
+    """Time to first token, from the *scheduled* send (MLPerf LoadGen): client queueing counts."""
+    return None if r.first_token_ns is None else (r.first_token_ns - r.scheduled_ns) / NS_PER_MS
+
+
+def ttft_sent_ms(r: RequestRecord) -> float | None:
+    """Time to first token from the moment the request was actually sent."""
+    if r.first_token_ns is None or r.sent_ns is None:
+        return None
+    return (r.first_token_ns - r.sent_ns) / NS_PER_MS
+
+
+def send_lag_ms(r: RequestRecord) -> float | None:
+    """How late the client sent: actual send − scheduled send."""
+    return None if r.sent_ns is None else (r.sent_ns - r.scheduled_ns) / NS_PER_MS
+
+
+def ttfot_ms(r: RequestRecord) -> float | None:
+    """Time to first visible-answer token (reasoning tokens excluded), from the scheduled send."""
+    return None if r.first_answer_ns is None else (r.first_answer_ns - r.scheduled_ns) / NS_PER_MS
+
+
+def e2e_ms(r: RequestRecord) -> float | None:
+    """End-to-end latency: end of the stream − scheduled send."""
+    return None if r.end_ns is None else (r.end_ns - r.scheduled_ns) / NS_PER_MS
+
+
+def tpot_ms(r: RequestRecord) -> float | None:
+    """Time per output token after the first: (last token − first token) / (N_out − 1).
+
+    Equal to (E2E − TTFT)/(N_out − 1) with E2E taken at the last token; the first token is excluded
+    (vLLM, SGLang, MLPerf). Undefined for fewer than 2 output tokens.
+    """
+    n = r.output_tokens or 0
+    if n < 2 or r.first_token_ns is None or r.last_token_ns is None:
+        return None
+    return (r.last_token_ns - r.first_token_ns) / (n - 1) / NS_PER_MS
+
+
+def itl_chunk_ms(r: RequestRecord) -> list[float]:
+    """Per-chunk inter-token latency: gaps between arrivals of consecutive token-bearing chunks."""
+    c = r.chunk_ns
+    return [(c[i] - c[i - 1]) / NS_PER_MS for i in range(1, len(c))]
+
+
+def itl_token_ms(r: RequestRecord) -> list[float]:
+    """Per-token inter-token latency: each chunk's gap divided evenly among the tokens it carried."""
+    c, k = r.chunk_ns, r.chunk_tokens
+    out: list[float] = []
+    for i in range(1, len(c)):
+        n = k[i] if i < len(k) and k[i] > 0 else 1
+        out.extend([(c[i] - c[i - 1]) / n / NS_PER_MS] * n)
+    return out
+
+
+def prefill_tps(r: RequestRecord) -> float | None:
+    """Prefill throughput of one request: prompt tokens / TTFT from the actual send (tokens/s)."""
+    t = ttft_sent_ms(r)
+    n = r.prompt_tokens or r.input_tokens
+    return None if not t or not n else n / (t / 1000)
+
+
+def decode_tps(r: RequestRecord) -> float | None:
+    """Decode rate of one request: 1 / TPOT (tokens/s)."""
+    t = tpot_ms(r)
+    return None if not t else 1000 / t
+
+
+def meets_slo(r: RequestRecord, slo: SLO) -> bool:
+    """A request meets the SLO when it succeeded and is under every threshold that is set.
+    The ITL threshold applies to the request's worst per-token gap."""
+    if not r.ok:
+        return False
+    checks = (
+        (slo.ttft_ms, ttft_ms(r)),
+        (slo.tpot_ms, tpot_ms(r)),
+        (slo.e2e_ms, e2e_ms(r)),
+        (slo.itl_ms, max(itl_token_ms(r), default=None)),
+    )
+    return all(limit is None or value is None or value <= limit for limit, value in checks)
+
+
+_CONSTRAINED = {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "e2e_ms": e2e_ms}
+
+
+# ---- statistics ----------------------------------------------------------------------------------------
+
+
+def quantile_ci(sorted_vals: np.ndarray, q: float, confidence: float = 0.95) -> tuple[float, float | None] | None:
+    """Distribution-free confidence interval for the q-quantile from order statistics (binomial, normal
+    approximation). The upper end is None when there are too few samples to bound it (n < ~ 1/(1-q))."""
+    n = len(sorted_vals)
+    if n < 2:
+        return None
+    z = 1.959963984540054 if confidence == 0.95 else _z(confidence)
+    half = z * math.sqrt(n * q * (1 - q))
+    lo = int(math.floor(n * q - half))
+    hi = int(math.ceil(n * q + half))
+    if hi >= n:
+        return (float(sorted_vals[max(lo, 0)]), None)
+    return (float(sorted_vals[max(lo, 0)]), float(sorted_vals[hi]))
+
+
+def _z(conf: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(0.5 + conf / 2)
+
+
+def describe(values: Iterable[float | None]) -> dict[str, Any]:
+    """count, mean, std, min, max, p50/p90/p95/p99/p99.9 and a 95% CI for p99."""
+    arr = np.fromiter((v for v in values if v is not None and not math.isnan(v)), dtype=np.float64)
+    if arr.size == 0:
+        return {"count": 0}
+    arr.sort()
+    out: dict[str, Any] = {
+        "count": int(arr.size),
+        "mean": float(arr.mean()),
+        "std": float(arr.std(ddof=1)) if arr.size > 1 else 0.0,
+        "min": float(arr[0]),
+        "max": float(arr[-1]),
+    }
+    for p in PERCENTILES:
+        out[f"p{p:g}"] = float(np.percentile(arr, p))
+    ci = quantile_ci(arr, 0.99)
+    out["p99_ci95"] = list(ci) if ci else None
+    return out
+
+
+# ---- the run's summary ---------------------------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """What the metrics need to know about the run besides its records."""
+
+    scenario: str
+    slo: SLO
+    warmup_s: float = 0.0
+    cooldown_s: float = 0.0
+    target_rate: float | None = None
+    burstiness: float | None = None
+    concurrency: int | None = None
+    client_cpu_s: float | None = None
+    wall_s: float | None = None
+    partial: bool = False
+    exact_output: bool = True
+    mlperf: bool = False
+    extra_warnings: list[str] = field(default_factory=list)
+
+
+def window(records: Sequence[RequestRecord], ctx: RunContext) -> tuple[int, int]:
+    """The measurement window [start, end] in ns: warm-up and cool-down cut by event timestamps."""
+    ends = [r.end_ns for r in records if r.end_ns is not None and not r.warmup]
+    starts = [r.scheduled_ns for r in records if not r.warmup]
+    if not starts:
+        return (0, 0)
+    start = min(starts) + int(ctx.warmup_s * 1e9)
+    end = (max(ends) if ends else max(starts)) - int(ctx.cooldown_s * 1e9)
+    return (start, max(end, start))
+
+
+def max_in_flight(records: Iterable[RequestRecord]) -> int:
+    events: list[tuple[int, int]] = []
+    for r in records:
+        if r.sent_ns is not None and r.end_ns is not None:
+            events.append((r.sent_ns, 1))
+            events.append((r.end_ns, -1))
+    events.sort(key=lambda e: (e[0], e[1]))
+    cur = best = 0
+    for _, d in events:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, Any]:
+    """The run's summary: vLLM-bench-compatible top-level keys, phasebench's own under ``phasebench``."""
+    measured = [r for r in records if not r.warmup]
+    w0, w1 = window(measured, ctx)
+    span_s = max((w1 - w0) / 1e9, 1e-9)
+    in_win = [r for r in measured if w0 <= r.scheduled_ns <= w1]
+    ok = [r for r in in_win if r.ok]
+    failed = [r for r in in_win if not r.ok]
+
+    # Throughput counts events inside the window: tokens by chunk arrival, requests by completion.
+    out_tokens_in_win = 0
+    for r in measured:
+        if not r.ok:
+            continue
+        for t, k in zip(r.chunk_ns, r.chunk_tokens):
+            if w0 <= t <= w1:
+                out_tokens_in_win += k
+    done_in_win = [r for r in measured if r.ok and r.end_ns is not None and w0 <= r.end_ns <= w1]
+    in_tokens_in_win = sum((r.prompt_tokens or r.input_tokens or 0) for r in done_in_win)
+
+    m = {
+        "ttft_ms": describe(ttft_ms(r) for r in ok),
+        "ttft_sent_ms": describe(ttft_sent_ms(r) for r in ok),
+        "send_lag_ms": describe(send_lag_ms(r) for r in in_win),
+        "ttfot_ms": describe(ttfot_ms(r) for r in ok),
+        "tpot_ms": describe(tpot_ms(r) for r in ok),
+        "itl_chunk_ms": describe(x for r in ok for x in itl_chunk_ms(r)),
+        "itl_token_ms": describe(x for r in ok for x in itl_token_ms(r)),
+        "e2e_ms": describe(e2e_ms(r) for r in ok),
+        "prefill_tps": describe(prefill_tps(r) for r in ok),
+        "decode_tps": describe(decode_tps(r) for r in ok),
+        "input_tokens": describe((r.prompt_tokens or r.input_tokens) for r in ok),
+        "output_tokens": describe(r.output_tokens for r in ok),
+    }
+    met = [r for r in in_win if meets_slo(r, ctx.slo)]
+    slo_block: dict[str, Any] = {"slo": ctx.slo.model_dump(), "met": len(met), "total": len(in_win)}
+    slo_block["attainment"] = len(met) / len(in_win) if in_win else None
+    slo_block["goodput"] = len(met) / span_s
+    constraints = []
+    pkey = f"p{ctx.slo.percentile:g}"
+    for name, limit in (("ttft_ms", ctx.slo.ttft_ms), ("tpot_ms", ctx.slo.tpot_ms), ("e2e_ms", ctx.slo.e2e_ms)):
+        if limit is None:
+            continue
+        vals = [v for v in (_CONSTRAINED[name](r) for r in ok) if v is not None]
+        got = float(np.percentile(vals, ctx.slo.percentile)) if vals else None
+        constraints.append({"metric": name, "percentile": ctx.slo.percentile, "limit": limit, "value": got,
+                            "ok": got is not None and got <= limit})
+    slo_block["constraints"] = constraints
+
+    errors = Counter(r.error_type or "unknown" for r in failed)
+    usage_diffs = [
+        r.output_tokens - r.output_tokens_client
+        for r in ok
+        if r.output_tokens_source == "usage" and r.output_tokens_client is not None and r.output_tokens is not None
+    ]
+    length_mismatch = sum(1 for r in ok if r.length_met is False)
+    achieved_send_rate = None
+    sends = sorted(r.sent_ns for r in in_win if r.sent_ns is not None)
+    if len(sends) > 1:
+        achieved_send_rate = (len(sends) - 1) / ((sends[-1] - sends[0]) / 1e9 or 1e-9)
+    sched = sorted(r.scheduled_ns for r in in_win)
+    scheduled_rate = (len(sched) - 1) / ((sched[-1] - sched[0]) / 1e9 or 1e-9) if len(sched) > 1 else None
+    cpu_frac = None
+    if ctx.client_cpu_s is not None and ctx.wall_s:
+        cpu_frac = ctx.client_cpu_s / ctx.wall_s
+
+    server_prompt_ms = [r.server_timing.get("prompt_ms") for r in ok if r.server_timing]
+    server_tpot = [
+        r.server_timing["predicted_ms"] / r.server_timing["predicted_n"]
+        for r in ok
+        if r.server_timing and r.server_timing.get("predicted_n") and r.server_timing.get("predicted_ms") is not None
+    ]
+
+    client = {
+        "cpu_s": ctx.client_cpu_s,
+        "wall_s": ctx.wall_s,
+        "cpu_fraction": cpu_frac,
+        "max_in_flight": max_in_flight(measured),
+        "target_rate": ctx.target_rate,
+        "scheduled_rate": scheduled_rate,
+        "achieved_send_rate": achieved_send_rate,
+    }
+    valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, len(in_win), span_s, ctx, slo_block)
+
+    total_out = sum(r.output_tokens or 0 for r in ok)
+    total_in = sum((r.prompt_tokens or r.input_tokens or 0) for r in ok)
+    summary: dict[str, Any] = {
+        "completed": len(ok),
+        "failed": len(failed),
+        "duration": span_s,
+        "max_concurrency": ctx.concurrency,
+        "request_rate": ctx.target_rate if ctx.target_rate is not None else "inf",
+        "burstiness": ctx.burstiness,
+        "total_input_tokens": total_in,
+        "total_output_tokens": total_out,
+        "request_throughput": len(done_in_win) / span_s,
+        "output_throughput": out_tokens_in_win / span_s,
+        "total_token_throughput": (out_tokens_in_win + in_tokens_in_win) / span_s,
+        "request_goodput": slo_block["goodput"] if not ctx.slo.is_empty() else None,
+    }
+    for short, key in (("ttft", "ttft_ms"), ("tpot", "tpot_ms"), ("itl", "itl_chunk_ms"), ("e2el", "e2e_ms")):
+        s = m[key]
+        summary[f"mean_{short}_ms"] = s.get("mean")
+        summary[f"median_{short}_ms"] = s.get("p50")
+        summary[f"std_{short}_ms"] = s.get("std")
+        for p in (90, 95, 99):
+            summary[f"p{p}_{short}_ms"] = s.get(f"p{p}")
+    summary["phasebench"] = {
+        "scenario": ctx.scenario,
+        "valid": valid,
+        "partial": ctx.partial,
+        "reasons": reasons,
+        "warnings": warnings,
+        "window_ns": [w0, w1],
+        "metrics": m,
+        "slo": slo_block,
+        "errors": dict(errors),
+        "client": client,
+        "tokens": {
+            "usage_minus_client": describe(usage_diffs),
+            "length_mismatch": length_mismatch,
+            "output_tokens_source": dict(Counter(r.output_tokens_source or "none" for r in ok)),
+        },
+        "server_timing": {
+            "prompt_ms": describe(server_prompt_ms),
+            "tpot_ms": describe(server_tpot),
+        },
+    }
+    return summary
+
+
+# Thresholds of the honesty checks (documented in docs/metrics.md).
+SEND_LAG_P99_LIMIT_MS = 10.0
+CLIENT_CPU_LIMIT = 0.85
+RATE_TOLERANCE = 0.10
+MLPERF_MIN_DURATION_S = 600.0
+MLPERF_MIN_QUERIES = 24576  # LoadGen's min_query_count for the llama2-70b server scenario (its dataset size)
+
+
+def check_validity(
+    m: dict[str, Any],
+    client: dict[str, Any],
+    errors: Counter,
+    length_mismatch: int,
+    n: int,
+    span_s: float,
+    ctx: RunContext,
+    slo_block: dict[str, Any],
+) -> tuple[bool, list[str], list[str]]:
+    reasons: list[str] = []
+    warnings: list[str] = list(ctx.extra_warnings)
+    if ctx.partial:
+        reasons.append("partial: the run was interrupted before it finished")
+    if n == 0:
+        reasons.append("no requests in the measurement window")
+    lag = m["send_lag_ms"].get("p99")
+    if ctx.scenario == "server" and lag is not None and lag > SEND_LAG_P99_LIMIT_MS:
+        reasons.append(
+            f"client fell behind its schedule: send-lag p99 {lag:.1f} ms > {SEND_LAG_P99_LIMIT_MS:g} ms"
+        )
+    cpu = client.get("cpu_fraction")
+    if cpu is not None and cpu > CLIENT_CPU_LIMIT:
+        reasons.append(
+            f"the client, not the server, may be the bottleneck: it used {cpu:.0%} of a core "
+            f"(limit {CLIENT_CPU_LIMIT:.0%}); lower the load or use a faster machine for the client"
+        )
+    tr, ar = client.get("target_rate"), client.get("achieved_send_rate")
+    if ctx.scenario == "server" and tr and ar and n >= 50 and abs(ar - tr) / tr > RATE_TOLERANCE * 3:
+        warnings.append(f"achieved send rate {ar:.2f}/s differs from the target {tr:.2f}/s by > 30%")
+    if errors:
+        total_err = sum(errors.values())
+        detail = ", ".join(f"{k}: {v}" for k, v in errors.most_common())
+        warnings.append(f"{total_err} of {n} requests failed ({detail})")
+        if total_err > 0.05 * max(n, 1):
+            reasons.append(f"{total_err / max(n, 1):.0%} of requests failed")
+    if ctx.exact_output and length_mismatch:
+        warnings.append(
+            f"{length_mismatch} requests returned fewer output tokens than asked (the server may not honour ignore_eos)"
+        )
+    for c in slo_block.get("constraints", []):
+        if not c["ok"]:
+            v = "none" if c["value"] is None else f"{c['value']:.1f}"
+            reasons.append(f"latency constraint failed: p{c['percentile']:g} {c['metric']} {v} > {c['limit']:g}")
+    if ctx.mlperf:
+        if span_s < MLPERF_MIN_DURATION_S:
+            reasons.append(f"MLPerf: run lasted {span_s:.0f} s < {MLPERF_MIN_DURATION_S:.0f} s minimum")
+        if n < MLPERF_MIN_QUERIES:
+            reasons.append(f"MLPerf: {n} queries < {MLPERF_MIN_QUERIES} minimum")
+    return (not reasons, reasons, warnings)

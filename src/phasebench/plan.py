@@ -1,0 +1,262 @@
+"""The default plan: what ``phasebench run`` does with no ``--url``.
+
+1. start the embedded llama.cpp engine with N slots on 127.0.0.1 and warm it up;
+2. prefill sweep: TTFT against exact input length (server /tokenize), one output token;
+3. decode sweep: TPOT and throughput against concurrency 1, 2, 4, 8;
+4. a server-scenario (Poisson) run near the measured capacity, with a default SLO: goodput;
+5. probe this machine's memory wall and explain where each phase sits.
+Each step is an ordinary run folder under one plan folder; the engine is stopped whatever happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .engine.server import Engine, EngineConfig
+from .progress import RichProgress
+from .results import Run, RunFolder
+from .runner import Interrupted, install_uvloop, run_one
+from .spec import RunSpec, Scenario, parse_slo
+
+DEFAULT_SLO = "ttft=2000,tpot=100"  # the MLPerf llama3.1-8b server thresholds, used as a plain per-request SLO
+
+
+@dataclass(frozen=True)
+class PlanShape:
+    prefill_lengths: tuple[int, ...]
+    prefill_repeats: int
+    decode_concurrency: tuple[int, ...]
+    decode_input: int
+    decode_output: int
+    server_seconds: float
+    slots: int
+
+
+FULL = PlanShape((32, 128, 256, 512, 1024), 2, (1, 2, 4, 8), 64, 64, 30.0, 8)
+QUICK = PlanShape((32, 256, 1024), 1, (1, 4), 32, 32, 8.0, 4)
+
+
+def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path | None = None,
+                     model_path: Path | None = None, console: Console | None = None, json_out: bool = False) -> Run:
+    console = console or Console()
+    shape = QUICK if quick else FULL
+    out = out or Path("runs") / ("plan-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    folder = RunFolder(out)
+    install_uvloop()
+    eng = Engine(EngineConfig(binary=binary, model_path=model_path, slots=shape.slots), Console(stderr=True))
+    eng.resolve()
+    console.print(f"[bold]engine[/]: llama-server, {shape.slots} slots · model {escape(str(eng.model_info.get('name')))} "
+                  f"({eng.model_info.get('quantization')}, {eng.model_info.get('parameters', 0) / 1e6:.0f} M params)")
+    with eng:
+        console.print(f"engine healthy at {eng.url}")
+        engine_manifest = eng.manifest()
+        try:
+            result = asyncio.run(_steps(eng, shape, folder, engine_manifest, console))
+        except Interrupted as e:
+            console.print(f"[yellow]interrupted: partial results kept in {out}[/]")
+            raise SystemExit(130) from e
+    if json_out:
+        import orjson
+
+        print(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print_plan(result, console)
+    return result
+
+
+def _spec(eng: Engine, out: Path, **kw: Any) -> RunSpec:
+    return RunSpec(url=eng.url, model=None, tokenizer="server", out=out, timeout=300, **kw)
+
+
+async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manifest: dict[str, Any],
+                 console: Console) -> Run:
+    from .model.probe import probe
+
+    progress = RichProgress(Console(stderr=True))
+    extra = {**engine_manifest, "plan": {"quick": shape == QUICK}}
+    names: list[str] = []
+    children: list[Run] = []
+
+    async def step(name: str, spec: RunSpec) -> Run:
+        r = await run_one(spec, progress, extra, label=name)
+        names.append(name)
+        children.append(r)
+        return r
+
+    # warm-up: load weights into the page cache, open the slots
+    await run_one(_spec(eng, None, scenario=Scenario.concurrency, concurrency=[2], requests=2,
+                        input_tokens=64, output_tokens=8), None, extra)
+
+    console.print("[bold]1/4 prefill sweep[/]: TTFT against input length, 1 output token")
+    for n in shape.prefill_lengths:
+        await step(f"prefill-{n:04d}", _spec(eng, folder.path / f"prefill-{n:04d}", scenario=Scenario.single_stream,
+                                             requests=shape.prefill_repeats, input_tokens=n, output_tokens=1,
+                                             seed=n))
+    console.print("[bold]2/4 decode sweep[/]: TPOT and throughput against concurrency")
+    for c in shape.decode_concurrency:
+        await step(f"decode-c{c}", _spec(eng, folder.path / f"decode-c{c}", scenario=Scenario.concurrency,
+                                         concurrency=[c], requests=max(2 * c, 3), input_tokens=shape.decode_input,
+                                         output_tokens=shape.decode_output, seed=100 + c))
+    best = max(children[-len(shape.decode_concurrency):], key=lambda r: r.summary.get("request_throughput") or 0)
+    capacity = best.summary.get("request_throughput") or 0.5
+    rate = round(max(0.1, 0.7 * capacity), 2)
+    console.print(f"[bold]3/4 server scenario[/]: Poisson arrivals at {rate}/s (70% of the measured "
+                  f"{capacity:.2f} req/s), SLO {DEFAULT_SLO}")
+    await step("server", _spec(eng, folder.path / "server", scenario=Scenario.server, rate=[rate],
+                               duration=shape.server_seconds, input_tokens=shape.decode_input,
+                               output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7))
+    console.print("[bold]4/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s")
+    pr = probe(quick=shape == QUICK)
+    summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
+    from . import __version__
+
+    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "children": names, **extra, "probe": pr.to_dict()}
+    from .env import environment
+
+    manifest["environment"] = environment()
+    folder.write_manifest(manifest)
+    folder.write_summary(summary)
+    return Run(folder.path, manifest, summary, [], children)
+
+
+def _med(run: Run, key: str) -> float | None:
+    return (run.summary.get("phasebench", {}).get("metrics", {}).get(key) or {}).get("p50")
+
+
+def kv_bytes_per_token(mf: dict[str, Any], kv_bytes: int = 2) -> int:
+    """2 (K and V) · layers · KV heads · head dim · bytes (llama.cpp's default KV cache is f16)."""
+    layers, hidden, heads, kv = mf.get("layers"), mf.get("hidden"), mf.get("heads"), mf.get("kv_heads")
+    if not (layers and hidden and heads and kv):
+        return 0
+    return 2 * layers * kv * (hidden // heads) * kv_bytes
+
+
+def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:
+    by = dict(zip(names, children))
+    prefill = []
+    for name, r in by.items():
+        if name.startswith("prefill-"):
+            prefill.append({"input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
+                            "prefill_tps_p50": _med(r, "prefill_tps"),
+                            "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")})
+    decode = []
+    for name, r in by.items():
+        if name.startswith("decode-c"):
+            decode.append({"concurrency": int(name[len("decode-c"):]), "tpot_ms_p50": _med(r, "tpot_ms"),
+                           "itl_token_ms_p50": _med(r, "itl_token_ms"),
+                           "output_throughput": r.summary.get("output_throughput"),
+                           "server_tpot_ms_p50": (r.summary["phasebench"]["server_timing"]["tpot_ms"] or {}).get("p50")})
+    server = by.get("server")
+    mf = engine.get("model_file", {})
+    weight_bytes = mf.get("bytes") or 0
+    kvb = kv_bytes_per_token(mf)
+    wall: dict[str, Any] = {"probe": probe, "weight_bytes": weight_bytes, "kv_bytes_per_token": kvb}
+    bw = probe.get("bandwidth_gbps") or 0
+    if decode and decode[0]["tpot_ms_p50"] and bw:
+        # context during decode at batch 1: input + half the output, on average
+        d1 = decode[0]
+        ctx = children[names.index("decode-c1")].summary["phasebench"]["metrics"]["input_tokens"].get("mean", 0) or 0
+        bytes_step = weight_bytes + kvb * ctx
+        achieved = bytes_step / (d1["tpot_ms_p50"] / 1000) / 1e9
+        wall["decode_bytes_per_step"] = bytes_step
+        wall["decode_achieved_gbps"] = achieved
+        wall["decode_mbu"] = achieved / bw
+    params = mf.get("parameters") or 0
+    flops_peak = probe.get("matmul_gflops_fp32") or 0
+    if prefill and params and flops_peak:
+        longest = max(prefill, key=lambda p: p["input_tokens"])
+        if longest["prefill_tps_p50"]:
+            achieved_gflops = 2 * params * longest["prefill_tps_p50"] / 1e9
+            wall["prefill_achieved_gflops"] = achieved_gflops
+            wall["prefill_mfu_vs_fp32_matmul"] = achieved_gflops / flops_peak
+    return {
+        "prefill_sweep": prefill,
+        "decode_sweep": decode,
+        "server": None if server is None else {k: server.summary.get(k) for k in (
+            "request_rate", "completed", "failed", "request_throughput", "output_throughput", "median_ttft_ms",
+            "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "request_goodput")} | {
+            "slo_attainment": server.summary["phasebench"]["slo"]["attainment"], "valid": server.valid},
+        "memory_wall": wall,
+        "verdicts": verdicts(prefill, decode, wall),
+        "phasebench": {"valid": all(c.valid for c in children), "partial": False,
+                       "reasons": [f"{n}: {r}" for n, c in by.items() for r in c.summary["phasebench"]["reasons"]],
+                       "warnings": []},
+    }
+
+
+def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> list[str]:
+    out = []
+    if "decode_mbu" in wall:
+        p = wall["probe"]
+        out.append(
+            f"decode is memory-bound: at batch 1 each step reads ~{wall['decode_bytes_per_step'] / 1e6:.0f} MB "
+            f"(weights + KV), {wall['decode_achieved_gbps']:.1f} GB/s = {wall['decode_mbu']:.0%} of the probed "
+            f"{p['bandwidth_gbps']:.1f} GB/s DRAM bandwidth"
+        )
+    ok = [d for d in decode if d["output_throughput"] and d["tpot_ms_p50"]]
+    if len(ok) >= 2:
+        base = ok[0]
+        best = max(ok, key=lambda d: d["output_throughput"])
+        out.append(
+            f"batching to {best['concurrency']} raises decode throughput {best['output_throughput'] / base['output_throughput']:.1f}× "
+            f"({base['output_throughput']:.0f} → {best['output_throughput']:.0f} tok/s) at "
+            f"{best['tpot_ms_p50'] / base['tpot_ms_p50']:.1f}× the TPOT"
+        )
+        last = ok[-1]
+        if best is not last:
+            out.append(f"batching stops paying beyond concurrency {best['concurrency']}: at {last['concurrency']} "
+                       f"throughput is {last['output_throughput']:.0f} tok/s")
+    if "prefill_mfu_vs_fp32_matmul" in wall:
+        pf = [p for p in prefill if p["prefill_tps_p50"]]
+        out.append(
+            f"prefill is compute-bound: {pf[-1]['prefill_tps_p50']:.0f} tok/s at {pf[-1]['input_tokens']} tokens "
+            f"≈ {wall['prefill_achieved_gflops']:.0f} GFLOP/s (2·params·tok/s) = "
+            f"{wall['prefill_mfu_vs_fp32_matmul']:.0%} of numpy's fp32 matmul peak here"
+        )
+    return out
+
+
+def print_plan(run: Run, console: Console) -> None:
+    s = run.summary
+    t = Table(title="Prefill: TTFT against input length (single stream, 1 output token)", title_justify="left")
+    for c in ("input tokens", "TTFT p50 (ms)", "prefill tok/s", "server prompt ms"):
+        t.add_column(c, justify="right")
+    for p in s["prefill_sweep"]:
+        t.add_row(str(p["input_tokens"]), _n(p["ttft_ms_p50"]), _n(p["prefill_tps_p50"], 0), _n(p["server_prompt_ms_p50"]))
+    console.print(t)
+    t = Table(title="Decode: TPOT and throughput against concurrency", title_justify="left")
+    for c in ("concurrency", "TPOT p50 (ms)", "ITL/token p50 (ms)", "server TPOT (ms)", "output tok/s"):
+        t.add_column(c, justify="right")
+    for d in s["decode_sweep"]:
+        t.add_row(str(d["concurrency"]), _n(d["tpot_ms_p50"]), _n(d["itl_token_ms_p50"]), _n(d["server_tpot_ms_p50"]),
+                  _n(d["output_throughput"], 1))
+    console.print(t)
+    sv = s.get("server")
+    if sv:
+        att = sv.get("slo_attainment")
+        console.print(
+            f"[bold]Server scenario[/] at {sv['request_rate']}/s: {sv['completed']} done, {sv['failed']} failed, "
+            f"TTFT p50/p99 {_n(sv['median_ttft_ms'])}/{_n(sv['p99_ttft_ms'])} ms, TPOT p50/p99 "
+            f"{_n(sv['median_tpot_ms'])}/{_n(sv['p99_tpot_ms'])} ms, goodput {_n(sv['request_goodput'])} req/s "
+            f"(SLO {DEFAULT_SLO} met by {'-' if att is None else f'{att:.0%}'})"
+        )
+    console.print("[bold]Where the phases sit[/]")
+    for v in s["verdicts"]:
+        console.print(f"  • {escape(v)}")
+    for r in s["phasebench"]["reasons"]:
+        console.print(f"[yellow]  ! {escape(r)}[/]")
+    console.print(f"results: {escape(str(run.path))}")
+
+
+def _n(v: Any, nd: int = 1) -> str:
+    return "-" if v is None else f"{v:,.{nd}f}"

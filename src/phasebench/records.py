@@ -1,0 +1,132 @@
+"""The per-request timeline, and its JSON Lines writer and reader.
+
+Every timestamp is integer nanoseconds from ``time.perf_counter_ns`` (CLOCK_MONOTONIC), stored relative to
+the run's start ``t0`` (recorded in the manifest). ``None`` means the request never got that far.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import IO, Any, Iterable, Iterator
+
+import orjson
+
+RECORD_SCHEMA = 1
+
+ERROR_TYPES = (
+    "http_4xx",
+    "http_5xx",
+    "http_429",
+    "connection",
+    "timeout",
+    "stall",
+    "malformed",
+    "dropped",
+    "server_error",
+    "cancelled",
+)
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    index: int
+    request_id: str
+    scheduled_ns: int
+    sent_ns: int | None = None
+    headers_ns: int | None = None
+    first_byte_ns: int | None = None
+    first_token_ns: int | None = None
+    first_answer_ns: int | None = None
+    last_token_ns: int | None = None
+    end_ns: int | None = None
+    # One entry per token-bearing chunk: arrival time and the number of tokens it carried.
+    chunk_ns: list[int] = field(default_factory=list)
+    chunk_tokens: list[int] = field(default_factory=list)
+    reasoning_chunks: int = 0
+    input_tokens: int | None = None  # what the workload intended
+    prompt_tokens: int | None = None  # what the server's usage said
+    expected_output_tokens: int | None = None
+    output_tokens: int | None = None  # server usage first, else client count
+    output_tokens_client: int | None = None  # counted by the client (tokenizer, or chunks)
+    output_tokens_source: str | None = None  # "usage" | "tokenizer" | "chunks"
+    length_met: bool | None = None
+    finish_reason: str | None = None
+    status: int | None = None
+    error: str | None = None
+    error_type: str | None = None
+    server_timing: dict[str, Any] | None = None  # engine's own timing (llama.cpp timings, ollama durations)
+    retries: int = 0  # re-sends after a stale pooled connection failed before any byte was exchanged
+    warmup: bool = False
+    simulated: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.end_ns is not None
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(asdict(self)) + b"\n"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RequestRecord":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+class RecordWriter:
+    """Appends one line per finished request and flushes it at once: a crash loses nothing finished."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f: IO[bytes] = open(self.path, "ab", buffering=0)
+        self.count = 0
+
+    def write(self, rec: RequestRecord) -> None:
+        self._f.write(rec.to_json())
+        self.count += 1
+
+    def sync(self) -> None:
+        os.fsync(self._f.fileno())
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self.sync()
+            self._f.close()
+
+    def __enter__(self) -> "RecordWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass
+class ReadResult:
+    records: list[RequestRecord]
+    skipped: int  # lines that were not whole JSON records (e.g. a crash mid-write)
+
+
+def read_records(path: Path) -> ReadResult:
+    recs: list[RequestRecord] = []
+    skipped = 0
+    with open(path, "rb") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                recs.append(RequestRecord.from_dict(orjson.loads(line)))
+            except (orjson.JSONDecodeError, TypeError):
+                skipped += 1
+    return ReadResult(recs, skipped)
+
+
+def write_records(path: Path, records: Iterable[RequestRecord]) -> None:
+    with RecordWriter(path) as w:
+        for r in records:
+            w.write(r)
+
+
+def iter_ok(records: Iterable[RequestRecord]) -> Iterator[RequestRecord]:
+    return (r for r in records if r.ok and not r.warmup)

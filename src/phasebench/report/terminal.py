@@ -1,0 +1,136 @@
+"""The terminal summary of a run or a sweep: rich tables, which print plainly when output is not a TTY.
+
+Any text that came from a server or a dataset is passed through ``escape`` so it cannot inject rich markup.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..results import Run
+
+ROWS = (
+    ("TTFT (from schedule)", "ttft_ms"),
+    ("TTFT (from send)", "ttft_sent_ms"),
+    ("send lag", "send_lag_ms"),
+    ("TTFOT (answer)", "ttfot_ms"),
+    ("TPOT", "tpot_ms"),
+    ("ITL per chunk", "itl_chunk_ms"),
+    ("ITL per token", "itl_token_ms"),
+    ("E2E", "e2e_ms"),
+)
+
+
+def _f(v: Any, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.{nd}f}"
+    return str(v)
+
+
+def latency_table(summary: dict[str, Any]) -> Table:
+    m = summary.get("phasebench", {}).get("metrics", {})
+    t = Table(title="Latency (ms)", title_justify="left")
+    for col in ("metric", "n", "mean", "p50", "p90", "p99", "p99 95% CI", "max"):
+        t.add_column(col, justify="right" if col != "metric" else "left")
+    for label, key in ROWS:
+        s = m.get(key) or {}
+        if not s.get("count"):
+            continue
+        ci = s.get("p99_ci95")
+        ci_txt = "-" if not ci else f"{ci[0]:.1f}–{'∞' if ci[1] is None else f'{ci[1]:.1f}'}"
+        t.add_row(label, str(s["count"]), _f(s["mean"]), _f(s["p50"]), _f(s["p90"]), _f(s["p99"]), ci_txt, _f(s["max"]))
+    return t
+
+
+def throughput_table(summary: dict[str, Any]) -> Table:
+    pb = summary.get("phasebench", {})
+    m = pb.get("metrics", {})
+    t = Table(title="Throughput", title_justify="left", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    t.add_row("requests completed / failed", f"{summary.get('completed')} / {summary.get('failed')}")
+    t.add_row("measurement window (s)", _f(summary.get("duration"), 2))
+    t.add_row("request throughput (req/s)", _f(summary.get("request_throughput")))
+    t.add_row("output token throughput (tok/s)", _f(summary.get("output_throughput")))
+    t.add_row("total token throughput (tok/s)", _f(summary.get("total_token_throughput")))
+    pf = (m.get("prefill_tps") or {}).get("p50")
+    dc = (m.get("decode_tps") or {}).get("p50")
+    t.add_row("prefill per request, median (tok/s)", _f(pf, 1))
+    t.add_row("decode per request, median (tok/s)", _f(dc, 1))
+    slo = pb.get("slo") or {}
+    if summary.get("request_goodput") is not None:
+        att = slo.get("attainment")
+        t.add_row("goodput (req/s meeting SLO)", _f(summary["request_goodput"]))
+        t.add_row("SLO attainment", "-" if att is None else f"{att:.1%}")
+    st = pb.get("server_timing") or {}
+    if (st.get("prompt_ms") or {}).get("count"):
+        t.add_row("server-side prefill, median (ms)", _f(st["prompt_ms"]["p50"]))
+    if (st.get("tpot_ms") or {}).get("count"):
+        t.add_row("server-side TPOT, median (ms)", _f(st["tpot_ms"]["p50"]))
+    cl = pb.get("client") or {}
+    if cl.get("cpu_fraction") is not None:
+        t.add_row("client CPU (of one core)", f"{cl['cpu_fraction']:.0%}")
+    t.add_row("max in flight", str(cl.get("max_in_flight")))
+    return t
+
+
+def verdict_lines(summary: dict[str, Any]) -> list[str]:
+    pb = summary.get("phasebench", {})
+    lines = []
+    state = "VALID" if pb.get("valid") else "INVALID"
+    if pb.get("partial"):
+        state += " (partial: interrupted)"
+    lines.append(f"[bold {'green' if pb.get('valid') else 'red'}]{state}[/]")
+    for r in pb.get("reasons", []):
+        lines.append(f"[red]  ✗ {escape(str(r))}[/]")
+    for w in pb.get("warnings", []):
+        lines.append(f"[yellow]  ! {escape(str(w))}[/]")
+    return lines
+
+
+def sweep_table(run: Run) -> Table:
+    t = Table(title="Sweep", title_justify="left")
+    cols = ("point", "conc", "rate", "ok/fail", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99",
+            "goodput", "valid")
+    for c in cols:
+        t.add_column(c, justify="right" if c != "point" else "left")
+    for row in run.summary.get("points", []):
+        t.add_row(
+            row["point"], _f(row.get("max_concurrency")), _f(row.get("request_rate")),
+            f"{row.get('completed')}/{row.get('failed')}", _f(row.get("request_throughput")),
+            _f(row.get("output_throughput"), 1), _f(row.get("median_ttft_ms"), 1), _f(row.get("p99_ttft_ms"), 1),
+            _f(row.get("median_tpot_ms"), 1), _f(row.get("p99_tpot_ms"), 1), _f(row.get("request_goodput")),
+            "yes" if row.get("valid") else "no",
+        )
+    return t
+
+
+def print_run(run: Run, console: Console | None = None) -> None:
+    console = console or Console()
+    m = run.manifest
+    target = m.get("target") or {}
+    head = f"[bold]{escape(str(m.get('spec', {}).get('scenario', m.get('kind'))))}[/]"
+    if target:
+        head += f" · {escape(str(target.get('model')))} @ {escape(str(target.get('url')))}"
+    if m.get("simulated"):
+        head += " · [magenta]simulated[/]"
+    if run.path:
+        head += f" · {escape(str(run.path))}"
+    console.print(head)
+    if run.skipped_lines:
+        console.print(f"[yellow]! {run.skipped_lines} unreadable lines in requests.jsonl were skipped[/]")
+    if run.is_sweep:
+        console.print(sweep_table(run))
+        for line in verdict_lines(run.summary):
+            console.print(line)
+        return
+    console.print(latency_table(run.summary))
+    console.print(throughput_table(run.summary))
+    for line in verdict_lines(run.summary):
+        console.print(line)
