@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -189,6 +188,23 @@ def selftest(
     from .selftest import print_selftest
 
     print_selftest([int(s) for s in streams.split(",") if s.strip()], seconds, out)
+
+
+@app.command()
+def probe(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Measure this machine's memory wall: DRAM bandwidth (STREAM-like copy/triad) and matmul FLOP/s."""
+    from .model.probe import probe as run_probe
+
+    r = run_probe()
+    if json_out:
+        import json
+
+        out.print_json(json.dumps(r.to_dict()))
+        return
+    out.print(f"memory bandwidth: copy {r.copy_gbps:.1f} GB/s, triad {r.triad_gbps:.1f} GB/s ({r.threads} threads, "
+              f"{r.array_mib} MiB arrays)")
+    out.print(f"matmul fp32 (numpy BLAS): {r.matmul_gflops_fp32:.0f} GFLOP/s")
+    out.print(f"ridge point: {r.matmul_gflops_fp32 / r.bandwidth_gbps:.1f} FLOP/byte (below it a kernel is memory-bound)")
 
 
 # ---- embedded engine ---------------------------------------------------------------------------------

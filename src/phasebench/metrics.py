@@ -238,7 +238,6 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
     slo_block["attainment"] = len(met) / len(in_win) if in_win else None
     slo_block["goodput"] = len(met) / span_s
     constraints = []
-    pkey = f"p{ctx.slo.percentile:g}"
     for name, limit in (("ttft_ms", ctx.slo.ttft_ms), ("tpot_ms", ctx.slo.tpot_ms), ("e2e_ms", ctx.slo.e2e_ms)):
         if limit is None:
             continue

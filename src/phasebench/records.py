@@ -57,6 +57,7 @@ class RequestRecord:
     error: str | None = None
     error_type: str | None = None
     server_timing: dict[str, Any] | None = None  # engine's own timing (llama.cpp timings, ollama durations)
+    server_stamps: list[int] | None = None  # mock server only: its send time of each chunk (same clock)
     retries: int = 0  # re-sends after a stale pooled connection failed before any byte was exchanged
     warmup: bool = False
     simulated: bool = False

@@ -12,7 +12,6 @@ import datetime as dt
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import aiohttp

