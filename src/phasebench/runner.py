@@ -12,10 +12,9 @@ import datetime as dt
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import aiohttp
-import numpy as np
 import psutil
 
 from . import env as envmod
@@ -412,9 +411,3 @@ def run(spec: RunSpec, progress: Progress | None = None) -> Run:
     install_uvloop()
     return asyncio.run(run_async(spec, progress))
 
-
-def seeded(spec: RunSpec) -> np.random.Generator:
-    return np.random.default_rng(spec.seed)
-
-
-Callback = Callable[[RequestRecord], None]
