@@ -109,7 +109,6 @@ class Client:
         headers = dict(self._headers)
         headers["X-Request-Id"] = rec.request_id
         t0 = self.t0
-        texts: list[str] = []
         chunk_chars: list[int] = []
         parser = SSEParser()
         done = False
@@ -167,7 +166,6 @@ class Client:
                                 if rec.server_stamps is None:
                                     rec.server_stamps = []
                                 rec.server_stamps.append(d.stamp - t0)
-                            texts.append(piece)
                             rec.last_token_ns = t
                         if d.finish_reason:
                             rec.finish_reason = d.finish_reason
@@ -233,8 +231,10 @@ def settle_tokens(rec: RequestRecord, chunk_chars: list[int]) -> None:
         rec.chunk_tokens = [1] * n_chunks
     else:
         extra = total - n_chunks
-        chars = sum(chunk_chars) or n_chunks
-        shares = [extra * (c if sum(chunk_chars) else 1) / chars for c in chunk_chars]
+        total_chars = sum(chunk_chars)
+        weights = chunk_chars if total_chars else [1] * n_chunks
+        denom = total_chars or n_chunks
+        shares = [extra * w / denom for w in weights]
         base = [int(s) for s in shares]
         left = extra - sum(base)
         order = sorted(range(n_chunks), key=lambda i: shares[i] - base[i], reverse=True)
