@@ -14,6 +14,12 @@ import pytest
 
 from phasebench.spec import RunSpec
 
+# phasebench's own state (results database, hardware records, calibrations) goes to a throwaway folder,
+# never the user's ~/.phasebench; subprocesses inherit it
+import tempfile  # noqa: E402
+
+os.environ["PHASEBENCH_HOME"] = tempfile.mkdtemp(prefix="phasebench-test-home-")
+
 
 class MockProc:
     def __init__(self, *args: str) -> None:

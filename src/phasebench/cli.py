@@ -21,7 +21,8 @@ app = typer.Typer(
 engine_app = typer.Typer(no_args_is_help=True, help="The embedded llama.cpp engine: build, start, stop, status.")
 app.add_typer(engine_app, name="engine")
 
-out = Console()
+# not a terminal (CI logs, pipes): wide enough that tables keep whole numbers instead of folding them
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 
@@ -37,7 +38,9 @@ def _user_errors():  # noqa: ANN202
     from .results import NotARunError
     from .runner import RunError
 
-    return (SpecError, RunError, NotARunError, FileExistsError, EngineError)
+    from .model.errors import ModelError
+
+    return (SpecError, RunError, NotARunError, FileExistsError, EngineError, ModelError)
 
 
 @app.command()
@@ -68,6 +71,7 @@ def run(
     stall_timeout: Optional[float] = typer.Option(None, help="Max seconds between two reads of a stream."),
     model_spec: Optional[str] = typer.Option(None, help="Catalog model or config.json/GGUF, for MBU/MFU."),
     hardware: Optional[str] = typer.Option(None, help="Catalog hardware for MBU/MFU (default: local)."),
+    weight_precision: Optional[str] = typer.Option(None, help="Weights' precision for MBU: fp16, fp8, int4… (default fp16)."),
     mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
     quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
@@ -93,7 +97,7 @@ def run(
             output_tokens=output_tokens, preset=preset, dataset=dataset, tokenizer=tokenizer, slo=slo,
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
-            model_spec=model_spec, hardware=hardware, mlperf=mlperf,
+            model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, mlperf=mlperf,
         )
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
@@ -190,23 +194,6 @@ def selftest(
     print_selftest([int(s) for s in streams.split(",") if s.strip()], seconds, out)
 
 
-@app.command()
-def probe(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Measure this machine's memory wall: DRAM bandwidth (STREAM-like copy/triad) and matmul FLOP/s."""
-    from .model.probe import probe as run_probe
-
-    r = run_probe()
-    if json_out:
-        import json
-
-        out.print_json(json.dumps(r.to_dict()))
-        return
-    out.print(f"memory bandwidth: copy {r.copy_gbps:.1f} GB/s, triad {r.triad_gbps:.1f} GB/s ({r.threads} threads, "
-              f"{r.array_mib} MiB arrays)")
-    out.print(f"matmul fp32 (numpy BLAS): {r.matmul_gflops_fp32:.0f} GFLOP/s")
-    out.print(f"ridge point: {r.matmul_gflops_fp32 / r.bandwidth_gbps:.1f} FLOP/byte (below it a kernel is memory-bound)")
-
-
 # ---- embedded engine ---------------------------------------------------------------------------------
 
 
@@ -257,6 +244,10 @@ def engine_status() -> None:
 
 
 def main() -> None:
+    from . import cli_model
+
+    cli_model.register(app)  # predict, probe, calibrate, hardware, models
+
     try:
         app()
     except KeyboardInterrupt:

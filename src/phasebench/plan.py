@@ -78,7 +78,7 @@ def _spec(eng: Engine, out: Path, **kw: Any) -> RunSpec:
 
 async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manifest: dict[str, Any],
                  console: Console) -> Run:
-    from .model.probe import probe
+    from .model.probe import probe_and_record
 
     progress = RichProgress(Console(stderr=True))
     extra = {**engine_manifest, "plan": {"quick": shape == QUICK}}
@@ -91,16 +91,19 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
         children.append(r)
         return r
 
+    console.print("[bold]1/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s "
+                  "(the 'local' hardware record every step's MBU/MFU is measured against)")
+    pr, _ = probe_and_record(quick=shape == QUICK)
     # warm-up: load weights into the page cache, open the slots
     await run_one(_spec(eng, None, scenario=Scenario.concurrency, concurrency=[2], requests=2,
                         input_tokens=64, output_tokens=8), None, extra)
 
-    console.print("[bold]1/4 prefill sweep[/]: TTFT against input length, 1 output token")
+    console.print("[bold]2/4 prefill sweep[/]: TTFT against input length, 1 output token")
     for n in shape.prefill_lengths:
         await step(f"prefill-{n:04d}", _spec(eng, folder.path / f"prefill-{n:04d}", scenario=Scenario.single_stream,
                                              requests=shape.prefill_repeats, input_tokens=n, output_tokens=1,
                                              seed=n))
-    console.print("[bold]2/4 decode sweep[/]: TPOT and throughput against concurrency")
+    console.print("[bold]3/4 decode sweep[/]: TPOT and throughput against concurrency")
     for c in shape.decode_concurrency:
         await step(f"decode-c{c}", _spec(eng, folder.path / f"decode-c{c}", scenario=Scenario.concurrency,
                                          concurrency=[c], requests=max(2 * c, 3), input_tokens=shape.decode_input,
@@ -108,13 +111,11 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     best = max(children[-len(shape.decode_concurrency):], key=lambda r: r.summary.get("request_throughput") or 0)
     capacity = best.summary.get("request_throughput") or 0.5
     rate = round(max(0.1, 0.7 * capacity), 2)
-    console.print(f"[bold]3/4 server scenario[/]: Poisson arrivals at {rate}/s (70% of the measured "
+    console.print(f"[bold]4/4 server scenario[/]: Poisson arrivals at {rate}/s (70% of the measured "
                   f"{capacity:.2f} req/s), SLO {DEFAULT_SLO}")
     await step("server", _spec(eng, folder.path / "server", scenario=Scenario.server, rate=[rate],
                                duration=shape.server_seconds, input_tokens=shape.decode_input,
                                output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7))
-    console.print("[bold]4/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s")
-    pr = probe(quick=shape == QUICK)
     summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
     from . import __version__
 

@@ -255,6 +255,7 @@ async def run_one(
     if spec.url is None:
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
     schedule = make_schedule(spec)
+    check_roofline_inputs(spec, extra_manifest or {})
     folder = RunFolder(spec.out) if spec.out else None
     async with aiohttp.ClientSession() as meta_session:
         target = await discover(spec, meta_session, key)
@@ -310,6 +311,7 @@ async def run_one(
     )
     records.sort(key=lambda r: r.index)
     summary = summarize(records, ctx)
+    summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
     manifest["t0_monotonic_ns"] = t0
     if folder:
         folder.write_manifest(manifest)
@@ -318,6 +320,32 @@ async def run_one(
     if interrupted:
         raise Interrupted(result)
     return result
+
+
+def check_roofline_inputs(spec: RunSpec, extra: dict[str, Any]) -> None:
+    """Before any traffic: the run's model and hardware (for MBU/MFU) must resolve; probe if 'local' is unknown."""
+    from .model.errors import ModelError
+    from .model.utilization import ensure_local_hardware, resolve
+
+    if not (spec.model_spec or extra.get("model_file")):
+        return
+    try:
+        if (spec.hardware or "local") == "local":
+            ensure_local_hardware(quick=True)
+        resolve({"spec": spec.public_dict(), **extra})
+    except ModelError as e:
+        raise SpecError(f"--model-spec/--hardware: {e}") from None
+
+
+def roofline_block(manifest: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] | None:
+    """MBU/MFU and the predicted phases; an error here is recorded, never allowed to lose the run."""
+    from .model.errors import ModelError
+    from .model.utilization import utilization
+
+    try:
+        return utilization(manifest, summary)
+    except (ModelError, OSError, ValueError, ZeroDivisionError) as e:
+        return {"error": f"roofline not computed: {e}"}
 
 
 class Interrupted(Exception):

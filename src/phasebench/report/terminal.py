@@ -134,3 +134,7 @@ def print_run(run: Run, console: Console | None = None) -> None:
     console.print(throughput_table(run.summary))
     for line in verdict_lines(run.summary):
         console.print(line)
+    from .model import roofline_lines
+
+    for line in roofline_lines(run.summary.get("phasebench", {}).get("roofline")):
+        console.print(line)

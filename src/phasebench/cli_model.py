@@ -1,0 +1,186 @@
+"""Commands of the analytic side: ``predict``, ``probe``, ``calibrate``, ``hardware list/show``, ``models list/show``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import fail, out
+from .model.errors import ModelError
+
+hardware_app = typer.Typer(no_args_is_help=True, help="The hardware catalog: peaks, memory, links, power, prices, sources.")
+models_app = typer.Typer(no_args_is_help=True, help="The model catalog: architectures and parameter counts.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(predict)
+    app.command()(probe)
+    app.command()(calibrate)
+    app.add_typer(hardware_app, name="hardware")
+    app.add_typer(models_app, name="models")
+
+
+def _ints(s: str, what: str) -> list[int]:
+    try:
+        vals = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError:
+        fail(f"{what} must be integers separated by commas, got {s!r}")
+    if not vals or min(vals) < 1:
+        fail(f"{what} must be ≥ 1, got {s!r}")
+    return vals
+
+
+def predict(
+    model: str = typer.Option(..., help="Catalog model (phasebench models list), config.json or .gguf."),
+    hardware: str = typer.Option(..., help="Catalog hardware (phasebench hardware list) or 'local'."),
+    devices: int = typer.Option(1, help="Devices (or racks) serving one replica."),
+    tp: int = typer.Option(0, help="Tensor parallel degree (default: devices ÷ pp)."),
+    pp: int = typer.Option(1, help="Pipeline parallel degree."),
+    precision: str = typer.Option("fp16", help="Weights (and by default activations, KV): fp32 bf16 fp16 fp8 int8 int4; native = a GGUF file's size."),
+    activations: Optional[str] = typer.Option(None, help="Compute precision (default: the weights' if the device has it, else bf16/fp16, else fp32)."),
+    kv: Optional[str] = typer.Option(None, help="KV cache precision (default: the weights', fp16 for int4/int8/native)."),
+    batch: str = typer.Option("1", help="Batch size; a list (1,8,64) prints the curve."),
+    input_len: str = typer.Option("128", help="Prompt tokens; a list sweeps."),
+    output_len: str = typer.Option("128", help="Output tokens; a list sweeps."),
+    engine: Optional[str] = typer.Option(None, help="Use the calibration stored for (hardware, engine)."),
+    mem_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak bandwidth achieved."),
+    flop_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak FLOP/s achieved."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Predict TTFT, TPOT, E2E and throughput from the roofline phase model (no server needed)."""
+    from dataclasses import replace
+
+    from .model.arch import load_model
+    from .model.calibrate import efficiency_for
+    from .model.hardware import load_hardware
+    from .model.phases import Setup, resolve_precision, sweep
+    from .report.model import print_predictions
+
+    try:
+        m, hw = load_model(model), load_hardware(hardware)
+        pr, note = resolve_precision(hw, precision, activations, kv)
+        eff, eff_note = efficiency_for(hw, engine)
+        if mem_eff is not None or flop_eff is not None:
+            eff = replace(eff, memory=mem_eff or eff.memory, compute=flop_eff or eff.compute, source="command line")
+            eff_note = None
+        setup = Setup(m, hw, devices=devices, tp=tp, pp=pp, precision=pr, efficiency=eff)
+        preds = sweep(setup, _ints(batch, "--batch"), _ints(input_len, "--input-len"), _ints(output_len, "--output-len"))
+    except ModelError as e:
+        fail(str(e))
+    for p in preds:
+        p.notes[:0] = [n for n in (note, eff_note) if n]
+    if json_out:
+        d = [p.to_dict() for p in preds]
+        out.print_json(json.dumps(d[0] if len(d) == 1 else d))
+    else:
+        print_predictions(preds, out)
+    if not any(p.fits for p in preds):
+        raise typer.Exit(1)
+
+
+def probe(
+    quick: bool = typer.Option(False, help="Fewer repeats (less stable)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Measure this machine's memory wall (bandwidth, matmul FLOP/s) and write the 'local' hardware record."""
+    from .model.hardware import load_hardware, nearest
+    from .model.probe import probe_and_record
+    from .report.model import print_probe
+
+    r, path = probe_and_record(quick=quick)
+    if json_out:
+        out.print_json(json.dumps(r.to_dict()))
+        return
+    print_probe(r, load_hardware("local"), nearest(load_hardware("local")), path, out)
+
+
+def calibrate(
+    runs: list[Path] = typer.Argument(..., help="Measured run folders (plans and sweeps count all their points)."),
+    dry_run: bool = typer.Option(False, help="Fit and print, do not store."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Fit efficiency and overhead factors for a (hardware, engine) pair from measured runs; predict uses them."""
+    from .model.calibrate import calibrate as do_calibrate
+    from .report.model import print_calibration
+    from .results import NotARunError, Run
+
+    try:
+        cal = do_calibrate([Run.load(p) for p in runs], save=not dry_run)
+    except (ModelError, NotARunError) as e:
+        fail(str(e))
+    if json_out:
+        out.print_json(json.dumps(cal.to_dict()))
+        return
+    print_calibration(cal, out, stored=not dry_run)
+
+
+@hardware_app.command("list")
+def hardware_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every hardware record with its peaks, memory, price and source."""
+    from .model.hardware import catalog
+    from .report.model import print_hardware
+
+    try:
+        cat = catalog()
+    except ModelError as e:
+        fail(str(e))
+    if json_out:
+        out.print_json(json.dumps({k: h.to_dict() for k, h in cat.items()}))
+        return
+    print_hardware(cat.values(), out)
+
+
+@hardware_app.command("show")
+def hardware_show(name: str, json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """One hardware record in full."""
+    from .model.hardware import load_hardware
+    from .report.model import print_record
+
+    try:
+        h = load_hardware(name)
+    except ModelError as e:
+        fail(str(e))
+    if json_out:
+        out.print_json(json.dumps(h.to_dict()))
+        return
+    print_record(h.to_dict(), out, extra={"ridge point (fp16/bf16 or best)": _ridge(h)})
+
+
+def _ridge(h) -> str:
+    for p in ("bf16", "fp16", "fp32"):
+        if h.tflops.get(p):
+            return f"{h.ridge_point(p):.0f} FLOP/byte in {p}"
+    return "-"
+
+
+@models_app.command("list")
+def models_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every catalog model with its parameter count (derived and published) and KV cache per token."""
+    from .model.arch import catalog
+    from .report.model import models_table
+
+    if json_out:
+        out.print_json(json.dumps({k: m.summary() for k, m in catalog().items()}))
+        return
+    out.print(models_table(catalog().values()))
+
+
+@models_app.command("show")
+def models_show(name: str, json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """One model (catalog name, config.json or GGUF) in full."""
+    from .model.arch import load_model
+    from .report.model import print_record
+
+    try:
+        m = load_model(name)
+    except ModelError as e:
+        fail(str(e))
+    d = m.summary() | {"kv_bytes_per_token_fp16": m.kv_bytes_per_token("fp16"), "weight_bytes_fp16": m.weight_bytes("fp16")}
+    if json_out:
+        out.print_json(json.dumps(d))
+        return
+    print_record(d, out)
+

@@ -1,0 +1,195 @@
+"""Fit the phase model's efficiency and overhead factors for a (hardware, engine) pair from measured runs.
+
+Every measured run that names its model gives points: decode (mean batch, mean context, median TPOT) and
+prefill (mean prompt length, median TTFT from send). The model for each point is
+
+    time = max(memory_bytes / (bandwidth · η_mem), flops / (peak · η_flop)) + layers · overhead
+
+and the fit minimises the squared relative error over all points: a grid over (η_mem, η_flop) with the best
+overhead solved in closed form at each node, then a finer grid around the best node. The result is stored in
+``$PHASEBENCH_HOME/calibration.json`` under ``<hardware>|<engine>``; ``predict`` uses it for that pair.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..paths import home
+from ..results import Run
+from .errors import ModelError
+from .hardware import Hardware
+from .phases import DEFAULT_EFFICIENCY, Efficiency, _attn_flops, _moe_weight_bytes, resolve_precision
+from .utilization import _metric, engine_name, resolve
+
+
+@dataclass
+class Point:
+    phase: str            # prefill | decode
+    run: str
+    memory_s: float       # at η = 1
+    compute_s: float      # at η = 1
+    measured_s: float
+    layers: int
+
+
+@dataclass
+class Calibration:
+    hardware: str
+    engine: str
+    efficiency: Efficiency
+    points: list[Point] = field(default_factory=list)
+    errors: list[float] = field(default_factory=list)   # relative error per point after the fit
+
+    @property
+    def key(self) -> str:
+        return f"{self.hardware}|{self.engine}"
+
+    @property
+    def mean_abs_error(self) -> float:
+        return float(np.mean(np.abs(self.errors))) if self.errors else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"hardware": self.hardware, "engine": self.engine, "efficiency": self.efficiency.to_dict(),
+                "points": len(self.points), "mean_abs_error": self.mean_abs_error,
+                "date": dt.date.today().isoformat(),
+                "runs": sorted({p.run for p in self.points})}
+
+
+def _leaves(run: Run) -> list[Run]:
+    return [leaf for c in run.children for leaf in _leaves(c)] if run.children else [run]
+
+
+def points_from(run: Run) -> tuple[list[Point], Hardware, str]:
+    pts: list[Point] = []
+    hw: Hardware | None = None
+    engine = ""
+    for leaf in _leaves(run):
+        got = resolve(leaf.manifest)
+        if got is None:
+            continue
+        model, hw, weights = got
+        engine = engine_name(leaf.manifest) or "unknown"
+        pr, _ = resolve_precision(hw, weights)
+        peak = hw.peak_flops(pr.activations)
+        s = leaf.summary
+        n_in = _metric(s, "input_tokens", "mean") or 0
+        n_out = _metric(s, "output_tokens", "mean") or 0
+        tpot, ttft = _metric(s, "tpot_ms", "p50"), _metric(s, "ttft_sent_ms", "p50")
+        w = model.weight_bytes(pr.weights)
+        name = str(leaf.path.name if leaf.path else "run")
+        sp = leaf.manifest.get("spec") or {}
+        alone = sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
+        if ttft and n_in and alone:  # a prefill that shared the engine with others is not a clean prefill point
+            flops = 2.0 * model.compute_params * n_in + _attn_flops(model, n_in, n_in) / 2
+            nbytes = w + model.kv_bytes(n_in, pr.kv)
+            pts.append(Point("prefill", name, nbytes / hw.bandwidth, flops / peak, ttft / 1e3, model.layers))
+        if tpot and n_out > 1:
+            e2e = _metric(s, "e2e_ms", "mean") or 0
+            batch = max((s.get("request_throughput") or 0) * e2e / 1e3, 1.0)
+            ctx = n_in + n_out / 2
+            nbytes = _moe_weight_bytes(model, w, batch) + batch * model.kv_bytes(ctx, pr.kv)
+            flops = batch * (2.0 * model.compute_params + _attn_flops(model, 1, ctx))
+            pts.append(Point("decode", name, nbytes / hw.bandwidth, flops / peak, tpot / 1e3, model.layers))
+    if hw is None:
+        raise ModelError(f"{run.path}: no run here names its model (use --model-spec, or the embedded engine)")
+    return pts, hw, engine
+
+
+def _fit_grid(mem: np.ndarray, comp: np.ndarray, meas: np.ndarray, layers: np.ndarray,
+              em: np.ndarray, ef: np.ndarray) -> tuple[float, float, float, float]:
+    best = (np.inf, 1.0, 1.0, 0.0)
+    for a in em:
+        for b in ef:
+            base = np.maximum(mem / a, comp / b)
+            # weighted least squares in relative error for overhead o ≥ 0: minimise Σ ((base + L·o − t)/t)²
+            wts = 1.0 / meas**2
+            o = float(np.sum(wts * layers * (meas - base)) / np.sum(wts * layers**2))
+            o = max(o, 0.0)
+            err = float(np.sum(((base + layers * o - meas) / meas) ** 2))
+            if err < best[0]:
+                best = (err, float(a), float(b), o)
+    return best
+
+
+def fit(points: list[Point], hw: Hardware, engine: str) -> Calibration:
+    if len(points) < 2:
+        raise ModelError(f"calibration needs at least 2 measured points (prefill or decode), got {len(points)}")
+    mem = np.array([p.memory_s for p in points])
+    comp = np.array([p.compute_s for p in points])
+    meas = np.array([p.measured_s for p in points])
+    layers = np.array([p.layers for p in points], dtype=float)
+    _, a, b, o = _fit_grid(mem, comp, meas, layers, np.geomspace(0.01, 1.0, 40), np.geomspace(0.01, 1.0, 40))
+    _, a, b, o = _fit_grid(mem, comp, meas, layers, np.clip(np.geomspace(a / 1.15, a * 1.15, 25), 1e-3, 1.0),
+                           np.clip(np.geomspace(b / 1.15, b * 1.15, 25), 1e-3, 1.0))
+    default = DEFAULT_EFFICIENCY[hw.kind]
+    eff = Efficiency(round(a, 4), round(b, 4), round(o * 1e6, 3), default.allreduce_us,
+                     f"calibration {hw.key}|{engine}")
+    errors = list((np.maximum(mem / a, comp / b) + layers * o - meas) / meas)
+    return Calibration(hw.key, engine, eff, points, errors)
+
+
+def calibrate(runs: list[Run], save: bool = True) -> Calibration:
+    pts: list[Point] = []
+    hws: set[str] = set()
+    engines: set[str] = set()
+    hw = None
+    for r in runs:
+        p, hw, eng = points_from(r)
+        pts += p
+        hws.add(hw.key)
+        engines.add(eng)
+    if len(hws) > 1 or len(engines) > 1:
+        raise ModelError(f"runs mix hardware {sorted(hws)} / engines {sorted(engines)}: calibrate one pair at a time")
+    assert hw is not None
+    cal = fit(pts, hw, engines.pop())
+    if save:
+        store(cal)
+    return cal
+
+
+def path():
+    return home() / "calibration.json"
+
+
+def load_all() -> dict[str, Any]:
+    p = path()
+    if not p.exists():
+        return {}
+    try:
+        return json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelError(f"{p} is damaged ({e}); delete it and calibrate again") from None
+
+
+def store(cal: Calibration) -> None:
+    data = load_all()
+    data[cal.key] = cal.to_dict()
+    p = path()
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(p)
+
+
+def efficiency_for(hw: Hardware, engine: str | None) -> tuple[Efficiency, str | None]:
+    """The calibrated factors for (hardware, engine) if stored, else the kind's defaults.
+
+    With no engine named, a calibration is used when it is the only one stored for that hardware."""
+    data = load_all()
+    rec = None
+    if engine:
+        rec = data.get(f"{hw.key}|{engine}")
+    else:
+        mine = [v for k, v in data.items() if k.split("|")[0] == hw.key]
+        rec = mine[0] if len(mine) == 1 else None
+    if rec is None:
+        return DEFAULT_EFFICIENCY[hw.kind], None
+    e = rec["efficiency"]
+    eff = Efficiency(e["memory"], e["compute"], e["layer_overhead_us"], e["allreduce_us"], e["source"])
+    return eff, (f"using calibrated factors for {hw.key} with {rec['engine']} ({rec['date']}, "
+                 f"{rec['points']} points, fit error {rec['mean_abs_error']:.0%})")

@@ -1,0 +1,172 @@
+"""The hardware catalog (``data/hardware.yaml``) and the ``local`` record that ``phasebench probe`` writes."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..paths import home
+from .errors import ModelError, unknown
+
+KINDS = ("gpu", "tpu", "accelerator", "sram-dataflow", "cpu")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    key: str
+    name: str
+    kind: str
+    tflops: dict[str, float]          # dense peak per precision
+    memory_gb: float
+    memory_gbps: float
+    sram_mb: float = 0.0
+    interconnect: str = ""
+    interconnect_gbps: float = 0.0
+    interconnect_latency_us: float = 0.0
+    tdp_w: float | None = None
+    price_per_hour: float | None = None
+    price_source: str = ""
+    source: str = ""
+    date: str = ""
+    batching: bool = True
+    chips: int = 1
+    chip: str = ""
+    host_memory_gb: float = 0.0
+    host_memory_gbps: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def memory_bytes(self) -> float:
+        return self.memory_gb * 1e9
+
+    @property
+    def bandwidth(self) -> float:
+        """Bytes/s."""
+        return self.memory_gbps * 1e9
+
+    def peak_flops(self, precision: str) -> float:
+        """FLOP/s at ``precision``; fp16 and bf16 stand in for each other; int4 compute is int8 where no int4."""
+        t = self.tflops
+        for p in {"bf16": ("bf16", "fp16"), "fp16": ("fp16", "bf16"), "int4": ("int4", "int8")}.get(precision, (precision,)):
+            if t.get(p):
+                return t[p] * 1e12
+        raise ModelError(
+            f"{self.key} has no {precision} compute (it supports {', '.join(k for k, v in t.items() if v)}); "
+            f"use weight-only quantization (--weights {precision} --activations bf16) or another precision"
+        )
+
+    def ridge_point(self, precision: str = "fp16") -> float:
+        """FLOP per byte where compute and memory time are equal."""
+        return self.peak_flops(precision) / self.bandwidth
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("extra")
+        return d | self.extra
+
+
+def _from_record(key: str, rec: dict[str, Any]) -> Hardware:
+    known = set(Hardware.__dataclass_fields__) - {"key", "extra"}
+    main = {k: v for k, v in rec.items() if k in known}
+    extra = {k: v for k, v in rec.items() if k not in known}
+    if main.get("kind") not in KINDS:
+        raise ModelError(f"hardware {key}: kind must be one of {', '.join(KINDS)}")
+    for req in ("name", "tflops", "memory_gb", "memory_gbps"):
+        if req not in main:
+            raise ModelError(f"hardware record {key} lacks {req}")
+    return Hardware(key=key, extra=extra, **main)
+
+
+@cache
+def _builtin() -> dict[str, Hardware]:
+    raw = yaml.safe_load(resources.files("phasebench").joinpath("data/hardware.yaml").read_text())
+    return {k: _from_record(k, v) for k, v in raw.items()}
+
+
+def local_path() -> Path:
+    return home() / "hardware" / "local.yaml"
+
+
+def catalog() -> dict[str, Hardware]:
+    """Built-in records plus the user's (``local`` from ``probe``, or any ``<name>.yaml`` put there)."""
+    out = dict(_builtin())
+    d = local_path().parent
+    if d.is_dir():
+        for p in sorted(d.glob("*.yaml")):
+            try:
+                out[p.stem] = _from_record(p.stem, yaml.safe_load(p.read_text()))
+            except (ModelError, TypeError, yaml.YAMLError) as e:
+                raise ModelError(f"bad hardware record {p}: {e}") from None
+    return out
+
+
+def load_hardware(ref: str) -> Hardware:
+    key = ref.lower()
+    p = Path(ref).expanduser()
+    if p.suffix in (".yaml", ".yml") and p.exists():
+        return _from_record(p.stem, yaml.safe_load(p.read_text()))
+    cat = catalog()
+    if key in cat:
+        return cat[key]
+    if key == "local":
+        raise ModelError("no 'local' hardware record yet: run `phasebench probe` first")
+    raise unknown("hardware", ref, cat)
+
+
+def local_record(probe: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
+    """The ``local`` record from a probe result: measured bandwidth and matmul FLOP/s are the 'peaks'."""
+    mem = (env.get("memory_gib") or 0) * 2**30 / 1e9
+    tfl = {"fp32": round(probe["matmul_gflops_fp32"] / 1e3, 4)}
+    if probe.get("torch_cpu_bfloat16_gflops"):
+        tfl["bf16"] = round(probe["torch_cpu_bfloat16_gflops"] / 1e3, 4)
+    return {
+        "name": f"this machine ({env.get('cpu') or 'unknown CPU'}, {probe['threads']} threads)",
+        "kind": "cpu",
+        "tflops": tfl,
+        "memory_gb": round(mem, 1),
+        "memory_gbps": round(probe["bandwidth_gbps"], 2),
+        "sram_mb": 0,
+        "tdp_w": None,
+        "price_per_hour": None,
+        "price_source": "not known for this machine",
+        "source": "measured by `phasebench probe`",
+        "date": probe.get("date", ""),
+        "probe": probe,
+    }
+
+
+def local_gpu_record(probe: dict[str, Any]) -> dict[str, Any] | None:
+    """A ``local-gpu`` record when torch saw a GPU: measured fp16/bf16 matmul and device-to-device copy."""
+    if not probe.get("gpu_name"):
+        return None
+    tfl = {"fp16": round(probe.get("torch_cuda_float16_gflops", 0) / 1e3, 1),
+           "bf16": round(probe.get("torch_cuda_bfloat16_gflops", 0) / 1e3, 1)}
+    return {"name": f"this machine's GPU ({probe['gpu_name']})", "kind": "gpu", "tflops": tfl,
+            "memory_gb": round(probe["gpu_memory_gb"], 1), "memory_gbps": round(probe["gpu_copy_gbps"], 1),
+            "source": "measured by `phasebench probe` (torch)", "date": probe.get("date", "")}
+
+
+def write_record(name: str, record: dict[str, Any]) -> Path:
+    """Write a user hardware record to ``$PHASEBENCH_HOME/hardware/<name>.yaml`` (atomically)."""
+    p = local_path().with_name(f"{name}.yaml")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(record, sort_keys=False))
+    tmp.replace(p)
+    return p
+
+
+def nearest(hw: Hardware, n: int = 3) -> list[tuple[Hardware, float]]:
+    """Catalog devices closest to ``hw`` in (log bandwidth, log fp32-or-best FLOP/s)."""
+    def point(h: Hardware) -> tuple[float, float]:
+        f = h.tflops.get("fp32") or max(h.tflops.values())
+        return math.log10(h.memory_gbps), math.log10(f)
+    a = point(hw)
+    scored = [(h, math.dist(a, point(h))) for k, h in _builtin().items() if k != hw.key]
+    return sorted(scored, key=lambda x: x[1])[:n]

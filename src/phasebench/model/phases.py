@@ -1,0 +1,388 @@
+"""The analytic phase model: prefill and decode time of a model on a device from FLOPs, bytes and links.
+
+Each phase's time is the larger of its compute time (FLOPs ÷ achievable FLOP/s) and memory time (bytes ÷
+achievable bandwidth), plus communication (tensor-parallel all-reduces, pipeline hops) and a fixed per-layer
+overhead. SRAM dataflow machines whose weights live only in on-chip SRAM (Groq) are a pipeline of chips
+instead. Every formula and default factor is written out in docs/model.md.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from .arch import ModelArch, precision_bytes
+from .errors import ModelError
+from .hardware import Hardware
+
+USABLE_MEMORY = 0.90  # fraction of device memory for weights + KV (the rest: activations, runtime, fragmentation)
+SRAM_USABLE = 1.0     # SRAM machines: the compiler places weights and KV statically, no allocator slack
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """How far real stacks sit below the roofline: achievable fractions of peak, and fixed costs."""
+    memory: float = 0.70           # fraction of peak bandwidth reached by decode GEMVs
+    compute: float = 0.60          # fraction of peak FLOP/s reached by long prefills
+    layer_overhead_us: float = 4.0  # per layer per forward pass: kernel launches, scheduling
+    allreduce_us: float = 15.0     # latency floor of one all-reduce (two per layer under tensor parallel)
+    source: str = "default"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Defaults per device kind; docs/model.md gives where each number comes from.
+DEFAULT_EFFICIENCY = {
+    "gpu": Efficiency(0.70, 0.60, 4.0, 15.0, "default (gpu)"),
+    "tpu": Efficiency(0.70, 0.60, 2.0, 10.0, "default (tpu)"),
+    "accelerator": Efficiency(0.60, 0.50, 6.0, 20.0, "default (accelerator)"),
+    "sram-dataflow": Efficiency(0.75, 0.60, 0.0, 2.0, "default (sram-dataflow)"),
+    "cpu": Efficiency(0.60, 0.50, 20.0, 5.0, "default (cpu)"),
+}
+
+
+@dataclass(frozen=True)
+class Precision:
+    weights: str = "fp16"          # storage of weights: fp32 bf16 fp16 fp8 int8 int4, or native (a GGUF file's size)
+    activations: str = "fp16"      # compute precision: selects the device's peak
+    kv: str = "fp16"               # KV cache element
+
+    def __post_init__(self) -> None:
+        if self.weights != "native":
+            precision_bytes(self.weights)
+        precision_bytes(self.activations)
+        precision_bytes(self.kv)
+
+    @classmethod
+    def uniform(cls, p: str) -> Precision:
+        return cls(p, p, p)
+
+    def label(self) -> str:
+        return self.weights if len({self.weights, self.activations, self.kv}) == 1 else \
+            f"w:{self.weights} a:{self.activations} kv:{self.kv}"
+
+
+@dataclass(frozen=True)
+class Setup:
+    model: ModelArch
+    hardware: Hardware
+    devices: int = 1
+    tp: int = 0                    # 0: devices // pp
+    pp: int = 1
+    precision: Precision = field(default_factory=Precision)
+    efficiency: Efficiency | None = None
+
+    def resolved(self) -> Setup:
+        tp = self.tp or max(self.devices // self.pp, 1)
+        if tp * self.pp != self.devices:
+            raise ModelError(f"tensor parallel {tp} × pipeline parallel {self.pp} ≠ {self.devices} devices")
+        if self.devices < 1:
+            raise ModelError("devices must be ≥ 1")
+        eff = self.efficiency or DEFAULT_EFFICIENCY[self.hardware.kind]
+        if self.precision.weights == "native" and not self.model.weight_bytes_actual:
+            raise ModelError("weights 'native' needs a GGUF model (its file size is the weight bytes)")
+        return replace(self, tp=tp, efficiency=eff)
+
+
+@dataclass
+class Phase:
+    """One phase's cost breakdown (times in seconds)."""
+    flops: float
+    bytes: float
+    compute_s: float
+    memory_s: float
+    comm_s: float
+    overhead_s: float
+    time_s: float
+    bound: str
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"flops": self.flops, "bytes": self.bytes, "intensity_flop_per_byte": self.intensity,
+                "compute_ms": self.compute_s * 1e3, "memory_ms": self.memory_s * 1e3, "comm_ms": self.comm_s * 1e3,
+                "overhead_ms": self.overhead_s * 1e3, "time_ms": self.time_s * 1e3, "bound": self.bound}
+
+
+@dataclass
+class Memory:
+    weights_bytes: float           # whole model
+    per_device_weights: float
+    kv_per_token: float            # whole model, one token, at the KV precision
+    kv_per_device_per_seq: float   # at the final context
+    kv_total: float                # all sequences, all devices (with TP replication)
+    per_device: float
+    capacity: float
+    fits: bool
+    max_batch: int
+    chips_needed: int = 0          # SRAM machines: chips whose SRAM holds weights + KV
+
+    def to_dict(self) -> dict[str, Any]:
+        gb = 1e9
+        return {"weights_gb": self.weights_bytes / gb, "per_device_weights_gb": self.per_device_weights / gb,
+                "kv_per_token_bytes": self.kv_per_token, "kv_total_gb": self.kv_total / gb,
+                "per_device_gb": self.per_device / gb, "usable_gb": self.capacity / gb, "fits": self.fits,
+                "max_batch": self.max_batch, **({"chips_needed": self.chips_needed} if self.chips_needed else {})}
+
+
+@dataclass
+class Prediction:
+    model: str
+    hardware: str
+    devices: int
+    tp: int
+    pp: int
+    precision: Precision
+    batch: int
+    input_len: int
+    output_len: int
+    efficiency: Efficiency
+    memory: Memory
+    prefill: Phase | None = None
+    decode_first: Phase | None = None   # the first decode step (context = input + 1)
+    decode_last: Phase | None = None    # the last one (context = input + output − 1)
+    ttft_s: float | None = None
+    tpot_s: float | None = None         # mean over the output_len − 1 decode steps
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return self.memory.fits
+
+    @property
+    def e2e_s(self) -> float | None:
+        if self.ttft_s is None or self.tpot_s is None:
+            return None
+        return self.ttft_s + max(self.output_len - 1, 0) * self.tpot_s
+
+    @property
+    def output_throughput(self) -> float | None:
+        e = self.e2e_s
+        return self.batch * self.output_len / e if e else None
+
+    @property
+    def total_throughput(self) -> float | None:
+        e = self.e2e_s
+        return self.batch * (self.input_len + self.output_len) / e if e else None
+
+    def to_dict(self) -> dict[str, Any]:
+        ms = (lambda s: None if s is None else s * 1e3)
+        return {
+            "model": self.model, "hardware": self.hardware, "devices": self.devices, "tp": self.tp, "pp": self.pp,
+            "precision": asdict(self.precision), "batch": self.batch, "input_len": self.input_len,
+            "output_len": self.output_len, "fits": self.fits,
+            "ttft_ms": ms(self.ttft_s), "tpot_ms": ms(self.tpot_s), "e2e_s": self.e2e_s,
+            "output_throughput": self.output_throughput, "total_throughput": self.total_throughput,
+            "prefill_bound": self.prefill.bound if self.prefill else None,
+            "decode_bound": self.decode_last.bound if self.decode_last else None,
+            "prefill": self.prefill.to_dict() if self.prefill else None,
+            "decode_first_step": self.decode_first.to_dict() if self.decode_first else None,
+            "decode_last_step": self.decode_last.to_dict() if self.decode_last else None,
+            "memory": self.memory.to_dict(), "efficiency": self.efficiency.to_dict(), "notes": self.notes,
+        }
+
+
+# --- the model ---------------------------------------------------------------------------------------------
+def resolve_precision(hw: Hardware, weights: str = "fp16", activations: str | None = None,
+                      kv: str | None = None) -> tuple[Precision, str | None]:
+    """Fill in unstated precisions. Activations default to the weights' precision when the device computes in it
+    (full quantization), else to bf16/fp16, else fp32 (CPUs): weight-only quantization. Returns a note when the
+    default is not the weights' own precision."""
+    note = None
+    if activations is None:
+        for cand in ([weights] if weights not in ("native", "int4") else []) + ["bf16", "fp16", "fp32"]:
+            if hw.tflops.get(cand) or (cand in ("bf16", "fp16") and (hw.tflops.get("bf16") or hw.tflops.get("fp16"))):
+                activations = cand
+                break
+        else:
+            activations = max(hw.tflops, key=lambda k: hw.tflops[k])
+        if activations != weights:
+            note = f"activations computed in {activations} (weight-only {weights} on {hw.key})"
+    return Precision(weights, activations, kv or ("fp16" if weights in ("native", "int4", "int8") else weights)), note
+
+
+def _sram_only(hw: Hardware) -> bool:
+    return hw.kind == "sram-dataflow" and hw.memory_gb * 1000 <= hw.sram_mb * 1.0001
+
+
+def _moe_weight_bytes(m: ModelArch, w: float, tokens: float) -> float:
+    """Weight bytes read by a forward pass over ``tokens`` tokens: for MoE, the experts touched.
+
+    With uniform routing each expert is missed by a token with probability 1 − k/E, so the expected fraction
+    of experts touched by ``tokens`` tokens is 1 − (1 − k/E)^tokens.
+    """
+    ef = m.expert_bytes_fraction()
+    if not ef:
+        return w
+    touched = 1.0 - (1.0 - m.experts_active / m.experts) ** tokens
+    return w * (1.0 - ef) + w * ef * touched
+
+
+def _attn_flops(m: ModelArch, new_tokens: float, context: float) -> float:
+    """QKᵀ and AV for ``new_tokens`` tokens attending to ``context`` tokens each (2 products × 2 FLOPs)."""
+    local = m.local_layers if m.sliding_window else 0
+    ctx_local = min(context, m.sliding_window) if local else 0
+    return 4.0 * m.q_dim * new_tokens * ((m.layers - local) * context + local * ctx_local)
+
+
+def _phase(compute: float, memory: float, comm: float, overhead: float, flops: float, nbytes: float) -> Phase:
+    t = max(compute, memory) + comm + overhead
+    bound = max((("compute", compute), ("memory", memory), ("communication", comm), ("overhead", overhead)),
+                key=lambda kv: kv[1])[0]
+    return Phase(flops, nbytes, compute, memory, comm, overhead, t, bound)
+
+
+def _comm(s: Setup, tokens: float, act_bytes: float) -> float:
+    """Tensor parallel: 2 ring all-reduces per layer of tokens·h activations; pipeline: pp − 1 hops."""
+    hw, m, eff = s.hardware, s.model, s.efficiency
+    bw = hw.interconnect_gbps * 1e9 or 1e18
+    msg = tokens * m.hidden * act_bytes
+    t = 0.0
+    if s.tp > 1:
+        t += 2 * m.layers * (eff.allreduce_us * 1e-6 + 2 * (s.tp - 1) / s.tp * msg / bw)
+    if s.pp > 1:
+        t += (s.pp - 1) * (hw.interconnect_latency_us * 1e-6 + msg / bw)
+    return t
+
+
+def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int = 128) -> Prediction:
+    """Predict TTFT, TPOT, E2E and throughput of ``batch`` sequences of ``input_len`` + ``output_len`` tokens."""
+    if batch < 1 or input_len < 1 or output_len < 1:
+        raise ModelError("batch, input length and output length must be ≥ 1")
+    s = setup.resolved()
+    m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
+    notes: list[str] = []
+    if eff.source != "default" and not eff.source.startswith("default"):
+        notes.append(f"efficiency factors from {eff.source}")
+    if m.context and input_len + output_len > m.context:
+        notes.append(f"input + output ({input_len + output_len}) exceeds the model's context ({m.context})")
+    peak = hw.peak_flops(pr.activations)
+    w = m.weight_bytes(pr.weights)
+    act_b = precision_bytes(pr.activations)
+    final_ctx = input_len + output_len
+    if _sram_only(hw):
+        return _predict_sram(s, batch, input_len, output_len, peak, w, act_b, notes)
+
+    # memory ------------------------------------------------------------------------------------------------
+    heads_dev = max(m.kv_heads / s.tp, 1.0)            # KV heads each TP rank holds (replicated when tp > n_kv)
+    kv_share = heads_dev / m.kv_heads / s.pp           # fraction of one sequence's KV a device holds
+    if s.tp > m.kv_heads:
+        notes.append(f"tensor parallel {s.tp} > {m.kv_heads} KV heads: KV cache replicated {s.tp / m.kv_heads:.0f}×")
+    kv_seq = m.kv_bytes(final_ctx, pr.kv)
+    w_dev = w / s.devices
+    kv_dev_seq = kv_seq * kv_share
+    usable = hw.memory_bytes * USABLE_MEMORY
+    per_dev = w_dev + batch * kv_dev_seq
+    max_batch = int((usable - w_dev) // kv_dev_seq) if usable > w_dev and kv_dev_seq else 0
+    mem = Memory(w, w_dev, m.kv_bytes_per_token(pr.kv), kv_dev_seq, batch * kv_seq * kv_share * s.devices,
+                 per_dev, usable, per_dev <= usable, max(max_batch, 0))
+    pred = Prediction(m.name, hw.key, s.devices, s.tp, s.pp, pr, batch, input_len, output_len, eff, mem, notes=notes)
+    if not mem.fits:
+        return pred
+
+    bw = hw.bandwidth * eff.memory
+    fl = peak * eff.compute
+    overhead = m.layers * eff.layer_overhead_us * 1e-6
+    lm_head = m.lm_head_params
+
+    # prefill: every prompt token through every layer; the LM head only for the last token of each prompt
+    tokens = batch * input_len
+    p_flops = 2.0 * (m.compute_params - lm_head) * tokens + 2.0 * lm_head * batch + batch * _attn_flops(m, input_len, input_len) / 2
+    p_bytes = _moe_weight_bytes(m, w, tokens) / s.tp + batch * m.kv_bytes(input_len, pr.kv) * heads_dev / m.kv_heads
+    pred.prefill = _phase(p_flops / s.tp / fl, p_bytes / bw, _comm(s, tokens, act_b), overhead, p_flops, p_bytes)
+    pred.ttft_s = pred.prefill.time_s
+
+    # decode: one token per sequence per step; time is linear in context for both bounds, so the mean over the
+    # steps is exact from the two ends (splitting where compute and memory time cross)
+    w_step = _moe_weight_bytes(m, w, batch) / s.tp
+    kv_rank = heads_dev / m.kv_heads
+
+    def step(ctx: float) -> Phase:
+        flops = batch * (2.0 * m.compute_params + _attn_flops(m, 1, ctx))
+        nbytes = w_step + batch * m.kv_bytes(ctx, pr.kv) * kv_rank
+        return _phase(flops / s.tp / fl, nbytes / bw, _comm(s, batch, act_b), overhead, flops, nbytes)
+
+    c0, c1 = input_len + 1, max(input_len + output_len - 1, input_len + 1)
+    pred.decode_first, pred.decode_last = step(c0), step(c1)
+    pred.tpot_s = _mean_step(pred.decode_first, pred.decode_last, c0, c1) if output_len > 1 else pred.decode_first.time_s
+    return pred
+
+
+def _mean_step(a: Phase, b: Phase, c0: float, c1: float) -> float:
+    """Mean of max(compute(c), memory(c)) + fixed over c in [c0, c1], both linear in c (sliding windows aside)."""
+    fixed = a.comm_s + a.overhead_s
+    if c1 <= c0:
+        return a.time_s
+    ca0, ca1, ma0, ma1 = a.compute_s, b.compute_s, a.memory_s, b.memory_s
+    d0, d1 = ca0 - ma0, ca1 - ma1
+    if d0 * d1 >= 0:  # the same bound throughout
+        return fixed + (max(ca0, ma0) + max(ca1, ma1)) / 2
+    x = d0 / (d0 - d1)  # fraction of the way where they cross
+    mid = ca0 + x * (ca1 - ca0)
+    return fixed + x * (max(ca0, ma0) + mid) / 2 + (1 - x) * (mid + max(ca1, ma1)) / 2
+
+
+def _predict_sram(s: Setup, batch: int, input_len: int, output_len: int, peak_dev: float, w: float,
+                  act_b: float, notes: list[str]) -> Prediction:
+    """SRAM dataflow (Groq): weights and KV spread over chips' SRAM; a token is a pipeline through the chips.
+
+    Per token: each chip reads its share from SRAM (or computes it) — the sum over chips is the whole model at
+    one chip's bandwidth — plus one hop per chip boundary. No batching: sequences take turns.
+    """
+    m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
+    chips_per_dev = max(hw.chips, 1)
+    chips = chips_per_dev * s.devices
+    sram_chip = hw.sram_mb * 1e6 / chips_per_dev
+    bw_chip = hw.memory_gbps * 1e9 / chips_per_dev
+    peak_chip = peak_dev / chips_per_dev
+    kv_seq = m.kv_bytes(input_len + output_len, pr.kv)
+    resident = 1 if not hw.batching else batch
+    need = w + resident * kv_seq
+    usable_chip = sram_chip * SRAM_USABLE
+    chips_needed = math.ceil(need / usable_chip)
+    mem = Memory(w, w / chips, m.kv_bytes_per_token(pr.kv), kv_seq, resident * kv_seq, need / chips,
+                 usable_chip, chips_needed <= chips, int(max(chips * usable_chip - w, 0) // kv_seq) if kv_seq else 0,
+                 chips_needed)
+    pred = Prediction(m.name, hw.key, s.devices, chips, 1, pr, batch, input_len, output_len, eff, mem, notes=notes)
+    if not mem.fits:
+        notes.append(f"needs {chips_needed} chips of {hw.sram_mb / chips_per_dev:.0f} MB SRAM; has {chips}")
+        return pred
+    notes.append(f"SRAM pipeline over {chips} chips ({chips_needed} needed)")
+    if not hw.batching and batch > 1:
+        notes.append(f"{hw.key} does not batch: {batch} sequences take turns, so TPOT grows {batch}×")
+    hop = hw.interconnect_latency_us * 1e-6
+    bw = bw_chip * eff.memory
+    fl = peak_chip * eff.compute
+    overhead = m.layers * eff.layer_overhead_us * 1e-6
+
+    def token_pass(ctx: float, tokens: float) -> Phase:
+        flops = tokens * (2.0 * m.compute_params + _attn_flops(m, 1, ctx))
+        nbytes = w + tokens * m.kv_bytes(ctx, pr.kv)
+        # summed over the pipeline: every chip's stage once, then the hops between chips
+        return _phase(flops / fl, nbytes / bw, (chips - 1) * (hop + tokens * m.hidden * act_b / (hw.interconnect_gbps * 1e9)),
+                      overhead, flops, nbytes)
+
+    # prefill: prompt tokens stream through the pipeline; all chips busy once it is full
+    tokens = input_len * batch
+    p_flops = 2.0 * m.compute_params * tokens + batch * _attn_flops(m, input_len, input_len) / 2
+    first = token_pass(input_len, 1)
+    fill = first.time_s
+    pc = p_flops / (fl * chips)
+    pm = (w + batch * m.kv_bytes(input_len, pr.kv)) / (bw * chips)
+    pred.prefill = _phase(pc, pm, first.comm_s, fill - first.comm_s, p_flops, w)
+    pred.ttft_s = pred.prefill.time_s
+    turns = 1 if hw.batching else batch
+    b = 1 if not hw.batching else batch
+    c0, c1 = input_len + 1, max(input_len + output_len - 1, input_len + 1)
+    d0, d1 = token_pass(c0, b), token_pass(c1, b)
+    pred.decode_first, pred.decode_last = d0, d1
+    pred.tpot_s = turns * _mean_step(d0, d1, c0, c1)
+    return pred
+
+
+def sweep(setup: Setup, batches: list[int], input_lens: list[int], output_lens: list[int]) -> list[Prediction]:
+    return [predict(setup, b, i, o) for b in batches for i in input_lens for o in output_lens]

@@ -1,0 +1,108 @@
+"""MBU and MFU of a measured run, and the phase model's prediction beside the measurement.
+
+- Decode MBU (Databricks): bytes one decode step reads (weights touched + every in-flight sequence's KV cache)
+  ÷ median TPOT, as a fraction of the device's peak bandwidth.
+- Prefill MFU: prefill FLOPs of the median prompt ÷ median TTFT from send, as a fraction of peak FLOP/s.
+The mean batch during the run comes from Little's law: requests/s × mean E2E. docs/model.md has the details.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .arch import ModelArch, load_model
+from .errors import ModelError
+from .hardware import Hardware, load_hardware
+from .phases import Setup, _attn_flops, _moe_weight_bytes, predict, resolve_precision
+
+
+def run_model_ref(manifest: dict[str, Any]) -> str | None:
+    spec = manifest.get("spec") or {}
+    if spec.get("model_spec"):
+        return str(spec["model_spec"])
+    mf = manifest.get("model_file") or {}
+    return mf.get("path")
+
+
+def resolve(manifest: dict[str, Any]) -> tuple[ModelArch, Hardware, str] | None:
+    """The run's model, hardware and weight precision, or None when the run does not name a model."""
+    ref = run_model_ref(manifest)
+    if not ref:
+        return None
+    spec = manifest.get("spec") or {}
+    model = load_model(ref)
+    if not Path(ref).exists() and ref.endswith(".gguf"):
+        raise ModelError(f"the run's model file is gone: {ref}")
+    hw = load_hardware(spec.get("hardware") or "local")
+    weights = spec.get("weight_precision") or ("native" if model.weight_bytes_actual else "fp16")
+    return model, hw, weights
+
+
+def ensure_local_hardware(quick: bool = True) -> Hardware:
+    """The ``local`` record, probing this machine first if there is none yet."""
+    from .hardware import catalog
+
+    if "local" not in catalog():
+        from .probe import probe_and_record
+
+        probe_and_record(quick=quick)
+    return load_hardware("local")
+
+
+def _metric(summary: dict[str, Any], key: str, stat: str) -> float | None:
+    return ((summary.get("phasebench") or {}).get("metrics", {}).get(key) or {}).get(stat)
+
+
+def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: str | None = None) -> dict[str, Any] | None:
+    """The ``roofline`` block of a run's summary; None when the run names no model."""
+    got = resolve(manifest)
+    if got is None:
+        return None
+    model, hw, weights = got
+    from .calibrate import efficiency_for
+
+    pr, note = resolve_precision(hw, weights)
+    eff, eff_note = efficiency_for(hw, calibration or engine_name(manifest))
+    tpot = _metric(summary, "tpot_ms", "p50")
+    ttft_sent = _metric(summary, "ttft_sent_ms", "p50")
+    n_in = _metric(summary, "input_tokens", "mean") or 0
+    n_out = _metric(summary, "output_tokens", "mean") or 0
+    e2e_mean = _metric(summary, "e2e_ms", "mean")
+    rps = summary.get("request_throughput") or 0
+    batch = max(rps * (e2e_mean or 0) / 1e3, 1.0)  # Little's law: mean requests in flight
+    out: dict[str, Any] = {
+        "model": model.name, "hardware": hw.key, "precision": pr.label(), "mean_batch": batch,
+        "weight_bytes": model.weight_bytes(pr.weights), "kv_bytes_per_token": model.kv_bytes_per_token(pr.kv),
+        "peak_bandwidth_gbps": hw.memory_gbps, "peak_tflops": hw.peak_flops(pr.activations) / 1e12,
+        "notes": [n for n in (note, eff_note) if n],
+    }
+    if tpot and n_out > 1:
+        ctx = n_in + n_out / 2
+        step_bytes = _moe_weight_bytes(model, model.weight_bytes(pr.weights), batch) + batch * model.kv_bytes(ctx, pr.kv)
+        achieved = step_bytes / (tpot / 1e3)
+        out |= {"decode_bytes_per_step": step_bytes, "decode_achieved_gbps": achieved / 1e9,
+                "mbu": achieved / hw.bandwidth}
+    if ttft_sent and n_in:
+        flops = 2.0 * (model.compute_params - model.lm_head_params) * n_in + 2.0 * model.lm_head_params \
+            + _attn_flops(model, n_in, n_in) / 2
+        achieved_f = flops / (ttft_sent / 1e3)
+        out |= {"prefill_flops": flops, "prefill_achieved_tflops": achieved_f / 1e12,
+                "mfu": achieved_f / hw.peak_flops(pr.activations)}
+    if n_in >= 1 and n_out >= 1:
+        p = predict(Setup(model, hw, precision=pr, efficiency=eff), max(round(batch), 1), round(n_in), round(n_out))
+        out["predicted"] = {"ttft_ms": p.ttft_s and p.ttft_s * 1e3, "tpot_ms": p.tpot_s and p.tpot_s * 1e3,
+                            "fits": p.fits, "efficiency": eff.to_dict(),
+                            "prefill_bound": p.prefill and p.prefill.bound,
+                            "decode_bound": p.decode_last and p.decode_last.bound}
+        out["measured"] = {"ttft_ms": _metric(summary, "ttft_ms", "p50"), "ttft_sent_ms": ttft_sent, "tpot_ms": tpot}
+    return out
+
+
+def engine_name(manifest: dict[str, Any]) -> str | None:
+    """A short name of the serving engine: the embedded engine's, or what /v1/models says owns the model."""
+    eng = manifest.get("engine") or {}
+    if eng.get("name"):
+        return str(eng["name"])
+    tgt = manifest.get("target") or {}
+    return tgt.get("engine") or tgt.get("owned_by")
