@@ -151,12 +151,20 @@ def _print(result, json_out: bool) -> None:  # noqa: ANN001
 def show(
     path: Path = typer.Argument(..., help="A run folder."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
+    mlperf: bool = typer.Option(False, "--mlperf", help="Print an mlperf_log_summary-like text with the rules checked."),
 ) -> None:
     """Print a run's summary again."""
     from .results import Run
 
     try:
-        _print(Run.load(path), json_out)
+        run = Run.load(path)
+        if mlperf:
+            from .report.mlperf import summary_text
+
+            for leaf in (run.children or [run]):
+                sys.stdout.write(summary_text(leaf))
+            return
+        _print(run, json_out)
     except _user_errors() as e:
         fail(str(e))
 
@@ -246,7 +254,10 @@ def engine_status() -> None:
 def main() -> None:
     from . import cli_model
 
+    from . import cli_results
+
     cli_model.register(app)  # predict, probe, calibrate, hardware, models
+    cli_results.register(app)  # history, import, export, compare, report
 
     try:
         app()

@@ -127,7 +127,13 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     manifest["environment"] = environment()
     folder.write_manifest(manifest)
     folder.write_summary(summary)
-    return Run(folder.path, manifest, summary, [], children)
+    result = Run(folder.path, manifest, summary, [], children)
+    from .store import record_run
+
+    rid, warning = record_run(result)
+    if warning:
+        console.print(f"[yellow]warning:[/] {escape(warning)}")
+    return result
 
 
 def _med(run: Run, key: str) -> float | None:

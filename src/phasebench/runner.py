@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -368,6 +369,27 @@ class _NullWriter:
 
 async def run_async(spec: RunSpec, progress: Progress | None = None, extra_manifest: dict[str, Any] | None = None) -> Run:
     """A run or a sweep. A sweep writes one sub-folder per point and a summary table of the points."""
+    try:
+        result = await _run_or_sweep(spec, progress, extra_manifest)
+    except Interrupted as e:
+        _record(e.run)
+        raise
+    _record(result)
+    return result
+
+
+def _record(run: Run) -> None:
+    """Add a finished (or interrupted) run to the results database; a failure there is a warning only."""
+    if run.path is None:
+        return
+    from .store import record_run
+
+    _, warning = record_run(run)
+    if warning:
+        sys.stderr.write(f"warning: {warning}\n")
+
+
+async def _run_or_sweep(spec: RunSpec, progress: Progress | None, extra_manifest: dict[str, Any] | None) -> Run:
     points = spec.sweep_points()
     if len(points) == 1 and spec.scenario != Scenario.sweep:
         return await run_one(spec, progress, extra_manifest)

@@ -81,13 +81,16 @@ def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: 
         ctx = n_in + n_out / 2
         step_bytes = _moe_weight_bytes(model, model.weight_bytes(pr.weights), batch) + batch * model.kv_bytes(ctx, pr.kv)
         achieved = step_bytes / (tpot / 1e3)
-        out |= {"decode_bytes_per_step": step_bytes, "decode_achieved_gbps": achieved / 1e9,
+        step_flops = batch * (2.0 * model.compute_params + _attn_flops(model, 1, ctx))
+        out |= {"decode_bytes_per_step": step_bytes, "decode_flops_per_step": step_flops,
+                "decode_achieved_gbps": achieved / 1e9, "decode_achieved_tflops": step_flops / (tpot / 1e3) / 1e12,
                 "mbu": achieved / hw.bandwidth}
     if ttft_sent and n_in:
         flops = 2.0 * (model.compute_params - model.lm_head_params) * n_in + 2.0 * model.lm_head_params \
             + _attn_flops(model, n_in, n_in) / 2
         achieved_f = flops / (ttft_sent / 1e3)
-        out |= {"prefill_flops": flops, "prefill_achieved_tflops": achieved_f / 1e12,
+        out |= {"prefill_flops": flops, "prefill_bytes": model.weight_bytes(pr.weights) + model.kv_bytes(n_in, pr.kv),
+                "prefill_achieved_tflops": achieved_f / 1e12,
                 "mfu": achieved_f / hw.peak_flops(pr.activations)}
     if n_in >= 1 and n_out >= 1:
         p = predict(Setup(model, hw, precision=pr, efficiency=eff), max(round(batch), 1), round(n_in), round(n_out))

@@ -1,0 +1,170 @@
+"""Commands over finished runs: ``history``, ``import``, ``export``, ``compare``, ``report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from .cli import err, fail, out
+from .results import NotARunError, Run
+from .store import StoreError
+
+DB_HELP = "Results database (default $PHASEBENCH_DB or ~/.phasebench/results.db)."
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(history)
+    app.command("import")(import_runs)
+    app.command()(export)
+    app.command()(compare)
+    app.command()(report)
+
+
+def _store(db: Optional[Path]):  # noqa: ANN202
+    from .paths import home
+    from .store import Store, default_path
+
+    return Store(db or default_path() or home() / "results.db")
+
+
+def _load(ref: str, db: Optional[Path]) -> Run:
+    """A run folder, or a run id (prefix) in the database."""
+    if Path(ref).exists():
+        return Run.load(ref)
+    with _store(db) as st:
+        return st.load(st.find(ref))
+
+
+def history(
+    model: Optional[str] = typer.Option(None, help="Filter: model name contains."),
+    target: Optional[str] = typer.Option(None, help="Filter: target URL contains."),
+    hardware: Optional[str] = typer.Option(None, help="Filter: hardware."),
+    scenario: Optional[str] = typer.Option(None, help="Filter: scenario."),
+    since: Optional[str] = typer.Option(None, help="Filter: created on or after (ISO date)."),
+    until: Optional[str] = typer.Option(None, help="Filter: created on or before (ISO date)."),
+    all_runs: bool = typer.Option(False, "--all", help="Include the steps of sweeps and plans."),
+    limit: int = typer.Option(50, help="At most this many rows."),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List recorded runs, newest first."""
+    try:
+        with _store(db) as st:
+            rows = st.history(model, target, hardware, scenario, since, until, top_only=not all_runs, limit=limit)
+    except StoreError as e:
+        fail(str(e))
+    if json_out:
+        out.print_json(json.dumps(rows, default=str))
+        return
+    t = Table(title=f"{len(rows)} run(s)", title_justify="left")
+    for c in ("id", "created", "kind", "scenario", "model", "hardware", "valid", "done/failed", "TTFT p50", "TPOT p50",
+              "out tok/s", "path"):
+        t.add_column(c, overflow="fold")
+    for r in rows:
+        t.add_row(r["id"][:10], str(r["created"] or "")[:19], str(r["kind"]) + (" (sim)" if r["simulated"] else ""),
+                  escape(str(r["scenario"] or "-")), escape(str(r["model"] or "-")), escape(str(r["hardware"] or "-")),
+                  "yes" if r["valid"] else "[red]no[/]", f"{r['completed']}/{r['failed']}",
+                  _f(r["median_ttft_ms"]), _f(r["median_tpot_ms"]), _f(r["output_throughput"]), escape(str(r["path"] or "")))
+    out.print(t)
+
+
+def _f(v) -> str:  # noqa: ANN001
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def import_runs(
+    paths: list[Path] = typer.Argument(..., help="Run folders to add (sweeps and plans bring their steps)."),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
+) -> None:
+    """Add existing run folders to the results database."""
+    from .store import import_folder
+
+    for p in paths:
+        try:
+            rid, skipped = import_folder(p, db)
+        except (NotARunError, StoreError) as e:
+            fail(str(e))
+        note = f" ({skipped} damaged lines in requests.jsonl skipped)" if skipped else ""
+        out.print(f"imported {escape(str(p))} as {rid}{note}")
+
+
+def export(
+    run: Optional[str] = typer.Argument(None, help="Run folder or id: export its requests. Omit with --summaries."),
+    summaries: bool = typer.Option(False, help="Export a table of run summaries (filtered like history)."),
+    fmt: str = typer.Option("csv", "--format", help="csv | jsonl | parquet."),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write."),
+    model: Optional[str] = typer.Option(None, help="With --summaries: model contains."),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
+) -> None:
+    """Write a run's per-request table, or a table of recorded runs' summaries."""
+    from .store import REQUEST_COLUMNS, SUMMARY_COLUMNS, request_table, write_table
+
+    try:
+        if summaries:
+            with _store(db) as st:
+                rows = st.history(model=model, top_only=False, limit=1_000_000)
+            write_table(rows, SUMMARY_COLUMNS, output, fmt)
+        elif run:
+            r = _load(run, db)
+            from .report.plots import leaves
+
+            recs = [x for leaf in leaves(r) for x in leaf.records]
+            rows = request_table(recs)
+            write_table(rows, REQUEST_COLUMNS, output, fmt)
+        else:
+            fail("give a run to export its requests, or --summaries")
+    except (StoreError, NotARunError) as e:
+        fail(str(e))
+    out.print(f"wrote {len(rows)} rows to {escape(str(output))}")
+
+
+def compare(
+    runs: list[str] = typer.Argument(..., help="Two or more run folders or ids; the first is the baseline."),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Metric by metric, side by side, with the change against the first run and whether it is significant."""
+    from .compare import compare as do_compare
+    from .report.compare import print_comparison
+
+    if len(runs) < 2:
+        fail("compare needs at least two runs")
+    try:
+        loaded = [_load(r, db) for r in runs]
+    except (StoreError, NotARunError) as e:
+        fail(str(e))
+    c = do_compare(loaded, runs)
+    if json_out:
+        out.print_json(json.dumps(c.to_dict(), default=str))
+        return
+    print_comparison(c, out)
+
+
+def report(
+    runs: list[str] = typer.Argument(..., help="Run folders or ids; several overlay on shared axes."),
+    output: Path = typer.Option(Path("report.html"), "-o", "--output", help="report.html (one self-contained file) or report.md (+ PNGs)."),
+    db: Optional[Path] = typer.Option(None, help=DB_HELP),
+) -> None:
+    """Write a self-contained HTML report (or Markdown with PNG plots beside it)."""
+    from rich.progress import Progress
+
+    from .report.document import write_report
+    from .report.plots import ALL
+
+    try:
+        loaded = [_load(r, db) for r in runs]
+    except (StoreError, NotARunError) as e:
+        fail(str(e))
+    names = [Path(r).name if Path(r).exists() else r for r in runs]
+    try:
+        with Progress(console=err, transient=True) as prog:
+            task = prog.add_task("plots", total=len(ALL))
+            files = write_report(loaded, output, names, tick=lambda name: prog.update(task, advance=1, description=name))
+    except (ValueError, RuntimeError) as e:
+        fail(str(e))
+    out.print(f"wrote {escape(str(files[0]))}" + (f" and {len(files) - 1} plot(s) beside it" if len(files) > 1 else ""))

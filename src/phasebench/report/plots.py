@@ -1,0 +1,269 @@
+"""The report's plots, drawn with matplotlib (Agg, no display) into PNG bytes. Several runs share each axis.
+
+Each function takes the runs being reported (each may be a single run, a sweep or a plan) and returns a
+:class:`Plot` or None when the runs hold nothing to draw for it.
+"""
+
+from __future__ import annotations
+
+import io
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import metrics as M
+from ..records import RequestRecord
+from ..results import Run
+
+
+def _mpl():  # noqa: ANN202
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("reports need matplotlib: pip install 'phasebench[plots]'") from None
+    return plt
+
+
+@dataclass
+class Plot:
+    key: str
+    title: str
+    caption: str
+    png: bytes
+
+
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+
+
+def leaves(run: Run) -> list[Run]:
+    return [x for c in run.children for x in leaves(c)] if run.children else [run]
+
+
+def ok_records(run: Run) -> list[RequestRecord]:
+    return [r for leaf in leaves(run) for r in leaf.records if r.ok and not r.warmup]
+
+
+def _png(fig) -> bytes:  # noqa: ANN001
+    plt = _mpl()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _fig(ncols: int = 1):  # noqa: ANN202
+    plt = _mpl()
+    fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols if ncols > 1 else 7.5, 4.2))
+    return fig, axes
+
+
+def prefill(runs: list[Run], names: list[str]) -> Plot | None:
+    fig, ax = _fig()
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        pts = [((r.prompt_tokens or r.input_tokens), M.ttft_ms(r)) for r in ok_records(run)]
+        pts = [(x, y) for x, y in pts if x and y is not None]
+        if len({x for x, _ in pts}) < 2:
+            continue
+        c = COLORS[i % len(COLORS)]
+        xs, ys = zip(*pts)
+        ax.scatter(xs, ys, s=8, alpha=0.35, color=c)
+        by: dict[int, list[float]] = defaultdict(list)
+        for x, y in pts:
+            by[x].append(y)
+        ks = sorted(by)
+        ax.plot(ks, [float(np.median(by[k])) for k in ks], "-o", color=c, label=f"{name} (median)")
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("input tokens")
+    ax.set_ylabel("TTFT (ms)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return Plot("prefill", "Prefill: TTFT against input length",
+                "Each dot is one request; the line joins medians. Prefill is compute-bound: TTFT grows with the prompt.",
+                _png(fig))
+
+
+def _conc(leaf: Run) -> float | None:
+    sp = leaf.manifest.get("spec") or {}
+    if sp.get("scenario") in ("concurrency", "single-stream") and sp.get("concurrency"):
+        return float(sp["concurrency"][0]) if sp.get("scenario") == "concurrency" else 1.0
+    s = leaf.summary
+    if s.get("request_throughput") and (s.get("mean_e2el_ms") or 0):
+        return s["request_throughput"] * s["mean_e2el_ms"] / 1e3  # Little's law
+    return None
+
+
+def _decode_leaves(run: Run) -> list[tuple[float, float, float, float]]:
+    """(concurrency, median TPOT, output throughput, p50 E2E) for each leaf that decoded more than one token."""
+    out = []
+    for leaf in leaves(run):
+        s = leaf.summary
+        c, tpot = _conc(leaf), s.get("median_tpot_ms")
+        if c and tpot and s.get("output_throughput"):
+            out.append((c, tpot, s["output_throughput"], s.get("median_e2el_ms") or 0))
+    return sorted(out)
+
+
+def decode(runs: list[Run], names: list[str]) -> Plot | None:
+    fig, ax = _fig(2)
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        pts = _decode_leaves(run)
+        if not pts:
+            continue
+        c = COLORS[i % len(COLORS)]
+        xs = [p[0] for p in pts]
+        ax[0].plot(xs, [p[1] for p in pts], "-o", color=c, label=name)
+        ax[1].plot(xs, [p[2] for p in pts], "-o", color=c, label=name)
+        drawn = True
+    if not drawn:
+        return None
+    ax[0].set_xlabel("concurrency (requests in flight)")
+    ax[0].set_ylabel("TPOT p50 (ms)")
+    ax[1].set_xlabel("concurrency (requests in flight)")
+    ax[1].set_ylabel("output tokens/s")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    return Plot("decode", "Decode: TPOT and throughput against concurrency",
+                "Decode is memory-bound: batching shares each weight read among sequences, so throughput rises "
+                "while TPOT grows slowly, until compute or the KV cache binds.", _png(fig))
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (latency, throughput) no other point beats on both (lower latency and higher throughput)."""
+    front = []
+    best = -np.inf
+    for lat, thr in sorted(points, key=lambda p: (p[0], -p[1])):
+        if thr > best:
+            front.append((lat, thr))
+            best = thr
+    return front
+
+
+def tradeoff(runs: list[Run], names: list[str]) -> Plot | None:
+    fig, ax = _fig()
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        pts = [(p[1], p[2]) for p in _decode_leaves(run)]
+        if len(pts) < 2:
+            continue
+        c = COLORS[i % len(COLORS)]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=c, alpha=0.6, label=name)
+        f = pareto_front(pts)
+        ax.plot([p[0] for p in f], [p[1] for p in f], "--", color=c, label=f"{name}: Pareto front")
+        drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("TPOT p50 (ms)  — latency")
+    ax.set_ylabel("output tokens/s  — throughput")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return Plot("tradeoff", "Throughput against latency across the sweep",
+                "Up and left is better; the dashed line is the Pareto front: no other point is both faster and "
+                "higher-throughput.", _png(fig))
+
+
+def cdfs(runs: list[Run], names: list[str]) -> Plot | None:
+    fig, ax = _fig(3)
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        recs = ok_records(run)
+        c = COLORS[i % len(COLORS)]
+        for a, (label, fn) in zip(ax, (("TTFT (ms)", M.ttft_ms), ("TPOT (ms)", M.tpot_ms), ("E2E (ms)", M.e2e_ms))):
+            v = np.sort([x for x in (fn(r) for r in recs) if x is not None])
+            if len(v):
+                a.step(v, np.arange(1, len(v) + 1) / len(v), where="post", color=c, label=name)
+                a.set_xlabel(label)
+                drawn = True
+    if not drawn:
+        return None
+    ax[0].set_ylabel("fraction of requests ≤ x")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.axhline(0.99, color="grey", lw=0.6, ls=":")
+    ax[0].legend(fontsize=8)
+    return Plot("cdf", "Latency distributions (CDF)", "The dotted line marks p99: the tail an SLO is usually set on.",
+                _png(fig))
+
+
+def timeline(runs: list[Run], names: list[str]) -> Plot | None:
+    fig, ax = _fig(2)
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        recs = [r for leaf in leaves(run) for r in leaf.records if r.sent_ns]
+        if not recs:
+            continue
+        t0 = min(r.scheduled_ns or r.sent_ns for r in recs)
+        ev = sorted([(r.sent_ns, 1) for r in recs] + [(r.end_ns or r.sent_ns, -1) for r in recs])
+        xs, ys, cur = [], [], 0
+        for t, d in ev:
+            cur += d
+            xs.append((t - t0) / 1e9)
+            ys.append(cur)
+        c = COLORS[i % len(COLORS)]
+        ax[0].step(xs, ys, where="post", color=c, label=name)
+        chunks = [((ns - t0) / 1e9, n) for r in recs for ns, n in zip(r.chunk_ns, r.chunk_tokens or [1] * len(r.chunk_ns))]
+        if chunks:
+            end = max(t for t, _ in chunks)
+            width = max(end / 60, 0.1)  # ~60 bins over the run, never finer than 100 ms
+            bins = np.arange(0, end + width, width)
+            h, _ = np.histogram([t for t, _ in chunks], bins=bins, weights=[n for _, n in chunks])
+            ax[1].step(bins[:-1], h / width, where="post", color=c, label=name)
+        drawn = True
+    if not drawn:
+        return None
+    ax[0].set_xlabel("time (s)")
+    ax[0].set_ylabel("requests in flight")
+    ax[1].set_xlabel("time (s)")
+    ax[1].set_ylabel("output tokens/s")
+    for a in ax:
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    return Plot("timeline", "Load over time", "In-flight requests and the token rate the client saw, second by second.",
+                _png(fig))
+
+
+def roofline(runs: list[Run], names: list[str]) -> Plot | None:
+    blocks = [(name, i, leaf, (leaf.summary.get("phasebench") or {}).get("roofline"))
+              for i, (run, name) in enumerate(zip(runs, names)) for leaf in leaves(run)]
+    blocks = [b for b in blocks if b[3] and not b[3].get("error") and ("mbu" in b[3] or "mfu" in b[3])]
+    if not blocks:
+        return None
+    fig, ax = _fig()
+    seen_hw = set()
+    for name, i, leaf, b in blocks:
+        c = COLORS[i % len(COLORS)]
+        bw, peak = b["peak_bandwidth_gbps"] * 1e9, b["peak_tflops"] * 1e12
+        if b["hardware"] not in seen_hw:
+            xs = np.geomspace(0.1, 1e4, 200)
+            ax.plot(xs, np.minimum(peak, bw * xs), color="black" if not seen_hw else "grey", lw=1.2,
+                    label=f"roofline: {b['hardware']} ({b['peak_bandwidth_gbps']:.0f} GB/s, {b['peak_tflops']:.2f} TFLOP/s)")
+            seen_hw.add(b["hardware"])
+        if "mbu" in b and b.get("decode_flops_per_step"):
+            ax.scatter(b["decode_flops_per_step"] / b["decode_bytes_per_step"], b["decode_achieved_tflops"] * 1e12,
+                       marker="o", color=c, s=30)
+        if "mfu" in b and b.get("prefill_bytes"):
+            ax.scatter(b["prefill_flops"] / b["prefill_bytes"], b["prefill_achieved_tflops"] * 1e12, marker="^",
+                       color=c, s=30)
+    ax.scatter([], [], marker="o", color="grey", label="decode (measured)")
+    ax.scatter([], [], marker="^", color="grey", label="prefill (measured)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+    ax.set_ylabel("FLOP/s")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return Plot("roofline", "Where each phase sits against the roofline",
+                "Decode (circles) sits far left, under the bandwidth slope: memory-bound. Prefill (triangles) sits "
+                "to the right, toward the compute roof. The gap to the line is what the stack leaves on the table.",
+                _png(fig))
+
+
+ALL = (prefill, decode, tradeoff, cdfs, timeline, roofline)

@@ -1,0 +1,323 @@
+"""The results database: every run (measured or simulated) in one embedded SQLite file.
+
+Default ``$PHASEBENCH_HOME/results.db`` (``~/.phasebench/results.db``); ``PHASEBENCH_DB`` or ``--db`` to change,
+``PHASEBENCH_DB=off`` to disable. WAL mode, a busy timeout, and one transaction per run, so two processes
+writing at once queue instead of corrupting it. The schema is versioned (``PRAGMA user_version``) and migrated
+forward on open. The run folder stays the source of truth: a database that cannot be written costs a warning,
+never a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .paths import home
+from .records import RequestRecord
+from .results import NotARunError, Run
+
+# Each entry migrates from version i to i + 1. Never edit a shipped entry: append a new one.
+MIGRATIONS: list[str] = [
+    # 0 -> 1
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        parent_id TEXT,
+        path TEXT,
+        kind TEXT,
+        scenario TEXT,
+        model TEXT,
+        target TEXT,
+        created TEXT,
+        simulated INTEGER NOT NULL DEFAULT 0,
+        valid INTEGER,
+        completed INTEGER,
+        failed INTEGER,
+        manifest TEXT NOT NULL,
+        summary TEXT NOT NULL,
+        imported_at TEXT DEFAULT (datetime('now'))
+    );
+    CREATE TABLE requests (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        idx INTEGER NOT NULL,
+        record TEXT NOT NULL,
+        PRIMARY KEY (run_id, idx)
+    );
+    CREATE INDEX runs_model ON runs(model);
+    CREATE INDEX runs_created ON runs(created);
+    CREATE INDEX runs_scenario ON runs(scenario);
+    """,
+    # 1 -> 2: hardware and engine as columns (for history filters); per-request metrics as columns for queries
+    """
+    ALTER TABLE runs ADD COLUMN hardware TEXT;
+    ALTER TABLE runs ADD COLUMN engine TEXT;
+    ALTER TABLE requests ADD COLUMN ttft_ms REAL;
+    ALTER TABLE requests ADD COLUMN tpot_ms REAL;
+    ALTER TABLE requests ADD COLUMN e2e_ms REAL;
+    ALTER TABLE requests ADD COLUMN error_type TEXT;
+    CREATE INDEX runs_hardware ON runs(hardware);
+    CREATE INDEX runs_parent ON runs(parent_id);
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be opened, read or written (locked, read-only, damaged, too new)."""
+
+
+def default_path() -> Path | None:
+    env = os.environ.get("PHASEBENCH_DB")
+    if env and env.lower() in ("off", "none", "0"):
+        return None
+    return Path(env) if env else home() / "results.db"
+
+
+def run_id(run: Run) -> str:
+    """Stable per run: the folder's absolute path and creation time (re-importing updates, never duplicates)."""
+    key = f"{run.path.resolve() if run.path else ''}|{run.manifest.get('created', '')}|{run.manifest.get('t0_monotonic_ns', '')}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _j(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+class Store:
+    def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA foreign_keys=ON")
+            self.db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+            self._migrate()
+        except sqlite3.Error as e:
+            raise StoreError(f"results database {self.path}: {e}") from None
+        except OSError as e:
+            raise StoreError(f"results database {self.path}: {e}") from None
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.db.close()
+
+    @property
+    def version(self) -> int:
+        return self.db.execute("PRAGMA user_version").fetchone()[0]
+
+    def _migrate(self) -> None:
+        v = self.version
+        if v > SCHEMA_VERSION:
+            raise StoreError(f"schema version {v} is newer than this phasebench ({SCHEMA_VERSION}); upgrade phasebench")
+        if v == SCHEMA_VERSION:
+            return
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            v = self.version  # another process may have migrated while we waited for the lock
+            for i in range(v, SCHEMA_VERSION):
+                for stmt in MIGRATIONS[i].split(";"):
+                    if stmt.strip():
+                        self.db.execute(stmt)
+                if i == 1:
+                    self._backfill_v2()
+            self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+
+    def _backfill_v2(self) -> None:
+        for rid, manifest in self.db.execute("SELECT id, manifest FROM runs").fetchall():
+            hw, eng = _hw_engine(json.loads(manifest))
+            self.db.execute("UPDATE runs SET hardware=?, engine=? WHERE id=?", (hw, eng, rid))
+        for rid, idx, rec in self.db.execute("SELECT run_id, idx, record FROM requests").fetchall():
+            self.db.execute("UPDATE requests SET ttft_ms=?, tpot_ms=?, e2e_ms=?, error_type=? WHERE run_id=? AND idx=?",
+                            (*_metrics(json.loads(rec)), rid, idx))
+
+    # --- writing ---------------------------------------------------------------------------------------
+    def record(self, run: Run, parent: str | None = None) -> str:
+        """Insert or replace a run (and, for sweeps and plans, each child) in one transaction."""
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                rid = self._insert(run, parent)
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as e:
+            raise StoreError(f"results database {self.path}: {e}") from None
+        return rid
+
+    def _insert(self, run: Run, parent: str | None) -> str:
+        m, s = run.manifest, run.summary
+        rid = run_id(run)
+        spec = m.get("spec") or {}
+        target = m.get("target") or {}
+        model = target.get("model") or (m.get("model_file") or {}).get("name") or spec.get("model") or spec.get("model_spec")
+        hw, eng = _hw_engine(m)
+        self.db.execute("DELETE FROM runs WHERE id=?", (rid,))
+        self.db.execute(
+            "INSERT INTO runs (id, parent_id, path, kind, scenario, model, target, created, simulated, valid, completed,"
+            " failed, manifest, summary, hardware, engine) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (rid, parent, str(run.path.resolve()) if run.path else None, m.get("kind", "run"), spec.get("scenario"),
+             model, target.get("url") or spec.get("url"), m.get("created"), int(bool(m.get("simulated"))),
+             int(run.valid), s.get("completed"), s.get("failed"), _j(m), _j(s), hw, eng))
+        self.db.executemany(
+            "INSERT INTO requests (run_id, idx, record, ttft_ms, tpot_ms, e2e_ms, error_type) VALUES (?,?,?,?,?,?,?)",
+            ((rid, r.index, _j(asdict(r)), *_metrics(asdict(r))) for r in run.records))
+        for child in run.children:
+            self._insert(child, rid)
+        return rid
+
+    # --- reading ---------------------------------------------------------------------------------------
+    def history(self, model: str | None = None, target: str | None = None, hardware: str | None = None,
+                scenario: str | None = None, since: str | None = None, until: str | None = None,
+                top_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
+        where, args = [], []
+        for col, val in (("model", model), ("target", target), ("hardware", hardware), ("scenario", scenario)):
+            if val:
+                where.append(f"{col} LIKE ?")
+                args.append(f"%{val}%")
+        if since:
+            where.append("created >= ?")
+            args.append(since)
+        if until:
+            where.append("created <= ?")
+            args.append(until)
+        if top_only:
+            where.append("parent_id IS NULL")
+        sql = ("SELECT id, created, kind, scenario, model, target, hardware, engine, simulated, valid, completed, failed,"
+               " path, summary FROM runs" + (" WHERE " + " AND ".join(where) if where else "")
+               + " ORDER BY created DESC LIMIT ?")
+        rows = self.db.execute(sql, (*args, limit)).fetchall()
+        keys = ("id", "created", "kind", "scenario", "model", "target", "hardware", "engine", "simulated", "valid",
+                "completed", "failed", "path")
+        out = []
+        for row in rows:
+            d = dict(zip(keys, row[:-1]))
+            s = json.loads(row[-1])
+            d |= {k: s.get(k) for k in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput",
+                                        "request_goodput")}
+            out.append(d)
+        return out
+
+    def find(self, ref: str) -> str:
+        """A run id from an id prefix or a run folder path."""
+        p = Path(ref)
+        if p.exists():
+            row = self.db.execute("SELECT id FROM runs WHERE path=? ORDER BY created DESC", (str(p.resolve()),)).fetchone()
+            if row:
+                return row[0]
+        rows = self.db.execute("SELECT id FROM runs WHERE id LIKE ?", (ref + "%",)).fetchall()
+        if len(rows) == 1:
+            return rows[0][0]
+        raise StoreError(f"{ref!r} matches {len(rows)} runs in {self.path}" if rows else f"no run {ref!r} in {self.path}")
+
+    def load(self, rid: str) -> Run:
+        row = self.db.execute("SELECT path, manifest, summary FROM runs WHERE id=?", (rid,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {rid} in {self.path}")
+        recs = [RequestRecord(**json.loads(r)) for (r,) in
+                self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,))]
+        children = [self.load(c) for (c,) in
+                    self.db.execute("SELECT id FROM runs WHERE parent_id=? ORDER BY path", (rid,)).fetchall()]
+        return Run(Path(row[0]) if row[0] else None, json.loads(row[1]), json.loads(row[2]), recs, children)
+
+    def request_rows(self, rid: str) -> Iterator[dict[str, Any]]:
+        for (r,) in self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,)):
+            yield json.loads(r)
+
+    def count(self) -> tuple[int, int]:
+        return (self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0],
+                self.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+
+
+def _metrics(rec: dict[str, Any]) -> tuple[float | None, float | None, float | None, str | None]:
+    r = RequestRecord(**rec)
+    from .metrics import e2e_ms, tpot_ms, ttft_ms
+
+    return ttft_ms(r), tpot_ms(r), e2e_ms(r), r.error_type
+
+
+def _hw_engine(m: dict[str, Any]) -> tuple[str | None, str | None]:
+    spec = m.get("spec") or {}
+    hw = spec.get("hardware") or ("local" if m.get("model_file") else None)
+    if m.get("simulated"):
+        hw = (m.get("simulation") or {}).get("hardware") or hw
+    eng = (m.get("engine") or {}).get("name") or ("simulator" if m.get("simulated") else None)
+    return hw, eng
+
+
+def record_run(run: Run, db: Path | None | str = "default") -> tuple[str | None, str | None]:
+    """Record a finished run; returns (id, warning). Never raises: the run folder already holds everything."""
+    path = default_path() if db == "default" else (Path(db) if db else None)
+    if path is None:
+        return None, None
+    try:
+        with Store(path) as st:
+            return st.record(run), None
+    except (StoreError, sqlite3.Error, OSError) as e:
+        return None, f"not recorded in the results database: {e} (the run folder is complete; `phasebench import` it later)"
+
+
+# --- export ----------------------------------------------------------------------------------------------
+REQUEST_COLUMNS = ("index", "status", "error_type", "error", "input_tokens", "prompt_tokens", "output_tokens",
+                   "ttft_ms", "ttft_sent_ms", "tpot_ms", "e2e_ms", "scheduled_ns", "sent_ns", "first_token_ns",
+                   "last_token_ns", "end_ns", "retries", "warmup", "finish_reason")
+SUMMARY_COLUMNS = ("id", "created", "kind", "scenario", "model", "target", "hardware", "engine", "simulated", "valid",
+                   "completed", "failed", "median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput",
+                   "request_goodput", "path")
+
+
+def request_table(records: Sequence[RequestRecord]) -> list[dict[str, Any]]:
+    from .metrics import e2e_ms, tpot_ms, ttft_ms, ttft_sent_ms
+
+    rows = []
+    for r in records:
+        d = asdict(r)
+        d |= {"ttft_ms": ttft_ms(r), "ttft_sent_ms": ttft_sent_ms(r), "tpot_ms": tpot_ms(r), "e2e_ms": e2e_ms(r)}
+        rows.append({k: d.get(k) for k in REQUEST_COLUMNS})
+    return rows
+
+
+def write_table(rows: list[dict[str, Any]], columns: Sequence[str], out: Path, fmt: str) -> None:
+    if fmt == "csv":
+        with open(out, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    elif fmt == "jsonl":
+        with open(out, "w") as f:
+            for r in rows:
+                f.write(json.dumps({k: r.get(k) for k in columns}, default=str) + "\n")
+    elif fmt == "parquet":
+        try:
+            import pyarrow as pa  # type: ignore[import-not-found]
+            import pyarrow.parquet as pq  # type: ignore[import-not-found]
+        except ImportError:
+            raise StoreError("parquet export needs pyarrow: pip install 'phasebench[parquet]'") from None
+        pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in columns} for r in rows]), out)
+    else:
+        raise StoreError(f"unknown export format {fmt!r} (csv, jsonl, parquet)")
+
+
+def import_folder(path: Path, db: Path | None = None) -> tuple[str, int]:
+    run = Run.load(path)
+    if run.manifest.get("kind") is None and not run.summary:
+        raise NotARunError(f"{path} is not a run folder")
+    with Store(db or default_path() or home() / "results.db") as st:
+        return st.record(run), run.skipped_lines
