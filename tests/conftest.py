@@ -6,6 +6,10 @@ import json
 import os
 import subprocess
 import sys
+
+# phasebench's own state (results database, hardware records, calibrations) goes to a throwaway folder,
+# never the user's ~/.phasebench; subprocesses inherit it
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -13,10 +17,6 @@ from pathlib import Path
 import pytest
 
 from phasebench.spec import RunSpec
-
-# phasebench's own state (results database, hardware records, calibrations) goes to a throwaway folder,
-# never the user's ~/.phasebench; subprocesses inherit it
-import tempfile  # noqa: E402
 
 os.environ["PHASEBENCH_HOME"] = tempfile.mkdtemp(prefix="phasebench-test-home-")
 

@@ -31,12 +31,18 @@ def _have_engine() -> bool:
 needs_engine = pytest.mark.skipif(not _have_engine(), reason="no llama-server build or model (run `phasebench engine build`)")
 
 
-@needs_engine
-@pytest.mark.engine
-def test_quick_plan_against_the_real_engine(tmp_path):
-    out = tmp_path / "plan"
+@pytest.fixture(scope="module")
+def quick_plan(tmp_path_factory):
+    out = tmp_path_factory.mktemp("engine") / "plan"
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--quick", "--out", str(out)],
                        capture_output=True, text=True, env=ENV, timeout=300)
+    return out, p
+
+
+@needs_engine
+@pytest.mark.engine
+def test_quick_plan_against_the_real_engine(quick_plan):
+    out, p = quick_plan
     assert p.returncode == 0, p.stderr[-2000:]
     assert "decode is memory-bound" in p.stdout
     m = json.loads((out / "manifest.json").read_text())
@@ -90,3 +96,27 @@ def test_gguf_reader_rejects_truncated_files(tmp_path):
     f.write_bytes(b"GGUF\x03\x00\x00\x00")
     with pytest.raises(EngineError, match="truncated"):
         read_gguf(f)
+
+
+@needs_engine
+@pytest.mark.engine
+def test_profile_fitted_to_the_engine_predicts_its_own_runs(quick_plan):
+    """Fit a profile to the plan's measured steps, simulate the same scenarios, compare the medians."""
+    from phasebench.results import Run
+    from phasebench.sim.profile import fit_profile
+    from phasebench.sim.replica import SchedulerConfig
+    from phasebench.sim.run import simulate_run
+    from phasebench.spec import RunSpec
+
+    out, p = quick_plan
+    assert p.returncode == 0, p.stderr[-2000:]
+    prof = fit_profile([Run.load(out)])
+    slots = json.loads((out / "manifest.json").read_text())["engine"]["slots"]
+    for step in ("server", "decode-c4"):
+        measured = Run.load(out / step)
+        sp = {**measured.manifest["spec"], "url": "http://simulated.invalid/v1", "out": None}
+        sim = simulate_run(RunSpec(**sp), prof, SchedulerConfig(max_seqs=slots, max_batched_tokens=2048))
+        for key in ("median_ttft_ms", "median_tpot_ms"):
+            got, want = sim.summary[key], measured.summary[key]
+            print(f"{step} {key}: measured {want:.1f} simulated {got:.1f} ({got / want - 1:+.0%})")
+            assert got == pytest.approx(want, rel=0.25), (step, key)

@@ -20,7 +20,15 @@ from phasebench.report.mlperf import summary_text
 from phasebench.report.plots import pareto_front
 from phasebench.results import Run
 from phasebench.runner import run
-from phasebench.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError, default_path, import_folder, record_run
+from phasebench.store import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    Store,
+    StoreError,
+    default_path,
+    import_folder,
+    record_run,
+)
 
 from .conftest import ENV, spec
 
@@ -177,7 +185,10 @@ def test_compare_flags_a_real_difference_and_not_noise(server, tmp_path, db):
     assert ttft.verdicts[1] == "not significant"
     assert not same.warnings
     p = cli("compare", str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"))
-    assert p.returncode == 0 and "+2" in p.stdout and "CI" in p.stdout
+    assert p.returncode == 0 and "95% CI" in p.stdout and "significant" in p.stdout
+    p = cli("compare", str(tmp_path / "a" / "run"), str(tmp_path / "b" / "run"), "--json")
+    row = next(r for r in json.loads(p.stdout)["rows"] if r["metric"] == "ttft_ms" and r["stat"] == "p50")
+    assert row["verdicts"][1] == "significant"
 
 
 def test_compare_warns_when_runs_are_not_comparable(server, tmp_path, db):

@@ -10,11 +10,11 @@ Public API::
 
 __version__ = "0.1.0"
 
-from .results import Run  # noqa: E402
-from .spec import SLO, LengthDist, RunSpec, Scenario  # noqa: E402
+from .results import Run
+from .spec import SLO, LengthDist, RunSpec, Scenario
 
 
-def run(spec: RunSpec, progress=None) -> Run:  # noqa: ANN001
+def run(spec: RunSpec, progress=None) -> Run:
     """Run a spec (or a sweep) against ``spec.url`` and return the ``Run``; see ``phasebench.runner``."""
     from .runner import run as _run
 

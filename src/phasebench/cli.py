@@ -33,12 +33,11 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _user_errors():  # noqa: ANN202
+def _user_errors():
     from .engine.errors import EngineError
+    from .model.errors import ModelError
     from .results import NotARunError
     from .runner import RunError
-
-    from .model.errors import ModelError
 
     return (SpecError, RunError, NotARunError, FileExistsError, EngineError, ModelError)
 
@@ -72,6 +71,8 @@ def run(
     model_spec: Optional[str] = typer.Option(None, help="Catalog model or config.json/GGUF, for MBU/MFU."),
     hardware: Optional[str] = typer.Option(None, help="Catalog hardware for MBU/MFU (default: local)."),
     weight_precision: Optional[str] = typer.Option(None, help="Weights' precision for MBU: fp16, fp8, int4… (default fp16)."),
+    devices: Optional[int] = typer.Option(None, help="Devices behind the target (cost per token)."),
+    price_per_hour: Optional[float] = typer.Option(None, help="USD per device-hour (default: the catalog's)."),
     mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
     quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
@@ -97,7 +98,8 @@ def run(
             output_tokens=output_tokens, preset=preset, dataset=dataset, tokenizer=tokenizer, slo=slo,
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
-            model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, mlperf=mlperf,
+            model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
+            mlperf=mlperf,
         )
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
@@ -136,7 +138,7 @@ def default_out() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _print(result, json_out: bool) -> None:  # noqa: ANN001
+def _print(result, json_out: bool) -> None:
     if json_out:
         import orjson
 
@@ -252,12 +254,11 @@ def engine_status() -> None:
 
 
 def main() -> None:
-    from . import cli_model
-
-    from . import cli_results
+    from . import cli_model, cli_results, cli_sim
 
     cli_model.register(app)  # predict, probe, calibrate, hardware, models
     cli_results.register(app)  # history, import, export, compare, report
+    cli_sim.register(app)  # simulate, disagg, profile fit
 
     try:
         app()

@@ -25,7 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command()(report)
 
 
-def _store(db: Optional[Path]):  # noqa: ANN202
+def _store(db: Optional[Path]):
     from .paths import home
     from .store import Store, default_path
 
@@ -73,7 +73,7 @@ def history(
     out.print(t)
 
 
-def _f(v) -> str:  # noqa: ANN001
+def _f(v) -> str:
     return "-" if v is None else f"{v:,.1f}"
 
 

@@ -1,10 +1,11 @@
 """The default plan: what ``phasebench run`` does with no ``--url``.
 
 1. start the embedded llama.cpp engine with N slots on 127.0.0.1 and warm it up;
-2. prefill sweep: TTFT against exact input length (server /tokenize), one output token;
-3. decode sweep: TPOT and throughput against concurrency 1, 2, 4, 8;
-4. a server-scenario (Poisson) run near the measured capacity, with a default SLO: goodput;
-5. probe this machine's memory wall and explain where each phase sits.
+2. probe this machine's memory wall (the ``local`` hardware record each step's MBU/MFU is measured against);
+3. prefill sweep: TTFT against exact input length (server /tokenize), one output token;
+4. decode sweep: TPOT and throughput against concurrency 1, 2, 4, 8;
+5. a server-scenario (Poisson) run near the measured capacity, with a default SLO: goodput;
+then explain where each phase sits, and record the plan in the results database.
 Each step is an ordinary run folder under one plan folder; the engine is stopped whatever happens.
 """
 

@@ -313,6 +313,10 @@ async def run_one(
     records.sort(key=lambda r: r.index)
     summary = summarize(records, ctx)
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
+    from .cost import cost_block
+
+    hw = spec.hardware or ("local" if summary["phasebench"]["roofline"] else None)
+    summary["phasebench"]["cost"] = cost_block(hw, spec.devices, summary, spec.price_per_hour)
     manifest["t0_monotonic_ns"] = t0
     if folder:
         folder.write_manifest(manifest)

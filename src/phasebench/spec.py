@@ -159,6 +159,8 @@ class RunSpec(BaseModel):
     max_connections: int = Field(default=4096, ge=1)
     model_spec: str | None = Field(default=None, description="catalog model or config.json/GGUF for MBU/MFU")
     hardware: str | None = Field(default=None, description="catalog hardware for MBU/MFU (default: local)")
+    devices: int = Field(default=1, ge=1, description="devices serving the target (for cost per token)")
+    price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour (overrides the catalog's)")
     weight_precision: str | None = Field(default=None, description="weights' storage precision for MBU (default fp16; a GGUF's own size)")
     mlperf: bool = Field(default=False, description="apply MLPerf validity rules (>= 600 s, min queries)")
     tags: dict[str, str] = Field(default_factory=dict)

@@ -231,7 +231,7 @@ class Store:
         row = self.db.execute("SELECT path, manifest, summary FROM runs WHERE id=?", (rid,)).fetchone()
         if row is None:
             raise StoreError(f"no run {rid} in {self.path}")
-        recs = [RequestRecord(**json.loads(r)) for (r,) in
+        recs = [RequestRecord.from_dict(json.loads(r)) for (r,) in
                 self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,))]
         children = [self.load(c) for (c,) in
                     self.db.execute("SELECT id FROM runs WHERE parent_id=? ORDER BY path", (rid,)).fetchall()]
@@ -247,7 +247,7 @@ class Store:
 
 
 def _metrics(rec: dict[str, Any]) -> tuple[float | None, float | None, float | None, str | None]:
-    r = RequestRecord(**rec)
+    r = RequestRecord.from_dict(rec)
     from .metrics import e2e_ms, tpot_ms, ttft_ms
 
     return ttft_ms(r), tpot_ms(r), e2e_ms(r), r.error_type

@@ -22,7 +22,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import EngineError
-from .locate import LLAMA_CPP_PYTHON_VERSION, build_flags, build_key, cached_binary, cache_dir
+from .locate import LLAMA_CPP_PYTHON_VERSION, build_flags, build_key, cache_dir, cached_binary
 
 
 def _need_tools() -> None:

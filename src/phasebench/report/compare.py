@@ -32,6 +32,8 @@ def print_comparison(c: Comparison, console: Console) -> None:
                     lo, hi = r.ci[i]
                     colour = "green" if (r.changes[i] < 0) == _lower_is_better(r.metric) else "red"
                     cell += f" [{colour}]{r.changes[i]:+.1%}[/] [dim](95% CI {lo:+.1%}..{hi:+.1%}, p={r.p_values[i]:.1g})[/]"
+                elif verdict.startswith("rank"):
+                    cell += f" ({r.changes[i]:+.1%}, {verdict})"
                 else:
                     cell += f" ({r.changes[i]:+.1%})"
             cells.append(cell)

@@ -17,7 +17,7 @@ from ..records import RequestRecord
 from ..results import Run
 
 
-def _mpl():  # noqa: ANN202
+def _mpl():
     try:
         import matplotlib
 
@@ -47,7 +47,7 @@ def ok_records(run: Run) -> list[RequestRecord]:
     return [r for leaf in leaves(run) for r in leaf.records if r.ok and not r.warmup]
 
 
-def _png(fig) -> bytes:  # noqa: ANN001
+def _png(fig) -> bytes:
     plt = _mpl()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
@@ -55,17 +55,28 @@ def _png(fig) -> bytes:  # noqa: ANN001
     return buf.getvalue()
 
 
-def _fig(ncols: int = 1):  # noqa: ANN202
+def _fig(ncols: int = 1):
     plt = _mpl()
     fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols if ncols > 1 else 7.5, 4.2))
     return fig, axes
+
+
+def _axes(axes, *labels: tuple[str, str]) -> None:  # noqa: ANN001
+    """Label each axis (x, y), add a light grid and a small legend."""
+    for a, (x, y) in zip(axes, labels):
+        a.set_xlabel(x)
+        a.set_ylabel(y)
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
 
 
 def prefill(runs: list[Run], names: list[str]) -> Plot | None:
     fig, ax = _fig()
     drawn = False
     for i, (run, name) in enumerate(zip(runs, names)):
-        pts = [((r.prompt_tokens or r.input_tokens), M.ttft_ms(r)) for r in ok_records(run)]
+        alone = [leaf for leaf in leaves(run) if _alone(leaf)]
+        recs = [r for leaf in alone for r in leaf.records if r.ok and not r.warmup] if alone else ok_records(run)
+        pts = [((r.prompt_tokens or r.input_tokens), M.ttft_ms(r)) for r in recs]
         pts = [(x, y) for x, y in pts if x and y is not None]
         if len({x for x, _ in pts}) < 2:
             continue
@@ -89,6 +100,16 @@ def prefill(runs: list[Run], names: list[str]) -> Plot | None:
                 _png(fig))
 
 
+def _alone(leaf: Run) -> bool:
+    """A run whose requests had the engine to themselves: single-stream or concurrency 1."""
+    sp = leaf.manifest.get("spec") or {}
+    return sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
+
+
+def _closed(leaf: Run) -> bool:
+    return (leaf.manifest.get("spec") or {}).get("scenario") in ("concurrency", "single-stream")
+
+
 def _conc(leaf: Run) -> float | None:
     sp = leaf.manifest.get("spec") or {}
     if sp.get("scenario") in ("concurrency", "single-stream") and sp.get("concurrency"):
@@ -99,10 +120,13 @@ def _conc(leaf: Run) -> float | None:
     return None
 
 
-def _decode_leaves(run: Run) -> list[tuple[float, float, float, float]]:
-    """(concurrency, median TPOT, output throughput, p50 E2E) for each leaf that decoded more than one token."""
+def _decode_leaves(run: Run, closed: bool | None = None) -> list[tuple[float, float, float, float]]:
+    """(concurrency, median TPOT, output throughput, p50 E2E) for each leaf that decoded more than one token
+    (only closed-loop leaves, or only open-loop ones, when ``closed`` says so)."""
     out = []
     for leaf in leaves(run):
+        if closed is not None and _closed(leaf) != closed:
+            continue
         s = leaf.summary
         c, tpot = _conc(leaf), s.get("median_tpot_ms")
         if c and tpot and s.get("output_throughput"):
@@ -114,23 +138,21 @@ def decode(runs: list[Run], names: list[str]) -> Plot | None:
     fig, ax = _fig(2)
     drawn = False
     for i, (run, name) in enumerate(zip(runs, names)):
-        pts = _decode_leaves(run)
-        if not pts:
-            continue
         c = COLORS[i % len(COLORS)]
-        xs = [p[0] for p in pts]
-        ax[0].plot(xs, [p[1] for p in pts], "-o", color=c, label=name)
-        ax[1].plot(xs, [p[2] for p in pts], "-o", color=c, label=name)
-        drawn = True
+        pts = _decode_leaves(run, closed=True)
+        if pts:
+            xs = [p[0] for p in pts]
+            ax[0].plot(xs, [p[1] for p in pts], "-o", color=c, label=name)
+            ax[1].plot(xs, [p[2] for p in pts], "-o", color=c, label=name)
+            drawn = True
+        opn = _decode_leaves(run, closed=False)   # open-loop runs: placed at their mean in-flight count
+        if opn:
+            ax[0].plot([p[0] for p in opn], [p[1] for p in opn], "x", ms=9, color=c, label=f"{name} (open loop)")
+            ax[1].plot([p[0] for p in opn], [p[2] for p in opn], "x", ms=9, color=c, label=f"{name} (open loop)")
+            drawn = True
     if not drawn:
         return None
-    ax[0].set_xlabel("concurrency (requests in flight)")
-    ax[0].set_ylabel("TPOT p50 (ms)")
-    ax[1].set_xlabel("concurrency (requests in flight)")
-    ax[1].set_ylabel("output tokens/s")
-    for a in ax:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+    _axes(ax, ("concurrency (requests in flight)", "TPOT p50 (ms)"), ("concurrency (requests in flight)", "output tokens/s"))
     return Plot("decode", "Decode: TPOT and throughput against concurrency",
                 "Decode is memory-bound: batching shares each weight read among sequences, so throughput rises "
                 "while TPOT grows slowly, until compute or the KV cache binds.", _png(fig))
@@ -197,7 +219,13 @@ def timeline(runs: list[Run], names: list[str]) -> Plot | None:
     fig, ax = _fig(2)
     drawn = False
     for i, (run, name) in enumerate(zip(runs, names)):
-        recs = [r for leaf in leaves(run) for r in leaf.records if r.sent_ns]
+        # each step of a sweep or plan has its own clock: show one, the server step or else the longest
+        ls = leaves(run)
+        leaf = next((x for x in ls if x.path and x.path.name == "server"), None) or \
+            max(ls, key=lambda x: x.summary.get("duration") or 0)
+        if len(ls) > 1 and leaf.path:
+            name = f"{name}: {leaf.path.name}"
+        recs = [r for r in leaf.records if r.sent_ns]
         if not recs:
             continue
         t0 = min(r.scheduled_ns or r.sent_ns for r in recs)
@@ -219,13 +247,7 @@ def timeline(runs: list[Run], names: list[str]) -> Plot | None:
         drawn = True
     if not drawn:
         return None
-    ax[0].set_xlabel("time (s)")
-    ax[0].set_ylabel("requests in flight")
-    ax[1].set_xlabel("time (s)")
-    ax[1].set_ylabel("output tokens/s")
-    for a in ax:
-        a.grid(alpha=0.3)
-        a.legend(fontsize=8)
+    _axes(ax, ("time (s)", "requests in flight"), ("time (s)", "output tokens/s"))
     return Plot("timeline", "Load over time", "In-flight requests and the token rate the client saw, second by second.",
                 _png(fig))
 
@@ -249,7 +271,7 @@ def roofline(runs: list[Run], names: list[str]) -> Plot | None:
         if "mbu" in b and b.get("decode_flops_per_step"):
             ax.scatter(b["decode_flops_per_step"] / b["decode_bytes_per_step"], b["decode_achieved_tflops"] * 1e12,
                        marker="o", color=c, s=30)
-        if "mfu" in b and b.get("prefill_bytes"):
+        if "mfu" in b and b.get("prefill_bytes") and (_alone(leaf) or len(blocks) == 1):
             ax.scatter(b["prefill_flops"] / b["prefill_bytes"], b["prefill_achieved_tflops"] * 1e12, marker="^",
                        color=c, s=30)
     ax.scatter([], [], marker="o", color="grey", label="decode (measured)")

@@ -1,0 +1,212 @@
+"""Commands of the predictive side: ``simulate``, ``profile fit``, ``disagg``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.markup import escape
+
+from .cli import fail, out
+from .model.errors import ModelError
+from .spec import Scenario, SpecError
+
+profile_app = typer.Typer(no_args_is_help=True, help="Phase profiles: iteration cost models fitted to measured runs.")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(simulate)
+    app.command()(disagg)
+    app.add_typer(profile_app, name="profile")
+
+
+def _setup(model: str, hardware: str, devices: int, precision: str, engine: Optional[str] = None):
+    from .model.arch import load_model
+    from .model.calibrate import efficiency_for
+    from .model.hardware import load_hardware
+    from .model.phases import Setup, resolve_precision
+
+    hw = load_hardware(hardware)
+    pr, _ = resolve_precision(hw, precision)
+    eff, _ = efficiency_for(hw, engine)
+    return Setup(load_model(model), hw, devices=devices, precision=pr, efficiency=eff)
+
+
+def _scheduler(setup, max_seqs: int, max_batched_tokens: int, chunked: bool, block_size: int,
+               kv_blocks: Optional[int], static: bool):
+    from .model.phases import predict
+    from .sim.replica import SchedulerConfig, blocks_for_memory
+
+    cfg = SchedulerConfig(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens, chunked_prefill=chunked,
+                          block_size=block_size, static=static)
+    if setup is not None:
+        setup = setup.resolved()
+        cfg.batching = setup.hardware.batching
+        if kv_blocks is None:
+            p = predict(setup, 1, 1, 1)
+            if not p.fits:
+                raise ModelError(f"{setup.model.name} does not fit on {setup.devices}× {setup.hardware.key}")
+            free = (p.memory.capacity - p.memory.per_device_weights) * setup.devices
+            if setup.hardware.kind == "sram-dataflow" and setup.hardware.memory_gb * 1000 <= setup.hardware.sram_mb:
+                free = setup.hardware.sram_mb * 1e6 * setup.devices - p.memory.weights_bytes  # SRAM left after weights
+            cfg.kv_blocks = blocks_for_memory(free, setup.model.kv_bytes_per_token(setup.precision.kv)
+                                              * (max(setup.model.kv_heads / setup.tp, 1) * setup.tp / setup.model.kv_heads), block_size)
+    if kv_blocks is not None:
+        cfg.kv_blocks = kv_blocks
+    return cfg
+
+
+def simulate(
+    model: Optional[str] = typer.Option(None, help="Catalog model, config.json or GGUF (with --hardware)."),
+    hardware: Optional[str] = typer.Option(None, help="Catalog hardware (with --model)."),
+    devices: int = typer.Option(1, help="Devices per replica (tensor parallel)."),
+    precision: str = typer.Option("fp16", help="Weights precision (see predict)."),
+    engine: Optional[str] = typer.Option(None, help="Use the calibration stored for (hardware, engine)."),
+    profile: Optional[Path] = typer.Option(None, help="A fitted profile (phasebench profile fit) instead of --model/--hardware."),
+    replicas: int = typer.Option(1, help="Identical replicas; requests go round-robin."),
+    scenario: Scenario = typer.Option(Scenario.server, help="single-stream | concurrency | server | offline."),
+    concurrency: Optional[int] = typer.Option(None, help="Closed-loop slots."),
+    rate: Optional[float] = typer.Option(None, help="Requests/s (server)."),
+    burstiness: Optional[float] = typer.Option(None, help="Gamma shape: 1 = Poisson."),
+    requests: Optional[int] = typer.Option(None, help="Number of requests."),
+    duration: Optional[float] = typer.Option(None, help="Seconds of arrivals (server)."),
+    input_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
+    output_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
+    trace: Optional[Path] = typer.Option(None, help="JSONL trace: arrival_s, input_tokens, output_tokens per line."),
+    slo: Optional[str] = typer.Option(None, help="ttft=..,tpot=.. or an MLPerf preset."),
+    seed: Optional[int] = typer.Option(None, help="Seed."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/sim-<time>)."),
+    max_seqs: int = typer.Option(256, help="Scheduler: max running sequences."),
+    max_batched_tokens: int = typer.Option(8192, help="Scheduler: token budget per iteration."),
+    chunked_prefill: bool = typer.Option(True, "--chunked-prefill/--no-chunked-prefill", help="Chunked prefill."),
+    static_batching: bool = typer.Option(False, help="Static batching (the baseline continuous batching beats)."),
+    block_size: int = typer.Option(16, help="KV block size (tokens)."),
+    kv_blocks: Optional[int] = typer.Option(None, help="KV blocks (default: what the device memory leaves)."),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
+) -> None:
+    """Simulate serving (continuous batching, KV cache, preemption) and write the same run folder as `run`."""
+    import datetime as dt
+
+    from .cli import _print
+    from .sim.profile import AnalyticProfile, FittedProfile
+    from .sim.replica import NeverFits
+    from .sim.run import simulate_run
+    from .spec import build_spec
+
+    try:
+        if profile is None and not (model and hardware):
+            fail("give --model and --hardware, or --profile")
+        setup = _setup(model, hardware, devices, precision, engine) if model and hardware else None
+        prof = FittedProfile.load(profile) if profile else AnalyticProfile(setup)
+        cfg = _scheduler(setup, max_seqs, max_batched_tokens, chunked_prefill, block_size, kv_blocks, static_batching)
+        spec = build_spec(None, url="http://simulated.invalid/v1", scenario=scenario,
+                          concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else None,
+                          burstiness=burstiness, requests=requests, duration=duration, input_tokens=input_tokens,
+                          output_tokens=output_tokens, slo=slo, seed=seed,
+                          out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
+                          model_spec=model, hardware=hardware, devices=devices * replicas)
+        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace)
+    except (ModelError, SpecError, NeverFits, FileExistsError, ValueError) as e:
+        fail(str(e))
+    _print(result, json_out)
+    sim = result.manifest["simulation"]
+    if not json_out:
+        out.print(f"simulated {sim['requests']} requests, {sim['iterations']} iterations, {sim['preemptions']} preemptions "
+                  f"in {sim['cpu_s']:.2f} CPU-s ({sim['requests'] / max(sim['cpu_s'], 1e-9):,.0f} requests per CPU-second)")
+    if sim["over_capacity"]:
+        raise typer.Exit(1)
+
+
+@profile_app.command("fit")
+def profile_fit(
+    runs: list[Path] = typer.Argument(..., help="Measured run folders (plans and sweeps count all their steps)."),
+    output: Path = typer.Option(Path("profile.json"), "-o", "--output", help="Where to write the profile."),
+) -> None:
+    """Fit prefill = a + b·Σn + c·Σn² and decode = a + b·Σctx + c·batch to measured runs; print the error."""
+    from .results import NotARunError, Run
+    from .sim.profile import fit_profile
+
+    try:
+        p = fit_profile([Run.load(r) for r in runs])
+    except (ModelError, NotARunError) as e:
+        fail(str(e))
+    p.save(output)
+    a, b, c = p.prefill
+    out.print(f"prefill: {a * 1e3:.3f} ms + {b * 1e3:.4f} ms/token + {c * 1e6:.5f} µs/token²  "
+              f"({p.points['prefill']} points, mean |error| {p.error['prefill_mean_abs']:.1%}, max {p.error['prefill_max_abs']:.1%})")
+    a, b, c = p.decode
+    out.print(f"decode : {a * 1e3:.3f} ms + {b * 1e6:.4f} µs/context token + {c * 1e3:.4f} ms/sequence  "
+              f"({p.points['decode']} points, mean |error| {p.error['decode_mean_abs']:.1%}, max {p.error['decode_max_abs']:.1%})")
+    for w in p.warnings:
+        out.print(f"[yellow]warning:[/] {escape(w)}")
+    out.print(f"wrote {escape(str(output))}")
+
+
+def disagg(
+    model: str = typer.Option(..., help="Catalog model."),
+    prefill: str = typer.Option(..., help="Prefill pool hardware."),
+    decode: str = typer.Option(..., help="Decode pool hardware."),
+    network: str = typer.Option("100gbe", help="nvlink, 400g-ib, 200g-ib, 100gbe, 25gbe, 10gbe, or 'GB/s[,latency_us]'."),
+    colocated: Optional[str] = typer.Option(None, help="Colocated baseline hardware (default: the prefill hardware)."),
+    prefill_devices: int = typer.Option(1, help="Devices per prefill replica."),
+    decode_devices: int = typer.Option(1, help="Devices (or racks) per decode replica."),
+    prefill_replicas: int = typer.Option(1, help="Prefill replicas."),
+    decode_replicas: int = typer.Option(1, help="Decode replicas."),
+    precision: str = typer.Option("fp16", help="Weights precision on both sides."),
+    decode_kv: Optional[str] = typer.Option(None, help="KV precision on the decode side (the cache is converted in flight)."),
+    overlap: bool = typer.Option(False, help="Send the KV cache layer by layer, overlapped with prefill."),
+    input_tokens: int = typer.Option(512, help="Prompt tokens."),
+    output_tokens: int = typer.Option(128, help="Output tokens."),
+    rate: Optional[float] = typer.Option(None, help="Requests/s: also simulate both deployments under Poisson load."),
+    requests: int = typer.Option(500, help="Requests to simulate with --rate."),
+    slo: str = typer.Option("ttft=2000,tpot=100", help="SLO for goodput and the pool ratio."),
+    sweep_inputs: str = typer.Option("128,512,2048,8192", help="Input lengths of the break-even sweep."),
+    sweep_gbps: str = typer.Option("1.25,12.5,50,450", help="Link bandwidths (GB/s) of the sweep."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Colocated vs prefill/decode disaggregated serving, across platforms and networks; break-even bandwidth."""
+    from dataclasses import replace
+
+    from .model.phases import Precision
+    from .report.sim import print_disagg
+    from .sim import disagg as D
+    from .sim.replica import NeverFits
+    from .spec import build_spec, parse_slo
+
+    try:
+        link = D.parse_network(network)
+        ps = _setup(model, prefill, prefill_devices, precision)
+        ds = _setup(model, decode, decode_devices, precision)
+        if decode_kv:
+            ds = replace(ds, precision=Precision(ds.precision.weights, ds.precision.activations, decode_kv))
+        cs = _setup(model, colocated or prefill, prefill_devices, precision)
+        point = D.analytic_point(ps, ds, cs, link, input_tokens, output_tokens, overlap=overlap)
+        inputs = [int(x) for x in sweep_inputs.split(",") if x.strip()]
+        bws = [float(x) for x in sweep_gbps.split(",") if x.strip()]
+        if any(b <= 0 for b in bws):
+            raise ModelError("sweep bandwidths must be > 0")
+        grid = D.sweep(ps, ds, cs, inputs, bws, output_tokens, link.latency_s, overlap)
+        s = parse_slo(slo)
+        ratio = D.pool_ratio(ps, ds, input_tokens, output_tokens, s.tpot_ms)
+        sims = None
+        if rate is not None:
+            if rate <= 0:
+                raise ModelError("--rate must be > 0")
+            spec = build_spec(None, url="http://simulated.invalid/v1", scenario=Scenario.server, rate=str(rate),
+                              requests=requests, input_tokens=str(input_tokens), output_tokens=str(output_tokens), slo=slo)
+            sims = D.side_by_side(spec, ps, ds, cs, link, prefill_replicas, decode_replicas,
+                                  prefill_replicas + decode_replicas,
+                                  lambda st: _scheduler(st, 256, 8192, True, 16, None, False), overlap)
+    except (ModelError, SpecError, NeverFits, ValueError) as e:
+        fail(str(e))
+    if json_out:
+        d = {"point": point.to_dict(), "sweep": grid, "pool_ratio": ratio, "network": link.__dict__}
+        if sims:
+            d["simulated"] = {k: {kk: v.get(kk) for kk in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
+                                                             "p99_tpot_ms", "median_e2el_ms", "request_goodput",
+                                                             "output_throughput")} for k, v in sims.items()}
+        out.print_json(json.dumps(d, default=str))
+        return
+    print_disagg(model, ps, ds, cs, link, point, grid, ratio, sims, out)

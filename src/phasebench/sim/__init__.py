@@ -1,0 +1,1 @@
+"""Predict what cannot be measured: phase profiles, a serving simulator, disaggregation."""

@@ -1,0 +1,172 @@
+"""Phase profiles: the cost of one engine iteration, from the roofline model or fitted to measured runs.
+
+An iteration processes prefill chunks (Σn tokens, Σn² for attention) and decode steps (B sequences at
+total context Σctx). Both profiles answer ``iteration(sum_n, sum_n2, batch, sum_ctx) -> seconds``.
+
+Fitted form (DistServe's): prefill = a + b·Σn + c·Σn²; decode = a + b·Σctx + c·B. A mixed iteration pays
+the prefill part plus the decode part's variable terms (the weights are read once).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..model.arch import precision_bytes
+from ..model.errors import ModelError
+from ..model.phases import Setup, _comm, _moe_weight_bytes
+
+
+class Profile(Protocol):
+    def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+
+class AnalyticProfile:
+    """Iteration time from the roofline phase model of a (model, hardware, devices, precision) setup."""
+
+    def __init__(self, setup: Setup) -> None:
+        s = setup.resolved()
+        self.s = s
+        m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
+        self.w = m.weight_bytes(pr.weights)
+        self.kv_tok = m.kv_bytes_per_token(pr.kv)
+        self.heads_share = max(m.kv_heads / s.tp, 1.0) / m.kv_heads
+        self.flop_rate = s.tp * hw.peak_flops(pr.activations) * eff.compute
+        self.bw = hw.bandwidth * eff.memory
+        self.overhead = m.layers * eff.layer_overhead_us * 1e-6
+        self.cparams = 2.0 * m.compute_params
+        self.attn = 4.0 * m.q_dim * m.layers
+        self.act_b = precision_bytes(pr.activations)
+        if hw.kind == "sram-dataflow" and hw.memory_gb * 1000 <= hw.sram_mb * 1.0001:
+            # an SRAM pipeline: a token's pass is the whole model at one chip's bandwidth plus hops
+            chips = max(hw.chips, 1) * s.devices
+            self.bw = hw.bandwidth / max(hw.chips, 1) * eff.memory
+            self.flop_rate = hw.peak_flops(pr.activations) / max(hw.chips, 1) * eff.compute
+            self.overhead += (chips - 1) * hw.interconnect_latency_us * 1e-6
+            self.sram_chips = chips
+        else:
+            self.sram_chips = 0
+
+    def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float:
+        tokens = sum_n + batch
+        flops = self.cparams * tokens + self.attn * (sum_n2 / 2 + sum_ctx)
+        nbytes = _moe_weight_bytes(self.s.model, self.w, max(tokens, 1)) / self.s.tp \
+            + self.kv_tok * self.heads_share * (sum_ctx + sum_n)
+        if self.sram_chips:
+            return max(flops / self.flop_rate, nbytes / self.bw) + self.overhead
+        return max(flops / self.flop_rate, nbytes / self.bw) + _comm(self.s, tokens, self.act_b) + self.overhead
+
+    def describe(self) -> dict[str, Any]:
+        s = self.s
+        return {"kind": "analytic", "model": s.model.name, "hardware": s.hardware.key, "devices": s.devices,
+                "tp": s.tp, "pp": s.pp, "precision": asdict(s.precision), "efficiency": s.efficiency.to_dict()}
+
+
+@dataclass
+class FittedProfile:
+    prefill: tuple[float, float, float]   # a, b (per token), c (per token²)
+    decode: tuple[float, float, float]    # a, b (per context token), c (per sequence)
+    source: list[str] = field(default_factory=list)
+    error: dict[str, float] = field(default_factory=dict)
+    points: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    model: str | None = None
+    hardware: str | None = None
+
+    def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float:
+        pa, pb, pc = self.prefill
+        da, db, dc = self.decode
+        t = 0.0
+        if sum_n:
+            t += pa + pb * sum_n + pc * sum_n2
+        if batch:
+            t += db * sum_ctx + dc * batch + (0.0 if sum_n else da)
+        return t
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "fitted", **asdict(self)}
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.describe(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> FittedProfile:
+        try:
+            d = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ModelError(f"cannot read profile {path}: {e}") from None
+        if d.get("kind") != "fitted":
+            raise ModelError(f"{path} is not a fitted phasebench profile")
+        d.pop("kind")
+        return cls(**{**d, "prefill": tuple(d["prefill"]), "decode": tuple(d["decode"])})
+
+
+def _lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares in relative error with coefficients ≥ 0 (drop a negative one and refit)."""
+    w = 1.0 / y
+    cols = list(range(X.shape[1]))
+    while True:
+        coef, *_ = np.linalg.lstsq(X[:, cols] * w[:, None], y * w, rcond=None)
+        if (coef >= 0).all() or len(cols) == 1:
+            out = np.zeros(X.shape[1])
+            out[cols] = np.maximum(coef, 0)
+            return out
+        cols.pop(int(np.argmin(coef)))
+
+
+def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:
+    """Fit from measured runs (plans and sweeps count all their steps): single-stream TTFT for prefill,
+    median TPOT at each run's mean batch (Little's law) and mean context for decode."""
+    from ..model.utilization import _metric
+    from ..report.plots import leaves
+
+    pre: list[tuple[float, float]] = []       # (n, seconds)
+    dec: list[tuple[float, float, float]] = []  # (sum_ctx, batch, seconds)
+    names, model, hw = [], None, None
+    for run in runs:
+        for leaf in leaves(run):
+            s, sp = leaf.summary, leaf.manifest.get("spec") or {}
+            names.append(str(leaf.path))
+            model = model or (leaf.manifest.get("model_file") or {}).get("name") or sp.get("model_spec")
+            hw = hw or sp.get("hardware") or ("local" if leaf.manifest.get("model_file") else None)
+            alone = sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
+            if alone:
+                for r in leaf.records:
+                    if r.ok and not r.warmup and r.first_token_ns and r.sent_ns is not None:
+                        pre.append((float(r.prompt_tokens or r.input_tokens or 0), (r.first_token_ns - r.sent_ns) / 1e9))
+            tpot, n_in, n_out = _metric(s, "tpot_ms", "p50"), _metric(s, "input_tokens", "mean"), _metric(s, "output_tokens", "mean")
+            e2e = _metric(s, "e2e_ms", "mean")
+            if tpot and n_in and n_out and n_out > 1 and e2e:
+                batch = max((s.get("request_throughput") or 0) * e2e / 1e3, 1.0)
+                dec.append((batch * (n_in + n_out / 2), batch, tpot / 1e3))
+    warnings = []
+    if len(pre) < min_points or len({n for n, _ in pre}) < 2:
+        raise ModelError(f"too few prefill points to fit ({len(pre)} requests over {len({n for n, _ in pre})} prompt "
+                         "lengths): need single-stream runs at two or more prompt lengths")
+    if len(dec) < 1:
+        raise ModelError("no decode point to fit: need a run with more than one output token")
+    P = np.array(pre)
+    Xp = np.column_stack([np.ones(len(P)), P[:, 0], P[:, 0] ** 2])
+    if len({n for n, _ in pre}) < 3:
+        Xp[:, 2] = 0
+        warnings.append("prefill: fewer than 3 prompt lengths, the n² term is not fitted")
+    cp = _lstsq(Xp, P[:, 1])
+    D = np.array(dec)
+    Xd = np.column_stack([np.ones(len(D)), D[:, 0], D[:, 1]])
+    if len(D) < 3:
+        warnings.append(f"decode: only {len(D)} point(s); the fit is underdetermined (per-sequence term dropped)")
+        Xd = Xd[:, :2] if len(D) == 2 else Xd[:, :1]
+    cd = _lstsq(Xd, D[:, 2])
+    cd = np.concatenate([cd, np.zeros(3 - len(cd))])
+    err_p = np.abs(Xp @ cp / P[:, 1] - 1)
+    err_d = np.abs(np.column_stack([np.ones(len(D)), D[:, 0], D[:, 1]]) @ cd / D[:, 2] - 1)
+    return FittedProfile(tuple(float(x) for x in cp), tuple(float(x) for x in cd), sorted(set(names)),
+                         {"prefill_mean_abs": float(err_p.mean()), "decode_mean_abs": float(err_d.mean()),
+                          "prefill_max_abs": float(err_p.max()), "decode_max_abs": float(err_d.max())},
+                         {"prefill": len(P), "decode": len(D)}, warnings, model, hw)

@@ -1,0 +1,307 @@
+"""A discrete-event simulator of one serving replica with continuous batching, as vLLM schedules it.
+
+Each iteration the scheduler builds a batch from the running sequences and the waiting queue:
+
+- running sequences that finished prefill decode one token each (up to ``max_seqs``);
+- with ``chunked_prefill`` the rest of the ``max_batched_tokens`` budget goes to prefill chunks (running
+  partial prefills first, then waiting requests in arrival order), so decodes never stall behind a long prompt;
+- without it, an iteration is either prefill-only (waiting requests whose whole prompts fit the budget) or
+  decode-only, prefill first (vLLM's default before chunked prefill);
+- KV cache: ``kv_blocks`` blocks of ``block_size`` tokens. A request is admitted only if its prompt's blocks
+  fit; when a decode step would run out, the most recently admitted sequence is preempted (its blocks freed,
+  its work recomputed later as a prompt of prompt + generated tokens), as vLLM's recompute preemption does;
+- ``batching=False`` (SRAM pipelines such as Groq's): one sequence at a time, start to finish;
+- ``static=True``: static batching, the comparison baseline: a batch is admitted only when the last one
+  has finished entirely.
+
+The iteration's duration comes from a :class:`~phasebench.sim.profile.Profile`. Tokens are stamped at the end
+of the iteration that produced them. The hot loop is O(1) per iteration plus O(log n) per request event;
+per-token times are expanded from iteration end times at the end.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .profile import Profile
+
+
+class OverCapacity(RuntimeError):
+    """The queue grows without bound: the offered load exceeds what the replica can serve."""
+
+
+class NeverFits(ValueError):
+    """A request needs more KV cache than the replica has at all."""
+
+
+@dataclass
+class SchedulerConfig:
+    max_seqs: int = 256
+    max_batched_tokens: int = 8192
+    chunked_prefill: bool = True
+    block_size: int = 16
+    kv_blocks: int = 1 << 30
+    batching: bool = True
+    static: bool = False
+    max_queue: int = 2048             # waiting requests (while arrivals continue) that declare it over capacity
+    max_sim_seconds: float = 86_400.0
+
+
+@dataclass
+class Req:
+    idx: int
+    arrival: float
+    n_in: int
+    n_out: int
+    prompt: int = 0                   # tokens to prefill: n_in, or n_in + generated after a preemption
+    prefilled: int = 0
+    generated: int = 0                # tokens produced (kept up to date except while decoding: see gen())
+    first_token: float = -1.0
+    end: float = -1.0
+    order: int = 0                    # admission order (preemption takes the latest)
+    d_start: int = 0                  # decode-iteration count when the current decode segment began
+    g_start: int = 0                  # tokens generated when it began
+    start_iter: int = 0               # first iteration index of the current decode segment
+    target: int = 0                   # decode-iteration count at which it finishes
+    segments: list[tuple[int, int]] = field(default_factory=list)   # decode iteration ranges [a, b]
+    extra: list[float] = field(default_factory=list)                # token times not from decode steps
+    preemptions: int = 0
+
+
+@dataclass
+class SimResult:
+    reqs: list[Req]
+    iter_end: np.ndarray              # end time of each iteration (s)
+    iter_decodes: np.ndarray          # whether the iteration ran decode steps
+    iterations: int
+    preemptions: int
+    over_capacity: bool
+    sim_seconds: float
+    notes: list[str]
+
+
+def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[int], profile: Profile,
+             cfg: SchedulerConfig, closed_concurrency: int | None = None, decode_only: bool = False) -> SimResult:
+    """Serve the requests. Open loop: ``arrivals`` are times (s). Closed loop (``closed_concurrency``): the
+    first N arrive at 0 and each completion releases the next request at that moment.
+
+    ``decode_only``: requests arrive with their KV cache already filled and their first token made (the decode
+    pool of a disaggregated deployment); they join the running batch as soon as KV and a seat allow."""
+    n = len(n_in)
+    bs = cfg.block_size
+    cap = cfg.kv_blocks * bs            # KV capacity in tokens
+    for i in range(n):
+        if -(-(n_in[i] + n_out[i]) // bs) > cfg.kv_blocks:
+            raise NeverFits(f"request {i} needs {n_in[i] + n_out[i]} tokens of KV cache; the replica holds "
+                            f"{cfg.kv_blocks} blocks ({cap} tokens): this workload can never fit")
+    reqs = [Req(i, 0.0, n_in[i], n_out[i], prompt=n_in[i]) for i in range(n)]
+    pending: deque[int] = deque()
+    if closed_concurrency:
+        pending.extend(range(n))
+        arrive_q = deque((0.0, pending.popleft()) for _ in range(min(closed_concurrency, n)))
+    else:
+        for i, a in enumerate(arrivals):
+            reqs[i].arrival = float(a)
+        arrive_q = deque(sorted((reqs[i].arrival, i) for i in range(n)))
+    max_seqs = cfg.max_seqs if cfg.batching else 1
+    budget = cfg.max_batched_tokens if cfg.batching else 1 << 40
+
+    t = 0.0
+    waiting: deque[int] = deque()
+    prefilling: list[int] = []
+    decoding: set[int] = set()
+    heap: list[tuple[int, int]] = []
+    D = 0
+    sum_ctx = 0                        # Σ (n_in + generated) over decoding sequences
+    kv_tokens = 0                      # KV tokens held (prefill reservations + decoding contexts)
+    iter_end: list[float] = []
+    iter_dec: list[bool] = []
+    order = 0
+    preemptions = 0
+    done = 0
+    over = False
+    notes: list[str] = []
+    static_open = True
+
+    def gen(r: Req) -> int:
+        return r.g_start + (D - r.d_start)
+
+    def kv_ok(extra_tokens: int, extra_seqs: int) -> bool:
+        seqs = len(decoding) + len(prefilling) + extra_seqs
+        return kv_tokens + extra_tokens + seqs * (bs - 1) <= cap   # worst-case partly filled last block each
+
+    def finish(i: int, now: float) -> None:
+        nonlocal done
+        reqs[i].end = now
+        done += 1
+        if closed_concurrency and pending:
+            nxt = pending.popleft()
+            reqs[nxt].arrival = now
+            arrive_q.append((now, nxt))
+
+    def join(ids: list[int], start_iter: int) -> None:
+        nonlocal sum_ctx
+        for i in ids:
+            r = reqs[i]
+            decoding.add(i)
+            sum_ctx += r.n_in + 1
+            r.d_start, r.g_start, r.start_iter = D, 1, start_iter
+            r.target = D + (r.n_out - 1)
+            heapq.heappush(heap, (r.target, i))
+
+    while done < n:
+        while arrive_q and arrive_q[0][0] <= t:
+            waiting.append(arrive_q.popleft()[1])
+        # unstable: the queue keeps growing while requests still arrive (an offline burst is not a backlog)
+        if (arrive_q and len(waiting) > cfg.max_queue) or t > cfg.max_sim_seconds:
+            over = True
+            notes.append(f"stopped at t={t:.1f} s with {len(waiting)} requests waiting: the offered load exceeds "
+                         "this replica's capacity (over capacity); lower the rate or add replicas")
+            break
+        if not waiting and not prefilling and not decoding:
+            if not arrive_q:
+                break
+            t = arrive_q[0][0]
+            continue
+        # ---- build the batch ---------------------------------------------------------------------------------
+        admit = (not cfg.static) or static_open
+        want_prefill = bool(prefilling) or (bool(waiting) and admit)
+        decode_now = bool(decoding) and (cfg.chunked_prefill or not want_prefill)
+        if decode_now:
+            while decoding and not kv_ok(len(decoding), 0):   # each decoding sequence grows by one token
+                v = max(decoding, key=lambda i: reqs[i].order)
+                r = reqs[v]
+                g = gen(r)
+                decoding.discard(v)
+                sum_ctx -= r.n_in + g
+                kv_tokens -= r.n_in + g
+                r.segments.append((r.start_iter, len(iter_end) - 1))
+                r.generated = g
+                r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
+                r.preemptions += 1
+                preemptions += 1
+                waiting.appendleft(v)
+            decode_now = bool(decoding)
+        batch = len(decoding) if decode_now else 0
+        tokens_left = budget - batch
+        chunks: list[tuple[int, int]] = []
+        joined: list[int] = []
+        if not decode_now or cfg.chunked_prefill:
+            for i in prefilling:
+                if tokens_left <= 0:
+                    break
+                r = reqs[i]
+                take = r.prompt - r.prefilled
+                if cfg.chunked_prefill:
+                    take = min(take, tokens_left)
+                elif take > tokens_left and chunks:
+                    break
+                chunks.append((i, take))
+                tokens_left -= take
+            seats = max_seqs - len(decoding) - len(prefilling)
+            while admit and waiting and seats > 0 and tokens_left > 0:
+                r = reqs[waiting[0]]
+                if not kv_ok(r.prompt + (len(decoding) if decode_now else 0), 1):
+                    break
+                take = min(r.prompt, tokens_left) if cfg.chunked_prefill else r.prompt
+                if not cfg.chunked_prefill and take > tokens_left and chunks:
+                    break
+                waiting.popleft()
+                order += 1
+                r.order = order
+                seats -= 1
+                if decode_only and r.preemptions == 0:
+                    r.first_token, r.generated = r.arrival, 1
+                    kv_tokens += r.n_in + 1
+                    if r.n_out <= 1:
+                        kv_tokens -= r.n_in + 1
+                        finish(r.idx, t)
+                        continue
+                    joined.append(r.idx)   # joins the running batch after this iteration
+                    continue
+                kv_tokens += r.prompt
+                prefilling.append(r.idx)
+                chunks.append((r.idx, take))
+                tokens_left -= take
+            if cfg.static and chunks:
+                static_open = False
+        if joined and not chunks and not decode_now:
+            join(joined, len(iter_end))  # nothing to run yet: they decode from the next iteration
+            continue
+        if not chunks and not decode_now:
+            if decoding:
+                decode_now, batch = True, len(decoding)
+            elif not prefilling:
+                if arrive_q:          # the queue head waits for KV nothing holds: impossible, guarded above
+                    t = max(t, arrive_q[0][0])
+                    continue
+                raise NeverFits("waiting requests need more KV cache than the replica has")
+        sum_n = sum(c for _, c in chunks)
+        sum_n2 = sum(c * (2 * reqs[i].prefilled + c) for i, c in chunks)   # each chunk attends to its prefix
+        dt = profile.iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
+        t += max(dt, 1e-9)
+        it = len(iter_end)
+        iter_end.append(t)
+        iter_dec.append(batch > 0)
+        # ---- apply it ------------------------------------------------------------------------------------
+        if batch:
+            D += 1
+            sum_ctx += batch
+            kv_tokens += batch
+            while heap and heap[0][0] <= D:
+                target, i = heapq.heappop(heap)
+                r = reqs[i]
+                if i not in decoding or r.target != target:
+                    continue                      # stale entry of a preempted sequence
+                decoding.discard(i)
+                sum_ctx -= r.n_in + r.n_out
+                kv_tokens -= r.n_in + r.n_out
+                r.generated = r.n_out
+                r.segments.append((r.start_iter, it))
+                finish(i, t)
+        join(joined, it + 1)
+        for i, c in chunks:
+            r = reqs[i]
+            r.prefilled += c
+            if r.prefilled < r.prompt:
+                continue
+            prefilling.remove(i)
+            r.generated += 1                      # the prefill's last position yields a token
+            if r.first_token < 0:
+                r.first_token = t
+            else:
+                r.extra.append(t)                 # a resumed sequence's recompute yields its next token
+            kv_tokens += r.n_in + r.generated - r.prompt
+            if r.generated >= r.n_out:
+                kv_tokens -= r.n_in + r.generated
+                finish(i, t)
+                continue
+            decoding.add(i)
+            sum_ctx += r.n_in + r.generated
+            r.d_start, r.g_start, r.start_iter = D, r.generated, it + 1
+            r.target = D + (r.n_out - r.generated)
+            heapq.heappush(heap, (r.target, i))
+        if cfg.static and not static_open and not prefilling and not decoding:
+            static_open = True
+    return SimResult(reqs, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes)
+
+
+def token_times(res: SimResult, r: Req) -> list[float]:
+    """Times of ``r``'s output tokens: the first, any from recompute prefills, one per decode iteration it was in."""
+    if r.first_token < 0:
+        return []
+    out = [r.first_token, *r.extra]
+    for a, b in r.segments:
+        if b >= a:
+            out.extend(res.iter_end[a:b + 1][res.iter_decodes[a:b + 1]].tolist())
+    out.sort()
+    return out
+
+
+def blocks_for_memory(free_bytes: float, kv_bytes_per_token: float, block_size: int) -> int:
+    return max(int(free_bytes // (kv_bytes_per_token * block_size)), 0) if kv_bytes_per_token > 0 else 1 << 30
+

@@ -1,0 +1,201 @@
+"""The serving simulator, disaggregation and cost: queueing theory, scheduling, hand-worked cases, bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from phasebench.compare import compare
+from phasebench.cost import cost_block
+from phasebench.model.arch import load_model
+from phasebench.model.errors import ModelError
+from phasebench.model.hardware import load_hardware
+from phasebench.model.phases import Precision, Setup, predict
+from phasebench.report.document import write_report
+from phasebench.results import Run
+from phasebench.runner import run
+from phasebench.sim import disagg as D
+from phasebench.sim.profile import AnalyticProfile, FittedProfile, fit_profile
+from phasebench.sim.replica import NeverFits, SchedulerConfig, simulate, token_times
+from phasebench.sim.run import simulate_run
+from phasebench.spec import RunSpec
+from phasebench.store import Store
+
+from .conftest import ENV, spec
+
+CONST = 0.1  # seconds per iteration in the constant-time profile
+
+
+def const_profile() -> FittedProfile:
+    return FittedProfile((CONST, 0.0, 0.0), (CONST, 0.0, 0.0))
+
+
+def test_md1_mean_wait_matches_queueing_theory():
+    # one server, deterministic service D, Poisson arrivals: Wq = ρ·D / (2(1−ρ))  (Pollaczek–Khinchine)
+    for lam in (5.0, 8.0):
+        rho = lam * CONST
+        rng = np.random.default_rng(7)
+        arr = np.cumsum(rng.exponential(1 / lam, 100_000))
+        res = simulate(arr, [16] * len(arr), [1] * len(arr), const_profile(), SchedulerConfig(batching=False, max_queue=10**9))
+        wait = np.mean([r.first_token - r.arrival - CONST for r in res.reqs])
+        assert wait == pytest.approx(rho * CONST / (2 * (1 - rho)), rel=0.05), lam
+
+
+def test_continuous_batching_beats_static_on_the_same_trace():
+    rng = np.random.default_rng(3)
+    n = 600
+    arr = np.cumsum(rng.exponential(1 / 15, n))
+    outs = [int(x) for x in rng.integers(4, 200, n)]
+    prof = FittedProfile((0.01, 2e-5, 0.0), (0.008, 1e-7, 2e-4))
+    cont = simulate(arr, [100] * n, outs, prof, SchedulerConfig(max_seqs=16))
+    stat = simulate(arr, [100] * n, outs, prof, SchedulerConfig(max_seqs=16, static=True))
+    e2e = lambda res: np.mean([r.end - r.arrival for r in res.reqs])
+    assert e2e(cont) < 0.5 * e2e(stat)
+    assert cont.sim_seconds < stat.sim_seconds  # the same work finishes sooner
+    for res in (cont, stat):
+        assert all(len(token_times(res, r)) == r.n_out for r in res.reqs)
+
+
+def test_kv_pressure_preempts_and_recomputes_without_losing_tokens():
+    prof = FittedProfile((0.01, 1e-5, 0.0), (0.005, 1e-7, 1e-4))
+    res = simulate(np.zeros(40), [400] * 40, [300] * 40, prof, SchedulerConfig(max_seqs=64, kv_blocks=400))
+    assert res.preemptions > 0
+    for r in res.reqs:
+        ts = token_times(res, r)
+        assert len(ts) == 300 and ts == sorted(ts) and r.end == pytest.approx(ts[-1])
+    with pytest.raises(NeverFits, match="can never fit"):
+        simulate(np.zeros(1), [10_000], [10], prof, SchedulerConfig(kv_blocks=100))
+
+
+def test_chunked_prefill_keeps_decode_flowing():
+    prof = FittedProfile((0.005, 2e-5, 0.0), (0.005, 1e-7, 1e-4))
+    arr = np.array([0.0] + [0.05 * i for i in range(1, 40)])
+    ins = [64] + [8000] * 39
+    outs = [200] + [4] * 39
+    chunked = simulate(arr, ins, outs, prof, SchedulerConfig(max_batched_tokens=512))
+    whole = simulate(arr, ins, outs, prof, SchedulerConfig(max_batched_tokens=16384, chunked_prefill=False))
+    gaps = lambda res: np.diff(token_times(res, res.reqs[0])).max()
+    assert gaps(chunked) < gaps(whole) / 2   # a long prompt never stalls the running decode for its whole prefill
+
+
+def test_over_capacity_is_stopped_and_said(tmp_path):
+    s = RunSpec(url="http://sim.invalid/v1", scenario="server", rate=[200], requests=20_000, input_tokens=64,
+                output_tokens=64, out=tmp_path / "sim")
+    r = simulate_run(s, FittedProfile((0.05, 0, 0), (0.05, 0, 0)), SchedulerConfig(max_seqs=2, max_queue=500))
+    assert r.manifest["simulation"]["over_capacity"] and not r.valid
+    assert "over capacity" in r.summary["phasebench"]["reasons"][0]
+    assert r.summary["failed"] > 0
+
+
+def test_simulated_run_folder_is_a_run_like_any_other(server, tmp_path, monkeypatch):
+    db = tmp_path / "r.db"
+    monkeypatch.setenv("PHASEBENCH_DB", str(db))
+    setup = Setup(load_model("llama-3-8b"), load_hardware("h100-sxm"))
+    s = RunSpec(url="http://sim.invalid/v1", scenario="server", rate=[10], requests=300, input_tokens="256:64",
+                output_tokens="128:32", out=tmp_path / "sim", slo="ttft=200,tpot=30", hardware="h100-sxm")
+    sim = simulate_run(s, AnalyticProfile(setup), SchedulerConfig())
+    back = Run.load(tmp_path / "sim")
+    assert back.manifest["simulated"] and all(r.simulated for r in back.records)
+    assert back.summary["completed"] == 300 and back.summary["median_tpot_ms"] > 0
+    cost = back.summary["phasebench"]["cost"]
+    assert cost["usd_per_1m_output_tokens"] == pytest.approx(2.99 / 3600 / back.summary["output_throughput"] * 1e6)
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "show", str(tmp_path / "sim")], capture_output=True,
+                       text=True, env={**ENV, "PHASEBENCH_DB": str(db)}, timeout=60)
+    assert p.returncode == 0 and "simulated" in p.stdout
+    measured = run(spec(server, tmp_path / "m", requests=5, input_tokens=256, output_tokens=16))
+    c = compare([measured, sim])
+    assert any("simulated" in w for w in c.warnings)
+    write_report([sim, measured], tmp_path / "r.html")
+    assert "(simulated)" in (tmp_path / "r.html").read_text()
+    with Store(db) as st:
+        rows = st.history(top_only=False)
+        assert any(r["simulated"] and r["engine"] == "simulator" for r in rows)
+
+
+def test_break_even_bandwidth_hand_worked():
+    # Llama-2-7B, 2,048 prompt tokens, fp16 KV: 2048 × 512 KiB = 1 GiB to ship
+    m = load_model("llama-2-7b")
+    pre = Setup(m, load_hardware("h100-sxm"), precision=Precision.uniform("fp16"))
+    col = Setup(m, load_hardware("a100-80gb-sxm"), precision=Precision.uniform("fp16"))
+    dec = Setup(m, load_hardware("a100-80gb-sxm"), precision=Precision.uniform("fp16"))
+    kv = 2048 * 512 * 1024
+    assert D.kv_bytes(dec, 2048) == kv
+    saved = predict(col, 1, 2048, 64).ttft_s - predict(pre, 1, 2048, 1).ttft_s
+    assert saved > 0
+    link = D.Link("x", 12.5e9, 0.0)
+    pt = D.analytic_point(pre, dec, col, link, 2048, 64)
+    assert pt.break_even_ttft_gbps * 1e9 == pytest.approx(kv / saved, rel=0.01)
+    # at exactly that bandwidth disaggregated TTFT equals colocated TTFT
+    at = D.analytic_point(pre, dec, col, D.Link("be", kv / saved, 0.0), 2048, 64)
+    assert at.disaggregated["ttft_ms"] == pytest.approx(at.colocated["ttft_ms"], rel=0.01)
+    # layer-by-layer overlap hides most of it
+    assert D.transfer_s(kv, link, 0.05, 32, overlap=True) < D.transfer_s(kv, link) / 2
+    # KV converted to fp8 on the decode side halves the bytes
+    dec8 = Setup(m, load_hardware("h100-sxm"), precision=Precision("fp16", "fp16", "fp8"))
+    assert D.kv_bytes(dec8, 2048) == kv / 2
+
+
+def test_disagg_sweep_and_pool_ratio():
+    m = load_model("llama-2-7b")
+    pre = Setup(m, load_hardware("h100-sxm"))
+    groq = Setup(m, load_hardware("groq-rack"))
+    rows = D.sweep(pre, groq, pre, [128, 2048], [1.25, 450], 128, 10e-6)
+    assert {r["input_tokens"] for r in rows} == {128, 2048}
+    slow = next(r for r in rows if r["input_tokens"] == 2048 and r["bandwidth_gbps"] == 1.25)
+    fast = next(r for r in rows if r["input_tokens"] == 2048 and r["bandwidth_gbps"] == 450)
+    assert slow["disagg_e2e_s"] > fast["disagg_e2e_s"]
+    ratio = D.pool_ratio(pre, Setup(m, load_hardware("a100-80gb-sxm")), 512, 128, tpot_slo_ms=50)
+    assert ratio["decode_batch"] > 1 and ratio["prefill_replicas_per_decode_replica"] > 0
+
+
+def test_bad_network_and_rate():
+    for bad in ("0", "-5", "nonsense-net"):
+        with pytest.raises(ModelError):
+            D.parse_network(bad)
+    assert D.parse_network("100gbe").bandwidth == 12.5e9
+    assert D.parse_network("50,3").latency_s == pytest.approx(3e-6)
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "disagg", "--model", "llama-2-7b", "--prefill", "h100-sxm",
+                        "--decode", "a100-80gb-sxm", "--network", "0"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert p.returncode == 2 and "bandwidth must be > 0" in p.stderr
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "simulate", "--model", "llama-2-7b", "--hardware", "h100-sxm",
+                        "--rate", "0", "--requests", "10"], capture_output=True, text=True, env=ENV, timeout=60)
+    assert p.returncode == 2 and "rate" in p.stderr
+
+
+def test_profile_fit_needs_enough_points(server, tmp_path):
+    r = run(spec(server, tmp_path, scenario="single-stream", requests=3, input_tokens=32, output_tokens=4))
+    with pytest.raises(ModelError, match="too few prefill points"):
+        fit_profile([r])
+
+
+def test_cost_of_a_measured_run(server, tmp_path):
+    r = run(spec(server, tmp_path, requests=6, hardware="h100-sxm", devices=2, slo="ttft=5000,tpot=500"))
+    c = r.summary["phasebench"]["cost"]
+    out_tps = r.summary["output_throughput"]
+    assert c["usd_per_1m_output_tokens"] == pytest.approx(2.99 * 2 / 3600 / out_tps * 1e6)
+    assert c["output_tokens_per_usd"] == pytest.approx(out_tps / (2.99 * 2 / 3600))
+    assert c["output_tokens_per_joule"] == pytest.approx(out_tps / (700 * 2 * 1.0))  # utilisation unknown: TDP
+    assert c["usd_per_1m_output_tokens_at_slo"] >= c["usd_per_1m_output_tokens"] * 0.99
+    assert cost_block(None, 1, r.summary) is None
+    local_price = cost_block("h100-sxm", 1, r.summary, price_per_hour=1.0)
+    assert local_price["price_source"] == "given"
+
+
+def test_simulate_and_disagg_commands(tmp_path):
+    env = {**ENV, "PHASEBENCH_DB": "off"}
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "simulate", "--model", "llama-3-8b", "--hardware", "l40s",
+                        "--rate", "5", "--requests", "200", "--out", str(tmp_path / "s")], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "requests per CPU-second" in p.stdout and (tmp_path / "s" / "summary.json").exists()
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "disagg", "--model", "llama-2-7b", "--prefill", "h100-sxm",
+                        "--decode", "groq-rack", "--network", "100gbe", "--input-tokens", "512", "--output-tokens", "128",
+                        "--rate", "2", "--requests", "100", "--json"], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    assert d["point"]["disaggregated"]["tpot_ms"] < d["point"]["colocated"]["tpot_ms"]   # Groq decodes faster
+    assert set(d["simulated"]) == {"colocated", "disaggregated"}
