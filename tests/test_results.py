@@ -59,6 +59,12 @@ def test_runs_are_recorded_and_round_trip(server, tmp_path, db):
     assert p.returncode == 0, p.stderr
     table = list(csv.DictReader(out_csv.open()))
     assert len(table) == 5 and float(table[0]["ttft_ms"]) > 0
+    pq = pytest.importorskip("pyarrow.parquet")
+    out_pq = tmp_path / "req.parquet"
+    p = cli("export", str(tmp_path / "run"), "--format", "parquet", "-o", str(out_pq))
+    assert p.returncode == 0, p.stderr
+    t = pq.read_table(out_pq)
+    assert t.num_rows == 5 and t.column("ttft_ms").to_pylist()[0] == pytest.approx(float(table[0]["ttft_ms"]))
     out_jsonl = tmp_path / "sum.jsonl"
     p = cli("export", "--summaries", "--format", "jsonl", "-o", str(out_jsonl), env={**ENV, "PHASEBENCH_DB": str(db)})
     assert p.returncode == 0 and json.loads(out_jsonl.read_text().splitlines()[0])["completed"] == 5

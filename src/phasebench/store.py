@@ -209,6 +209,9 @@ class Store:
         out = []
         for row in rows:
             d = dict(zip(keys, row[:-1]))
+            if d["completed"] is None:  # a sweep or plan: the sum of its steps
+                d["completed"], d["failed"] = self.db.execute(
+                    "SELECT SUM(completed), SUM(failed) FROM runs WHERE parent_id=?", (d["id"],)).fetchone()
             s = json.loads(row[-1])
             d |= {k: s.get(k) for k in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput",
                                         "request_goodput")}

@@ -44,8 +44,12 @@ def ensure_local_hardware(quick: bool = True) -> Hardware:
     from .hardware import catalog
 
     if "local" not in catalog():
+        import sys
+
         from .probe import probe_and_record
 
+        sys.stderr.write("no 'local' hardware record yet: probing this machine's bandwidth and FLOP/s first "
+                         "(phasebench probe)\n")
         probe_and_record(quick=quick)
     return load_hardware("local")
 

@@ -153,6 +153,23 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             r.target = D + (r.n_out - 1)
             heapq.heappush(heap, (r.target, i))
 
+    def make_room() -> None:
+        """Before a decode step (each decoding sequence grows by one token): preempt LIFO until KV fits."""
+        nonlocal sum_ctx, kv_tokens, preemptions
+        while decoding and not kv_ok(len(decoding), 0):
+            v = max(decoding, key=lambda i: reqs[i].order)
+            r = reqs[v]
+            g = gen(r)
+            decoding.discard(v)
+            sum_ctx -= r.n_in + g
+            kv_tokens -= r.n_in + g
+            r.segments.append((r.start_iter, len(iter_end) - 1))
+            r.generated = g
+            r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
+            r.preemptions += 1
+            preemptions += 1
+            waiting.appendleft(v)
+
     while done < n:
         while arrive_q and arrive_q[0][0] <= t:
             waiting.append(arrive_q.popleft()[1])
@@ -172,19 +189,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
         want_prefill = bool(prefilling) or (bool(waiting) and admit)
         decode_now = bool(decoding) and (cfg.chunked_prefill or not want_prefill)
         if decode_now:
-            while decoding and not kv_ok(len(decoding), 0):   # each decoding sequence grows by one token
-                v = max(decoding, key=lambda i: reqs[i].order)
-                r = reqs[v]
-                g = gen(r)
-                decoding.discard(v)
-                sum_ctx -= r.n_in + g
-                kv_tokens -= r.n_in + g
-                r.segments.append((r.start_iter, len(iter_end) - 1))
-                r.generated = g
-                r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
-                r.preemptions += 1
-                preemptions += 1
-                waiting.appendleft(v)
+            make_room()
             decode_now = bool(decoding)
         batch = len(decoding) if decode_now else 0
         tokens_left = budget - batch
@@ -233,6 +238,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             join(joined, len(iter_end))  # nothing to run yet: they decode from the next iteration
             continue
         if not chunks and not decode_now:
+            make_room()
             if decoding:
                 decode_now, batch = True, len(decoding)
             elif not prefilling:
