@@ -168,6 +168,13 @@ def test_impossible_precision_is_an_error_and_weight_only_is_the_documented_fall
     assert pr.activations == "bf16" and "weight-only" in note
 
 
+def test_python_api():
+    import phasebench
+
+    p = phasebench.predict("llama-2-7b", "h100-sxm", batch=8, input_len=512, output_len=128)
+    assert p.fits and p.ttft_s > 0 and p.to_dict()["decode_bound"] == "memory"
+
+
 def test_model_that_does_not_fit_gives_numbers_not_a_time():
     p = predict(setup("llama-2-70b", "a100-80gb-sxm", eff=None), 1, 128, 128)
     assert not p.fits and p.ttft_s is None and p.tpot_s is None

@@ -6,6 +6,8 @@ Public API::
     spec = phasebench.RunSpec(url="http://127.0.0.1:8000/v1", scenario="server", rate=[4], requests=200)
     run = phasebench.run(spec)          # -> phasebench.Run (manifest, summary, records)
     run = phasebench.Run.load("runs/x")
+    p = phasebench.predict("llama-2-7b", "h100-sxm", batch=8, input_len=512, output_len=128)
+    p.ttft_s, p.tpot_s, p.fits, p.to_dict()
 """
 
 __version__ = "0.1.0"
@@ -21,4 +23,22 @@ def run(spec: RunSpec, progress=None) -> Run:
     return _run(spec, progress)
 
 
-__all__ = ["run", "Run", "RunSpec", "SLO", "LengthDist", "Scenario", "__version__"]
+def predict(model: str, hardware: str, devices: int = 1, precision: str = "fp16", batch: int = 1,
+            input_len: int = 128, output_len: int = 128, engine: str | None = None):  # noqa: ANN201
+    """The roofline phase model (docs/model.md): a ``phasebench.model.phases.Prediction``.
+
+    Uses the calibration stored for (hardware, engine) when there is one, else the device kind's defaults."""
+    from .model.arch import load_model
+    from .model.calibrate import efficiency_for
+    from .model.hardware import load_hardware
+    from .model.phases import Setup, predict as _predict, resolve_precision
+
+    hw = load_hardware(hardware)
+    pr, note = resolve_precision(hw, precision)
+    eff, eff_note = efficiency_for(hw, engine)
+    p = _predict(Setup(load_model(model), hw, devices=devices, precision=pr, efficiency=eff), batch, input_len, output_len)
+    p.notes[:0] = [n for n in (note, eff_note) if n]
+    return p
+
+
+__all__ = ["run", "predict", "Run", "RunSpec", "SLO", "LengthDist", "Scenario", "__version__"]

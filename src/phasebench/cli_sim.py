@@ -74,7 +74,10 @@ def simulate(
     duration: Optional[float] = typer.Option(None, help="Seconds of arrivals (server)."),
     input_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
     output_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
+    preset: Optional[str] = typer.Option(None, help="Use case: chat, code, rag, summarize."),
     trace: Optional[Path] = typer.Option(None, help="JSONL trace: arrival_s, input_tokens, output_tokens per line."),
+    warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
+    cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
     slo: Optional[str] = typer.Option(None, help="ttft=..,tpot=.. or an MLPerf preset."),
     seed: Optional[int] = typer.Option(None, help="Seed."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder (default runs/sim-<time>)."),
@@ -104,7 +107,7 @@ def simulate(
         spec = build_spec(None, url="http://simulated.invalid/v1", scenario=scenario,
                           concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else None,
                           burstiness=burstiness, requests=requests, duration=duration, input_tokens=input_tokens,
-                          output_tokens=output_tokens, slo=slo, seed=seed,
+                          output_tokens=output_tokens, preset=preset, slo=slo, seed=seed, warmup=warmup, cooldown=cooldown,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
         result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace)

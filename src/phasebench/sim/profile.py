@@ -78,15 +78,30 @@ class FittedProfile:
     warnings: list[str] = field(default_factory=list)
     model: str | None = None
     hardware: str | None = None
+    # measured decode iteration per batch size: (batch, Σctx, seconds). Engines rarely scale linearly in batch
+    # (on a 2-core CPU batch 2 can cost twice batch 1), so where the runs measured a batch size the profile
+    # uses it, adjusted by b·(Σctx − the measured Σctx); between sizes it interpolates, beyond them the line.
+    decode_table: list[tuple[float, float, float]] = field(default_factory=list)
+
+    def _decode(self, batch: int, sum_ctx: float) -> float:
+        da, db, dc = self.decode
+        tab = self.decode_table
+        if not tab or batch < tab[0][0] or batch > tab[-1][0]:
+            return da + db * sum_ctx + dc * batch
+        for (b0, c0, t0), (b1, c1, t1) in zip(tab, tab[1:]):
+            if b0 <= batch <= b1:
+                w = (batch - b0) / (b1 - b0)
+                return (1 - w) * t0 + w * t1 + db * (sum_ctx - ((1 - w) * c0 + w * c1))
+        b0, c0, t0 = tab[0]
+        return t0 + db * (sum_ctx - c0)
 
     def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float:
         pa, pb, pc = self.prefill
-        da, db, dc = self.decode
         t = 0.0
         if sum_n:
             t += pa + pb * sum_n + pc * sum_n2
         if batch:
-            t += db * sum_ctx + dc * batch + (0.0 if sum_n else da)
+            t += self._decode(batch, sum_ctx) - (self.decode[0] if sum_n else 0.0)
         return t
 
     def describe(self) -> dict[str, Any]:
@@ -104,7 +119,8 @@ class FittedProfile:
         if d.get("kind") != "fitted":
             raise ModelError(f"{path} is not a fitted phasebench profile")
         d.pop("kind")
-        return cls(**{**d, "prefill": tuple(d["prefill"]), "decode": tuple(d["decode"])})
+        return cls(**{**d, "prefill": tuple(d["prefill"]), "decode": tuple(d["decode"]),
+                      "decode_table": [tuple(x) for x in d.get("decode_table", [])]})
 
 
 def _lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -120,10 +136,43 @@ def _lstsq(X: np.ndarray, y: np.ndarray) -> np.ndarray:
         cols.pop(int(np.argmin(coef)))
 
 
-def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:
-    """Fit from measured runs (plans and sweeps count all their steps): single-stream TTFT for prefill,
-    median TPOT at each run's mean batch (Little's law) and mean context for decode."""
-    from ..model.utilization import _metric
+def decode_gaps(records: list) -> list[tuple[float, float, float]]:  # noqa: ANN001
+    """Clean decode iterations from a run's timelines: (Σctx, batch, seconds) per (batch size) group.
+
+    Each gap between two single-token chunks of a request is one engine iteration. Gaps during which another
+    request's first token arrived are dropped (that iteration also ran a prefill). The batch is the number of
+    requests between their first and last token at the gap's midpoint; Σctx adds each one's prompt and the
+    tokens it had by then. Points are the medians per batch size, so a few hundred gaps give a few robust points.
+    """
+    import bisect
+
+    recs = [r for r in records if r.ok and not r.warmup and len(r.chunk_ns) >= 2 and r.first_token_ns]
+    if not recs:
+        return []
+    firsts = sorted(r.first_token_ns for r in recs)
+    groups: dict[int, list[tuple[float, float]]] = {}
+    for r in recs:
+        for k in range(1, len(r.chunk_ns)):
+            a, b = r.chunk_ns[k - 1], r.chunk_ns[k]
+            if (r.chunk_tokens and r.chunk_tokens[k] != 1) or b <= a:
+                continue
+            lo = bisect.bisect_right(firsts, a)
+            if lo < len(firsts) and firsts[lo] <= b:
+                continue  # a prefill finished inside this gap: a mixed iteration
+            mid = (a + b) / 2
+            live = [o for o in recs if o.first_token_ns <= mid <= (o.last_token_ns or 0)]
+            ctx = sum((o.prompt_tokens or o.input_tokens or 0) + bisect.bisect_right(o.chunk_ns, mid) for o in live)
+            groups.setdefault(len(live), []).append((ctx, (b - a) / 1e9))
+    out = []
+    for batch, pts in sorted(groups.items()):
+        if len(pts) >= 5:
+            out.append((float(np.median([c for c, _ in pts])), float(batch), float(np.median([g for _, g in pts]))))
+    return out
+
+
+def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:  # noqa: ANN001
+    """Fit from measured runs (plans and sweeps count all their steps): single-stream TTFT for prefill, and
+    clean decode iterations read off every run's token timelines for decode (see :func:`decode_gaps`)."""
     from ..report.plots import leaves
 
     pre: list[tuple[float, float]] = []       # (n, seconds)
@@ -131,7 +180,7 @@ def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:
     names, model, hw = [], None, None
     for run in runs:
         for leaf in leaves(run):
-            s, sp = leaf.summary, leaf.manifest.get("spec") or {}
+            sp = leaf.manifest.get("spec") or {}
             names.append(str(leaf.path))
             model = model or (leaf.manifest.get("model_file") or {}).get("name") or sp.get("model_spec")
             hw = hw or sp.get("hardware") or ("local" if leaf.manifest.get("model_file") else None)
@@ -140,17 +189,13 @@ def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:
                 for r in leaf.records:
                     if r.ok and not r.warmup and r.first_token_ns and r.sent_ns is not None:
                         pre.append((float(r.prompt_tokens or r.input_tokens or 0), (r.first_token_ns - r.sent_ns) / 1e9))
-            tpot, n_in, n_out = _metric(s, "tpot_ms", "p50"), _metric(s, "input_tokens", "mean"), _metric(s, "output_tokens", "mean")
-            e2e = _metric(s, "e2e_ms", "mean")
-            if tpot and n_in and n_out and n_out > 1 and e2e:
-                batch = max((s.get("request_throughput") or 0) * e2e / 1e3, 1.0)
-                dec.append((batch * (n_in + n_out / 2), batch, tpot / 1e3))
+            dec += decode_gaps(leaf.records)
     warnings = []
     if len(pre) < min_points or len({n for n, _ in pre}) < 2:
         raise ModelError(f"too few prefill points to fit ({len(pre)} requests over {len({n for n, _ in pre})} prompt "
                          "lengths): need single-stream runs at two or more prompt lengths")
     if len(dec) < 1:
-        raise ModelError("no decode point to fit: need a run with more than one output token")
+        raise ModelError("no decode point to fit: need runs that stream more than one output token per request")
     P = np.array(pre)
     Xp = np.column_stack([np.ones(len(P)), P[:, 0], P[:, 0] ** 2])
     if len({n for n, _ in pre}) < 3:
@@ -164,9 +209,16 @@ def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:
         Xd = Xd[:, :2] if len(D) == 2 else Xd[:, :1]
     cd = _lstsq(Xd, D[:, 2])
     cd = np.concatenate([cd, np.zeros(3 - len(cd))])
+    by_batch: dict[float, list[tuple[float, float]]] = {}
+    for ctx, b, sec in dec:
+        by_batch.setdefault(b, []).append((ctx, sec))
+    table = [(b, float(np.median([c for c, _ in v])), float(np.median([x for _, x in v]))) for b, v in sorted(by_batch.items())]
+    prof = FittedProfile(tuple(float(x) for x in cp), tuple(float(x) for x in cd), sorted(set(names)), {},
+                         {"prefill": len(P), "decode": len(D)}, warnings, model, hw, table)
     err_p = np.abs(Xp @ cp / P[:, 1] - 1)
     err_d = np.abs(np.column_stack([np.ones(len(D)), D[:, 0], D[:, 1]]) @ cd / D[:, 2] - 1)
-    return FittedProfile(tuple(float(x) for x in cp), tuple(float(x) for x in cd), sorted(set(names)),
-                         {"prefill_mean_abs": float(err_p.mean()), "decode_mean_abs": float(err_d.mean()),
-                          "prefill_max_abs": float(err_p.max()), "decode_max_abs": float(err_d.max())},
-                         {"prefill": len(P), "decode": len(D)}, warnings, model, hw)
+    err_t = np.abs(np.array([prof._decode(int(b), c) / sec - 1 for c, b, sec in dec]))
+    prof.error = {"prefill_mean_abs": float(err_p.mean()), "decode_mean_abs": float(err_d.mean()),
+                  "prefill_max_abs": float(err_p.max()), "decode_max_abs": float(err_d.max()),
+                  "decode_table_mean_abs": float(err_t.mean())}
+    return prof
