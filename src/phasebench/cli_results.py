@@ -111,9 +111,7 @@ def export(
             write_table(rows, SUMMARY_COLUMNS, output, fmt)
         elif run:
             r = _load(run, db)
-            from .report.plots import leaves
-
-            recs = [x for leaf in leaves(r) for x in leaf.records]
+            recs = [x for leaf in r.leaves() for x in leaf.records]
             rows = request_table(recs)
             write_table(rows, REQUEST_COLUMNS, output, fmt)
         else:

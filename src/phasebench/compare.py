@@ -96,12 +96,8 @@ def bootstrap_median_change(a: np.ndarray, b: np.ndarray, seed: int = 0) -> tupl
 
 
 def _samples(run: Run, metric: str) -> np.ndarray:
-    recs: list[RequestRecord] = [r for r in leaf_records(run) if r.ok and not r.warmup]
+    recs: list[RequestRecord] = [r for leaf in run.leaves() for r in leaf.records if r.ok and not r.warmup]
     return np.array([x for x in SAMPLED[metric](recs) if x is not None], dtype=float)
-
-
-def leaf_records(run: Run) -> list[RequestRecord]:
-    return list(run.records) + [r for c in run.children for r in leaf_records(c)]
 
 
 def _pb(run: Run) -> dict[str, Any]:

@@ -337,6 +337,12 @@ MLPERF_MIN_DURATION_S = 600.0
 MLPERF_MIN_QUERIES = 24576  # LoadGen's min_query_count for the llama2-70b server scenario (its dataset size)
 
 
+def mean_in_flight(summary: dict[str, Any]) -> float | None:
+    """Mean requests in flight over the measured window, by Little's law: request throughput × mean E2E."""
+    rps, e2e = summary.get("request_throughput"), summary.get("mean_e2el_ms")
+    return rps * e2e / 1e3 if rps and e2e else None
+
+
 def check_validity(
     m: dict[str, Any],
     client: dict[str, Any],

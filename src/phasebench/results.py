@@ -54,6 +54,20 @@ class Run:
     def is_sweep(self) -> bool:
         return bool(self.children)
 
+    def leaves(self) -> list["Run"]:
+        """The runs that hold requests: this one, or every step of a sweep or plan, depth first."""
+        return [leaf for c in self.children for leaf in c.leaves()] if self.children else [self]
+
+    @property
+    def closed_loop(self) -> bool:
+        return (self.manifest.get("spec") or {}).get("scenario") in ("concurrency", "single-stream")
+
+    @property
+    def ran_alone(self) -> bool:
+        """Its requests had the engine to themselves: single-stream, or concurrency 1."""
+        sp = self.manifest.get("spec") or {}
+        return sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
+
     @classmethod
     def load(cls, path: Path | str) -> "Run":
         path = Path(path)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..paths import home
+from ..metrics import mean_in_flight
 from ..results import Run
 from .errors import ModelError
 from .hardware import Hardware
@@ -60,15 +61,11 @@ class Calibration:
                 "runs": sorted({p.run for p in self.points})}
 
 
-def _leaves(run: Run) -> list[Run]:
-    return [leaf for c in run.children for leaf in _leaves(c)] if run.children else [run]
-
-
 def points_from(run: Run) -> tuple[list[Point], Hardware, str]:
     pts: list[Point] = []
     hw: Hardware | None = None
     engine = ""
-    for leaf in _leaves(run):
+    for leaf in run.leaves():
         got = resolve(leaf.manifest)
         if got is None:
             continue
@@ -82,15 +79,12 @@ def points_from(run: Run) -> tuple[list[Point], Hardware, str]:
         tpot, ttft = _metric(s, "tpot_ms", "p50"), _metric(s, "ttft_sent_ms", "p50")
         w = model.weight_bytes(pr.weights)
         name = str(leaf.path.name if leaf.path else "run")
-        sp = leaf.manifest.get("spec") or {}
-        alone = sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
-        if ttft and n_in and alone:  # a prefill that shared the engine with others is not a clean prefill point
+        if ttft and n_in and leaf.ran_alone:  # a prefill that shared the engine with others is not a clean prefill point
             flops = 2.0 * model.compute_params * n_in + _attn_flops(model, n_in, n_in) / 2
             nbytes = w + model.kv_bytes(n_in, pr.kv)
             pts.append(Point("prefill", name, nbytes / hw.bandwidth, flops / peak, ttft / 1e3, model.layers))
         if tpot and n_out > 1:
-            e2e = _metric(s, "e2e_ms", "mean") or 0
-            batch = max((s.get("request_throughput") or 0) * e2e / 1e3, 1.0)
+            batch = max(mean_in_flight(s) or 0.0, 1.0)
             ctx = n_in + n_out / 2
             nbytes = _moe_weight_bytes(model, w, batch) + batch * model.kv_bytes(ctx, pr.kv)
             flops = batch * (2.0 * model.compute_params + _attn_flops(model, 1, ctx))

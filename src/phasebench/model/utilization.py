@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..metrics import mean_in_flight
 from .arch import ModelArch, load_model
 from .errors import ModelError
 from .hardware import Hardware, load_hardware
@@ -72,9 +73,7 @@ def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: 
     ttft_sent = _metric(summary, "ttft_sent_ms", "p50")
     n_in = _metric(summary, "input_tokens", "mean") or 0
     n_out = _metric(summary, "output_tokens", "mean") or 0
-    e2e_mean = _metric(summary, "e2e_ms", "mean")
-    rps = summary.get("request_throughput") or 0
-    batch = max(rps * (e2e_mean or 0) / 1e3, 1.0)  # Little's law: mean requests in flight
+    batch = max(mean_in_flight(summary) or 0.0, 1.0)
     out: dict[str, Any] = {
         "model": model.name, "hardware": hw.key, "precision": pr.label(), "mean_batch": batch,
         "weight_bytes": model.weight_bytes(pr.weights), "kv_bytes_per_token": model.kv_bytes_per_token(pr.kv),

@@ -54,14 +54,14 @@ def _headline(run: Run) -> Run:
     by = {c.path.name if c.path else str(i): c for i, c in enumerate(run.children)}
     if "server" in by:
         return by["server"]
-    return max(P.leaves(run), key=lambda r: r.summary.get("output_throughput") or 0)
+    return max(run.leaves(), key=lambda r: r.summary.get("output_throughput") or 0)
 
 
 def describe(run: Run) -> dict[str, Any]:
     """Plain facts about a run for the report header (all later escaped)."""
     m = run.manifest
     sp = m.get("spec") or {}
-    first = P.leaves(run)[0].manifest
+    first = run.leaves()[0].manifest
     tgt = m.get("target") or first.get("target") or {}
     eng = m.get("engine") or {}
     mf = m.get("model_file") or {}

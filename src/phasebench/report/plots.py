@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import metrics as M
+from ..metrics import mean_in_flight
 from ..records import RequestRecord
 from ..results import Run
 
@@ -39,12 +40,8 @@ class Plot:
 COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
 
 
-def leaves(run: Run) -> list[Run]:
-    return [x for c in run.children for x in leaves(c)] if run.children else [run]
-
-
 def ok_records(run: Run) -> list[RequestRecord]:
-    return [r for leaf in leaves(run) for r in leaf.records if r.ok and not r.warmup]
+    return [r for leaf in run.leaves() for r in leaf.records if r.ok and not r.warmup]
 
 
 def _png(fig) -> bytes:
@@ -74,7 +71,7 @@ def prefill(runs: list[Run], names: list[str]) -> Plot | None:
     fig, ax = _fig()
     drawn = False
     for i, (run, name) in enumerate(zip(runs, names)):
-        alone = [leaf for leaf in leaves(run) if _alone(leaf)]
+        alone = [leaf for leaf in run.leaves() if leaf.ran_alone]
         recs = [r for leaf in alone for r in leaf.records if r.ok and not r.warmup] if alone else ok_records(run)
         pts = [((r.prompt_tokens or r.input_tokens), M.ttft_ms(r)) for r in recs]
         pts = [(x, y) for x, y in pts if x and y is not None]
@@ -100,32 +97,20 @@ def prefill(runs: list[Run], names: list[str]) -> Plot | None:
                 _png(fig))
 
 
-def _alone(leaf: Run) -> bool:
-    """A run whose requests had the engine to themselves: single-stream or concurrency 1."""
-    sp = leaf.manifest.get("spec") or {}
-    return sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
-
-
-def _closed(leaf: Run) -> bool:
-    return (leaf.manifest.get("spec") or {}).get("scenario") in ("concurrency", "single-stream")
-
-
 def _conc(leaf: Run) -> float | None:
+    """Closed loop: its concurrency; open loop: the mean in flight."""
     sp = leaf.manifest.get("spec") or {}
-    if sp.get("scenario") in ("concurrency", "single-stream") and sp.get("concurrency"):
+    if leaf.closed_loop and sp.get("concurrency"):
         return float(sp["concurrency"][0]) if sp.get("scenario") == "concurrency" else 1.0
-    s = leaf.summary
-    if s.get("request_throughput") and (s.get("mean_e2el_ms") or 0):
-        return s["request_throughput"] * s["mean_e2el_ms"] / 1e3  # Little's law
-    return None
+    return mean_in_flight(leaf.summary)
 
 
 def _decode_leaves(run: Run, closed: bool | None = None) -> list[tuple[float, float, float, float]]:
     """(concurrency, median TPOT, output throughput, p50 E2E) for each leaf that decoded more than one token
     (only closed-loop leaves, or only open-loop ones, when ``closed`` says so)."""
     out = []
-    for leaf in leaves(run):
-        if closed is not None and _closed(leaf) != closed:
+    for leaf in run.leaves():
+        if closed is not None and leaf.closed_loop != closed:
             continue
         s = leaf.summary
         c, tpot = _conc(leaf), s.get("median_tpot_ms")
@@ -220,7 +205,7 @@ def timeline(runs: list[Run], names: list[str]) -> Plot | None:
     drawn = False
     for i, (run, name) in enumerate(zip(runs, names)):
         # each step of a sweep or plan has its own clock: show one, the server step or else the longest
-        ls = leaves(run)
+        ls = run.leaves()
         leaf = next((x for x in ls if x.path and x.path.name == "server"), None) or \
             max(ls, key=lambda x: x.summary.get("duration") or 0)
         if len(ls) > 1 and leaf.path:
@@ -254,7 +239,7 @@ def timeline(runs: list[Run], names: list[str]) -> Plot | None:
 
 def roofline(runs: list[Run], names: list[str]) -> Plot | None:
     blocks = [(name, i, leaf, (leaf.summary.get("phasebench") or {}).get("roofline"))
-              for i, (run, name) in enumerate(zip(runs, names)) for leaf in leaves(run)]
+              for i, (run, name) in enumerate(zip(runs, names)) for leaf in run.leaves()]
     blocks = [b for b in blocks if b[3] and not b[3].get("error") and ("mbu" in b[3] or "mfu" in b[3])]
     if not blocks:
         return None
@@ -271,7 +256,7 @@ def roofline(runs: list[Run], names: list[str]) -> Plot | None:
         if "mbu" in b and b.get("decode_flops_per_step"):
             ax.scatter(b["decode_flops_per_step"] / b["decode_bytes_per_step"], b["decode_achieved_tflops"] * 1e12,
                        marker="o", color=c, s=30)
-        if "mfu" in b and b.get("prefill_bytes") and (_alone(leaf) or len(blocks) == 1):
+        if "mfu" in b and b.get("prefill_bytes") and (leaf.ran_alone or len(blocks) == 1):
             ax.scatter(b["prefill_flops"] / b["prefill_bytes"], b["prefill_achieved_tflops"] * 1e12, marker="^",
                        color=c, s=30)
     ax.scatter([], [], marker="o", color="grey", label="decode (measured)")

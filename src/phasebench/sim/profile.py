@@ -173,19 +173,16 @@ def decode_gaps(records: list) -> list[tuple[float, float, float]]:  # noqa: ANN
 def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:  # noqa: ANN001
     """Fit from measured runs (plans and sweeps count all their steps): single-stream TTFT for prefill, and
     clean decode iterations read off every run's token timelines for decode (see :func:`decode_gaps`)."""
-    from ..report.plots import leaves
-
     pre: list[tuple[float, float]] = []       # (n, seconds)
     dec: list[tuple[float, float, float]] = []  # (sum_ctx, batch, seconds)
     names, model, hw = [], None, None
     for run in runs:
-        for leaf in leaves(run):
+        for leaf in run.leaves():
             sp = leaf.manifest.get("spec") or {}
             names.append(str(leaf.path))
             model = model or (leaf.manifest.get("model_file") or {}).get("name") or sp.get("model_spec")
             hw = hw or sp.get("hardware") or ("local" if leaf.manifest.get("model_file") else None)
-            alone = sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
-            if alone:
+            if leaf.ran_alone:
                 for r in leaf.records:
                     if r.ok and not r.warmup and r.first_token_ns and r.sent_ns is not None:
                         pre.append((float(r.prompt_tokens or r.input_tokens or 0), (r.first_token_ns - r.sent_ns) / 1e9))
