@@ -31,7 +31,8 @@ def predict(model: str, hardware: str, devices: int = 1, precision: str = "fp16"
     from .model.arch import load_model
     from .model.calibrate import efficiency_for
     from .model.hardware import load_hardware
-    from .model.phases import Setup, predict as _predict, resolve_precision
+    from .model.phases import Setup, resolve_precision
+    from .model.phases import predict as _predict
 
     hw = load_hardware(hardware)
     pr, note = resolve_precision(hw, precision)

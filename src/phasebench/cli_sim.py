@@ -36,7 +36,7 @@ def _setup(model: str, hardware: str, devices: int, precision: str, engine: Opti
 
 def _scheduler(setup, max_seqs: int, max_batched_tokens: int, chunked: bool, block_size: int,
                kv_blocks: Optional[int], static: bool):
-    from .model.phases import predict
+    from .model.phases import kv_heads_per_rank, predict
     from .sim.replica import SchedulerConfig, blocks_for_memory
 
     cfg = SchedulerConfig(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens, chunked_prefill=chunked,
@@ -51,8 +51,10 @@ def _scheduler(setup, max_seqs: int, max_batched_tokens: int, chunked: bool, blo
             free = (p.memory.capacity - p.memory.per_device_weights) * setup.devices
             if setup.hardware.kind == "sram-dataflow" and setup.hardware.memory_gb * 1000 <= setup.hardware.sram_mb:
                 free = setup.hardware.sram_mb * 1e6 * setup.devices - p.memory.weights_bytes  # SRAM left after weights
-            cfg.kv_blocks = blocks_for_memory(free, setup.model.kv_bytes_per_token(setup.precision.kv)
-                                              * (max(setup.model.kv_heads / setup.tp, 1) * setup.tp / setup.model.kv_heads), block_size)
+            # KV bytes per token across the replica: each TP rank holds its heads (copies when tp > n_kv)
+            replication = kv_heads_per_rank(setup.model, setup.tp) * setup.tp / setup.model.kv_heads
+            cfg.kv_blocks = blocks_for_memory(free, setup.model.kv_bytes_per_token(setup.precision.kv) * replication,
+                                              block_size)
     if kv_blocks is not None:
         cfg.kv_blocks = kv_blocks
     return cfg

@@ -20,12 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..paths import home
-from ..metrics import mean_in_flight
 from ..results import Run
 from .errors import ModelError
 from .hardware import Hardware
-from .phases import DEFAULT_EFFICIENCY, Efficiency, _attn_flops, _moe_weight_bytes, resolve_precision
-from .utilization import _metric, engine_name, resolve
+from .phases import DEFAULT_EFFICIENCY, Efficiency, resolve_precision
+from .utilization import engine_name, phase_work, resolve
 
 
 @dataclass
@@ -73,22 +72,14 @@ def points_from(run: Run) -> tuple[list[Point], Hardware, str]:
         engine = engine_name(leaf.manifest) or "unknown"
         pr, _ = resolve_precision(hw, weights)
         peak = hw.peak_flops(pr.activations)
-        s = leaf.summary
-        n_in = _metric(s, "input_tokens", "mean") or 0
-        n_out = _metric(s, "output_tokens", "mean") or 0
-        tpot, ttft = _metric(s, "tpot_ms", "p50"), _metric(s, "ttft_sent_ms", "p50")
-        w = model.weight_bytes(pr.weights)
+        work = phase_work(model, pr, leaf.summary)
         name = str(leaf.path.name if leaf.path else "run")
-        if ttft and n_in and leaf.ran_alone:  # a prefill that shared the engine with others is not a clean prefill point
-            flops = 2.0 * model.compute_params * n_in + _attn_flops(model, n_in, n_in) / 2
-            nbytes = w + model.kv_bytes(n_in, pr.kv)
-            pts.append(Point("prefill", name, nbytes / hw.bandwidth, flops / peak, ttft / 1e3, model.layers))
-        if tpot and n_out > 1:
-            batch = max(mean_in_flight(s) or 0.0, 1.0)
-            ctx = n_in + n_out / 2
-            nbytes = _moe_weight_bytes(model, w, batch) + batch * model.kv_bytes(ctx, pr.kv)
-            flops = batch * (2.0 * model.compute_params + _attn_flops(model, 1, ctx))
-            pts.append(Point("decode", name, nbytes / hw.bandwidth, flops / peak, tpot / 1e3, model.layers))
+        if "prefill_flops" in work and leaf.ran_alone:  # a prefill that shared the engine is not a clean point
+            pts.append(Point("prefill", name, work["prefill_bytes"] / hw.bandwidth, work["prefill_flops"] / peak,
+                             work["ttft_sent_ms"] / 1e3, model.layers))
+        if "decode_bytes_per_step" in work:
+            pts.append(Point("decode", name, work["decode_bytes_per_step"] / hw.bandwidth,
+                             work["decode_flops_per_step"] / peak, work["tpot_ms"] / 1e3, model.layers))
     if hw is None:
         raise ModelError(f"{run.path}: no run here names its model (use --model-spec, or the embedded engine)")
     return pts, hw, engine

@@ -229,6 +229,23 @@ def _attn_flops(m: ModelArch, new_tokens: float, context: float) -> float:
     return 4.0 * m.q_dim * new_tokens * ((m.layers - local) * context + local * ctx_local)
 
 
+def prefill_flops(m: ModelArch, prompt: float, batch: float = 1) -> float:
+    """FLOPs to prefill ``batch`` prompts of ``prompt`` tokens: every token through every layer, the LM head only
+    for each prompt's last token, and causal attention (half of the full S² product)."""
+    lm = m.lm_head_params
+    return batch * (2.0 * (m.compute_params - lm) * prompt + 2.0 * lm + _attn_flops(m, prompt, prompt) / 2)
+
+
+def decode_flops(m: ModelArch, batch: float, context: float) -> float:
+    """FLOPs of one decode step: one token for each of ``batch`` sequences at ``context`` tokens."""
+    return batch * (2.0 * m.compute_params + _attn_flops(m, 1, context))
+
+
+def kv_heads_per_rank(m: ModelArch, tp: int) -> float:
+    """KV heads each tensor-parallel rank holds: split when there are enough, one replicated copy when tp > n_kv."""
+    return max(m.kv_heads / tp, 1.0)
+
+
 def _phase(compute: float, memory: float, comm: float, overhead: float, flops: float, nbytes: float) -> Phase:
     t = max(compute, memory) + comm + overhead
     bound = max((("compute", compute), ("memory", memory), ("communication", comm), ("overhead", overhead)),
@@ -268,7 +285,7 @@ def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int 
         return _predict_sram(s, batch, input_len, output_len, peak, w, act_b, notes)
 
     # memory ------------------------------------------------------------------------------------------------
-    heads_dev = max(m.kv_heads / s.tp, 1.0)            # KV heads each TP rank holds (replicated when tp > n_kv)
+    heads_dev = kv_heads_per_rank(m, s.tp)
     kv_share = heads_dev / m.kv_heads / s.pp           # fraction of one sequence's KV a device holds
     if s.tp > m.kv_heads:
         notes.append(f"tensor parallel {s.tp} > {m.kv_heads} KV heads: KV cache replicated {s.tp / m.kv_heads:.0f}×")
@@ -287,11 +304,10 @@ def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int 
     bw = hw.bandwidth * eff.memory
     fl = peak * eff.compute
     overhead = m.layers * eff.layer_overhead_us * 1e-6
-    lm_head = m.lm_head_params
 
     # prefill: every prompt token through every layer; the LM head only for the last token of each prompt
     tokens = batch * input_len
-    p_flops = 2.0 * (m.compute_params - lm_head) * tokens + 2.0 * lm_head * batch + batch * _attn_flops(m, input_len, input_len) / 2
+    p_flops = prefill_flops(m, input_len, batch)
     p_bytes = _moe_weight_bytes(m, w, tokens) / s.tp + batch * m.kv_bytes(input_len, pr.kv) * heads_dev / m.kv_heads
     pred.prefill = _phase(p_flops / s.tp / fl, p_bytes / bw, _comm(s, tokens, act_b), overhead, p_flops, p_bytes)
     pred.ttft_s = pred.prefill.time_s
@@ -302,7 +318,7 @@ def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int 
     kv_rank = heads_dev / m.kv_heads
 
     def step(ctx: float) -> Phase:
-        flops = batch * (2.0 * m.compute_params + _attn_flops(m, 1, ctx))
+        flops = decode_flops(m, batch, ctx)
         nbytes = w_step + batch * m.kv_bytes(ctx, pr.kv) * kv_rank
         return _phase(flops / s.tp / fl, nbytes / bw, _comm(s, batch, act_b), overhead, flops, nbytes)
 
@@ -360,15 +376,14 @@ def _predict_sram(s: Setup, batch: int, input_len: int, output_len: int, peak_de
     overhead = m.layers * eff.layer_overhead_us * 1e-6
 
     def token_pass(ctx: float, tokens: float) -> Phase:
-        flops = tokens * (2.0 * m.compute_params + _attn_flops(m, 1, ctx))
+        flops = decode_flops(m, tokens, ctx)
         nbytes = w + tokens * m.kv_bytes(ctx, pr.kv)
         # summed over the pipeline: every chip's stage once, then the hops between chips
         return _phase(flops / fl, nbytes / bw, (chips - 1) * (hop + tokens * m.hidden * act_b / (hw.interconnect_gbps * 1e9)),
                       overhead, flops, nbytes)
 
     # prefill: prompt tokens stream through the pipeline; all chips busy once it is full
-    tokens = input_len * batch
-    p_flops = 2.0 * m.compute_params * tokens + batch * _attn_flops(m, input_len, input_len) / 2
+    p_flops = prefill_flops(m, input_len, batch)
     first = token_pass(input_len, 1)
     fill = first.time_s
     pc = p_flops / (fl * chips)

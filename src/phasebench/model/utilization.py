@@ -15,7 +15,15 @@ from ..metrics import mean_in_flight
 from .arch import ModelArch, load_model
 from .errors import ModelError
 from .hardware import Hardware, load_hardware
-from .phases import Setup, _attn_flops, _moe_weight_bytes, predict, resolve_precision
+from .phases import (
+    Precision,
+    Setup,
+    _moe_weight_bytes,
+    decode_flops,
+    predict,
+    prefill_flops,
+    resolve_precision,
+)
 
 
 def run_model_ref(manifest: dict[str, Any]) -> str | None:
@@ -59,6 +67,29 @@ def _metric(summary: dict[str, Any], key: str, stat: str) -> float | None:
     return ((summary.get("phasebench") or {}).get("metrics", {}).get(key) or {}).get(stat)
 
 
+def phase_work(model: ModelArch, pr: Precision, summary: dict[str, Any]) -> dict[str, Any]:
+    """What a measured run's phases had to read and compute, from its summary.
+
+    Always: mean batch (Little's law), mean input/output length, median TPOT and TTFT from send. When the run
+    decoded (more than one output token): bytes and FLOPs of one decode step at the mean batch and mean decode
+    context. When it prefilled: FLOPs and bytes of prefilling the mean prompt."""
+    w = model.weight_bytes(pr.weights)
+    n_in = _metric(summary, "input_tokens", "mean") or 0
+    n_out = _metric(summary, "output_tokens", "mean") or 0
+    batch = max(mean_in_flight(summary) or 0.0, 1.0)
+    work: dict[str, Any] = {"mean_batch": batch, "n_in": n_in, "n_out": n_out,
+                            "tpot_ms": _metric(summary, "tpot_ms", "p50"),
+                            "ttft_sent_ms": _metric(summary, "ttft_sent_ms", "p50")}
+    if work["tpot_ms"] and n_out > 1:
+        ctx = n_in + n_out / 2
+        work["decode_bytes_per_step"] = _moe_weight_bytes(model, w, batch) + batch * model.kv_bytes(ctx, pr.kv)
+        work["decode_flops_per_step"] = decode_flops(model, batch, ctx)
+    if work["ttft_sent_ms"] and n_in:
+        work["prefill_flops"] = prefill_flops(model, n_in)
+        work["prefill_bytes"] = w + model.kv_bytes(n_in, pr.kv)
+    return work
+
+
 def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: str | None = None) -> dict[str, Any] | None:
     """The ``roofline`` block of a run's summary; None when the run names no model."""
     got = resolve(manifest)
@@ -69,30 +100,23 @@ def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: 
 
     pr, note = resolve_precision(hw, weights)
     eff, eff_note = efficiency_for(hw, calibration or engine_name(manifest))
-    tpot = _metric(summary, "tpot_ms", "p50")
-    ttft_sent = _metric(summary, "ttft_sent_ms", "p50")
-    n_in = _metric(summary, "input_tokens", "mean") or 0
-    n_out = _metric(summary, "output_tokens", "mean") or 0
-    batch = max(mean_in_flight(summary) or 0.0, 1.0)
+    work = phase_work(model, pr, summary)
+    tpot, ttft_sent, n_in, n_out, batch = (work[k] for k in ("tpot_ms", "ttft_sent_ms", "n_in", "n_out", "mean_batch"))
     out: dict[str, Any] = {
         "model": model.name, "hardware": hw.key, "precision": pr.label(), "mean_batch": batch,
         "weight_bytes": model.weight_bytes(pr.weights), "kv_bytes_per_token": model.kv_bytes_per_token(pr.kv),
         "peak_bandwidth_gbps": hw.memory_gbps, "peak_tflops": hw.peak_flops(pr.activations) / 1e12,
         "notes": [n for n in (note, eff_note) if n],
     }
-    if tpot and n_out > 1:
-        ctx = n_in + n_out / 2
-        step_bytes = _moe_weight_bytes(model, model.weight_bytes(pr.weights), batch) + batch * model.kv_bytes(ctx, pr.kv)
+    if "decode_bytes_per_step" in work:
+        step_bytes, step_flops = work["decode_bytes_per_step"], work["decode_flops_per_step"]
         achieved = step_bytes / (tpot / 1e3)
-        step_flops = batch * (2.0 * model.compute_params + _attn_flops(model, 1, ctx))
         out |= {"decode_bytes_per_step": step_bytes, "decode_flops_per_step": step_flops,
                 "decode_achieved_gbps": achieved / 1e9, "decode_achieved_tflops": step_flops / (tpot / 1e3) / 1e12,
                 "mbu": achieved / hw.bandwidth}
-    if ttft_sent and n_in:
-        flops = 2.0 * (model.compute_params - model.lm_head_params) * n_in + 2.0 * model.lm_head_params \
-            + _attn_flops(model, n_in, n_in) / 2
-        achieved_f = flops / (ttft_sent / 1e3)
-        out |= {"prefill_flops": flops, "prefill_bytes": model.weight_bytes(pr.weights) + model.kv_bytes(n_in, pr.kv),
+    if "prefill_flops" in work:
+        achieved_f = work["prefill_flops"] / (ttft_sent / 1e3)
+        out |= {"prefill_flops": work["prefill_flops"], "prefill_bytes": work["prefill_bytes"],
                 "prefill_achieved_tflops": achieved_f / 1e12,
                 "mfu": achieved_f / hw.peak_flops(pr.activations)}
     if n_in >= 1 and n_out >= 1:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..model.arch import precision_bytes
 from ..model.errors import ModelError
-from ..model.phases import Setup, _comm, _moe_weight_bytes
+from ..model.phases import Setup, _comm, _moe_weight_bytes, kv_heads_per_rank
 
 
 class Profile(Protocol):
@@ -36,7 +36,7 @@ class AnalyticProfile:
         m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
         self.w = m.weight_bytes(pr.weights)
         self.kv_tok = m.kv_bytes_per_token(pr.kv)
-        self.heads_share = max(m.kv_heads / s.tp, 1.0) / m.kv_heads
+        self.heads_share = kv_heads_per_rank(m, s.tp) / m.kv_heads
         self.flop_rate = s.tp * hw.peak_flops(pr.activations) * eff.compute
         self.bw = hw.bandwidth * eff.memory
         self.overhead = m.layers * eff.layer_overhead_us * 1e-6
