@@ -141,12 +141,15 @@ def _med(run: Run, key: str) -> float | None:
     return (run.summary.get("phasebench", {}).get("metrics", {}).get(key) or {}).get("p50")
 
 
-def kv_bytes_per_token(mf: dict[str, Any], kv_bytes: int = 2) -> int:
-    """2 (K and V) · layers · KV heads · head dim · bytes (llama.cpp's default KV cache is f16)."""
-    layers, hidden, heads, kv = mf.get("layers"), mf.get("hidden"), mf.get("heads"), mf.get("kv_heads")
-    if not (layers and hidden and heads and kv):
+def kv_bytes_per_token(mf: dict[str, Any]) -> float:
+    """The engine model's KV cache per token in f16 (llama.cpp's default), from its GGUF; 0 if unreadable."""
+    from .model.arch import from_gguf
+    from .model.errors import ModelError
+
+    try:
+        return from_gguf(mf["path"]).kv_bytes_per_token("fp16")
+    except (KeyError, ModelError):
         return 0
-    return 2 * layers * kv * (hidden // heads) * kv_bytes
 
 
 def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], engine: dict[str, Any]) -> dict[str, Any]:

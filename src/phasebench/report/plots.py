@@ -88,10 +88,7 @@ def prefill(runs: list[Run], names: list[str]) -> Plot | None:
         drawn = True
     if not drawn:
         return None
-    ax.set_xlabel("input tokens")
-    ax.set_ylabel("TTFT (ms)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _axes([ax], ("input tokens", "TTFT (ms)"))
     return Plot("prefill", "Prefill: TTFT against input length",
                 "Each dot is one request; the line joins medians. Prefill is compute-bound: TTFT grows with the prompt.",
                 _png(fig))
@@ -168,10 +165,7 @@ def tradeoff(runs: list[Run], names: list[str]) -> Plot | None:
         drawn = True
     if not drawn:
         return None
-    ax.set_xlabel("TPOT p50 (ms)  — latency")
-    ax.set_ylabel("output tokens/s  — throughput")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    _axes([ax], ("TPOT p50 (ms)  — latency", "output tokens/s  — throughput"))
     return Plot("tradeoff", "Throughput against latency across the sweep",
                 "Up and left is better; the dashed line is the Pareto front: no other point is both faster and "
                 "higher-throughput.", _png(fig))
