@@ -28,17 +28,12 @@ def predict(model: str, hardware: str, devices: int = 1, precision: str = "fp16"
     """The roofline phase model (docs/model.md): a ``phasebench.model.phases.Prediction``.
 
     Uses the calibration stored for (hardware, engine) when there is one, else the device kind's defaults."""
-    from .model.arch import load_model
-    from .model.calibrate import efficiency_for
-    from .model.hardware import load_hardware
-    from .model.phases import Setup, resolve_precision
     from .model.phases import predict as _predict
+    from .model.phases import setup_for
 
-    hw = load_hardware(hardware)
-    pr, note = resolve_precision(hw, precision)
-    eff, eff_note = efficiency_for(hw, engine)
-    p = _predict(Setup(load_model(model), hw, devices=devices, precision=pr, efficiency=eff), batch, input_len, output_len)
-    p.notes[:0] = [n for n in (note, eff_note) if n]
+    setup, notes = setup_for(model, hardware, devices=devices, precision=precision, engine=engine)
+    p = _predict(setup, batch, input_len, output_len)
+    p.notes[:0] = notes
     return p
 
 

@@ -53,25 +53,21 @@ def predict(
     """Predict TTFT, TPOT, E2E and throughput from the roofline phase model (no server needed)."""
     from dataclasses import replace
 
-    from .model.arch import load_model
-    from .model.calibrate import efficiency_for
-    from .model.hardware import load_hardware
-    from .model.phases import Setup, resolve_precision, sweep
+    from .model.phases import setup_for, sweep
     from .report.model import print_predictions
 
     try:
-        m, hw = load_model(model), load_hardware(hardware)
-        pr, note = resolve_precision(hw, precision, activations, kv)
-        eff, eff_note = efficiency_for(hw, engine)
+        setup, notes = setup_for(model, hardware, devices, tp, pp, precision, activations, kv, engine)
         if mem_eff is not None or flop_eff is not None:
-            eff = replace(eff, memory=mem_eff or eff.memory, compute=flop_eff or eff.compute, source="command line")
-            eff_note = None
-        setup = Setup(m, hw, devices=devices, tp=tp, pp=pp, precision=pr, efficiency=eff)
+            eff = setup.efficiency
+            setup = replace(setup, efficiency=replace(eff, memory=mem_eff or eff.memory, compute=flop_eff or eff.compute,
+                                                      source="command line"))
+            notes = [n for n in notes if not n.startswith("using calibrated factors")]
         preds = sweep(setup, _ints(batch, "--batch"), _ints(input_len, "--input-len"), _ints(output_len, "--output-len"))
     except ModelError as e:
         fail(str(e))
     for p in preds:
-        p.notes[:0] = [n for n in (note, eff_note) if n]
+        p.notes[:0] = notes
     if json_out:
         d = [p.to_dict() for p in preds]
         out.print_json(json.dumps(d[0] if len(d) == 1 else d))

@@ -22,16 +22,10 @@ def register(app: typer.Typer) -> None:
     app.add_typer(profile_app, name="profile")
 
 
-def _setup(model: str, hardware: str, devices: int, precision: str, engine: Optional[str] = None):
-    from .model.arch import load_model
-    from .model.calibrate import efficiency_for
-    from .model.hardware import load_hardware
-    from .model.phases import Setup, resolve_precision
+def _setup(model: str, hardware: str, devices: int, precision: str, engine: Optional[str] = None):  # noqa: ANN202
+    from .model.phases import setup_for
 
-    hw = load_hardware(hardware)
-    pr, _ = resolve_precision(hw, precision)
-    eff, _ = efficiency_for(hw, engine)
-    return Setup(load_model(model), hw, devices=devices, precision=pr, efficiency=eff)
+    return setup_for(model, hardware, devices=devices, precision=precision, engine=engine)[0]
 
 
 def _scheduler(setup, max_seqs: int, max_batched_tokens: int, chunked: bool, block_size: int,

@@ -86,6 +86,22 @@ class Setup:
         return replace(self, tp=tp, efficiency=eff)
 
 
+def setup_for(model: str, hardware: str, devices: int = 1, tp: int = 0, pp: int = 1, precision: str = "fp16",
+              activations: str | None = None, kv: str | None = None, engine: str | None = None) -> tuple[Setup, list[str]]:
+    """A setup from names, as every command and the Python API build one: the model and hardware looked up,
+    unstated precisions resolved, and the calibration stored for (hardware, engine) if any. Returns the notes
+    to show with its predictions."""
+    from .arch import load_model
+    from .calibrate import efficiency_for
+    from .hardware import load_hardware
+
+    hw = load_hardware(hardware)
+    pr, note = resolve_precision(hw, precision, activations, kv)
+    eff, eff_note = efficiency_for(hw, engine)
+    setup = Setup(load_model(model), hw, devices=devices, tp=tp, pp=pp, precision=pr, efficiency=eff)
+    return setup, [n for n in (note, eff_note) if n]
+
+
 @dataclass
 class Phase:
     """One phase's cost breakdown (times in seconds)."""
