@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ import aiohttp
 import psutil
 
 from . import env as envmod
+from .monitor import HostLoad, LoopLag, server_pids
 from .client.openai import Prompt
 from .client.transport import Client, ClientConfig
 from .metrics import RunContext, summarize
@@ -34,6 +36,10 @@ now_ns = time.perf_counter_ns
 
 class RunError(RuntimeError):
     """Something stopped the whole run (unreachable server, unknown model): one clear line."""
+
+
+class TargetUnreachable(RunError):
+    """The server could not be reached at all (exit code 4, as for a server that goes away mid-run)."""
 
 
 class Progress(Protocol):
@@ -64,6 +70,7 @@ class Target:
 
 
 def install_uvloop() -> bool:
+    """Kept for callers that want uvloop process-wide; phasebench itself uses ``run_main`` (no policy change)."""
     try:
         import uvloop
 
@@ -71,6 +78,59 @@ def install_uvloop() -> bool:
         return True
     except ImportError:
         return False
+
+
+def _loop_factory():  # noqa: ANN202
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop
+    except ImportError:
+        return None
+
+
+# Termination signals that end a run the way Ctrl-C does: in-flight requests recorded as cancelled, a partial
+# summary written, the run recorded in the database, exit code 128 + signal number.
+STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+
+
+def run_main(coro):  # noqa: ANN001, ANN201
+    """Run ``coro`` to completion on a fresh event loop (uvloop when installed, without changing the process's
+    event-loop policy). SIGINT, SIGTERM and SIGHUP cancel it; a run that was cancelled raises ``Interrupted``
+    carrying the signal's number and the partial result, already on disk."""
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(_guarded(coro))
+
+
+async def _guarded(coro):  # noqa: ANN001, ANN202
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    got: list[int] = []
+
+    def on_signal(signum: int) -> None:
+        got.append(signum)
+        if task is not None:
+            task.cancel()
+
+    installed = []
+    for sig in STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not POSIX
+            pass
+    try:
+        return await coro
+    except Interrupted as e:
+        e.signum = got[0] if got else int(signal.SIGINT)
+        raise
+    except asyncio.CancelledError:
+        if got:  # a termination signal before any request was sent: nothing to keep
+            raise Interrupted(None, got[0]) from None
+        raise
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 def api_key(spec: RunSpec) -> str | None:
@@ -96,7 +156,7 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
                 raise RunError(f"{_safe(base)} refused the request (HTTP {r.status}): check --api-key-env")
             answer = await r.json(content_type=None) if r.status == 200 else None
     except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
-        raise RunError(f"cannot reach {_safe(base)}: {type(e).__name__} {e}".strip()) from None
+        raise TargetUnreachable(f"cannot reach {_safe(base)}: {type(e).__name__} {e}".strip()) from None
     except aiohttp.ContentTypeError:
         answer = None
     served = [m.get("id") for m in (answer or {}).get("data", []) if isinstance(m, dict)] if isinstance(answer, dict) else []
@@ -153,6 +213,45 @@ async def warm_up(client: Client, prompts: list[Prompt], n: int, concurrency: in
     return n
 
 
+# A server that stops answering: after this many requests in a row failed to connect (no byte came back), and
+# no request has succeeded for this long, the run stops early instead of writing failures at full speed.
+GONE_AFTER_FAILURES = 20
+GONE_AFTER_S = 3.0
+BACKOFF_MAX_S = 1.0
+_NO_ANSWER = ("connection", "timeout")
+
+
+@dataclass
+class Health:
+    """Consecutive connection failures, for back-off and for stopping a run whose server has gone."""
+
+    t0: int
+    failures: int = 0
+    last_ok_ns: int = 0
+    last_error: str | None = None
+    gone: str | None = None
+
+    def __post_init__(self) -> None:
+        self.last_ok_ns = self.t0
+
+    def note(self, rec: RequestRecord) -> None:
+        if rec.headers_ns is not None or rec.error_type not in _NO_ANSWER:
+            self.failures = 0
+            self.last_ok_ns = now_ns()
+            return
+        self.failures += 1
+        self.last_error = rec.error
+        quiet_s = (now_ns() - self.last_ok_ns) / 1e9
+        if self.failures >= GONE_AFTER_FAILURES and quiet_s >= GONE_AFTER_S and self.gone is None:
+            self.gone = (
+                f"the server stopped answering: {self.failures} requests in a row got no answer over "
+                f"{quiet_s:.1f} s (last: {self.last_error}); stopped early"
+            )
+
+    def backoff_s(self) -> float:
+        return 0.0 if self.failures == 0 else min(BACKOFF_MAX_S, 0.01 * 2 ** min(self.failures - 1, 10))
+
+
 async def execute(
     client: Client,
     schedule: Schedule,
@@ -160,11 +259,16 @@ async def execute(
     writer: RecordWriter,
     progress: Progress,
     t0: int,
-) -> tuple[list[RequestRecord], bool]:
-    """Send every request at its time; returns (records, interrupted). Records are on disk as each ends."""
+) -> tuple[list[RequestRecord], bool, str | None]:
+    """Send every request at its time; returns (records, interrupted, gone). Records are on disk as each ends.
+
+    ``gone`` is the reason the run stopped early because the server stopped answering (``Health``); closed-loop
+    slots back off exponentially after each failure to connect, so a dead server is not hammered."""
     records: list[RequestRecord] = []
     tasks: set[asyncio.Task] = set()
     deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
+    health = Health(now_ns())
+    stop = asyncio.Event()
 
     async def one(i: int, scheduled_rel: int) -> None:
         p = prompts[i % len(prompts)]
@@ -175,11 +279,16 @@ async def execute(
             records.append(rec)
             writer.write(rec)
             progress.advance(rec)
+            health.note(rec)
+            if health.gone:
+                stop.set()
 
     async def open_loop() -> None:
         assert schedule.offsets_ns is not None
         for i, off in enumerate(schedule.offsets_ns.tolist()):
             await sleep_until(t0 + off)
+            if stop.is_set():
+                break
             task = asyncio.create_task(one(i, off))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
@@ -193,23 +302,40 @@ async def execute(
         async def worker() -> None:
             for i in counter:
                 t = now_ns()
-                if deadline_ns is not None and t >= deadline_ns:
+                if stop.is_set() or (deadline_ns is not None and t >= deadline_ns):
                     return
                 await one(i, t - t0)
+                pause = health.backoff_s()
+                if pause:
+                    await asyncio.sleep(pause)
 
         conc = schedule.concurrency or 1
         workers = [asyncio.create_task(worker()) for _ in range(conc)]
         tasks.update(workers)
         await asyncio.gather(*workers)
 
+    async def watch() -> None:
+        await stop.wait()
+        for t in list(tasks):
+            t.cancel()
+
+    watcher = asyncio.create_task(watch())
     try:
-        await (open_loop() if schedule.kind == "open" else closed_loop())
-        return records, False
+        try:
+            await (open_loop() if schedule.kind == "open" else closed_loop())
+        except asyncio.CancelledError:
+            if not stop.is_set():
+                raise
+        if stop.is_set():  # wait for the cancelled requests to be recorded
+            await asyncio.gather(*list(tasks), return_exceptions=True)
+        return records, False, health.gone
     except asyncio.CancelledError:
         for t in list(tasks):
             t.cancel()
         await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, True
+        return records, True, health.gone
+    finally:
+        watcher.cancel()
 
 
 async def sleep_until(deadline_ns: int) -> None:
@@ -264,6 +390,8 @@ async def run_one(
         prompts = await build_prompts(spec, tok, request_count(schedule))
         warm_prompts = await build_prompts(spec, tok, min(spec.warmup_requests, 8), seed_offset=10_000) if spec.warmup_requests else []
     conc_hint = schedule.concurrency or min(len(prompts), spec.max_connections)
+    max_conn = max(1, min(spec.max_connections, max(conc_hint, 1)))
+    ensure_open_files(max_conn, spec)
     cfg = ClientConfig(
         base_url=target.base_url,
         model=target.model,
@@ -273,7 +401,7 @@ async def run_one(
         temperature=spec.temperature,
         timeout=spec.timeout,
         stall_timeout=spec.stall_timeout,
-        max_connections=max(1, min(spec.max_connections, max(conc_hint, 1))),
+        max_connections=max_conn,
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})
@@ -282,18 +410,24 @@ async def run_one(
         folder.write_manifest(manifest)
     writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
     proc = psutil.Process()
+    host = HostLoad(exclude=_serving_pids(target))
+    lag = LoopLag()
     async with Client(cfg) as client:
         await warm_up(client, warm_prompts, spec.warmup_requests, schedule.concurrency or 4)
         cpu0 = sum(proc.cpu_times()[:2])
+        host.start()
+        lag.start()
         t0 = now_ns()
         client.t0 = t0
         progress.start(label or spec.scenario.value, schedule.count, schedule.duration_s)
         try:
-            records, interrupted = await execute(client, schedule, prompts, writer, progress, t0)
+            records, interrupted, gone = await execute(client, schedule, prompts, writer, progress, t0)
         finally:
             progress.stop()
             wall = (now_ns() - t0) / 1e9
             cpu = sum(proc.cpu_times()[:2]) - cpu0
+            lag_ms = lag.stop()
+            host_load = host.stop()
             writer.close()
     ctx = RunContext(
         scenario=spec.scenario.value,
@@ -305,9 +439,12 @@ async def run_one(
         concurrency=schedule.concurrency,
         client_cpu_s=cpu,
         wall_s=wall,
-        partial=interrupted,
+        partial=interrupted or gone is not None,
+        stopped=gone,
         exact_output=spec.exact_output,
         mlperf=spec.mlperf,
+        loop_lag_ms=lag_ms,
+        host=host_load,
         extra_warnings=[] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"],
     )
     records.sort(key=lambda r: r.index)
@@ -324,7 +461,47 @@ async def run_one(
     result = Run(path, manifest, summary, records)
     if interrupted:
         raise Interrupted(result)
+    if gone:
+        raise ServerGone(result, gone)
     return result
+
+
+# Descriptors the client needs besides one per connection: the run folder, the event loop, the metadata session.
+FD_MARGIN = 64
+
+
+def ensure_open_files(connections: int, spec: RunSpec) -> None:
+    """One socket per connection: raise the soft open-files limit if it is too low, or refuse before starting."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    need = connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+        except (ValueError, OSError):
+            pass
+    what = f"--concurrency {spec.concurrency[0]}" if spec.scenario != Scenario.server else f"{connections} connections"
+    raise SpecError(
+        f"{what} needs about {need} open files, but this process may open only {soft} (hard limit {hard}); "
+        f"raise it (e.g. `ulimit -n {max(need, 4096)}`) or lower the load / --max-connections"
+    )
+
+
+def _serving_pids(target: Target) -> list[int]:
+    """The processes serving a loopback target (the embedded engine, a local vLLM, the mock server)."""
+    from yarl import URL
+
+    try:
+        u = URL(target.base_url)
+    except (ValueError, TypeError):
+        return []
+    return server_pids(u.host, u.port)
 
 
 def check_roofline_inputs(spec: RunSpec, extra: dict[str, Any]) -> None:
@@ -353,12 +530,41 @@ def roofline_block(manifest: dict[str, Any], summary: dict[str, Any]) -> dict[st
         return {"error": f"roofline not computed: {e}"}
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a run: carries the partial (but valid on disk) result."""
+class RunStopped(Exception):
+    """A run that ended before its schedule did; carries the partial result, already valid on disk."""
 
-    def __init__(self, run: Run) -> None:
-        super().__init__("interrupted")
+    exit_code = 1
+
+    def __init__(self, run: Run | None, message: str) -> None:
+        super().__init__(message)
         self.run = run
+
+
+class Interrupted(RunStopped):
+    """Ctrl-C, SIGTERM or SIGHUP during a run."""
+
+    def __init__(self, run: Run | None, signum: int | None = None) -> None:
+        super().__init__(run, "interrupted")
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:  # type: ignore[override]
+        from . import exitcodes
+
+        return exitcodes.for_signal(self.signum or signal.SIGINT)
+
+    @property
+    def signal_name(self) -> str:
+        try:
+            return signal.Signals(self.signum or signal.SIGINT).name
+        except ValueError:
+            return f"signal {self.signum}"
+
+
+class ServerGone(RunStopped):
+    """The server stopped answering during the run: it was stopped early, with what was finished kept."""
+
+    exit_code = 4
 
 
 class _NullWriter:
@@ -375,8 +581,9 @@ async def run_async(spec: RunSpec, progress: Progress | None = None, extra_manif
     """A run or a sweep. A sweep writes one sub-folder per point and a summary table of the points."""
     try:
         result = await _run_or_sweep(spec, progress, extra_manifest)
-    except Interrupted as e:
-        _record(e.run)
+    except RunStopped as e:
+        if e.run is not None:
+            _record(e.run)
         raise
     _record(result)
     return result
@@ -397,23 +604,11 @@ async def _run_or_sweep(spec: RunSpec, progress: Progress | None, extra_manifest
     points = spec.sweep_points()
     if len(points) == 1 and spec.scenario != Scenario.sweep:
         return await run_one(spec, progress, extra_manifest)
+    from . import __version__
+
     folder = RunFolder(spec.out) if spec.out else None
     children: list[Run] = []
     names: list[str] = []
-    interrupted = False
-    for i, p in enumerate(points):
-        name = f"{i:02d}-" + (f"rate{p.rate[0]:g}" if p.scenario == Scenario.server else f"c{p.concurrency[0]}")
-        sub = p.model_copy(update={"out": (folder.path / name) if folder else None, "seed": spec.seed + i})
-        try:
-            children.append(await run_one(sub, progress, extra_manifest, label=name))
-        except Interrupted as e:
-            children.append(e.run)
-            interrupted = True
-        names.append(name)
-        if interrupted:
-            break
-    from . import __version__
-
     manifest = {
         "kind": "sweep",
         "simulated": False,
@@ -424,12 +619,36 @@ async def _run_or_sweep(spec: RunSpec, progress: Progress | None, extra_manifest
         "environment": envmod.environment(),
         **(extra_manifest or {}),
     }
-    summary = sweep_summary(children, names, interrupted)
-    if folder:
-        folder.write_manifest(manifest)
-        folder.write_summary(summary)
+    stopped: RunStopped | None = None
+
+    def save() -> dict[str, Any]:
+        summary = sweep_summary(children, names, stopped is not None, str(stopped) if isinstance(stopped, ServerGone) else None)
+        if folder:  # written after every point, so a killed sweep is still a readable folder
+            folder.write_manifest(manifest)
+            folder.write_summary(summary)
+        return summary
+
+    save()
+    for i, p in enumerate(points):
+        name = f"{i:02d}-" + (f"rate{p.rate[0]:g}" if p.scenario == Scenario.server else f"c{p.concurrency[0]}")
+        sub = p.model_copy(update={"out": (folder.path / name) if folder else None, "seed": spec.seed + i})
+        try:
+            children.append(await run_one(sub, progress, extra_manifest, label=name))
+        except RunStopped as e:
+            stopped = e
+            if e.run is not None:
+                children.append(e.run)
+        except asyncio.CancelledError:  # stopped before this point sent anything
+            stopped = Interrupted(None)
+        if len(children) > len(names):
+            names.append(name)
+        summary = save()
+        if stopped is not None:
+            break
     result = Run(folder.path if folder else None, manifest, summary, [], children)
-    if interrupted:
+    if isinstance(stopped, ServerGone):
+        raise ServerGone(result, str(stopped))
+    if stopped is not None:
         raise Interrupted(result)
     return result
 
@@ -450,18 +669,32 @@ SWEEP_KEYS = (
 )
 
 
-def sweep_summary(children: list[Run], names: list[str], interrupted: bool) -> dict[str, Any]:
+def sweep_summary(children: list[Run], names: list[str], stopped: bool, reason: str | None = None) -> dict[str, Any]:
     rows = []
     for name, c in zip(names, children):
         row = {"point": name, **{k: c.summary.get(k) for k in SWEEP_KEYS}}
         row["valid"] = c.valid
         rows.append(row)
-    return {"points": rows, "phasebench": {"valid": all(r["valid"] for r in rows) and not interrupted,
-                                            "partial": interrupted, "reasons": [], "warnings": []}}
+    reasons = [reason] if reason else (["partial: the sweep was stopped before its last point"] if stopped else [])
+    return {"points": rows, "phasebench": {"valid": all(r["valid"] for r in rows) and not stopped and bool(rows),
+                                            "partial": stopped, "reasons": reasons, "warnings": []}}
 
 
 def run(spec: RunSpec, progress: Progress | None = None) -> Run:
-    """Python API: run a spec (or sweep) against ``spec.url``; returns the ``Run`` (also on disk if ``out``)."""
-    install_uvloop()
-    return asyncio.run(run_async(spec, progress))
+    """Python API: run a spec (or sweep) against ``spec.url``; returns the ``Run`` (also on disk if ``out``).
 
+    Works from plain code and from inside a running event loop (Jupyter): there it runs on a fresh loop in a
+    worker thread. The process's event-loop policy is left alone. In async code, ``await arun(spec)``."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run_main(run_async(spec, progress))
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run_main, run_async(spec, progress)).result()
+
+
+async def arun(spec: RunSpec, progress: Progress | None = None) -> Run:
+    """Python API, async: run a spec (or sweep) in the caller's event loop."""
+    return await run_async(spec, progress)
