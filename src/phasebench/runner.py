@@ -8,12 +8,14 @@ records it as cancelled, and still writes a valid summary marked partial.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
 import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
@@ -25,7 +27,7 @@ from .client.openai import Prompt
 from .client.transport import Client, ClientConfig
 from .metrics import RunContext, summarize
 from .records import RecordWriter, RequestRecord
-from .results import Run, RunFolder
+from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule
 from .spec import RunSpec, Scenario, SpecError
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
@@ -94,39 +96,60 @@ def _loop_factory():  # noqa: ANN202
 STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+@dataclass
+class Stopper:
+    """What a termination signal does depends on where the run is. While requests are in flight (``executing``)
+    it stops the schedule and cancels them, so they are recorded as cancelled and a partial summary is written;
+    while results are being written (``finishing``) it lets them be written; before any request is sent it
+    cancels the whole task (nothing to keep). A second signal always cancels at once."""
+
+    task: asyncio.Task | None
+    event: asyncio.Event = field(default_factory=asyncio.Event)
+    phase: str = "idle"  # idle | executing | finishing
+    signals: list[int] = field(default_factory=list)
+
+    def on_signal(self, signum: int) -> None:
+        self.signals.append(signum)
+        if len(self.signals) == 1 and self.phase in ("executing", "finishing"):
+            self.event.set()
+        elif self.task is not None:
+            self.task.cancel()
+
+    @property
+    def signum(self) -> int | None:
+        return self.signals[0] if self.signals else None
+
+
+_STOPPER: contextvars.ContextVar[Stopper | None] = contextvars.ContextVar("phasebench_stopper", default=None)
+
+
 def run_main(coro):  # noqa: ANN001, ANN201
     """Run ``coro`` to completion on a fresh event loop (uvloop when installed, without changing the process's
-    event-loop policy). SIGINT, SIGTERM and SIGHUP cancel it; a run that was cancelled raises ``Interrupted``
-    carrying the signal's number and the partial result, already on disk."""
+    event-loop policy). SIGINT, SIGTERM and SIGHUP stop it (``Stopper``); a run that was stopped raises
+    ``Interrupted`` carrying the signal's number and the partial result, already on disk."""
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(_guarded(coro))
 
 
 async def _guarded(coro):  # noqa: ANN001, ANN202
     loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-    got: list[int] = []
-
-    def on_signal(signum: int) -> None:
-        got.append(signum)
-        if task is not None:
-            task.cancel()
-
+    stopper = Stopper(asyncio.current_task())
+    _STOPPER.set(stopper)
     installed = []
-    for sig in STOP_SIGNALS:
+    for sig in (signal.SIGINT, *STOP_SIGNALS):
         try:
-            loop.add_signal_handler(sig, on_signal, sig)
+            loop.add_signal_handler(sig, stopper.on_signal, sig)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not POSIX
             pass
     try:
         return await coro
     except Interrupted as e:
-        e.signum = got[0] if got else int(signal.SIGINT)
+        e.signum = stopper.signum or int(signal.SIGINT)
         raise
     except asyncio.CancelledError:
-        if got:  # a termination signal before any request was sent: nothing to keep
-            raise Interrupted(None, got[0]) from None
+        if stopper.signum:  # a signal before any request was sent: nothing to keep
+            raise Interrupted(None, stopper.signum) from None
         raise
     finally:
         for sig in installed:
@@ -269,6 +292,8 @@ async def execute(
     deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
     health = Health(now_ns())
     stop = asyncio.Event()
+    stopper = _STOPPER.get()
+    signalled = False
 
     async def one(i: int, scheduled_rel: int) -> None:
         p = prompts[i % len(prompts)]
@@ -315,10 +340,22 @@ async def execute(
         await asyncio.gather(*workers)
 
     async def watch() -> None:
-        await stop.wait()
+        nonlocal signalled
+        waits = [asyncio.ensure_future(stop.wait())]
+        if stopper is not None:
+            waits.append(asyncio.ensure_future(stopper.event.wait()))
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+        signalled = stopper is not None and stopper.event.is_set()
+        stop.set()
         for t in list(tasks):
             t.cancel()
 
+    if stopper is not None:
+        stopper.phase = "executing"
     watcher = asyncio.create_task(watch())
     try:
         try:
@@ -328,7 +365,7 @@ async def execute(
                 raise
         if stop.is_set():  # wait for the cancelled requests to be recorded
             await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, False, health.gone
+        return records, signalled, health.gone
     except asyncio.CancelledError:
         for t in list(tasks):
             t.cancel()
@@ -336,6 +373,8 @@ async def execute(
         return records, True, health.gone
     finally:
         watcher.cancel()
+        if stopper is not None:
+            stopper.phase = "finishing"
 
 
 async def sleep_until(deadline_ns: int) -> None:
@@ -378,12 +417,16 @@ async def run_one(
 ) -> Run:
     """One run (not a sweep) end to end."""
     progress = progress or NoProgress()
+    stopper = _STOPPER.get()
+    if stopper is not None:
+        stopper.phase = "idle"
     key = api_key(spec)
     if spec.url is None:
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
     schedule = make_schedule(spec)
     check_roofline_inputs(spec, extra_manifest or {})
-    folder = RunFolder(spec.out) if spec.out else None
+    if spec.out and (Path(spec.out) / MANIFEST).exists():
+        raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
     async with aiohttp.ClientSession() as meta_session:
         target = await discover(spec, meta_session, key)
         tok = await make_tokenizer(spec, meta_session, target)
@@ -405,15 +448,18 @@ async def run_one(
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})
-    path = folder.path if folder else None
-    if folder:
-        folder.write_manifest(manifest)
-    writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
     proc = psutil.Process()
     host = HostLoad(exclude=_serving_pids(target))
     lag = LoopLag()
     async with Client(cfg) as client:
         await warm_up(client, warm_prompts, spec.warmup_requests, schedule.concurrency or 4)
+        # the folder appears only now: a run that fails to start leaves no empty folder behind; from here on the
+        # manifest is on disk before the first record, so even a SIGKILL leaves a readable folder
+        folder = RunFolder(spec.out) if spec.out else None
+        path = folder.path if folder else None
+        if folder:
+            folder.write_manifest(manifest)
+        writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
         cpu0 = sum(proc.cpu_times()[:2])
         host.start()
         lag.start()
@@ -459,7 +505,7 @@ async def run_one(
         folder.write_manifest(manifest)
         folder.write_summary(summary)
     result = Run(path, manifest, summary, records)
-    if interrupted:
+    if interrupted or (stopper is not None and stopper.signum is not None):  # a signal while results were written
         raise Interrupted(result)
     if gone:
         raise ServerGone(result, gone)
