@@ -63,7 +63,7 @@ def run(
     slo: Optional[str] = typer.Option(None, help="ttft=2000,tpot=200[,e2e=..,itl=..,p=99] or an MLPerf preset."),
     warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
     cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
-    warmup_requests: Optional[int] = typer.Option(None, help="Requests sent and discarded before the run."),
+    warmup_requests: Optional[int] = typer.Option(None, help="Requests of the run's shape sent and discarded first (default: one short request per connection)."),
     seed: Optional[int] = typer.Option(None, help="Seed for prompts and arrivals."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default runs/<time>)."),
     api_key_env: Optional[str] = typer.Option(None, help="Name of the env var holding the API key."),

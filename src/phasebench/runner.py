@@ -29,7 +29,7 @@ from .metrics import RunContext, summarize
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule
-from .spec import RunSpec, Scenario, SpecError
+from .spec import LengthDist, RunSpec, Scenario, SpecError
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
 from .workload.tokens import server_root
 
@@ -211,6 +211,24 @@ async def make_tokenizer(spec: RunSpec, session: aiohttp.ClientSession, target: 
     if t == "server":
         raise RunError("--tokenizer server: the server has no working /tokenize endpoint")
     return ApproxTokenizer()
+
+
+WARM_CONNECTIONS_MAX = 256
+WARM_CONNECTIONS_OPEN_LOOP = 16
+
+
+def warmup_plan(spec: RunSpec, schedule: Schedule) -> tuple[int, RunSpec]:
+    """What to send before the window. ``--warmup-requests N``: N requests of the run's own shape (they warm the
+    server too). Default: one short request per connection the run will hold (closed loop: its concurrency;
+    open loop: up to 16), all at once, so the first measured wave finds its connections open and measures the
+    server rather than the client's connection set-up."""
+    if spec.warmup_requests is not None:
+        return spec.warmup_requests, spec
+    conns = schedule.concurrency or WARM_CONNECTIONS_OPEN_LOOP
+    n = max(1, min(conns, WARM_CONNECTIONS_MAX, spec.max_connections))
+    short = spec.model_copy(update={"input_tokens": LengthDist(mean=8), "output_tokens": LengthDist(mean=2),
+                                    "dataset": None, "preset": None})
+    return n, short
 
 
 def request_count(schedule: Schedule) -> int:
@@ -431,7 +449,8 @@ async def run_one(
         target = await discover(spec, meta_session, key)
         tok = await make_tokenizer(spec, meta_session, target)
         prompts = await build_prompts(spec, tok, request_count(schedule))
-        warm_prompts = await build_prompts(spec, tok, min(spec.warmup_requests, 8), seed_offset=10_000) if spec.warmup_requests else []
+        n_warm, warm_spec = warmup_plan(spec, schedule)
+        warm_prompts = await build_prompts(warm_spec, tok, min(n_warm, 8), seed_offset=10_000) if n_warm else []
     conc_hint = schedule.concurrency or min(len(prompts), spec.max_connections)
     max_conn = max(1, min(spec.max_connections, max(conc_hint, 1)))
     ensure_open_files(max_conn, spec)
@@ -452,7 +471,7 @@ async def run_one(
     host = HostLoad(exclude=_serving_pids(target))
     lag = LoopLag()
     async with Client(cfg) as client:
-        await warm_up(client, warm_prompts, spec.warmup_requests, schedule.concurrency or 4)
+        await warm_up(client, warm_prompts, n_warm, n_warm if spec.warmup_requests is None else (schedule.concurrency or 4))
         # the folder appears only now: a run that fails to start leaves no empty folder behind; from here on the
         # manifest is on disk before the first record, so even a SIGKILL leaves a readable folder
         folder = RunFolder(spec.out) if spec.out else None
@@ -495,6 +514,12 @@ async def run_one(
     )
     records.sort(key=lambda r: r.index)
     summary = summarize(records, ctx)
+    summary["phasebench"]["warmup"] = {
+        "requests": n_warm,
+        "kind": "connections" if spec.warmup_requests is None else "requests",
+        "note": (f"{n_warm} short requests (8 prompt tokens, 2 output) opened the connections before the window"
+                 if spec.warmup_requests is None else f"{n_warm} requests of the run's shape were sent and discarded"),
+    }
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
     from .cost import cost_block
 

@@ -148,7 +148,8 @@ class RunSpec(BaseModel):
     slo: SLO = Field(default_factory=SLO)
     warmup: float = Field(default=0.0, ge=0, description="seconds at the start excluded from metrics")
     cooldown: float = Field(default=0.0, ge=0, description="seconds at the end excluded from metrics")
-    warmup_requests: int = Field(default=0, ge=0, description="requests sent and discarded before the run")
+    warmup_requests: int | None = Field(default=None, ge=0, description="requests of the run's shape sent and discarded "
+                                        "before the run (default: one short request per connection, to open them)")
     seed: int = 0
     out: Path | None = None
     api_key_env: str | None = Field(default=None, description="name of the env var holding the API key")
