@@ -81,6 +81,8 @@ def run(
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
     engine_model: Optional[Path] = typer.Option(None, help="Embedded engine: any GGUF model file."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
+    workers: Optional[str] = typer.Option(None, help="Client worker processes: N or auto (default: one per spare core when the load needs it)."),
+    ray: Optional[str] = typer.Option(None, help="Run the client workers as Ray actors: auto or a cluster ADDRESS (extra phasebench[ray])."),
 ) -> None:
     """Benchmark a server (or, with no --url, the embedded engine) and write a run folder.
 
@@ -106,7 +108,7 @@ def run(
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
-            mlperf=mlperf,
+            mlperf=mlperf, workers=_workers(workers), ray=ray,
         )
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
@@ -133,6 +135,18 @@ def run(
         fail(str(e), exitcodes.SERVER_GONE)
     except _user_errors() as e:
         fail(str(e))
+
+
+def _workers(value: str | None) -> int | None:
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise SpecError(f"--workers {value!r}: use a whole number from 1 to 256, or auto") from None
+    if not 1 <= n <= 256:
+        raise SpecError(f"--workers {n}: use a whole number from 1 to 256, or auto")
+    return n
 
 
 def _is_signal(e: Exception) -> bool:

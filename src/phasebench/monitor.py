@@ -117,11 +117,12 @@ class HostLoad:
         self._self0 = _proc_cpu(me)
         self._ex0 = {p.pid: _proc_cpu(p) for p in self._procs}
 
-    def stop(self) -> dict[str, float | int | None]:
+    def stop(self, client_extra_cpu_s: float = 0.0) -> dict[str, float | int | None]:
+        """``client_extra_cpu_s``: CPU of the client's own worker processes (counted as the client's)."""
         wall = max(time.monotonic() - self._t0, 1e-9)
         me = psutil.Process()
         sys_busy = _busy(psutil.cpu_times()) - self._sys0
-        own = _proc_cpu(me) - self._self0
+        own = _proc_cpu(me) - self._self0 + client_extra_cpu_s
         served = sum(max(_proc_cpu(p) - self._ex0.get(p.pid, 0.0), 0.0) for p in self._procs)
         other = max(sys_busy - own - served, 0.0)
         return {

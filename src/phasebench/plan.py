@@ -11,7 +11,6 @@ Each step is an ordinary run folder under one plan folder; the engine is stopped
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path

@@ -8,57 +8,42 @@ records it as cancelled, and still writes a valid summary marked partial.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import datetime as dt
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import psutil
 
 from . import env as envmod
-from .monitor import HostLoad, LoopLag, server_pids
-from .client.openai import Prompt
 from .client.transport import Client, ClientConfig
+from .client.workers import auto_workers
+from .dispatch import NoProgress, Progress, execute, sleep_until, warm_up  # noqa: F401 - re-exported
 from .metrics import RunContext, summarize
+from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule
 from .spec import LengthDist, RunSpec, Scenario, SpecError
+from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too
+    STOP_SIGNALS,
+    STOPPER,
+    Interrupted,
+    RunError,
+    RunStopped,
+    ServerGone,
+    Stopper,
+    TargetUnreachable,
+    run_main,
+)
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
 from .workload.tokens import server_root
 
 now_ns = time.perf_counter_ns
-
-
-class RunError(RuntimeError):
-    """Something stopped the whole run (unreachable server, unknown model): one clear line."""
-
-
-class TargetUnreachable(RunError):
-    """The server could not be reached at all (exit code 4, as for a server that goes away mid-run)."""
-
-
-class Progress(Protocol):
-    def start(self, label: str, total: int | None, duration: float | None) -> None: ...
-    def advance(self, rec: RequestRecord) -> None: ...
-    def stop(self) -> None: ...
-
-
-class NoProgress:
-    def start(self, label: str, total: int | None, duration: float | None) -> None:
-        pass
-
-    def advance(self, rec: RequestRecord) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 @dataclass
@@ -80,80 +65,6 @@ def install_uvloop() -> bool:
         return True
     except ImportError:
         return False
-
-
-def _loop_factory():  # noqa: ANN202
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop
-    except ImportError:
-        return None
-
-
-# Termination signals that end a run the way Ctrl-C does: in-flight requests recorded as cancelled, a partial
-# summary written, the run recorded in the database, exit code 128 + signal number.
-STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
-
-
-@dataclass
-class Stopper:
-    """What a termination signal does depends on where the run is. While requests are in flight (``executing``)
-    it stops the schedule and cancels them, so they are recorded as cancelled and a partial summary is written;
-    while results are being written (``finishing``) it lets them be written; before any request is sent it
-    cancels the whole task (nothing to keep). A second signal always cancels at once."""
-
-    task: asyncio.Task | None
-    event: asyncio.Event = field(default_factory=asyncio.Event)
-    phase: str = "idle"  # idle | executing | finishing
-    signals: list[int] = field(default_factory=list)
-
-    def on_signal(self, signum: int) -> None:
-        self.signals.append(signum)
-        if len(self.signals) == 1 and self.phase in ("executing", "finishing"):
-            self.event.set()
-        elif self.task is not None:
-            self.task.cancel()
-
-    @property
-    def signum(self) -> int | None:
-        return self.signals[0] if self.signals else None
-
-
-_STOPPER: contextvars.ContextVar[Stopper | None] = contextvars.ContextVar("phasebench_stopper", default=None)
-
-
-def run_main(coro):  # noqa: ANN001, ANN201
-    """Run ``coro`` to completion on a fresh event loop (uvloop when installed, without changing the process's
-    event-loop policy). SIGINT, SIGTERM and SIGHUP stop it (``Stopper``); a run that was stopped raises
-    ``Interrupted`` carrying the signal's number and the partial result, already on disk."""
-    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        return runner.run(_guarded(coro))
-
-
-async def _guarded(coro):  # noqa: ANN001, ANN202
-    loop = asyncio.get_running_loop()
-    stopper = Stopper(asyncio.current_task())
-    _STOPPER.set(stopper)
-    installed = []
-    for sig in (signal.SIGINT, *STOP_SIGNALS):
-        try:
-            loop.add_signal_handler(sig, stopper.on_signal, sig)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or not POSIX
-            pass
-    try:
-        return await coro
-    except Interrupted as e:
-        e.signum = stopper.signum or int(signal.SIGINT)
-        raise
-    except asyncio.CancelledError:
-        if stopper.signum:  # a signal before any request was sent: nothing to keep
-            raise Interrupted(None, stopper.signum) from None
-        raise
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
 
 
 def api_key(spec: RunSpec) -> str | None:
@@ -238,173 +149,6 @@ def request_count(schedule: Schedule) -> int:
     return schedule.count if schedule.count else 512
 
 
-async def warm_up(client: Client, prompts: list[Prompt], n: int, concurrency: int) -> int:
-    """Send ``n`` requests, discard them: opens connections and warms the server before the window."""
-    if n <= 0:
-        return 0
-    sem = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(i: int) -> None:
-        async with sem:
-            p = prompts[i % len(prompts)]
-            rec = client.new_record(-1 - i, 0, p)
-            await client.send(rec, p)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
-    return n
-
-
-# A server that stops answering: after this many requests in a row failed to connect (no byte came back), and
-# no request has succeeded for this long, the run stops early instead of writing failures at full speed.
-GONE_AFTER_FAILURES = 20
-GONE_AFTER_S = 3.0
-BACKOFF_MAX_S = 1.0
-_NO_ANSWER = ("connection", "timeout")
-
-
-@dataclass
-class Health:
-    """Consecutive connection failures, for back-off and for stopping a run whose server has gone."""
-
-    t0: int
-    failures: int = 0
-    last_ok_ns: int = 0
-    last_error: str | None = None
-    gone: str | None = None
-
-    def __post_init__(self) -> None:
-        self.last_ok_ns = self.t0
-
-    def note(self, rec: RequestRecord) -> None:
-        if rec.headers_ns is not None or rec.error_type not in _NO_ANSWER:
-            self.failures = 0
-            self.last_ok_ns = now_ns()
-            return
-        self.failures += 1
-        self.last_error = rec.error
-        quiet_s = (now_ns() - self.last_ok_ns) / 1e9
-        if self.failures >= GONE_AFTER_FAILURES and quiet_s >= GONE_AFTER_S and self.gone is None:
-            self.gone = (
-                f"the server stopped answering: {self.failures} requests in a row got no answer over "
-                f"{quiet_s:.1f} s (last: {self.last_error}); stopped early"
-            )
-
-    def backoff_s(self) -> float:
-        return 0.0 if self.failures == 0 else min(BACKOFF_MAX_S, 0.01 * 2 ** min(self.failures - 1, 10))
-
-
-async def execute(
-    client: Client,
-    schedule: Schedule,
-    prompts: list[Prompt],
-    writer: RecordWriter,
-    progress: Progress,
-    t0: int,
-) -> tuple[list[RequestRecord], bool, str | None]:
-    """Send every request at its time; returns (records, interrupted, gone). Records are on disk as each ends.
-
-    ``gone`` is the reason the run stopped early because the server stopped answering (``Health``); closed-loop
-    slots back off exponentially after each failure to connect, so a dead server is not hammered."""
-    records: list[RequestRecord] = []
-    tasks: set[asyncio.Task] = set()
-    deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
-    health = Health(now_ns())
-    stop = asyncio.Event()
-    stopper = _STOPPER.get()
-    signalled = False
-
-    async def one(i: int, scheduled_rel: int) -> None:
-        p = prompts[i % len(prompts)]
-        rec = client.new_record(i, scheduled_rel, p)
-        try:
-            await client.send(rec, p)
-        finally:
-            records.append(rec)
-            writer.write(rec)
-            progress.advance(rec)
-            health.note(rec)
-            if health.gone:
-                stop.set()
-
-    async def open_loop() -> None:
-        assert schedule.offsets_ns is not None
-        for i, off in enumerate(schedule.offsets_ns.tolist()):
-            await sleep_until(t0 + off)
-            if stop.is_set():
-                break
-            task = asyncio.create_task(one(i, off))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-
-    async def closed_loop() -> None:
-        n = schedule.count
-        counter = iter(range(n if n is not None else 1 << 62))
-
-        async def worker() -> None:
-            for i in counter:
-                t = now_ns()
-                if stop.is_set() or (deadline_ns is not None and t >= deadline_ns):
-                    return
-                await one(i, t - t0)
-                pause = health.backoff_s()
-                if pause:
-                    await asyncio.sleep(pause)
-
-        conc = schedule.concurrency or 1
-        workers = [asyncio.create_task(worker()) for _ in range(conc)]
-        tasks.update(workers)
-        await asyncio.gather(*workers)
-
-    async def watch() -> None:
-        nonlocal signalled
-        waits = [asyncio.ensure_future(stop.wait())]
-        if stopper is not None:
-            waits.append(asyncio.ensure_future(stopper.event.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        signalled = stopper is not None and stopper.event.is_set()
-        stop.set()
-        for t in list(tasks):
-            t.cancel()
-
-    if stopper is not None:
-        stopper.phase = "executing"
-    watcher = asyncio.create_task(watch())
-    try:
-        try:
-            await (open_loop() if schedule.kind == "open" else closed_loop())
-        except asyncio.CancelledError:
-            if not stop.is_set():
-                raise
-        if stop.is_set():  # wait for the cancelled requests to be recorded
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, signalled, health.gone
-    except asyncio.CancelledError:
-        for t in list(tasks):
-            t.cancel()
-        await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, True, health.gone
-    finally:
-        watcher.cancel()
-        if stopper is not None:
-            stopper.phase = "finishing"
-
-
-async def sleep_until(deadline_ns: int) -> None:
-    """Never early: the event loop's timers have millisecond resolution and may fire before the deadline,
-    so the last sub-millisecond is spent yielding to the loop (other streams keep being served)."""
-    while True:
-        left = deadline_ns - now_ns()
-        if left <= 0:
-            return
-        await asyncio.sleep(left / 1e9 - 0.0005 if left > 1_000_000 else 0)
-
-
 def target_rate(spec: RunSpec) -> float | None:
     return spec.rate[0] if spec.scenario == Scenario.server and spec.rate else None
 
@@ -435,7 +179,7 @@ async def run_one(
 ) -> Run:
     """One run (not a sweep) end to end."""
     progress = progress or NoProgress()
-    stopper = _STOPPER.get()
+    stopper = STOPPER.get()
     if stopper is not None:
         stopper.phase = "idle"
     key = api_key(spec)
@@ -470,8 +214,10 @@ async def run_one(
     proc = psutil.Process()
     host = HostLoad(exclude=_serving_pids(target))
     lag = LoopLag()
+    n_workers = spec.workers or auto_workers(schedule.concurrency or min(len(prompts), max_conn))
     async with Client(cfg) as client:
-        await warm_up(client, warm_prompts, n_warm, n_warm if spec.warmup_requests is None else (schedule.concurrency or 4))
+        if n_workers == 1 and not spec.ray:  # workers warm their own connections
+            await warm_up(client, warm_prompts, n_warm, n_warm if spec.warmup_requests is None else (schedule.concurrency or 4))
         # the folder appears only now: a run that fails to start leaves no empty folder behind; from here on the
         # manifest is on disk before the first record, so even a SIGKILL leaves a readable folder
         folder = RunFolder(spec.out) if spec.out else None
@@ -485,15 +231,36 @@ async def run_one(
         t0 = now_ns()
         client.t0 = t0
         progress.start(label or spec.scenario.value, schedule.count, schedule.duration_s)
+        workers: list[Any] = []
+        worker_died: str | None = None
         try:
-            records, interrupted, gone = await execute(client, schedule, prompts, writer, progress, t0)
+            if spec.ray or n_workers > 1:
+                from .client.ray_workers import run_on_ray
+                from .client.workers import run_sharded
+
+                shard = (lambda *a: run_on_ray(spec.ray, *a)) if spec.ray else run_sharded
+                records, interrupted, gone, workers, t0 = await shard(
+                    cfg, schedule, prompts, warm_prompts, n_warm, n_workers, writer, progress)
+                client.t0 = t0
+                died = [w.died for w in workers if w.died]
+                if died:
+                    worker_died = "; ".join(died) + " (its finished records are on disk)"
+            else:
+                records, interrupted, gone = await execute(client, schedule, prompts, writer, progress, t0)
         finally:
             progress.stop()
             wall = (now_ns() - t0) / 1e9
-            cpu = sum(proc.cpu_times()[:2]) - cpu0
-            lag_ms = lag.stop()
-            host_load = host.stop()
+            workers_cpu = sum(w.cpu_s for w in workers)
+            cpu = sum(proc.cpu_times()[:2]) - cpu0 + workers_cpu
+            lag_ms = lag.stop() + [x for w in workers for x in w.lag_ms]
+            host_load = host.stop(client_extra_cpu_s=workers_cpu)
             writer.close()
+    if workers:
+        manifest["client_workers"] = {
+            "count": len(workers), "ray": spec.ray,
+            "clock": ("each Ray worker's own CLOCK_MONOTONIC, aligned by a measured offset" if spec.ray
+                      else "CLOCK_MONOTONIC (system-wide)"),
+            "workers": [w.manifest() for w in workers]}
     ctx = RunContext(
         scenario=spec.scenario.value,
         slo=spec.slo,
@@ -504,8 +271,8 @@ async def run_one(
         concurrency=schedule.concurrency,
         client_cpu_s=cpu,
         wall_s=wall,
-        partial=interrupted or gone is not None,
-        stopped=gone,
+        partial=interrupted or gone is not None or worker_died is not None,
+        stopped=gone or worker_died,
         exact_output=spec.exact_output,
         mlperf=spec.mlperf,
         loop_lag_ms=lag_ms,
@@ -599,43 +366,6 @@ def roofline_block(manifest: dict[str, Any], summary: dict[str, Any]) -> dict[st
         return utilization(manifest, summary)
     except (ModelError, OSError, ValueError, ZeroDivisionError) as e:
         return {"error": f"roofline not computed: {e}"}
-
-
-class RunStopped(Exception):
-    """A run that ended before its schedule did; carries the partial result, already valid on disk."""
-
-    exit_code = 1
-
-    def __init__(self, run: Run | None, message: str) -> None:
-        super().__init__(message)
-        self.run = run
-
-
-class Interrupted(RunStopped):
-    """Ctrl-C, SIGTERM or SIGHUP during a run."""
-
-    def __init__(self, run: Run | None, signum: int | None = None) -> None:
-        super().__init__(run, "interrupted")
-        self.signum = signum
-
-    @property
-    def exit_code(self) -> int:  # type: ignore[override]
-        from . import exitcodes
-
-        return exitcodes.for_signal(self.signum or signal.SIGINT)
-
-    @property
-    def signal_name(self) -> str:
-        try:
-            return signal.Signals(self.signum or signal.SIGINT).name
-        except ValueError:
-            return f"signal {self.signum}"
-
-
-class ServerGone(RunStopped):
-    """The server stopped answering during the run: it was stopped early, with what was finished kept."""
-
-    exit_code = 4
 
 
 class _NullWriter:
