@@ -24,10 +24,9 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.test_fuzz import BOM, parse_in_parts, reference_events, well_typed  # noqa: E402
-
-from phasebench.client.openai import MAX_COUNT, parse_event  # noqa: E402
-from phasebench.client.sse import SSEParser  # noqa: E402
+from phasebench.client.openai import MAX_COUNT, parse_event
+from phasebench.client.sse import SSEParser
+from tests.test_fuzz import BOM, parse_in_parts, reference_events, well_typed
 
 ENDS = (b"\n", b"\r", b"\r\n")
 FIELDS = (b"data", b"event", b"id", b"retry", b"dat", b"Data", b"data ", b"x", b"", BOM + b"data")
@@ -83,8 +82,8 @@ def right_or_wrong(r: random.Random, good: object) -> object:
 
 def rand_openai(r: random.Random) -> dict:
     """An OpenAI-like chunk whose every field is right or, at random, any JSON at all."""
-    n = lambda: right_or_wrong(r, r.choice(INTS[:6]) if r.random() < 0.7 else r.choice(INTS))  # noqa: E731
-    s = lambda: right_or_wrong(r, r.choice(STRS + (None,)))  # noqa: E731
+    n = lambda: right_or_wrong(r, r.choice(INTS[:6]) if r.random() < 0.7 else r.choice(INTS))
+    s = lambda: right_or_wrong(r, r.choice(STRS + (None,)))
     obj: dict = {}
     if r.random() < 0.8:
         choice = {"delta": right_or_wrong(r, {"content": s(), "reasoning_content": s()})} if r.random() < 0.5 \

@@ -48,7 +48,7 @@ def test_last_event_without_blank_line_is_flushed():
 
 def test_leading_bom_is_dropped_even_split_across_reads():
     raw = b'\xef\xbb\xbfdata: {"x": 1}\n\n'
-    for cut in range(0, 5):
+    for cut in range(5):
         assert feed_all([raw[:cut], raw[cut:]]) == [(b"", b'{"x": 1}')], cut
     assert feed_all([b"\xef", b"\xbb", b"\xbf", b"data: a\n\n"]) == [(b"", b"a")]
     # only at the very start: a BOM later is part of a field name (an unknown field, ignored)

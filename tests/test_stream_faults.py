@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import statistics
+import zlib
 
 import pytest
 
 from phasebench.client.openai import Prompt
-from phasebench.client.transport import Client, ClientConfig, settle_tokens
+from phasebench.client.transport import Client, ClientConfig, _Decoder, settle_tokens
 from phasebench.records import ERROR_TYPES, RequestRecord, read_records
 from phasebench.runner import run
 
@@ -110,9 +111,9 @@ def test_huge_event_under_the_limit_is_read(server, tmp_path):
     assert sorted(len(x.chunk_ns) for x in r.records) == [OUT, OUT, OUT + 1, OUT + 1]
 
 
-def _send(server, n: int = 3, **cfg) -> list[RequestRecord]:
+def _send(server, n: int = 3, url: str | None = None, **cfg) -> list[RequestRecord]:
     async def go() -> list[RequestRecord]:
-        async with Client(ClientConfig(base_url=server.url, model="mock-model", **cfg)) as c:
+        async with Client(ClientConfig(base_url=url or server.url, model="mock-model", **cfg)) as c:
             recs = [c.new_record(i, 0, Prompt(text="a b c", input_tokens=3, output_tokens=OUT)) for i in range(n)]
             await asyncio.gather(*(c.send(r, Prompt(text="a b c", output_tokens=OUT)) for r in recs))
             return recs
@@ -167,6 +168,15 @@ def test_echoed_api_key_is_scrubbed_everywhere(server, tmp_path, monkeypatch, fa
         assert KEY[:12].encode() not in p.read_bytes(), p
 
 
+def test_url_password_and_its_basic_credentials_are_scrubbed(server):
+    server.configure(fault="500", echo_key=True, fault_every=1)
+    url = server.url.replace("http://", "http://alice:p@ss-word@")
+    recs = _send(server, 2, url=url, api_key=None)
+    for x in recs:
+        assert x.error_type == "http_5xx" and "you sent Authorization: Basic ***" in x.error, x.error
+        assert "p@ss-word" not in x.error
+
+
 def test_hostile_model_id_does_not_break_the_run(server, tmp_path):
     server.configure(hostile_model_id=True, itl_ms=2)
     r = run(spec(server, tmp_path, requests=N, output_tokens=OUT, concurrency=[4]))
@@ -194,3 +204,24 @@ def test_settle_tokens_does_not_expand_per_token():
     rec = RequestRecord(index=0, request_id="x", scheduled_ns=0, chunk_ns=[1, 2, 3], output_tokens=10, end_ns=4)
     settle_tokens(rec, [1, 1, 1])
     assert sorted(rec.chunk_tokens) == [3, 3, 4] and statistics.fmean(rec.chunk_tokens) == 10 / 3
+
+
+@pytest.mark.parametrize("wbits", [16 + zlib.MAX_WBITS, zlib.MAX_WBITS, -zlib.MAX_WBITS])
+def test_decoder_streams_gzip_zlib_and_raw_deflate_byte_by_byte(wbits):
+    raw = b"".join(b'data: {"choices":[{"text":" tk"}]}\n\n' for _ in range(200)) + b"data: [DONE]\n\n"
+    z = zlib.compressobj(wbits=wbits)
+    packed = z.compress(raw) + z.flush()
+    dec = _Decoder("gzip" if wbits > zlib.MAX_WBITS else "deflate")
+    out = b"".join(piece for i in range(len(packed)) for piece in dec.decode(packed[i : i + 1])) + dec.flush()
+    assert out == raw
+    # a thousandfold expansion comes out in bounded pieces
+    bomb = zlib.compressobj(wbits=wbits)
+    packed = bomb.compress(b"\0" * (8 * _Decoder.PIECE)) + bomb.flush()
+    dec = _Decoder("gzip" if wbits > zlib.MAX_WBITS else "deflate")
+    pieces = list(dec.decode(packed))
+    assert max(map(len, pieces)) <= _Decoder.PIECE and sum(map(len, pieces)) == 8 * _Decoder.PIECE
+
+
+def test_corrupt_gzip_is_an_error():
+    with pytest.raises(zlib.error):
+        list(_Decoder("gzip").decode(b"\x1f\x8b\x08\x00garbage-not-deflate" * 4))

@@ -22,7 +22,7 @@ unfinished line); past it ``feed`` raises ``EventTooLarge`` and the parser stops
 
 from __future__ import annotations
 
-__all__ = ["SSEParser", "Event", "EventTooLarge", "DEFAULT_MAX_EVENT_BYTES"]
+__all__ = ["DEFAULT_MAX_EVENT_BYTES", "Event", "EventTooLarge", "SSEParser"]
 
 Event = tuple[bytes, bytes]  # (event type, data); type is b"" for the default "message"
 
@@ -35,7 +35,7 @@ class EventTooLarge(ValueError):
 
 
 class SSEParser:
-    __slots__ = ("_line", "_line_len", "_data", "_data_len", "_etype", "_skip_lf", "_start", "_max", "_failed")
+    __slots__ = ("_data", "_data_len", "_etype", "_failed", "_line", "_line_len", "_max", "_skip_lf", "_start")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._line: list[bytes] = []  # pieces of the unfinished last line

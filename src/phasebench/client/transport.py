@@ -12,6 +12,7 @@ The API key's value is scrubbed (``***``) from every server text the record keep
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import uuid
 import zlib
@@ -20,6 +21,7 @@ from typing import Any, Iterable
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from ..records import RequestRecord
 from ..spec import Endpoint
@@ -67,7 +69,7 @@ class Client:
                          "Accept-Encoding": "identity"}
         if cfg.api_key:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
-        self._secret = cfg.api_key or None
+        self._secret = secrets_of(cfg)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "Client":
@@ -135,8 +137,8 @@ class Client:
                 coding = resp.headers.get("Content-Encoding", "").strip().lower()
                 if resp.status != 200:
                     body_bytes = _decode_small(await resp.content.read(4096), coding)
-                    if self._secret:
-                        body_bytes = body_bytes.replace(self._secret.encode(), b"***")
+                    for secret in self._secret:
+                        body_bytes = body_bytes.replace(secret.encode(), b"***")
                     rec.end_ns = now_ns() - t0
                     rec.error_type = _http_error_type(resp.status)
                     rec.error = f"HTTP {resp.status}: {error_message(body_bytes)}"
@@ -313,31 +315,49 @@ def _http_error_type(status: int) -> str:
     return "http_5xx" if status >= 500 else "http_4xx"
 
 
-def _client_error(rec: RequestRecord, e: BaseException, t0: int, secret: str | None) -> None:
+def _client_error(rec: RequestRecord, e: BaseException, t0: int, secrets: tuple[str, ...]) -> None:
     rec.end_ns = now_ns() - t0
     rec.error_type = "client_error"
-    rec.error = scrub(f"client error: {type(e).__name__}: {e}"[:300], secret)
+    rec.error = scrub(f"client error: {type(e).__name__}: {e}"[:300], secrets)
 
 
-def _excerpt(ev: bytes, secret: str | None, limit: int = 120) -> str:
-    """The start of an event, as text, with the key removed before it is cut (so no part of it is kept)."""
-    text = ev[: limit + (len(secret) if secret else 0)].decode("utf-8", "replace")
-    return scrub(text, secret)[:limit]
+def _excerpt(ev: bytes, secrets: tuple[str, ...], limit: int = 120) -> str:
+    """The start of an event, as text, with the secrets removed before it is cut (so no part of one is kept)."""
+    text = ev[: limit + max((len(x) for x in secrets), default=0)].decode("utf-8", "replace")
+    return scrub(text, secrets)[:limit]
 
 
-def scrub(text: str, secret: str | None) -> str:
-    """``text`` with every occurrence of ``secret`` replaced by ``***``, and a start of it cut off at the
-    very end (a text truncated mid-key) too."""
-    if not secret or not text:
+def secrets_of(cfg: ClientConfig) -> tuple[str, ...]:
+    """What must never be stored: the API key, and a password in the URL (also as the Basic credentials
+    aiohttp sends for it)."""
+    out = [cfg.api_key] if cfg.api_key else []
+    try:
+        url = URL(cfg.base_url)
+        if url.password:
+            out.append(url.password)
+            out.append(base64.b64encode(f"{url.user or ''}:{url.password}".encode()).decode())
+    except (ValueError, TypeError):
+        pass
+    return tuple(sorted({x for x in out if len(x) >= 4}, key=len, reverse=True))
+
+
+def scrub(text: str, secrets: tuple[str, ...] | str | None) -> str:
+    """``text`` with every occurrence of each secret replaced by ``***``, and a start of one cut off at the
+    very end (a text truncated mid-secret) too."""
+    if isinstance(secrets, str):
+        secrets = (secrets,)
+    if not secrets or not text:
         return text
-    text = text.replace(secret, "***")
-    for k in range(min(len(secret) - 1, len(text)), 3, -1):
-        if text.endswith(secret[:k]):
-            return text[:-k] + "***"
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    for secret in secrets:
+        for k in range(min(len(secret) - 1, len(text)), 3, -1):
+            if text.endswith(secret[:k]):
+                return text[:-k] + "***"
     return text
 
 
-def _scrub_record(rec: RequestRecord, secret: str | None) -> None:
+def _scrub_record(rec: RequestRecord, secret: tuple[str, ...]) -> None:
     if rec.error:
         rec.error = scrub(rec.error, secret)
     if rec.finish_reason is not None:
