@@ -4,8 +4,12 @@ It exists so every metric can be tested against known timing: the first token ar
 ``ttft_ms + ttft_per_input_token_ms * input_tokens`` after the request, then one chunk every ``itl_ms``
 (optionally jittered) carrying ``tokens_per_chunk`` tokens, each chunk sent at an absolute time so errors do
 not accumulate. Tokens are whitespace-separated words (``/tokenize`` and ``/detokenize`` agree with the
-counting). Faults on demand: HTTP 500/429, a malformed event, a dropped connection, a stall; every
-``fault_every``-th request (or at ``fault_rate``). ``POST /_mock/config`` reprograms it while running.
+counting). Faults on demand: HTTP 500/429, a malformed event, a dropped connection, a stall, an error event,
+an event of valid JSON but the wrong shape (``shape``), a huge event written in small pieces (``huge``); every
+``fault_every``-th request (or at ``fault_rate``). Wire quirks for every request: a leading BOM, CRLF or
+CR-only line ends, gzip/deflate bodies (``compress``, optionally only when the request asks for it), error
+texts that echo the request's ``Authorization`` header, ANSI/OSC escapes in the served model id.
+``POST /_mock/config`` reprograms it while running.
 
 With ``stamp`` on, each chunk carries ``pb_ns``: the server's ``perf_counter_ns`` just before the write
 (the same CLOCK_MONOTONIC as the client's on one machine), so a benchmark can measure the client's own
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+import zlib
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -37,10 +42,19 @@ class MockConfig:
     natural_output_tokens: int | None = None  # stop here when the client does not force the length
     reasoning_tokens: int = 0  # chat: the first k tokens come as reasoning_content
     usage: str = "separate"  # "separate" (choices: []), "last" (on the finish chunk), "none"
-    fault: str = "none"  # none | 500 | 429 | malformed | drop | stall | error_event
+    fault: str = "none"  # none | 500 | 429 | malformed | drop | stall | error_event | shape | huge
     fault_every: int = 0  # every Nth request (1-based count) gets the fault; 0 = never
     fault_rate: float = 0.0  # or this fraction, at random
-    fault_after_chunks: int = 2  # for malformed/drop/stall: after how many chunks
+    fault_after_chunks: int = 2  # for malformed/drop/stall/error_event/shape/huge: after how many chunks
+    shape: str = "text_int"  # fault "shape": which wrong-shape event (a key of SHAPES)
+    huge_event_mb: float = 6.0  # fault "huge": one text event of this many MiB ...
+    huge_write_bytes: int = 4096  # ... written in pieces of this size
+    echo_key: bool = False  # error bodies and error events repeat the request's Authorization header
+    bom: bool = False  # a UTF-8 byte order mark before the first byte of every stream
+    line_end: str = "lf"  # lf | crlf | cr: the line terminator of the event stream
+    compress: str = "none"  # none | gzip | deflate | br: Content-Encoding of streams (br: the header only)
+    compress_if_asked: bool = False  # compress only when the request's Accept-Encoding lists that coding
+    hostile_model_id: bool = False  # serve the model id wrapped in ANSI/OSC escape sequences
     keepalive_comments: bool = False  # send ": ping" comments between events
     data_no_space: bool = False  # "data:{...}" instead of "data: {...}"
     split_events: bool = False  # write every event in two pieces
@@ -51,6 +65,60 @@ class MockConfig:
 
 TOKEN = " tk"  # every generated token is the same 3 characters
 
+# Events of valid JSON but the wrong shape (fault "shape"), sent in place of a chunk.
+SHAPES: dict[str, dict[str, Any]] = {
+    "text_int": {"choices": [{"text": 5}]},
+    "content_int": {"choices": [{"index": 0, "delta": {"content": 5}, "finish_reason": None}]},
+    "choices_str": {"choices": "abc"},
+    "choice_list": {"choices": [[1, 2]]},
+    "finish_int": {"choices": [{"index": 0, "text": " tk", "finish_reason": 3}]},
+    "usage_list": {"choices": [], "usage": [1]},
+    "tokens_str": {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": "7"}},
+    "tokens_huge": {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 10**12}},
+    "tokens_negative": {"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": -4}},
+    "tokens_bool": {"choices": [], "usage": {"prompt_tokens": True, "completion_tokens": 7}},
+    "stamp_str": {"choices": [{"text": " tk"}], "pb_ns": "now"},
+    "not_object": [1, 2, 3],  # type: ignore[dict-item]
+}
+# What hostile_model_id wraps the id in: an OSC window-title set, clear screen, colour, an 8-bit CSI.
+HOSTILE_PREFIX = "\x1b]0;pwned\x07\x1b[2J\x1b[31m\x9b1m"
+HOSTILE_SUFFIX = "\x1b[0m"
+BOM = b"\xef\xbb\xbf"
+LINE_ENDS = {"lf": b"\n", "crlf": b"\r\n", "cr": b"\r"}
+
+
+class _Wire:
+    """Writes one event stream: line ends, BOM and compression applied to every write."""
+
+    def __init__(self, resp: web.StreamResponse, cfg: "MockConfig", coding: str | None) -> None:
+        self.resp = resp
+        self.nl = LINE_ENDS.get(cfg.line_end, b"\n")
+        self.bom = cfg.bom
+        self.z = None
+        if coding == "gzip":
+            self.z = zlib.compressobj(wbits=16 + zlib.MAX_WBITS)
+        elif coding == "deflate":
+            self.z = zlib.compressobj(wbits=zlib.MAX_WBITS)
+
+    async def write(self, data: bytes) -> None:
+        """``data`` uses LF line ends."""
+        if self.nl != b"\n":
+            data = data.replace(b"\n", self.nl)
+        if self.bom:
+            data, self.bom = BOM + data, False
+        if self.z is not None:  # a sync flush per write: each event leaves at once, as a streaming proxy does
+            data = self.z.compress(data) + self.z.flush(zlib.Z_SYNC_FLUSH)
+        await self.resp.write(data)
+
+    async def eof(self) -> None:
+        if self.z is not None:
+            await self.resp.write(self.z.flush())
+        await self.resp.write_eof()
+
+
+def _accepts(header: str, coding: str) -> bool:
+    return any(part.split(";")[0].strip().lower() == coding for part in header.split(","))
+
 
 class MockServer:
     def __init__(self, cfg: MockConfig | None = None) -> None:
@@ -59,6 +127,7 @@ class MockServer:
         self.in_flight = 0
         self.max_in_flight = 0
         self.rng = random.Random(self.cfg.seed)
+        self.last_accept_encoding: str | None = None
         self._vocab: dict[str, int] = {}
         self._inv: list[str] = []
 
@@ -89,8 +158,18 @@ class MockServer:
     async def health(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
+    @property
+    def served_id(self) -> str:
+        c = self.cfg
+        return HOSTILE_PREFIX + c.model + HOSTILE_SUFFIX if c.hostile_model_id else c.model
+
     async def models(self, request: web.Request) -> web.Response:
-        return web.json_response({"object": "list", "data": [{"id": self.cfg.model, "object": "model"}]})
+        return web.json_response({"object": "list", "data": [{"id": self.served_id, "object": "model"}]})
+
+    def _error(self, request: web.Request, status: int, message: str) -> web.Response:
+        if self.cfg.echo_key:
+            message += f" (you sent Authorization: {request.headers.get('Authorization')})"
+        return _error(status, message)
 
     async def tokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
@@ -121,7 +200,8 @@ class MockServer:
         return web.json_response(asdict(self.cfg))
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"count": self.count, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight})
+        return web.json_response({"count": self.count, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
+                                  "last_accept_encoding": self.last_accept_encoding})
 
     def _fault_for(self, n: int) -> str:
         c = self.cfg
@@ -142,6 +222,11 @@ class MockServer:
         request["pb_counted"] = True
         try:
             return await self._complete(request, t_req, n)
+        except ConnectionResetError:
+            # the client hung up mid-stream (as it should after a bad event): not the server's error, and
+            # never logged (a test's pipe that nobody reads would fill up and stall the server)
+            resp = request.get("pb_resp")
+            return resp if resp is not None else web.Response(status=499)
         finally:
             self._done(request)
 
@@ -158,7 +243,8 @@ class MockServer:
             body = await request.json()
         except ValueError:
             return _error(400, "request body is not JSON")
-        if body.get("model") not in (None, c.model):
+        self.last_accept_encoding = request.headers.get("Accept-Encoding")
+        if body.get("model") not in (None, self.served_id):
             return _error(404, f"The model `{body.get('model')}` does not exist.")
         chat = "messages" in body
         if chat:
@@ -171,16 +257,24 @@ class MockServer:
         n_out = max_tokens if (forced or c.natural_output_tokens is None) else min(max_tokens, c.natural_output_tokens)
         fault = self._fault_for(n)
         if fault == "500":
-            return _error(500, "injected internal error")
+            return self._error(request, 500, "injected internal error")
         if fault == "429":
-            return _error(429, "injected rate limit")
+            return self._error(request, 429, "injected rate limit")
         if not body.get("stream"):
             await _sleep_until(t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_in) * 1e6))
             await asyncio.sleep(c.itl_ms * max(n_out - 1, 0) / c.tokens_per_chunk / 1000)
-            return web.json_response(_final_object(chat, c.model, TOKEN * n_out, n_in, n_out))
-        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Request-Id": request.headers.get("X-Request-Id", "")})
+            return web.json_response(_final_object(chat, self.served_id, TOKEN * n_out, n_in, n_out))
+        coding = c.compress if c.compress != "none" else None
+        if coding and c.compress_if_asked and not _accepts(request.headers.get("Accept-Encoding", ""), coding):
+            coding = None
+        headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                   "X-Request-Id": request.headers.get("X-Request-Id", "")}
+        if coding:
+            headers["Content-Encoding"] = coding
+        resp = web.StreamResponse(headers=headers)
+        request["pb_resp"] = resp
         await resp.prepare(request)
+        wire = _Wire(resp, c, coding)
         sep = b"data:" if c.data_no_space else b"data: "
 
         async def send(obj: Any, raw: bytes | None = None) -> None:
@@ -191,13 +285,14 @@ class MockServer:
                 payload = b": ping\n\n" + payload
             if c.split_events and len(payload) > 4:
                 half = len(payload) // 2
-                await resp.write(payload[:half])
+                await wire.write(payload[:half])
                 await asyncio.sleep(0)
-                await resp.write(payload[half:])
+                await wire.write(payload[half:])
             else:
-                await resp.write(payload)
+                await wire.write(payload)
 
-        base = {"id": f"cmpl-{n}", "object": "chat.completion.chunk" if chat else "text_completion", "model": c.model}
+        base = {"id": f"cmpl-{n}", "object": "chat.completion.chunk" if chat else "text_completion",
+                "model": self.served_id}
         if chat:
             await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
         t_first = t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_in) * 1e6)
@@ -209,13 +304,26 @@ class MockServer:
             if c.itl_jitter_ms and k:
                 due += int(self.rng.uniform(-c.itl_jitter_ms, c.itl_jitter_ms) * 1e6)
             await _sleep_until(due)
-            if fault in ("malformed", "drop", "stall", "error_event") and k == c.fault_after_chunks:
+            if fault in ("malformed", "drop", "stall", "error_event", "shape", "huge") and k == c.fault_after_chunks:
                 if fault == "malformed":
                     await send(None, raw=sep + b'{"choices": [{"text": "oops"\n\n')
                     await asyncio.sleep(0.01)
+                elif fault == "shape":
+                    bad = SHAPES[c.shape]
+                    await send({**base, **bad} if isinstance(bad, dict) else bad)
+                    await asyncio.sleep(0.01)
+                elif fault == "huge":
+                    big = sep + orjson.dumps({**base, "choices": [{"index": 0, "text": "x" * int(c.huge_event_mb * 2**20),
+                                                                   "finish_reason": None}]}) + b"\n\n"
+                    step = max(1, c.huge_write_bytes)
+                    for i in range(0, len(big), step):
+                        await wire.write(big[i : i + step])
                 elif fault == "error_event":
-                    await send({"error": {"message": "injected error event", "type": "server_error"}})
-                    await resp.write(b"data: [DONE]\n\n")
+                    msg = "injected error event"
+                    if c.echo_key:
+                        msg += f" (you sent Authorization: {request.headers.get('Authorization')})"
+                    await send({"error": {"message": msg, "type": "server_error"}})
+                    await wire.write(b"data: [DONE]\n\n")
                     return resp
                 elif fault == "drop":
                     assert request.transport is not None
@@ -247,8 +355,8 @@ class MockServer:
         if c.usage == "separate":
             await send({**base, "choices": [], "usage": _usage(n_in, n_out)})
         self._done(request)
-        await resp.write(b"data: [DONE]\n\n")
-        await resp.write_eof()
+        await wire.write(b"data: [DONE]\n\n")
+        await wire.eof()
         return resp
 
 

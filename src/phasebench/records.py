@@ -26,6 +26,9 @@ ERROR_TYPES = (
     "dropped",
     "server_error",
     "cancelled",
+    "oversize",  # one event grew past ClientConfig.max_event_bytes
+    "encoding",  # a Content-Encoding the client does not decode (br, zstd), or a corrupt gzip/deflate stream
+    "client_error",  # an unexpected exception in the client itself, with its type and message
 )
 
 
@@ -61,6 +64,7 @@ class RequestRecord:
     retries: int = 0  # re-sends after a stale pooled connection failed before any byte was exchanged
     warmup: bool = False
     simulated: bool = False
+    cached_tokens: int | None = None  # prompt tokens the server served from its cache (usage / llama.cpp cache_n)
 
     @property
     def ok(self) -> bool:

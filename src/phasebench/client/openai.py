@@ -62,57 +62,181 @@ def completions_path(endpoint: Endpoint) -> str:
 
 @dataclass(slots=True)
 class Delta:
-    """What one streamed event carried."""
+    """What one streamed event carried; every field has the type it names (``parse_event`` checks)."""
 
     text: str = ""
     reasoning: str = ""
     finish_reason: str | None = None
-    usage: dict[str, Any] | None = None
-    timing: dict[str, Any] | None = None
+    prompt_tokens: int | None = None  # usage.prompt_tokens
+    completion_tokens: int | None = None  # usage.completion_tokens
+    cached_tokens: int | None = None  # usage.prompt_tokens_details.cached_tokens, llama.cpp timings.cache_n
+    timing: dict[str, int | float] | None = None  # the engine's own timing, normalised keys (see TIMING_KEYS)
     error: str | None = None
     stamp: int | None = None  # the in-repo mock server's send time (perf_counter_ns), for self-tests
 
 
+# Normalised server-timing keys: llama.cpp ``timings`` (and Ollama's durations, TGI's count) keep llama.cpp's
+# names; vLLM's per-request ``metrics`` (``--enable-per-request-metrics``) get their own.
+VLLM_METRICS = {
+    "time_to_first_token_ms": "ttft_ms",
+    "queue_time_ms": "queue_ms",
+    "generation_time_ms": "generation_ms",
+    "mean_itl_ms": "itl_ms",
+    "tokens_per_second": "tokens_per_s",
+}
+TIMING_KEYS = ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms", *VLLM_METRICS.values())
+MAX_COUNT = 10**8  # a token count above this (or below 0) is a server bug, not a measurement
+MAX_ERROR_CHARS = 300
+
+
+class EventShapeError(ValueError):
+    """An event that is JSON but not the shape the protocol promises; the message names the field."""
+
+
+def _kind(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, list):
+        return "an array"
+    return "an object"
+
+
+def _bad(path: str, v: object, expected: str) -> EventShapeError:
+    shown = orjson.dumps(v)[:40].decode("utf-8", "replace") if not isinstance(v, (dict, list)) else ""
+    return EventShapeError(f"{path} is {_kind(v)}{f' ({shown})' if shown else ''}, expected {expected}")
+
+
+def _str(obj: dict[str, Any], key: str, path: str) -> str | None:
+    v = obj.get(key)
+    if v is None or type(v) is str:
+        return v
+    raise _bad(path + key, v, "a string")
+
+
+def _count(obj: dict[str, Any], key: str, path: str) -> int | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if type(v) is not int:
+        raise _bad(path + key, v, "an integer")
+    if not 0 <= v <= MAX_COUNT:
+        raise EventShapeError(f"{path}{key} is {v}, expected an integer in [0, {MAX_COUNT}]")
+    return v
+
+
+def _number(obj: dict[str, Any], key: str, path: str) -> int | float | None:
+    v = obj.get(key)
+    if v is None:
+        return None
+    if type(v) is not float and type(v) is not int:
+        raise _bad(path + key, v, "a number")
+    if v < 0:
+        raise EventShapeError(f"{path}{key} is {v}, expected a number >= 0")
+    return v
+
+
+def _object(obj: dict[str, Any], key: str, path: str) -> dict[str, Any] | None:
+    v = obj.get(key)
+    if v is None or type(v) is dict:
+        return v
+    raise _bad(path + key, v, "an object")
+
+
 def parse_event(data: bytes) -> Delta:
-    """Decode one ``data:`` payload. Raises ``ValueError`` on a payload that is not a JSON object."""
+    """Decode one ``data:`` payload, whatever it holds.
+
+    Returns a ``Delta`` whose fields have their declared types, or raises ``ValueError``: ``orjson``'s
+    ``JSONDecodeError`` for text that is not JSON, ``EventShapeError`` (naming the field and what was
+    expected) for JSON of the wrong shape. Nothing else escapes, for any input.
+    """
     obj = orjson.loads(data)
-    if not isinstance(obj, dict):
-        raise ValueError("event is not a JSON object")
+    if type(obj) is not dict:
+        raise _bad("the event", obj, "an object")
     d = Delta()
     err = obj.get("error")
     if err:
-        d.error = err.get("message", str(err)) if isinstance(err, dict) else str(err)
+        msg = err.get("message") if type(err) is dict else err
+        if type(msg) is not str:
+            msg = orjson.dumps(msg if msg is not None else err).decode()
+        d.error = msg[:MAX_ERROR_CHARS] or "(empty error message)"
         return d
     choices = obj.get("choices")
     if choices:
+        if type(choices) is not list:
+            raise _bad("choices", choices, "an array")
         c = choices[0]
+        if type(c) is not dict:
+            raise _bad("choices[0]", c, "an object")
         delta = c.get("delta")
         if delta is not None:  # chat
-            d.text = delta.get("content") or ""
-            d.reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+            if type(delta) is not dict:
+                raise _bad("choices[0].delta", delta, "an object")
+            d.text = _str(delta, "content", "choices[0].delta.") or ""
+            d.reasoning = (_str(delta, "reasoning_content", "choices[0].delta.")
+                           or _str(delta, "reasoning", "choices[0].delta.") or "")
         else:
-            d.text = c.get("text") or ""
-        d.finish_reason = c.get("finish_reason")
+            d.text = _str(c, "text", "choices[0].") or ""
+        d.finish_reason = _str(c, "finish_reason", "choices[0].")
+    elif choices is not None and type(choices) is not list:
+        raise _bad("choices", choices, "an array")
     stamp = obj.get("pb_ns")
     if stamp is not None:
+        if type(stamp) is not int:
+            raise _bad("pb_ns", stamp, "an integer")
         d.stamp = stamp
     usage = obj.get("usage")
-    if usage:
-        d.usage = usage
-    timings = obj.get("timings")
-    if timings:
-        d.timing = {k: timings[k] for k in ("prompt_n", "prompt_ms", "predicted_n", "predicted_ms") if k in timings}
-    if "eval_duration" in obj:  # Ollama native final chunk
-        d.timing = {
-            "prompt_n": obj.get("prompt_eval_count"),
-            "prompt_ms": (obj.get("prompt_eval_duration") or 0) / 1e6,
-            "predicted_n": obj.get("eval_count"),
-            "predicted_ms": (obj.get("eval_duration") or 0) / 1e6,
-        }
-    details = obj.get("details")
-    if isinstance(details, dict) and "generated_tokens" in details:  # TGI
-        d.timing = {"predicted_n": details.get("generated_tokens")}
+    if usage is not None:
+        if type(usage) is not dict:
+            raise _bad("usage", usage, "an object")
+        d.prompt_tokens = _count(usage, "prompt_tokens", "usage.")
+        d.completion_tokens = _count(usage, "completion_tokens", "usage.")
+        details = _object(usage, "prompt_tokens_details", "usage.")
+        if details:
+            d.cached_tokens = _count(details, "cached_tokens", "usage.prompt_tokens_details.")
+    if "timings" in obj or "metrics" in obj or "eval_duration" in obj or "details" in obj:
+        _timing(obj, d)
     return d
+
+
+def _timing(obj: dict[str, Any], d: Delta) -> None:
+    """The engines' own timing, from the rare chunks that carry it (kept off the per-chunk path)."""
+    t: dict[str, int | float] = {}
+    timings = _object(obj, "timings", "")
+    if timings:  # llama.cpp
+        for k in ("prompt_n", "predicted_n"):
+            if (n := _count(timings, k, "timings.")) is not None:
+                t[k] = n
+        for k in ("prompt_ms", "predicted_ms"):
+            if (x := _number(timings, k, "timings.")) is not None:
+                t[k] = x
+        cache_n = _count(timings, "cache_n", "timings.")
+        if cache_n is not None and d.cached_tokens is None:
+            d.cached_tokens = cache_n
+    metrics = _object(obj, "metrics", "")
+    if metrics:  # vLLM --enable-per-request-metrics, on the usage chunk
+        for src, dst in VLLM_METRICS.items():
+            if (x := _number(metrics, src, "metrics.")) is not None:
+                t[dst] = x
+    if "eval_duration" in obj:  # Ollama native final chunk (durations in ns)
+        for src, dst in (("prompt_eval_count", "prompt_n"), ("eval_count", "predicted_n")):
+            if (n := _count(obj, src, "")) is not None:
+                t[dst] = n
+        for src, dst in (("prompt_eval_duration", "prompt_ms"), ("eval_duration", "predicted_ms")):
+            t[dst] = (_number(obj, src, "") or 0) / 1e6
+    details = _object(obj, "details", "")
+    if details and "generated_tokens" in details:  # TGI
+        if (n := _count(details, "generated_tokens", "details.")) is not None:
+            t["predicted_n"] = n
+    if t:
+        d.timing = t
 
 
 def error_message(body: bytes, limit: int = 300) -> str:
