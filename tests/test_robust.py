@@ -185,8 +185,10 @@ def test_a_short_run_does_not_blame_the_client_cpu(server, tmp_path):
     assert not any("core" in x and "client" in x for x in r.summary["phasebench"]["reasons"] + r.summary["phasebench"]["warnings"])
 
 
-def test_client_read_late_makes_the_run_invalid(server, tmp_path):
-    """A loop blocked for 20 ms at a time (as a CPU-starved client is) delays every read: the run must say so."""
+@pytest.mark.parametrize("transport", ["raw", "aiohttp"])
+def test_client_read_late_makes_the_run_invalid(server, tmp_path, transport):
+    """A loop blocked for 20 ms at a time (as a CPU-starved client is) delays every read: the run must say so
+    (with kernel stamps the first tokens stay exact, but chunks that waited together get one stamp: ITL is off)."""
     server.configure(itl_ms=10, ttft_ms=20)
 
     async def main() -> phasebench.Run:
@@ -197,7 +199,8 @@ def test_client_read_late_makes_the_run_invalid(server, tmp_path):
 
         h = asyncio.create_task(hog())
         try:
-            return await phasebench.arun(spec(server, tmp_path, requests=6, output_tokens=30, concurrency=[2]))
+            return await phasebench.arun(spec(server, tmp_path, requests=6, output_tokens=30, concurrency=[2],
+                                              transport=transport))
         finally:
             h.cancel()
 

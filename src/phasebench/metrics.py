@@ -237,6 +237,7 @@ class RunContext:
     stopped: str | None = None  # why the run stopped early (the server stopped answering)
     loop_lag_ms: list[float] | None = None  # event-loop heartbeat (monitor.LoopLag)
     host: dict[str, Any] | None = None  # CPU use by who used it (monitor.HostLoad)
+    transport: str = "aiohttp"  # "raw": chunk times are the kernel's receive stamps
     extra_warnings: list[str] = field(default_factory=list)
 
 
@@ -273,6 +274,17 @@ def _itl_token_stats(ok: Sequence[RequestRecord]) -> dict[str, Any]:
         vals += v
         weights += w
     return describe_weighted(vals, weights)
+
+
+def _ttft_uncertainty(ok: Sequence[RequestRecord], loop_lag_ms: list[float] | None) -> dict[str, Any]:
+    """How late each first token may be stamped with kernel receive times. A first token that was the last
+    event of its read carries its own segment's stamp (0). One that shared a read with later events carries a
+    later segment's stamp: it arrived between the previous read and that stamp (the record's bound), and no
+    longer before the read than the event loop was behind (a readable socket waits for the loop as the
+    heartbeat's callbacks do): the smaller of the bound and the loop lag's p99."""
+    lag = describe(loop_lag_ms or [])
+    cap = lag.get("p99", math.inf) if lag.get("count", 0) >= LOOP_LAG_MIN_SAMPLES else math.inf
+    return describe(min((r.ttft_uncertainty_ns or 0) / NS_PER_MS, cap) for r in ok if r.first_token_ns is not None)
 
 
 def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, Any]:
@@ -356,6 +368,11 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
         "scheduled_rate": scheduled_rate,
         "achieved_send_rate": achieved_send_rate,
         "loop_lag_ms": describe(ctx.loop_lag_ms or []) if ctx.loop_lag_ms is not None else None,
+        "transport": ctx.transport,
+        "read_delay_ms": describe(d / NS_PER_MS for r in in_win for d in (r.read_delay_ns or ()))
+        if ctx.transport == "raw" else None,
+        "ttft_uncertainty_ms": _ttft_uncertainty(ok, ctx.loop_lag_ms) if ctx.transport == "raw" else None,
+        "coalesced_reads": sum(r.coalesced_reads for r in in_win) if ctx.transport == "raw" else None,
         "host": ctx.host,
     }
     streams = {"buffered": sum(1 for r in ok if buffered(r)), "eligible": sum(1 for r in ok if (r.output_tokens or 0) >= 4)}
@@ -417,6 +434,7 @@ CPU_CHECK_MIN_WALL_S = 2.0  # shorter runs: start-up dominates the CPU average, 
 LOOP_LAG_P99_LIMIT_MS = 1.0
 LOOP_LAG_TTFT_FRACTION = 0.05
 LOOP_LAG_MIN_SAMPLES = 20  # 100 ms of heartbeats
+COALESCED_FRACTION_LIMIT = 0.01  # raw transport: token chunks stamped with a later segment's time
 HOST_BUSY_FRACTION = 0.25  # other processes using more than a quarter of the cores
 RATE_TOLERANCE = 0.10
 MLPERF_MIN_DURATION_S = 600.0
@@ -453,16 +471,37 @@ def check_validity(
         reasons.append(
             f"client fell behind its schedule: send-lag p99 {lag:.1f} ms > {SEND_LAG_P99_LIMIT_MS:g} ms"
         )
-    loop = client.get("loop_lag_ms") or {}
-    lag99 = loop.get("p99")
     ttft50 = m["ttft_ms"].get("p50")
     lag_limit = max(LOOP_LAG_P99_LIMIT_MS, LOOP_LAG_TTFT_FRACTION * (ttft50 or 0.0))
-    if lag99 is not None and loop.get("count", 0) >= LOOP_LAG_MIN_SAMPLES and lag99 > lag_limit:
-        reasons.append(
-            f"the client read late: its event loop was {lag99:.1f} ms behind at p99 (limit {lag_limit:.1f} ms = "
-            f"max({LOOP_LAG_P99_LIMIT_MS:g} ms, {LOOP_LAG_TTFT_FRACTION:.0%} of median TTFT)), so TTFT and ITL "
-            f"carry up to that much of the client's own delay; lower the load or give the client more cores"
-        )
+    limit_text = f"limit {lag_limit:.1f} ms = max({LOOP_LAG_P99_LIMIT_MS:g} ms, {LOOP_LAG_TTFT_FRACTION:.0%} of median TTFT)"
+    if client.get("transport") == "raw":
+        # chunk times are the kernel's: a late read does not move them; what can is a read that carried several
+        # events (stamped with its last segment), bounded per request by ttft_uncertainty
+        unc = (client.get("ttft_uncertainty_ms") or {}).get("p99")
+        if unc is not None and unc > lag_limit:
+            reasons.append(
+                f"the client read late: first tokens shared a read with later events, so TTFT may be up to "
+                f"{unc:.1f} ms late at p99 ({limit_text}); lower the load or use more --workers"
+            )
+        loop = client.get("loop_lag_ms") or {}
+        lag99 = loop.get("p99")
+        chunks = m["itl_chunk_ms"].get("count", 0) + m["ttft_ms"].get("count", 0)
+        merged = client.get("coalesced_reads") or 0
+        if (lag99 is not None and lag99 > lag_limit and chunks
+                and merged > COALESCED_FRACTION_LIMIT * chunks):
+            reasons.append(
+                f"the client read late: {merged / chunks:.0%} of token chunks shared a read with later ones (the "
+                f"kernel stamps a late read with its last segment), and the event loop was {lag99:.1f} ms behind at "
+                f"p99 ({limit_text}), so ITL may be off by that much; lower the load or use more --workers"
+            )
+    else:
+        loop = client.get("loop_lag_ms") or {}
+        lag99 = loop.get("p99")
+        if lag99 is not None and loop.get("count", 0) >= LOOP_LAG_MIN_SAMPLES and lag99 > lag_limit:
+            reasons.append(
+                f"the client read late: its event loop was {lag99:.1f} ms behind at p99 ({limit_text}), so TTFT "
+                f"and ITL carry up to that much of the client's own delay; lower the load or give the client more cores"
+            )
     cpu = client.get("cpu_fraction")
     wall = client.get("wall_s") or 0.0
     if cpu is not None and cpu > CLIENT_CPU_LIMIT and wall >= CPU_CHECK_MIN_WALL_S:

@@ -65,6 +65,11 @@ class RequestRecord:
     warmup: bool = False
     simulated: bool = False
     cached_tokens: int | None = None  # prompt tokens the server served from its cache (usage / llama.cpp cache_n)
+    # raw transport (kernel receive timestamps): the client's read delay per token-bearing read (read − kernel
+    # stamp), reads that carried more than one event, and how much earlier the first token may have arrived
+    read_delay_ns: list[int] | None = None
+    coalesced_reads: int = 0
+    ttft_uncertainty_ns: int | None = None
 
     @property
     def ok(self) -> bool:

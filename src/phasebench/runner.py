@@ -20,7 +20,8 @@ import aiohttp
 import psutil
 
 from . import env as envmod
-from .client.transport import Client, ClientConfig
+from .client.raw import choose_transport, make_client
+from .client.transport import ClientConfig
 from .client.workers import auto_workers
 from .dispatch import NoProgress, Progress, execute, sleep_until, warm_up  # noqa: F401 - re-exported
 from .metrics import RunContext, summarize
@@ -208,6 +209,7 @@ async def run_one(
         timeout=spec.timeout,
         stall_timeout=spec.stall_timeout,
         max_connections=max_conn,
+        transport=_transport(spec, target),
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})
@@ -215,7 +217,7 @@ async def run_one(
     host = HostLoad(exclude=_serving_pids(target))
     lag = LoopLag()
     n_workers = spec.workers or auto_workers(schedule.concurrency or min(len(prompts), max_conn))
-    async with Client(cfg) as client:
+    async with make_client(cfg) as client:
         if n_workers == 1 and not spec.ray:  # workers warm their own connections
             await warm_up(client, warm_prompts, n_warm, n_warm if spec.warmup_requests is None else (schedule.concurrency or 4))
         # the folder appears only now: a run that fails to start leaves no empty folder behind; from here on the
@@ -255,6 +257,11 @@ async def run_one(
             lag_ms = lag.stop() + [x for w in workers for x in w.lag_ms]
             host_load = host.stop(client_extra_cpu_s=workers_cpu)
             writer.close()
+    manifest["transport"] = {
+        "name": cfg.transport,
+        "timestamps": ("kernel receive time (SO_TIMESTAMPNS), converted to CLOCK_MONOTONIC" if cfg.transport == "raw"
+                       else "perf_counter_ns when the event loop reads the bytes"),
+    }
     if workers:
         manifest["client_workers"] = {
             "count": len(workers), "ray": spec.ray,
@@ -277,6 +284,7 @@ async def run_one(
         mlperf=spec.mlperf,
         loop_lag_ms=lag_ms,
         host=host_load,
+        transport=cfg.transport,
         extra_warnings=[] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"],
     )
     records.sort(key=lambda r: r.index)
@@ -329,6 +337,13 @@ def ensure_open_files(connections: int, spec: RunSpec) -> None:
         f"{what} needs about {need} open files, but this process may open only {soft} (hard limit {hard}); "
         f"raise it (e.g. `ulimit -n {max(need, 4096)}`) or lower the load / --max-connections"
     )
+
+
+def _transport(spec: RunSpec, target: Target) -> str:
+    try:
+        return choose_transport(spec.transport, target.base_url)
+    except ValueError as e:
+        raise SpecError(str(e)) from None
 
 
 def _serving_pids(target: Target) -> list[int]:

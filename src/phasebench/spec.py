@@ -9,7 +9,7 @@ import math
 import re
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -161,6 +161,8 @@ class RunSpec(BaseModel):
     workers: int | None = Field(default=None, ge=1, le=256, description="client worker processes (default: auto, "
                                 "one per spare core when the load needs it)")
     ray: str | None = Field(default=None, description="run the client workers as Ray actors: 'auto' or a cluster address")
+    transport: Literal["auto", "raw", "aiohttp"] = Field(
+        default="auto", description="auto: raw sockets with kernel receive timestamps for plain http:// on Linux, else aiohttp")
     model_spec: str | None = Field(default=None, description="catalog model or config.json/GGUF for MBU/MFU")
     hardware: str | None = Field(default=None, description="catalog hardware for MBU/MFU (default: local)")
     devices: int = Field(default=1, ge=1, description="devices serving the target (for cost per token)")

@@ -44,6 +44,7 @@ class ClientConfig:
     max_connections: int = 256
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # one SSE event larger than this fails its request ("oversize")
+    transport: str = "aiohttp"  # "aiohttp" (this module) or "raw" (client/raw.py: kernel receive timestamps)
 
 
 # Idle pooled connections are dropped after this long: below the 5 s keep-alive of llama.cpp's httplib and
@@ -58,6 +59,8 @@ def make_connector(limit: int) -> aiohttp.TCPConnector:
 
 class Client:
     """Sends one request at a time per call; shares one connection pool across all calls."""
+
+    transport = "aiohttp"
 
     def __init__(self, cfg: ClientConfig, t0_ns: int = 0) -> None:
         self.cfg = cfg

@@ -97,10 +97,10 @@ async def work(job: WorkerJob, send: Callable[[bytes], None], wait_go: Callable[
     """Run one worker's shard: warm up, report ready, wait for t0, execute, return its stats."""
     from ..dispatch import NoProgress, execute, sleep_until, warm_up
     from ..monitor import LoopLag
-    from .transport import Client
+    from .raw import make_client
 
     proc = psutil.Process()
-    async with Client(job.cfg) as client:
+    async with make_client(job.cfg) as client:
         await warm_up(client, job.warm_prompts, job.warm_n, max(job.warm_n, 1))
         send(b"W")
         t0 = await wait_go()
