@@ -289,6 +289,7 @@ async def run_one(
     )
     records.sort(key=lambda r: r.index)
     summary = summarize(records, ctx)
+    summary.update(vllm_keys(spec, target, tok, created, len(records)))
     summary["phasebench"]["warmup"] = {
         "requests": n_warm,
         "kind": "connections" if spec.warmup_requests is None else "requests",
@@ -337,6 +338,18 @@ def ensure_open_files(connections: int, spec: RunSpec) -> None:
         f"{what} needs about {need} open files, but this process may open only {soft} (hard limit {hard}); "
         f"raise it (e.g. `ulimit -n {max(need, 4096)}`) or lower the load / --max-connections"
     )
+
+
+def vllm_keys(spec: RunSpec, target: Target, tok: Tokenizer, created: str, n: int) -> dict[str, Any]:
+    """The keys ``vllm bench serve --save-result`` writes that dashboards read, beside the metrics it shares."""
+    when = dt.datetime.fromisoformat(created)
+    return {
+        "date": when.strftime("%Y%m%d-%H%M%S"),
+        "backend": "openai-chat" if spec.endpoint.value == "chat" else "openai",
+        "model_id": target.model,
+        "tokenizer_id": tok.name,
+        "num_prompts": n,
+    }
 
 
 def _transport(spec: RunSpec, target: Target) -> str:
