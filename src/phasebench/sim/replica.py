@@ -51,7 +51,7 @@ class SchedulerConfig:
     max_sim_seconds: float = 86_400.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Req:
     idx: int
     arrival: float
@@ -94,19 +94,27 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     n = len(n_in)
     bs = cfg.block_size
     cap = cfg.kv_blocks * bs            # KV capacity in tokens
-    for i in range(n):
-        if -(-(n_in[i] + n_out[i]) // bs) > cfg.kv_blocks:
+    slack = bs - 1                      # worst case: a partly filled last block per sequence
+    if n:
+        need = -(-(np.asarray(n_in, dtype=np.int64) + np.asarray(n_out, dtype=np.int64)) // bs)
+        bad = np.flatnonzero(need > cfg.kv_blocks)
+        if len(bad):
+            i = int(bad[0])
             raise NeverFits(f"request {i} needs {n_in[i] + n_out[i]} tokens of KV cache; the replica holds "
                             f"{cfg.kv_blocks} blocks ({cap} tokens): this workload can never fit")
-    reqs = [Req(i, 0.0, n_in[i], n_out[i], prompt=n_in[i]) for i in range(n)]
+    ins = np.asarray(n_in, dtype=np.int64).tolist()
+    outs = np.asarray(n_out, dtype=np.int64).tolist()
     pending: deque[int] = deque()
     if closed_concurrency:
+        reqs = [Req(i, 0.0, ins[i], outs[i], prompt=ins[i]) for i in range(n)]
         pending.extend(range(n))
         arrive_q = deque((0.0, pending.popleft()) for _ in range(min(closed_concurrency, n)))
     else:
-        for i, a in enumerate(arrivals):
-            reqs[i].arrival = float(a)
-        arrive_q = deque(sorted((reqs[i].arrival, i) for i in range(n)))
+        a = np.asarray(arrivals, dtype=np.float64)
+        al = a.tolist()
+        reqs = [Req(i, al[i], ins[i], outs[i], prompt=ins[i]) for i in range(n)]
+        order_ = np.argsort(a, kind="stable").tolist()          # = sorted((arrival, i))
+        arrive_q = deque(zip((al[i] for i in order_), order_))
     max_seqs = cfg.max_seqs if cfg.batching else 1
     budget = cfg.max_batched_tokens if cfg.batching else 1 << 40
 
@@ -156,6 +164,9 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     def make_room() -> None:
         """Before a decode step (each decoding sequence grows by one token): preempt LIFO until KV fits."""
         nonlocal sum_ctx, kv_tokens, preemptions
+        nd = len(decoding)
+        if kv_tokens + nd + (nd + len(prefilling)) * slack <= cap:
+            return                                   # the common case: it fits
         while decoding and not kv_ok(len(decoding), 0):
             v = max(decoding, key=lambda i: reqs[i].order)
             r = reqs[v]
@@ -208,9 +219,10 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 chunks.append((i, take))
                 tokens_left -= take
             seats = max_seqs - len(decoding) - len(prefilling)
+            grow = len(decoding) if decode_now else 0
             while admit and waiting and seats > 0 and tokens_left > 0:
                 r = reqs[waiting[0]]
-                if not kv_ok(r.prompt + (len(decoding) if decode_now else 0), 1):
+                if kv_tokens + r.prompt + grow + (len(decoding) + len(prefilling) + 1) * slack > cap:   # kv_ok
                     break
                 take = min(r.prompt, tokens_left) if cfg.chunked_prefill else r.prompt
                 if not cfg.chunked_prefill and take > tokens_left and chunks:
@@ -246,8 +258,10 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     t = max(t, arrive_q[0][0])
                     continue
                 raise NeverFits("waiting requests need more KV cache than the replica has")
-        sum_n = sum(c for _, c in chunks)
-        sum_n2 = sum(c * (2 * reqs[i].prefilled + c) for i, c in chunks)   # each chunk attends to its prefix
+        sum_n = sum_n2 = 0
+        for i, c in chunks:
+            sum_n += c
+            sum_n2 += c * (2 * reqs[i].prefilled + c)   # each chunk attends to its prefix
         dt = profile.iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
         t += max(dt, 1e-9)
         it = len(iter_end)
@@ -269,7 +283,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 r.generated = r.n_out
                 r.segments.append((r.start_iter, it))
                 finish(i, t)
-        join(joined, it + 1)
+        if joined:
+            join(joined, it + 1)
         for i, c in chunks:
             r = reqs[i]
             r.prefilled += c

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,27 @@ from typing import Any
 import numpy as np
 
 from .. import env as envmod
-from ..metrics import RunContext, summarize
+from ..metrics import RunContext
 from ..records import RequestRecord
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
-from ..spec import RunSpec, Scenario, SpecError
-from ..workload.synthetic import sample_lengths
+from ..spec import LengthDist, RunSpec, Scenario, SpecError
 from .profile import Profile
-from .replica import SchedulerConfig, SimResult, simulate, token_times
+from .columns import concat, from_result, summarize_columns, to_records, write_jsonl
+from .replica import SchedulerConfig, SimResult, simulate
+
+
+def _lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> list[int]:
+    """:func:`~phasebench.workload.synthetic.sample_lengths` in numpy: the same draws, the same rounding
+    (half to even, at least 1), so a simulated run sees the lengths a measured one with this seed sends."""
+    if dist.stddev <= 0:
+        return [dist.mean] * n
+    return np.maximum(np.rint(rng.normal(dist.mean, dist.stddev, size=n)), 1).astype(np.int64).tolist()
 
 
 def workload(spec: RunSpec, n: int) -> tuple[list[int], list[int]]:
     rng = np.random.default_rng(spec.seed)
-    return sample_lengths(spec.input_tokens, n, rng), sample_lengths(spec.output_tokens, n, rng)
+    return _lengths(spec.input_tokens, n, rng), _lengths(spec.output_tokens, n, rng)
 
 
 def load_trace(path: Path) -> tuple[list[float], list[int], list[int]]:
@@ -73,35 +80,19 @@ def _requests(spec: RunSpec, trace: Path | None) -> tuple[np.ndarray | None, lis
 
 
 def records_from(res: SimResult, offset: int = 0) -> list[RequestRecord]:
-    recs = []
-    for r in res.reqs:
-        sched = int(round(r.arrival * 1e9))
-        rec = RequestRecord(index=r.idx + offset, request_id=uuid.uuid4().hex, scheduled_ns=sched, sent_ns=sched,
-                            input_tokens=r.n_in, prompt_tokens=r.n_in, expected_output_tokens=r.n_out, simulated=True)
-        if r.end < 0:
-            rec.error = "not served: the simulation stopped (over capacity)" if res.over_capacity else "not served"
-            rec.error_type = "cancelled"
-            recs.append(rec)
-            continue
-        ts = token_times(res, r)
-        ns = [int(round(x * 1e9)) for x in ts]
-        rec.headers_ns = rec.first_byte_ns = rec.first_token_ns = rec.first_answer_ns = ns[0]
-        rec.chunk_ns = ns
-        rec.chunk_tokens = [1] * len(ns)
-        rec.last_token_ns = ns[-1]
-        rec.end_ns = int(round(r.end * 1e9))
-        rec.output_tokens = rec.output_tokens_client = len(ns)
-        rec.output_tokens_source = "simulated"
-        rec.length_met = len(ns) >= r.n_out
-        rec.finish_reason = "length"
-        rec.status = 200
-        recs.append(rec)
-    return recs
+    """``RequestRecord``s of one replica's result (index = position + ``offset``)."""
+    return to_records(from_result(res, np.arange(len(res.reqs)) + offset))
 
 
 def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas: int = 1,
-                 trace: Path | None = None, extra_manifest: dict[str, Any] | None = None) -> Run:
-    """Simulate ``spec`` (any scenario but sweep) on ``replicas`` identical replicas; write the run folder."""
+                 trace: Path | None = None, extra_manifest: dict[str, Any] | None = None,
+                 summary_only: bool = False, record: bool = True) -> Run:
+    """Simulate ``spec`` (any scenario but sweep) on ``replicas`` identical replicas; write the run folder.
+
+    The requests go from the simulator to arrays (:mod:`.columns`); the summary is computed from those and
+    ``requests.jsonl`` is written from them. ``summary_only``: no ``requests.jsonl`` and no records in the
+    returned run (manifest and summary are still written when ``spec.out`` is set). ``record``: also record
+    the run in the results database."""
     if spec.scenario == Scenario.sweep:
         raise SpecError("simulate one point at a time (a sweep scenario is not simulated)")
     if replicas < 1:
@@ -111,35 +102,31 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     arr, ins, outs, conc, rate = _requests(spec, trace)
     n = len(ins)
     results: list[SimResult] = []
-    records: list[RequestRecord] = []
+    parts = []
     for k in range(replicas):  # requests go round-robin to replicas
         idx = list(range(k, n, replicas))
         if not idx:
             continue
         sub_conc = None if conc is None else max(1, conc // replicas + (1 if k < conc % replicas else 0))
-        res = simulate(None if arr is None else arr[idx], [ins[i] for i in idx], [outs[i] for i in idx], profile, cfg,
+        res = simulate(None if arr is None else arr[idx], ins[k::replicas], outs[k::replicas], profile, cfg,
                        closed_concurrency=sub_conc)
         results.append(res)
-        for rec, i in zip(records_from(res), idx):
-            rec.index = i
-            records.append(rec)
-    records.sort(key=lambda r: r.index)
+        parts.append(from_result(res, idx))
+    cols = concat(parts)
     over = any(r.over_capacity for r in results)
     notes = [x for r in results for x in r.notes]
     ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, warmup_s=spec.warmup, cooldown_s=spec.cooldown,
                      target_rate=rate, burstiness=spec.burstiness if spec.scenario == Scenario.server else None,
                      concurrency=conc, exact_output=True, mlperf=spec.mlperf, extra_warnings=list(notes))
-    summary = summarize(records, ctx)
+    summary = summarize_columns(cols, ctx)
+    d = profile.describe()
     sim_block = {
-        "profile": profile.describe(), "scheduler": asdict(cfg), "replicas": replicas,
+        "profile": d, "scheduler": asdict(cfg), "replicas": replicas,
         "iterations": sum(r.iterations for r in results), "preemptions": sum(r.preemptions for r in results),
         "over_capacity": over, "simulated_seconds": max((r.sim_seconds for r in results), default=0.0),
-        "wall_s": time.perf_counter() - t_wall, "cpu_s": time.process_time() - cpu0, "requests": n,
-        "trace": str(trace) if trace else None,
+        "requests": n, "trace": str(trace) if trace else None, "summary_only": summary_only,
+        "hardware": d.get("hardware"), "devices": d.get("devices", 1) * replicas,
     }
-    d = profile.describe()
-    sim_block["hardware"] = d.get("hardware")
-    sim_block["devices"] = d.get("devices", 1) * replicas
     if over:
         pb = summary["phasebench"]
         pb["valid"] = False
@@ -157,16 +144,20 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     path = None
     if spec.out:
         folder = RunFolder(spec.out)
-        folder.write_manifest(manifest)
-        folder.requests_path.write_bytes(b"".join(rec.to_json() for rec in records))  # all at once: nothing is in flight
-        folder.write_summary(summary)
+        if not summary_only:
+            write_jsonl(cols, folder.requests_path)   # all at once: nothing is in flight
         path = folder.path
-    run = Run(path, manifest, summary, records)
+    sim_block["wall_s"] = time.perf_counter() - t_wall
+    sim_block["cpu_s"] = time.process_time() - cpu0
     if path:
+        folder.write_manifest(manifest)
+        folder.write_summary(summary)
+    records = [] if summary_only else to_records(cols)
+    run = Run(path, manifest, summary, records)
+    if path and record:
         from ..store import record_run
 
         _, warning = record_run(run)
         if warning:
             summary["phasebench"]["warnings"].append(warning)
     return run
-
