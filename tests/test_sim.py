@@ -102,7 +102,8 @@ def test_simulated_run_folder_is_a_run_like_any_other(server, tmp_path, monkeypa
     assert back.manifest["simulated"] and all(r.simulated for r in back.records)
     assert back.summary["completed"] == 300 and back.summary["median_tpot_ms"] > 0
     cost = back.summary["phasebench"]["cost"]
-    assert cost["usd_per_1m_output_tokens"] == pytest.approx(2.99 / 3600 / back.summary["output_throughput"] * 1e6)
+    assert cost["usd_per_1m_output_tokens_all_in"] == pytest.approx(2.99 / 3600 / back.summary["output_throughput"] * 1e6)
+    assert cost["usd_per_1m_tokens"] == pytest.approx(2.99 / 3600 / back.summary["total_token_throughput"] * 1e6)
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "show", str(tmp_path / "sim")], capture_output=True,
                        text=True, env={**ENV, "PHASEBENCH_DB": str(db)}, timeout=60)
     assert p.returncode == 0 and "simulated" in p.stdout
@@ -176,9 +177,12 @@ def test_cost_of_a_measured_run(server, tmp_path):
     r = run(spec(server, tmp_path, requests=6, hardware="h100-sxm", devices=2, slo="ttft=5000,tpot=500"))
     c = r.summary["phasebench"]["cost"]
     out_tps = r.summary["output_throughput"]
-    assert c["usd_per_1m_output_tokens"] == pytest.approx(2.99 * 2 / 3600 / out_tps * 1e6)
+    assert c["usd_per_1m_output_tokens_all_in"] == pytest.approx(2.99 * 2 / 3600 / out_tps * 1e6)
     assert c["output_tokens_per_usd"] == pytest.approx(out_tps / (2.99 * 2 / 3600))
-    assert c["output_tokens_per_joule"] == pytest.approx(out_tps / (700 * 2 * 1.0))  # utilisation unknown: TDP
+    # energy: no roofline block on a mock-server run, so utilisation is the busy fraction from Little's law
+    busy = min(r.summary["request_throughput"] * r.summary["mean_e2el_ms"] / 1e3, 1.0)
+    assert c["utilisation"] == pytest.approx(busy)
+    assert c["output_tokens_per_joule"] == pytest.approx(out_tps / (2 * (210 + (700 - 210) * busy)))
     assert c["usd_per_1m_output_tokens_at_slo"] >= c["usd_per_1m_output_tokens"] * 0.99
     assert cost_block(None, 1, r.summary) is None
     local_price = cost_block("h100-sxm", 1, r.summary, price_per_hour=1.0)

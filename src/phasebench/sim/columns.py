@@ -130,6 +130,16 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
                                                  if res.over_capacity else "not served"))
 
 
+def unserved(index: np.ndarray, sched_s: np.ndarray, n_in: np.ndarray, n_out: np.ndarray, error: str) -> Columns:
+    """Rows for requests that were never served (e.g. a prefill pool that stopped over capacity)."""
+    n = len(index)
+    z = np.zeros(n, dtype=np.int64)
+    m = np.full(n, -1, dtype=np.int64)
+    return Columns(np.asarray(index, dtype=np.int64), _ns(sched_s), np.asarray(n_in, dtype=np.int64),
+                   np.asarray(n_out, dtype=np.int64), m, m.copy(), np.zeros(n, dtype=bool), z, m.copy(), z.copy(),
+                   z.copy(), np.empty(0, np.int64), z.copy(), [np.empty(0, np.int64)], {}, error)
+
+
 def concat(parts: list[Columns]) -> Columns:
     """Several replicas' columns as one, rows sorted by record index."""
     if len(parts) == 1:

@@ -86,13 +86,14 @@ def records_from(res: SimResult, offset: int = 0) -> list[RequestRecord]:
 
 def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas: int = 1,
                  trace: Path | None = None, extra_manifest: dict[str, Any] | None = None,
-                 summary_only: bool = False, record: bool = True) -> Run:
+                 summary_only: bool = False, record: bool = True, keep_records: bool = True) -> Run:
     """Simulate ``spec`` (any scenario but sweep) on ``replicas`` identical replicas; write the run folder.
 
     The requests go from the simulator to arrays (:mod:`.columns`); the summary is computed from those and
     ``requests.jsonl`` is written from them. ``summary_only``: no ``requests.jsonl`` and no records in the
     returned run (manifest and summary are still written when ``spec.out`` is set). ``record``: also record
-    the run in the results database."""
+    the run in the results database. ``keep_records``: put the ``RequestRecord``s in the returned run (always
+    when it is recorded: the database stores them)."""
     if spec.scenario == Scenario.sweep:
         raise SpecError("simulate one point at a time (a sweep scenario is not simulated)")
     if replicas < 1:
@@ -152,7 +153,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     if path:
         folder.write_manifest(manifest)
         folder.write_summary(summary)
-    records = [] if summary_only else to_records(cols)
+    records = to_records(cols) if not summary_only and (keep_records or (path and record)) else []
     run = Run(path, manifest, summary, records)
     if path and record:
         from ..store import record_run
