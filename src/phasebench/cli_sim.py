@@ -30,28 +30,9 @@ def _setup(model: str, hardware: str, devices: int, precision: str, engine: Opti
 
 def _scheduler(setup, max_seqs: int, max_batched_tokens: int, chunked: bool, block_size: int,
                kv_blocks: Optional[int], static: bool):
-    from .model.phases import kv_heads_per_rank, predict
-    from .sim.replica import SchedulerConfig, blocks_for_memory
+    from .sim.run import scheduler_for
 
-    cfg = SchedulerConfig(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens, chunked_prefill=chunked,
-                          block_size=block_size, static=static)
-    if setup is not None:
-        setup = setup.resolved()
-        cfg.batching = setup.hardware.batching
-        if kv_blocks is None:
-            p = predict(setup, 1, 1, 1)
-            if not p.fits:
-                raise ModelError(f"{setup.model.name} does not fit on {setup.devices}× {setup.hardware.key}")
-            free = (p.memory.capacity - p.memory.per_device_weights) * setup.devices
-            if setup.hardware.kind == "sram-dataflow" and setup.hardware.memory_gb * 1000 <= setup.hardware.sram_mb:
-                free = setup.hardware.sram_mb * 1e6 * setup.devices - p.memory.weights_bytes  # SRAM left after weights
-            # KV bytes per token across the replica: each TP rank holds its heads (copies when tp > n_kv)
-            replication = kv_heads_per_rank(setup.model, setup.tp) * setup.tp / setup.model.kv_heads
-            cfg.kv_blocks = blocks_for_memory(free, setup.model.kv_bytes_per_token(setup.precision.kv) * replication,
-                                              block_size)
-    if kv_blocks is not None:
-        cfg.kv_blocks = kv_blocks
-    return cfg
+    return scheduler_for(setup, max_seqs, max_batched_tokens, chunked, block_size, kv_blocks, static)
 
 
 def simulate(

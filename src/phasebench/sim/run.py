@@ -19,7 +19,8 @@ from ..records import RequestRecord
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
 from ..spec import LengthDist, RunSpec, Scenario, SpecError
-from .profile import Profile
+from ..model.phases import Setup
+from .profile import AnalyticProfile, Profile
 from .columns import concat, from_result, summarize_columns, to_records, write_jsonl
 from .replica import SchedulerConfig, SimResult, simulate
 
@@ -30,6 +31,44 @@ def _lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> list[int]:
     if dist.stddev <= 0:
         return [dist.mean] * n
     return np.maximum(np.rint(rng.normal(dist.mean, dist.stddev, size=n)), 1).astype(np.int64).tolist()
+
+
+def scheduler_for(setup: Setup | None, max_seqs: int = 256, max_batched_tokens: int = 8192, chunked: bool = True,
+                  block_size: int = 16, kv_blocks: int | None = None, static: bool = False) -> SchedulerConfig:
+    """The scheduler of a replica of ``setup``: its batching, and (unless given) the KV blocks that device
+    memory leaves after the weights (90% of it; an SRAM machine's SRAM after the weights)."""
+    from ..model.errors import ModelError
+    from ..model.phases import kv_heads_per_rank, predict
+    from .replica import blocks_for_memory
+
+    cfg = SchedulerConfig(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens, chunked_prefill=chunked,
+                          block_size=block_size, static=static)
+    if setup is not None:
+        setup = setup.resolved()
+        cfg.batching = setup.hardware.batching
+        if kv_blocks is None:
+            p = predict(setup, 1, 1, 1)
+            if not p.fits:
+                raise ModelError(f"{setup.model.name} does not fit on {setup.devices}× {setup.hardware.key}")
+            free = (p.memory.capacity - p.memory.per_device_weights) * setup.devices
+            if setup.hardware.kind == "sram-dataflow" and setup.hardware.memory_gb * 1000 <= setup.hardware.sram_mb:
+                free = setup.hardware.sram_mb * 1e6 * setup.devices - p.memory.weights_bytes  # SRAM left after weights
+            # KV bytes per token across the replica: each TP rank holds its heads (copies when tp > n_kv)
+            replication = kv_heads_per_rank(setup.model, setup.tp) * setup.tp / setup.model.kv_heads
+            cfg.kv_blocks = blocks_for_memory(free, setup.model.kv_bytes_per_token(setup.precision.kv) * replication,
+                                              block_size)
+    if kv_blocks is not None:
+        cfg.kv_blocks = kv_blocks
+    return cfg
+
+
+def analytic_profile(setup: Setup, engine: str | None = None) -> AnalyticProfile:
+    """``AnalyticProfile(setup)``, with ``engine`` passed on where the profile takes one."""
+    import inspect
+
+    if engine is not None and "engine" in inspect.signature(AnalyticProfile).parameters:
+        return AnalyticProfile(setup, engine=engine)  # type: ignore[call-arg]
+    return AnalyticProfile(setup)
 
 
 def workload(spec: RunSpec, n: int) -> tuple[list[int], list[int]]:
