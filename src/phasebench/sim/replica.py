@@ -195,6 +195,22 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 break
             t = arrive_q[0][0]
             continue
+        if not cfg.batching and len(decoding) == 1 and not prefilling:
+            # one sequence at a time: nothing joins until it finishes, so run all but its last decode step here
+            # (the last goes through the loop below, which finishes it); arrivals are queued at the next check
+            (i,) = decoding
+            steps = reqs[i].target - D - 1
+            if steps > 0 and kv_tokens + steps + slack <= cap:
+                ctx = sum_ctx
+                for _ in range(steps):
+                    t += max(profile.iteration(0.0, 0.0, 1, float(ctx)), 1e-9)
+                    iter_end.append(t)
+                    ctx += 1
+                iter_dec.extend([True] * steps)
+                D += steps
+                sum_ctx = ctx
+                kv_tokens += steps
+                continue
         # ---- build the batch ---------------------------------------------------------------------------------
         admit = (not cfg.static) or static_open
         want_prefill = bool(prefilling) or (bool(waiting) and admit)
