@@ -19,6 +19,7 @@ profile_app = typer.Typer(no_args_is_help=True, help="Phase profiles: iteration 
 def register(app: typer.Typer) -> None:
     app.command()(simulate)
     app.command()(disagg)
+    app.command()(study)
     app.add_typer(profile_app, name="profile")
 
 
@@ -190,3 +191,54 @@ def disagg(
         out.print_json(json.dumps(d, default=str))
         return
     print_disagg(model, ps, ds, cs, link, point, grid, ratio, sims, out)
+
+
+def study(
+    model: str = typer.Option("llama-2-7b", help="Catalog model."),
+    platforms: str = typer.Option(",".join(("a100-80gb-sxm", "h100-sxm", "mi300x", "gaudi2", "groq-rack", "inferentia2",
+                                            "local")),
+                                  help="Comma-separated hardware; 'local' is skipped when no local record exists "
+                                       "(unless named explicitly)."),
+    engine: Optional[str] = typer.Option(None, help="Engine efficiency profile (default: the model's default)."),
+    precision: str = typer.Option("fp16", help="Weights precision."),
+    input_tokens: int = typer.Option(512, help="Reference input length (decode curves, winners)."),
+    output_tokens: int = typer.Option(128, help="Output tokens."),
+    slo: str = typer.Option("ttft=1000,tpot=50", help="SLO for goodput, cost at the SLO and peak decode throughput."),
+    pairs: Optional[str] = typer.Option(None, help="Prefill:decode pairs to simulate, e.g. 'h100-sxm:groq-rack' "
+                                                    "(default: every ordered pair of distinct platforms)."),
+    requests: int = typer.Option(60, help="Requests per simulation of the disaggregation gain (bounds the time)."),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="A plan run folder with the local platform's measured points "
+                                                             "(default: the results database's latest plan)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for study.html, study.md, PNGs, CSVs and study.json."),
+) -> None:
+    """The phase-aware cross-platform study: prefill and decode per platform, winners per chip/watt/dollar,
+    the crossover batch, and the disaggregation gain under load for every platform pair (all predicted)."""
+    import time
+
+    from .report.study import print_study, write_study
+    from .sim.replica import NeverFits
+    from .spec import parse_slo
+    from .study import DEFAULT_PLATFORMS, run_study
+
+    t0 = time.perf_counter()
+    try:
+        names = [p.strip() for p in platforms.split(",") if p.strip()]
+        explicit = names != list(DEFAULT_PLATFORMS)
+        pair_list = None
+        if pairs:
+            pair_list = []
+            for item in pairs.split(","):
+                a, sep, b = item.strip().partition(":")
+                if not sep or not a or not b:
+                    raise ModelError(f"--pairs item {item!r}: write prefill:decode, e.g. h100-sxm:groq-rack")
+                pair_list.append((a, b))
+        if requests < 10:
+            raise ModelError("--requests must be ≥ 10")
+        st = run_study(model, names if explicit else None, engine=engine, precision=precision, input_len=input_tokens,
+                       output_len=output_tokens, slo=parse_slo(slo), runs_dir=runs, pairs=pair_list, requests=requests)
+        files = write_study(st, out_dir)
+    except (ModelError, SpecError, NeverFits, ValueError, OSError) as e:
+        fail(str(e))
+    print_study(st, out)
+    out.print(f"wrote {escape(str(out_dir / 'study.html'))}, study.md and {len(files) - 2} more files "
+              f"in {time.perf_counter() - t0:.1f} s")

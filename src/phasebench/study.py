@@ -261,9 +261,9 @@ def _latest_plan():  # noqa: ANN202
 
 def run_study(model: str, platforms: list[str] | None = None, engine: str | None = None, precision: str = "fp16",
               input_len: int = 512, output_len: int = 128, slo: SLO | None = None, runs_dir: Path | None = None,
-              pairs: list[tuple[str, str]] | None = None, requests: int = 100,
+              pairs: list[tuple[str, str]] | None = None, requests: int = 60,
               gain_inputs: tuple[int, ...] = (128, 512, 2048), gain_gbps: tuple[float, ...] = (1.25, 12.5, 50.0, 450.0),
-              rate_fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0, 1.25), load: float = 0.8) -> Study:
+              rate_fractions: tuple[float, ...] = (0.25, 0.5, 1.0, 1.5), load: float = 0.8) -> Study:
     """Compute the study. ``platforms`` default: :data:`DEFAULT_PLATFORMS` (``local`` only when its record
     exists). ``pairs``: the (prefill, decode) pairs to simulate (default: every ordered pair of distinct
     platforms other than ``local``). ``requests``: per simulation (bounds the time)."""

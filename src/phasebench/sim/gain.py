@@ -135,17 +135,17 @@ def break_even(bws: list[float], gains: list[float | None]) -> tuple[float | Non
     """The bandwidth at which the gain reaches 1, log-linear between the grid's bandwidths."""
     pts = [(b, g) for b, g in zip(bws, gains) if g is not None]
     if not pts:
-        return None, "neither deployment serves requests within the SLO"
+        return None, "none serve within the SLO"
     if pts[0][1] >= 1.0:
-        return pts[0][0], f"at or below {pts[0][0]:g} GB/s (already ≥ 1 at the lowest bandwidth)"
+        return pts[0][0], f"≤ {pts[0][0]:g} GB/s"
     for (b0, g0), (b1, g1) in zip(pts, pts[1:]):
         if g0 < 1.0 <= g1:
             if math.isinf(g1):
-                return b1, f"between {b0:g} and {b1:g} GB/s"
+                return b1, f"{b0:g}–{b1:g} GB/s"
             x = (1.0 - g0) / (g1 - g0)
             be = math.exp(math.log(b0) + x * (math.log(b1) - math.log(b0)))
             return be, f"{be:.3g} GB/s"
-    return None, f"none up to {pts[-1][0]:g} GB/s: disaggregation does not pay here"
+    return None, f"none ≤ {pts[-1][0]:g} GB/s"
 
 
 def crossings(rates: list[float], gains: list[float | None]) -> list[float]:
