@@ -65,22 +65,24 @@ def simulate(
     static_batching: bool = typer.Option(False, help="Static batching (the baseline continuous batching beats)."),
     block_size: int = typer.Option(16, help="KV block size (tokens)."),
     kv_blocks: Optional[int] = typer.Option(None, help="KV blocks (default: what the device memory leaves)."),
+    summary_only: bool = typer.Option(False, "--summary-only",
+                                      help="Write manifest and summary only (no requests.jsonl): the fast mode."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
 ) -> None:
     """Simulate serving (continuous batching, KV cache, preemption) and write the same run folder as `run`."""
     import datetime as dt
 
     from .cli import _print
-    from .sim.profile import AnalyticProfile, FittedProfile
+    from .sim.profile import FittedProfile
     from .sim.replica import NeverFits
-    from .sim.run import simulate_run
+    from .sim.run import analytic_profile, simulate_run
     from .spec import build_spec
 
     try:
         if profile is None and not (model and hardware):
             fail("give --model and --hardware, or --profile")
         setup = _setup(model, hardware, devices, precision, engine) if model and hardware else None
-        prof = FittedProfile.load(profile) if profile else AnalyticProfile(setup)
+        prof = FittedProfile.load(profile) if profile else analytic_profile(setup, engine)
         cfg = _scheduler(setup, max_seqs, max_batched_tokens, chunked_prefill, block_size, kv_blocks, static_batching)
         spec = build_spec(None, url="http://simulated.invalid/v1", scenario=scenario,
                           concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else None,
@@ -88,7 +90,7 @@ def simulate(
                           output_tokens=output_tokens, preset=preset, slo=slo, seed=seed, warmup=warmup, cooldown=cooldown,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
-        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace)
+        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only)
     except (ModelError, SpecError, NeverFits, FileExistsError, ValueError) as e:
         fail(str(e))
     _print(result, json_out)
@@ -145,6 +147,12 @@ def disagg(
     slo: str = typer.Option("ttft=2000,tpot=100", help="SLO for goodput and the pool ratio."),
     sweep_inputs: str = typer.Option("128,512,2048,8192", help="Input lengths of the break-even sweep."),
     sweep_gbps: str = typer.Option("1.25,12.5,50,450", help="Link bandwidths (GB/s) of the sweep."),
+    engine: Optional[str] = typer.Option(None, help="Engine efficiency profile on both sides."),
+    gain: bool = typer.Option(True, "--gain/--no-gain",
+                              help="Simulate the gain under Poisson load over bandwidth × input length and request rate."),
+    gain_requests: int = typer.Option(100, help="Requests per simulation of the gain table."),
+    gain_load: float = typer.Option(0.8, help="Load of the bandwidth × input grid, as a fraction of the analytic capacity."),
+    gain_out: Optional[Path] = typer.Option(None, "--gain-out", help="Folder for gain.json, gain.csv and the gain plots."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Colocated vs prefill/decode disaggregated serving, across platforms and networks; break-even bandwidth."""
@@ -158,11 +166,11 @@ def disagg(
 
     try:
         link = D.parse_network(network)
-        ps = _setup(model, prefill, prefill_devices, precision)
-        ds = _setup(model, decode, decode_devices, precision)
+        ps = _setup(model, prefill, prefill_devices, precision, engine)
+        ds = _setup(model, decode, decode_devices, precision, engine)
         if decode_kv:
             ds = replace(ds, precision=Precision(ds.precision.weights, ds.precision.activations, decode_kv))
-        cs = _setup(model, colocated or prefill, prefill_devices, precision)
+        cs = _setup(model, colocated or prefill, prefill_devices, precision, engine)
         point = D.analytic_point(ps, ds, cs, link, input_tokens, output_tokens, overlap=overlap)
         inputs = [int(x) for x in sweep_inputs.split(",") if x.strip()]
         bws = [float(x) for x in sweep_gbps.split(",") if x.strip()]
@@ -180,10 +188,28 @@ def disagg(
             sims = D.side_by_side(spec, ps, ds, cs, link, prefill_replicas, decode_replicas,
                                   prefill_replicas + decode_replicas,
                                   lambda st: _scheduler(st, 256, 8192, True, 16, None, False), overlap)
-    except (ModelError, SpecError, NeverFits, ValueError) as e:
+        table = None
+        if gain:
+            from .sim.gain import GainStudy
+            from .sim.run import analytic_profile, scheduler_for
+
+            if gain_requests < 10:
+                raise ModelError("--gain-requests must be ≥ 10")
+            gs = GainStudy(lambda st: analytic_profile(st, engine), scheduler_for, s, output_tokens=output_tokens,
+                           requests=gain_requests, prefill_replicas=prefill_replicas, decode_replicas=decode_replicas,
+                           overlap=overlap)
+            table = gs.table(ps, ds, inputs, bws, load=gain_load, ref_input=input_tokens, latency_s=link.latency_s)
+        files = []
+        if table is not None and gain_out is not None:
+            from .report.study import write_gain
+
+            files = write_gain(table, gain_out)
+    except (ModelError, SpecError, NeverFits, ValueError, OSError) as e:
         fail(str(e))
     if json_out:
         d = {"point": point.to_dict(), "sweep": grid, "pool_ratio": ratio, "network": link.__dict__}
+        if table is not None:
+            d["gain"] = table.to_dict()
         if sims:
             d["simulated"] = {k: {kk: v.get(kk) for kk in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
                                                              "p99_tpot_ms", "median_e2el_ms", "request_goodput",
@@ -191,6 +217,12 @@ def disagg(
         out.print_json(json.dumps(d, default=str))
         return
     print_disagg(model, ps, ds, cs, link, point, grid, ratio, sims, out)
+    if table is not None:
+        from .report.study import print_gain
+
+        print_gain(table, out)
+    for f in files:
+        out.print(f"wrote {escape(str(f))}")
 
 
 def study(
