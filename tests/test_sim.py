@@ -245,6 +245,7 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
                                    SchedulerConfig(max_seqs=8, max_queue=100))],
         "decode only": [simulate(arr, ins, outs, prof, SchedulerConfig(), decode_only=True)],
         "no batching": [simulate(arr[:60], ins[:60], outs[:60], prof, SchedulerConfig(batching=False))],
+        "closed loop": [simulate(None, ins[:80], outs[:80], prof, SchedulerConfig(), closed_concurrency=4)],
     }
     slo = SLO(ttft_ms=500, tpot_ms=8, itl_ms=9)
     for name, results in cases.items():
