@@ -215,3 +215,25 @@ def test_gain_is_bounded_and_deterministic():
     b = mk().table(p, d, [512], [12.5], rate_fractions=(1.0,))
     assert a.grid == b.grid and a.by_rate == b.by_rate      # seeded: the same table twice
     assert np.isfinite(a.grid[0].disagg_goodput) and a.grid[0].disagg_goodput <= a.grid[0].rate * 1.5
+
+
+def test_study_html_opens_in_chromium_offline(tmp_path):
+    """study.html in headless Chromium: no request but the file and its data: URIs, no error, every PNG decoded
+    (skipped without Chromium, as tests/test_browser.py)."""
+    import asyncio
+
+    from .test_browser import CHROMIUM, _open, artifacts
+
+    if CHROMIUM is None:
+        pytest.skip("Chromium not installed (apt-get install chromium)")
+    from phasebench.report.study import write_study
+
+    st = run_study("llama-2-7b", ["h100-sxm", "groq-rack"], requests=20)
+    write_study(st, tmp_path / "s")
+    got = asyncio.run(_open((tmp_path / "s" / "study.html").as_uri(), tmp_path, artifacts() / "study-screenshot.png"))
+    ev = got["events"]
+    urls = [e["params"]["request"]["url"] for e in ev if e["method"] == "Network.requestWillBeSent"]
+    assert urls and all(u.startswith(("file:", "data:")) for u in urls), urls
+    assert not [e for e in ev if e["method"] == "Runtime.exceptionThrown"
+                or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
+    assert got["images"] and all(ok and w > 100 for ok, w in got["images"])
