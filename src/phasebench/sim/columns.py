@@ -302,9 +302,8 @@ def _gaps(c: Columns, rows: np.ndarray, explicit_rows: set[int]) -> _Gaps:
         vals.append(first_gap.astype(np.float64))
         wts.append(np.ones(len(sel), dtype=np.int64))
         G = np.diff(dec).astype(np.float64) if len(dec) > 1 else np.empty(0)
-        cover = np.zeros(len(dec) + 1, dtype=np.int64)       # gap j (between dec[j] and dec[j+1]) counts rows with lo ≤ j < hi − 1
-        np.add.at(cover, lo, 1)
-        np.add.at(cover, hi - 1, -1)
+        # gap j (between dec[j] and dec[j+1]) counts the rows with lo ≤ j < hi − 1
+        cover = np.bincount(lo, minlength=len(dec) + 1) - np.bincount(hi - 1, minlength=len(dec) + 1)
         cnt = np.cumsum(cover)[: len(G)]
         vals.append(G)
         wts.append(cnt)
@@ -345,9 +344,7 @@ def _tokens_in_window(c: Columns, rows: np.ndarray, w0: int, w1: int) -> int:
         sel = sel[c.hi[sel] > c.lo[sel]]
         if not len(sel) or not len(dec):
             continue
-        cover = np.zeros(len(dec) + 1, dtype=np.int64)
-        np.add.at(cover, c.lo[sel], 1)
-        np.add.at(cover, c.hi[sel], -1)
+        cover = np.bincount(c.lo[sel], minlength=len(dec) + 1) - np.bincount(c.hi[sel], minlength=len(dec) + 1)
         cnt = np.cumsum(cover)[: len(dec)]
         inw = (dec >= w0) & (dec <= w1)
         total += int(cnt[inw].sum())
@@ -399,14 +396,15 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
     gaps = _gaps(c, ok, ex_rows)
     itl = describe_values(gaps.values, gaps.weights)
     lag = describe_values(np.zeros(int(in_win.sum())))
+    d_ttft = describe_values(ttft)     # sent = scheduled and the first answer token = the first token
     m = {
-        "ttft_ms": describe_values(ttft),
-        "ttft_sent_ms": describe_values(ttft),
+        "ttft_ms": d_ttft,
+        "ttft_sent_ms": _copy(d_ttft),
         "send_lag_ms": lag,
-        "ttfot_ms": describe_values(ttft),
+        "ttfot_ms": _copy(d_ttft),
         "tpot_ms": describe_values(tpot),
         "itl_chunk_ms": itl,
-        "itl_token_ms": dict(itl),
+        "itl_token_ms": _copy(itl),
         "e2e_ms": describe_values(e2e),
         "prefill_tps": describe_values(ptps),
         "decode_tps": describe_values(dtps),
@@ -463,6 +461,10 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
         "server_timing": {"prompt_ms": describe([]), "tpot_ms": describe([])},
     }
     return summary
+
+
+def _copy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, list) else v for k, v in d.items()}
 
 
 def _max_in_flight(start: np.ndarray, end: np.ndarray) -> int:
