@@ -240,8 +240,10 @@ def measured_points(runs_dir: Path | None) -> tuple[list[Point], list[Point], st
 
 
 def _latest_plan():  # noqa: ANN202
+    import sqlite3
+
     from .results import NotARunError, Run
-    from .store import Store, default_path
+    from .store import Store, StoreError, default_path
 
     path = default_path()
     if path is None or not Path(path).exists():
@@ -249,7 +251,7 @@ def _latest_plan():  # noqa: ANN202
     try:
         with Store(path) as st:
             rows = [r for r in st.history(limit=200) if r.get("kind") == "plan" and r.get("path")]
-    except Exception:  # noqa: BLE001  a damaged or locked database must not stop a study
+    except (sqlite3.Error, StoreError, OSError):  # a damaged or locked database must not stop a study
         return None
     for r in rows:  # newest first
         try:

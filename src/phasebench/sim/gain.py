@@ -9,8 +9,9 @@ changes). Per cell of the grid:
 - **goodput** at the SLO: requests per second that met every SLO threshold (the run summary's goodput);
   the gain is disaggregated ÷ colocated goodput (> 1: disaggregation serves more within the SLO);
 - **cost at the SLO**: the deployment's bill (every pool's price × devices) ÷ the tokens of the requests that
-  met the SLO, blended $/1M tokens; the cost gain is colocated ÷ disaggregated (> 1: disaggregation is
-  cheaper per good token). A platform without a price gives no cost figure, and the cell says so.
+  met the SLO, blended $/1M tokens; the cost gain is the cheaper priced colocated deployment's ÷ the
+  disaggregated one's (> 1: disaggregation is cheaper per good token). A platform without a price gives no
+  cost figure (None).
 
 Two sweeps: network bandwidth × input length at one load (``load`` × the deployment's analytic capacity at
 that input length), and request rate at one input length and bandwidth. The **break-even line** is, per
@@ -51,7 +52,7 @@ class GainCell:
     goodput_gain: float | None                  # disagg ÷ colocated; None when neither serves any within the SLO
     colocated_usd_per_1m_at_slo: float | None
     disagg_usd_per_1m_at_slo: float | None
-    cost_gain: float | None                     # colocated ÷ disagg cost at the SLO (> 1: disagg cheaper)
+    cost_gain: float | None                     # cheapest priced colocated ÷ disagg cost at the SLO (> 1: disagg cheaper)
     colocated_p99_ttft_ms: float | None
     disagg_p99_ttft_ms: float | None
     colocated_p99_tpot_ms: float | None
