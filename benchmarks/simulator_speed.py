@@ -40,6 +40,7 @@ def child(mode: str, n: int, out: str) -> None:
                       input_tokens="576:260", output_tokens="128", seed=0, out=Path(out))
     cfg = SchedulerConfig(max_seqs=256, max_queue=10**9)
     import numpy.random  # noqa: F401  first-use imports belong to the process figure, not the run's
+
     from phasebench import env
     from phasebench.store import record_run  # noqa: F401
 

@@ -24,7 +24,7 @@ from phasebench.study import run_study
 from .conftest import ENV, spec
 
 
-def _summary(out_tps: float, in_tps: float, ttft_ms: float, tpot_ms: float, mean_out: float, **pb) -> dict:  # noqa: ANN003
+def _summary(out_tps: float, in_tps: float, ttft_ms: float, tpot_ms: float, mean_out: float, **pb) -> dict:
     return {"output_throughput": out_tps, "total_token_throughput": out_tps + in_tps,
             "phasebench": {"metrics": {"ttft_sent_ms": {"mean": ttft_ms}, "tpot_ms": {"mean": tpot_ms},
                                        "output_tokens": {"mean": mean_out}, "input_tokens": {"mean": 20.0}}, **pb}}
@@ -126,7 +126,7 @@ def test_disagg_gain_table_shape_and_monotone_in_bandwidth():
         gs.table(p, d, [128], [0.0])
 
 
-def _run_plan_like(server, tmp_path):  # noqa: ANN001
+def _run_plan_like(server, tmp_path):
     """A measured single-stream run on the mock server (prefill points of a 'local' platform)."""
     return run(spec(server, tmp_path / "plan", scenario="single-stream", requests=3, input_tokens=64, output_tokens=8))
 
@@ -138,12 +138,12 @@ class _Doc(HTMLParser):
         self.imgs: list[str] = []
         self.text: list[str] = []
 
-    def handle_starttag(self, tag, attrs):  # noqa: ANN001
+    def handle_starttag(self, tag, attrs):
         self.tags.append(tag)
         if tag == "img":
             self.imgs.append(dict(attrs).get("src", ""))
 
-    def handle_data(self, data):  # noqa: ANN001
+    def handle_data(self, data):
         self.text.append(data)
 
 
@@ -210,7 +210,7 @@ def test_study_computation_and_bad_input(tmp_path):
 
 def test_gain_is_bounded_and_deterministic():
     p, d = setup_for("llama-2-7b", "h100-sxm")[0], setup_for("llama-2-7b", "mi300x")[0]
-    mk = lambda: GainStudy(analytic_profile, scheduler_for, SLO(ttft_ms=1000, tpot_ms=50), requests=30)  # noqa: E731
+    mk = lambda: GainStudy(analytic_profile, scheduler_for, SLO(ttft_ms=1000, tpot_ms=50), requests=30)
     a = mk().table(p, d, [512], [12.5], rate_fractions=(1.0,))
     b = mk().table(p, d, [512], [12.5], rate_fractions=(1.0,))
     assert a.grid == b.grid and a.by_rate == b.by_rate      # seeded: the same table twice

@@ -239,7 +239,7 @@ def measured_points(runs_dir: Path | None) -> tuple[list[Point], list[Point], st
     return sorted(pre, key=lambda p: p.x), sorted(dec, key=lambda p: p.x), str(run.path), model
 
 
-def _latest_plan():  # noqa: ANN202
+def _latest_plan():
     import sqlite3
 
     from .results import NotARunError, Run

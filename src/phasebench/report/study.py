@@ -46,7 +46,7 @@ def _series(points: list[Point]) -> dict[str, list[Point]]:
     return out
 
 
-def _band(ax, pts: list[Point], color: str, y=lambda p, v: v) -> None:  # noqa: ANN001
+def _band(ax, pts: list[Point], color: str, y=lambda p, v: v) -> None:
     have = [p for p in pts if p.low is not None and p.high is not None]
     if len(have) >= 2:
         ax.fill_between([p.x for p in have], [y(p, p.low) for p in have], [y(p, p.high) for p in have], color=color,
@@ -138,7 +138,7 @@ def plot_normalised(st: Study) -> Plot:
                 "(n/a: no price).", _png(fig))
 
 
-def _grid_axes(n: int):  # noqa: ANN202
+def _grid_axes(n: int):
     plt = _mpl()
     cols = min(5, max(n, 1))
     rows = max(1, math.ceil(n / cols))
@@ -300,7 +300,7 @@ def to_html(st: Study, plots: list[Plot]) -> str:
          '<meta name="viewport" content="width=device-width, initial-scale=1">',
          f"<title>phasebench study: {_e(st.model)}</title><style>{CSS}</style></head><body>",
          f"<h1>phasebench study: {_e(st.model)} (predicted)</h1>",
-         f"<p>Generated {_e(dt.datetime.now(dt.timezone.utc).isoformat(timespec='seconds'))}. "
+         f"<p>Generated {_e(dt.datetime.now(dt.UTC).isoformat(timespec='seconds'))}. "
          "<strong>Every figure is predicted</strong> by phasebench's phase model and serving simulator, not "
          "measured, except points marked measured.</p>",
          "<h2>Assumptions</h2><ul>" + "".join(f"<li>{_e(a)}</li>" for a in st.assumptions) + "</ul>"]
@@ -403,7 +403,7 @@ def print_gain(g: GainTable, console: Console) -> None:
         cells = {c.bandwidth_gbps: c for c in g.grid if c.input_tokens == n}
         first = next(iter(cells.values()))
 
-        def cell(c) -> str:  # noqa: ANN001
+        def cell(c) -> str:
             col = "green" if c.goodput_gain is not None and c.goodput_gain >= 1 else "red"
             return f"[{col}]{fmt(c.goodput_gain)}[/] ({fmt(c.cost_gain)})"
         t.add_row(str(n), f"{first.rate:.3g}", *[cell(cells[b]) for b in bws], escape(g.break_even_note.get(n, "-")))

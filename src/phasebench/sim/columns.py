@@ -23,9 +23,10 @@ from __future__ import annotations
 import math
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import orjson
@@ -147,7 +148,7 @@ def concat(parts: list[Columns]) -> Columns:
         order = np.argsort(c.index, kind="stable")
         if (order == np.arange(len(order))).all():
             return c
-    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
     groups: list[np.ndarray] = []
     group = []
     explicit: dict[int, np.ndarray] = {}

@@ -23,13 +23,13 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import RunContext, summarize
+from ..metrics import RunContext
 from ..model.errors import ModelError
 from ..model.phases import Setup, predict
 from ..records import RequestRecord
 from ..spec import RunSpec
-from .profile import AnalyticProfile, Profile
 from .columns import Columns, concat, from_result, summarize_columns, to_records, unserved
+from .profile import AnalyticProfile, Profile
 from .replica import SchedulerConfig, simulate
 from .run import _requests
 
@@ -272,7 +272,7 @@ def simulate_disagg(spec: RunSpec, prefill: Setup, decode: Setup, link: Link, pr
     return to_records(cols), info
 
 
-def _deployment_cost(summary: dict[str, Any], pools: list[tuple[Setup, int]]) -> dict[str, Any] | None:
+def deployment_cost(summary: dict[str, Any], pools: list[tuple[Setup, int]]) -> dict[str, Any] | None:
     """The cost block of a deployment of one or more pools: their bills add (a pool without a price: none)."""
     from ..cost import cost_block
 
@@ -309,12 +309,12 @@ def side_by_side(spec: RunSpec, prefill: Setup, decode: Setup, colocated: Setup,
     cols, over = serve_colocated(AnalyticProfile(colocated), cfg_for(colocated), arr, ins, outs, colocated_replicas)
     s = summarize_columns(cols, ctx)
     s["phasebench"]["over_capacity"] = over
-    s["phasebench"]["cost"] = _deployment_cost(s, [(colocated, colocated_replicas)])
+    s["phasebench"]["cost"] = deployment_cost(s, [(colocated, colocated_replicas)])
     out = {"colocated": s}
     dcols, info = simulate_disagg_columns(arr, ins, outs, prefill, decode, link, prefill_replicas, decode_replicas,
                                           cfg_for, overlap)
     s = summarize_columns(dcols, ctx)
     s["phasebench"]["over_capacity"] = info["over_capacity"]
-    s["phasebench"]["cost"] = _deployment_cost(s, [(prefill, prefill_replicas), (decode, decode_replicas)])
+    s["phasebench"]["cost"] = deployment_cost(s, [(prefill, prefill_replicas), (decode, decode_replicas)])
     out["disaggregated"] = s
     return out

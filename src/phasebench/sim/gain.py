@@ -36,7 +36,16 @@ from ..model.errors import ModelError
 from ..model.phases import Setup, predict
 from ..spec import SLO
 from .columns import summarize_columns
-from .disagg import Link, _deployment_cost, pool_ratio, prefill_pool, ready_times, decode_pool, kv_bytes, serve_colocated
+from .disagg import (
+    Link,
+    decode_pool,
+    deployment_cost,
+    kv_bytes,
+    pool_ratio,
+    prefill_pool,
+    ready_times,
+    serve_colocated,
+)
 from .profile import Profile
 from .replica import NeverFits, SchedulerConfig
 
@@ -205,7 +214,7 @@ class GainStudy:
             cols, _ = serve_colocated(self._prof(s), self._cfg(s), arr, ins, outs, reps)
             self.simulations += reps
             summ = summarize_columns(cols, self._ctx(rate))
-            self._cache[key] = self._digest(summ, _deployment_cost(summ, [(s, reps)]))
+            self._cache[key] = self._digest(summ, deployment_cost(summ, [(s, reps)]))
         return self._cache[key]
 
     def _first(self, p: Setup, rate: float, n_in: int) -> np.ndarray:
@@ -224,7 +233,7 @@ class GainStudy:
         cols, _, _ = decode_pool(self._prof(d), self._cfg(d), arr, ins, outs, ready, self.d_reps)
         self.simulations += self.d_reps
         summ = summarize_columns(cols, self._ctx(rate))
-        return self._digest(summ, _deployment_cost(summ, [(p, self.p_reps), (d, self.d_reps)]))
+        return self._digest(summ, deployment_cost(summ, [(p, self.p_reps), (d, self.d_reps)]))
 
     @staticmethod
     def _digest(summ: dict[str, Any], cost: dict[str, Any] | None) -> dict[str, Any]:

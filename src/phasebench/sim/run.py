@@ -15,13 +15,13 @@ import numpy as np
 
 from .. import env as envmod
 from ..metrics import RunContext
+from ..model.phases import Setup
 from ..records import RequestRecord
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
 from ..spec import LengthDist, RunSpec, Scenario, SpecError
-from ..model.phases import Setup
-from .profile import AnalyticProfile, Profile
 from .columns import concat, from_result, summarize_columns, to_records, write_jsonl
+from .profile import AnalyticProfile, Profile
 from .replica import SchedulerConfig, SimResult, simulate
 
 
@@ -177,7 +177,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     summary["phasebench"]["cost"] = cost_block(sim_block["hardware"], sim_block["devices"], summary)
     manifest = {
         "kind": "run", "simulated": True, "schema_version": 1, "phasebench_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "spec": spec.public_dict(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "spec": spec.public_dict(),
         "target": {"model": d.get("model") or "simulated", "url": None},
         "simulation": sim_block, "environment": envmod.environment(), "t0_monotonic_ns": 0, **(extra_manifest or {}),
     }
