@@ -135,57 +135,19 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     notes: list[str] = []
     static_open = True
 
-    def gen(r: Req) -> int:
-        return r.g_start + (D - r.d_start)
-
-    def kv_ok(extra_tokens: int, extra_seqs: int) -> bool:
-        seqs = len(decoding) + len(prefilling) + extra_seqs
-        return kv_tokens + extra_tokens + seqs * (bs - 1) <= cap   # worst-case partly filled last block each
-
-    def finish(i: int, now: float) -> None:
-        nonlocal done
-        reqs[i].end = now
-        done += 1
-        if closed_concurrency and pending:
-            nxt = pending.popleft()
-            reqs[nxt].arrival = now
-            arrive_q.append((now, nxt))
-
-    def join(ids: list[int], start_iter: int) -> None:
-        nonlocal sum_ctx
-        for i in ids:
-            r = reqs[i]
-            decoding.add(i)
-            sum_ctx += r.n_in + 1
-            r.d_start, r.g_start, r.start_iter = D, 1, start_iter
-            r.target = D + (r.n_out - 1)
-            heapq.heappush(heap, (r.target, i))
-
-    def make_room() -> None:
-        """Before a decode step (each decoding sequence grows by one token): preempt LIFO until KV fits."""
-        nonlocal sum_ctx, kv_tokens, preemptions
-        nd = len(decoding)
-        if kv_tokens + nd + (nd + len(prefilling)) * slack <= cap:
-            return                                   # the common case: it fits
-        while decoding and not kv_ok(len(decoding), 0):
-            v = max(decoding, key=lambda i: reqs[i].order)
-            r = reqs[v]
-            g = gen(r)
-            decoding.discard(v)
-            sum_ctx -= r.n_in + g
-            kv_tokens -= r.n_in + g
-            r.segments.append((r.start_iter, len(iter_end) - 1))
-            r.generated = g
-            r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
-            r.preemptions += 1
-            preemptions += 1
-            waiting.appendleft(v)
+    closed = bool(closed_concurrency)
+    chunked = cfg.chunked_prefill
+    static = cfg.static
+    max_queue, max_sim = cfg.max_queue, cfg.max_sim_seconds
+    iteration = profile.iteration
+    heappush, heappop = heapq.heappush, heapq.heappop
+    # the loop below uses no closures: every name it touches stays a fast local
 
     while done < n:
         while arrive_q and arrive_q[0][0] <= t:
             waiting.append(arrive_q.popleft()[1])
         # unstable: the queue keeps growing while requests still arrive (an offline burst is not a backlog)
-        if (arrive_q and len(waiting) > cfg.max_queue) or t > cfg.max_sim_seconds:
+        if (arrive_q and len(waiting) > max_queue) or t > max_sim:
             over = True
             notes.append(f"stopped at t={t:.1f} s with {len(waiting)} requests waiting: the offered load exceeds "
                          "this replica's capacity (over capacity); lower the rate or add replicas")
@@ -195,40 +157,60 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 break
             t = arrive_q[0][0]
             continue
-        if not cfg.batching and len(decoding) == 1 and not prefilling:
-            # one sequence at a time: nothing joins until it finishes, so run all but its last decode step here
-            # (the last goes through the loop below, which finishes it); arrivals are queued at the next check
-            (i,) = decoding
-            steps = reqs[i].target - D - 1
-            if steps > 0 and kv_tokens + steps + slack <= cap:
-                ctx = sum_ctx
-                for _ in range(steps):
-                    t += max(profile.iteration(0.0, 0.0, 1, float(ctx)), 1e-9)
-                    iter_end.append(t)
-                    ctx += 1
-                iter_dec.extend([True] * steps)
-                D += steps
-                sum_ctx = ctx
-                kv_tokens += steps
-                continue
+        if decoding and not prefilling and not static and heap:
+            # Fast-forward: while nothing can join (no free seat, or nothing waiting until the next arrival), each
+            # iteration is a plain decode step of the same batch. Run them here, up to (not including) the step
+            # in which the next sequence finishes, and stop where the loop below would act differently: a KV
+            # overflow, an arrival that could be admitted, or the over-capacity limits.
+            nd = len(decoding)
+            seats = max_seqs - nd
+            if seats <= 0 or not waiting:
+                steps = heap[0][0] - D - 1
+                room = cap - kv_tokens - nd - nd * slack      # KV check before each step: room ≥ j·nd
+                if room < 0:
+                    steps = 0
+                elif nd:
+                    steps = min(steps, room // nd + 1)
+                if steps > 0:
+                    t_stop = max_sim
+                    if seats > 0 and arrive_q:
+                        t_stop = arrive_q[0][0]               # it could be admitted: stop once it has arrived
+                    elif arrive_q and len(arrive_q) > max_queue - len(waiting):
+                        t_stop = min(t_stop, arrive_q[max(max_queue - len(waiting), 0)][0])   # over capacity
+                    k = 0
+                    while k < steps:
+                        t += max(iteration(0.0, 0.0, nd, float(sum_ctx)), 1e-9)
+                        iter_end.append(t)
+                        sum_ctx += nd
+                        k += 1
+                        if t >= t_stop:
+                            break
+                    iter_dec.extend([True] * k)
+                    D += k
+                    kv_tokens += k * nd
+                    continue
         # ---- build the batch ---------------------------------------------------------------------------------
-        admit = (not cfg.static) or static_open
+        admit = (not static) or static_open
         want_prefill = bool(prefilling) or (bool(waiting) and admit)
-        decode_now = bool(decoding) and (cfg.chunked_prefill or not want_prefill)
+        decode_now = bool(decoding) and (chunked or not want_prefill)
         if decode_now:
-            make_room()
+            nd = len(decoding)
+            if kv_tokens + nd + (nd + len(prefilling)) * slack > cap:   # a decode step would overflow KV
+                kv_tokens, sum_ctx, k = _preempt(reqs, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
+                                                 sum_ctx, cap, slack)
+                preemptions += k
             decode_now = bool(decoding)
         batch = len(decoding) if decode_now else 0
         tokens_left = budget - batch
         chunks: list[tuple[int, int]] = []
         joined: list[int] = []
-        if not decode_now or cfg.chunked_prefill:
+        if not decode_now or chunked:
             for i in prefilling:
                 if tokens_left <= 0:
                     break
                 r = reqs[i]
                 take = r.prompt - r.prefilled
-                if cfg.chunked_prefill:
+                if chunked:
                     take = min(take, tokens_left)
                 elif take > tokens_left and chunks:
                     break
@@ -240,8 +222,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 r = reqs[waiting[0]]
                 if kv_tokens + r.prompt + grow + (len(decoding) + len(prefilling) + 1) * slack > cap:   # kv_ok
                     break
-                take = min(r.prompt, tokens_left) if cfg.chunked_prefill else r.prompt
-                if not cfg.chunked_prefill and take > tokens_left and chunks:
+                take = min(r.prompt, tokens_left) if chunked else r.prompt
+                if not chunked and take > tokens_left and chunks:
                     break
                 waiting.popleft()
                 order += 1
@@ -252,7 +234,12 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     kv_tokens += r.n_in + 1
                     if r.n_out <= 1:
                         kv_tokens -= r.n_in + 1
-                        finish(r.idx, t)
+                        reqs[r.idx].end = t
+                        done += 1
+                        if closed and pending:
+                            nxt = pending.popleft()
+                            reqs[nxt].arrival = t
+                            arrive_q.append((t, nxt))
                         continue
                     joined.append(r.idx)   # joins the running batch after this iteration
                     continue
@@ -260,13 +247,23 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 prefilling.append(r.idx)
                 chunks.append((r.idx, take))
                 tokens_left -= take
-            if cfg.static and chunks:
+            if static and chunks:
                 static_open = False
         if joined and not chunks and not decode_now:
-            join(joined, len(iter_end))  # nothing to run yet: they decode from the next iteration
+            for i in joined:
+                r = reqs[i]
+                decoding.add(i)
+                sum_ctx += r.n_in + 1
+                r.d_start, r.g_start, r.start_iter = D, 1, len(iter_end)
+                r.target = D + (r.n_out - 1)
+                heappush(heap, (r.target, i))
             continue
         if not chunks and not decode_now:
-            make_room()
+            nd = len(decoding)
+            if kv_tokens + nd + (nd + len(prefilling)) * slack > cap:
+                kv_tokens, sum_ctx, k = _preempt(reqs, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
+                                                 sum_ctx, cap, slack)
+                preemptions += k
             if decoding:
                 decode_now, batch = True, len(decoding)
             elif not prefilling:
@@ -278,7 +275,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
         for i, c in chunks:
             sum_n += c
             sum_n2 += c * (2 * reqs[i].prefilled + c)   # each chunk attends to its prefix
-        dt = profile.iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
+        dt = iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
         t += max(dt, 1e-9)
         it = len(iter_end)
         iter_end.append(t)
@@ -289,7 +286,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             sum_ctx += batch
             kv_tokens += batch
             while heap and heap[0][0] <= D:
-                target, i = heapq.heappop(heap)
+                target, i = heappop(heap)
                 r = reqs[i]
                 if i not in decoding or r.target != target:
                     continue                      # stale entry of a preempted sequence
@@ -298,9 +295,20 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 kv_tokens -= r.n_in + r.n_out
                 r.generated = r.n_out
                 r.segments.append((r.start_iter, it))
-                finish(i, t)
+                reqs[i].end = t
+                done += 1
+                if closed and pending:
+                    nxt = pending.popleft()
+                    reqs[nxt].arrival = t
+                    arrive_q.append((t, nxt))
         if joined:
-            join(joined, it + 1)
+            for i in joined:
+                r = reqs[i]
+                decoding.add(i)
+                sum_ctx += r.n_in + 1
+                r.d_start, r.g_start, r.start_iter = D, 1, it + 1
+                r.target = D + (r.n_out - 1)
+                heappush(heap, (r.target, i))
         for i, c in chunks:
             r = reqs[i]
             r.prefilled += c
@@ -315,16 +323,42 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             kv_tokens += r.n_in + r.generated - r.prompt
             if r.generated >= r.n_out:
                 kv_tokens -= r.n_in + r.generated
-                finish(i, t)
+                reqs[i].end = t
+                done += 1
+                if closed and pending:
+                    nxt = pending.popleft()
+                    reqs[nxt].arrival = t
+                    arrive_q.append((t, nxt))
                 continue
             decoding.add(i)
             sum_ctx += r.n_in + r.generated
             r.d_start, r.g_start, r.start_iter = D, r.generated, it + 1
             r.target = D + (r.n_out - r.generated)
-            heapq.heappush(heap, (r.target, i))
-        if cfg.static and not static_open and not prefilling and not decoding:
+            heappush(heap, (r.target, i))
+        if static and not static_open and not prefilling and not decoding:
             static_open = True
     return SimResult(reqs, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes)
+
+
+def _preempt(reqs: list[Req], decoding: set[int], prefilling: list[int], waiting: deque[int], n_iter: int, D: int,
+             kv_tokens: int, sum_ctx: int, cap: int, slack: int) -> tuple[int, int, int]:
+    """Before a decode step (each decoding sequence grows by one token): preempt LIFO until KV fits, as vLLM's
+    recompute preemption; returns (KV tokens held, Σctx, sequences preempted)."""
+    k = 0
+    while decoding and kv_tokens + len(decoding) + (len(decoding) + len(prefilling)) * slack > cap:
+        v = max(decoding, key=lambda i: reqs[i].order)
+        r = reqs[v]
+        g = r.g_start + (D - r.d_start)          # tokens generated so far
+        decoding.discard(v)
+        sum_ctx -= r.n_in + g
+        kv_tokens -= r.n_in + g
+        r.segments.append((r.start_iter, n_iter - 1))
+        r.generated = g
+        r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
+        r.preemptions += 1
+        k += 1
+        waiting.appendleft(v)
+    return kv_tokens, sum_ctx, k
 
 
 def token_times(res: SimResult, r: Req) -> list[float]:
