@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..metrics import PERCENTILES, RunContext, check_validity, quantile_ci
+from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci
 from ..records import RequestRecord
 from .replica import SimResult, token_times
 
@@ -437,8 +437,15 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
     client = {"cpu_s": ctx.client_cpu_s, "wall_s": ctx.wall_s,
               "cpu_fraction": ctx.client_cpu_s / ctx.wall_s if ctx.client_cpu_s is not None and ctx.wall_s else None,
               "max_in_flight": _max_in_flight(c.sched[c.served], c.end[c.served]), "target_rate": ctx.target_rate,
-              "scheduled_rate": _rate(sends), "achieved_send_rate": _rate(sends)}
-    valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, total_in_win, span_s, ctx, slo_block)
+              "scheduled_rate": _rate(sends), "achieved_send_rate": _rate(sends),
+              "loop_lag_ms": describe(ctx.loop_lag_ms or []) if ctx.loop_lag_ms is not None else None,
+              "host": ctx.host}
+    # metrics.buffered: ≥ 4 tokens, yet one chunk or chunks closer than BUFFERED_NS_PER_TOKEN per token
+    four = ntok >= 4
+    buf = four & ((ntok <= 1) | ((c.last[ok] - c.first[ok]) < BUFFERED_NS_PER_TOKEN * (ntok - 1)))
+    streams = {"buffered": int(buf.sum()), "eligible": int(four.sum())}
+    valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, total_in_win, span_s, ctx, slo_block,
+                                              streams)
     summary: dict[str, Any] = {
         "completed": len(ok), "failed": failed, "duration": span_s, "max_concurrency": ctx.concurrency,
         "request_rate": ctx.target_rate if ctx.target_rate is not None else "inf", "burstiness": ctx.burstiness,
@@ -457,7 +464,7 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
     summary["phasebench"] = {
         "scenario": ctx.scenario, "valid": valid, "partial": ctx.partial, "reasons": reasons, "warnings": warnings,
         "window_ns": [w0, w1], "metrics": m, "slo": slo_block, "errors": dict(errors), "client": client,
-        "tokens": {"usage_minus_client": describe([]), "length_mismatch": length_mismatch,
+        "streams": streams, "tokens": {"usage_minus_client": describe([]), "length_mismatch": length_mismatch,
                    "output_tokens_source": {"simulated": len(ok)} if len(ok) else {}},
         "server_timing": {"prompt_ms": describe([]), "tpot_ms": describe([])},
     }
