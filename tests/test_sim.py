@@ -102,7 +102,8 @@ def test_simulated_run_folder_is_a_run_like_any_other(server, tmp_path, monkeypa
     assert back.manifest["simulated"] and all(r.simulated for r in back.records)
     assert back.summary["completed"] == 300 and back.summary["median_tpot_ms"] > 0
     cost = back.summary["phasebench"]["cost"]
-    assert cost["usd_per_1m_output_tokens"] == pytest.approx(2.99 / 3600 / back.summary["output_throughput"] * 1e6)
+    assert cost["usd_per_1m_output_tokens_all_in"] == pytest.approx(2.99 / 3600 / back.summary["output_throughput"] * 1e6)
+    assert cost["usd_per_1m_tokens"] == pytest.approx(2.99 / 3600 / back.summary["total_token_throughput"] * 1e6)
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "show", str(tmp_path / "sim")], capture_output=True,
                        text=True, env={**ENV, "PHASEBENCH_DB": str(db)}, timeout=60)
     assert p.returncode == 0 and "simulated" in p.stdout
@@ -176,9 +177,12 @@ def test_cost_of_a_measured_run(server, tmp_path):
     r = run(spec(server, tmp_path, requests=6, hardware="h100-sxm", devices=2, slo="ttft=5000,tpot=500"))
     c = r.summary["phasebench"]["cost"]
     out_tps = r.summary["output_throughput"]
-    assert c["usd_per_1m_output_tokens"] == pytest.approx(2.99 * 2 / 3600 / out_tps * 1e6)
+    assert c["usd_per_1m_output_tokens_all_in"] == pytest.approx(2.99 * 2 / 3600 / out_tps * 1e6)
     assert c["output_tokens_per_usd"] == pytest.approx(out_tps / (2.99 * 2 / 3600))
-    assert c["output_tokens_per_joule"] == pytest.approx(out_tps / (700 * 2 * 1.0))  # utilisation unknown: TDP
+    # energy: no roofline block on a mock-server run, so utilisation is the busy fraction from Little's law
+    busy = min(r.summary["request_throughput"] * r.summary["mean_e2el_ms"] / 1e3, 1.0)
+    assert c["utilisation"] == pytest.approx(busy)
+    assert c["output_tokens_per_joule"] == pytest.approx(out_tps / (2 * (210 + (700 - 210) * busy)))
     assert c["usd_per_1m_output_tokens_at_slo"] >= c["usd_per_1m_output_tokens"] * 0.99
     assert cost_block(None, 1, r.summary) is None
     local_price = cost_block("h100-sxm", 1, r.summary, price_per_hour=1.0)
@@ -199,3 +203,75 @@ def test_simulate_and_disagg_commands(tmp_path):
     d = json.loads(p.stdout)
     assert d["point"]["disaggregated"]["tpot_ms"] < d["point"]["colocated"]["tpot_ms"]   # Groq decodes faster
     assert set(d["simulated"]) == {"colocated", "disaggregated"}
+
+
+def _same(a, b, path=""):  # noqa: ANN001
+    """Equal summaries: the same keys and types, floats to 1e-9 (summation order differs)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), (path, set(a) ^ set(b))
+        for k in a:
+            _same(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert isinstance(b, float) and b == pytest.approx(a, rel=1e-9, abs=1e-9), (path, a, b)
+    else:
+        assert a == b and type(a) is type(b), (path, a, b)
+
+
+def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
+    """sim/columns.py computes summary.json from arrays and writes requests.jsonl without asdict: the same
+    summary as metrics.summarize on the records, and records read_records reads back field for field."""
+    from dataclasses import asdict
+
+    from phasebench.metrics import RunContext, summarize
+    from phasebench.records import read_records
+    from phasebench.sim.columns import concat, from_result, summarize_columns, to_records, write_jsonl
+    from phasebench.spec import SLO
+
+    prof = FittedProfile((0.01, 1e-5, 0.0), (0.005, 1e-7, 1e-4))
+    rng = np.random.default_rng(1)
+    arr = np.cumsum(rng.exponential(1 / 30, 400))
+    ins = [int(x) for x in rng.integers(10, 900, 400)]
+    outs = [int(x) for x in rng.integers(1, 60, 400)]
+    cases = {
+        "preemption": [simulate(np.zeros(40), [400] * 40, [300] * 40, prof, SchedulerConfig(max_seqs=64, kv_blocks=400))],
+        "poisson": [simulate(arr, ins, outs, prof, SchedulerConfig(max_seqs=16))],
+        "two replicas": [simulate(arr[0::2], ins[0::2], outs[0::2], prof, SchedulerConfig()),
+                         simulate(arr[1::2], ins[1::2], outs[1::2], prof, SchedulerConfig())],
+        "over capacity": [simulate(np.cumsum(rng.exponential(1 / 3000, 3000)), [500] * 3000, [50] * 3000, prof,
+                                   SchedulerConfig(max_seqs=8, max_queue=100))],
+        "decode only": [simulate(arr, ins, outs, prof, SchedulerConfig(), decode_only=True)],
+        "no batching": [simulate(arr[:60], ins[:60], outs[:60], prof, SchedulerConfig(batching=False))],
+        "closed loop": [simulate(None, ins[:80], outs[:80], prof, SchedulerConfig(), closed_concurrency=4)],
+    }
+    slo = SLO(ttft_ms=500, tpot_ms=8, itl_ms=9)
+    for name, results in cases.items():
+        n = sum(len(r.reqs) for r in results)
+        cols = concat([from_result(r, list(range(k, n, len(results)))) for k, r in enumerate(results)])
+        recs = to_records(cols)
+        for r, res in zip(recs[:: len(results)], results[0].reqs):    # token times as token_times() gives them
+            if res.end >= 0:
+                assert r.chunk_ns == [int(round(x * 1e9)) for x in token_times(results[0], res)], name
+        for ctx in (RunContext("server", slo), RunContext("server", slo, warmup_s=0.5, cooldown_s=0.3)):
+            _same(summarize(recs, ctx), summarize_columns(cols, ctx), name)
+        write_jsonl(cols, tmp_path / "r.jsonl")
+        back = read_records(tmp_path / "r.jsonl")
+        assert back.skipped == 0
+        strip = lambda r: {k: v for k, v in asdict(r).items() if k != "request_id"}  # noqa: E731
+        assert [strip(r) for r in back.records] == [strip(r) for r in recs], name
+        assert [type(v) for v in asdict(back.records[0]).values()] == [type(v) for v in asdict(recs[0]).values()]
+    assert len(cases["preemption"][0].reqs) and any(r.preemptions for r in cases["preemption"][0].reqs)
+
+
+def test_summary_only_mode_writes_no_records(tmp_path, monkeypatch):
+    monkeypatch.setenv("PHASEBENCH_DB", "off")
+    s = RunSpec(url="http://sim.invalid/v1", scenario="server", rate=[20], requests=200, input_tokens=128,
+                output_tokens=32, out=tmp_path / "s", hardware="h100-sxm")
+    setup = Setup(load_model("llama-3-8b"), load_hardware("h100-sxm"))
+    r = simulate_run(s, AnalyticProfile(setup), SchedulerConfig(), summary_only=True)
+    assert not (tmp_path / "s" / "requests.jsonl").exists() and not r.records
+    assert (tmp_path / "s" / "summary.json").exists() and r.summary["completed"] == 200
+    assert r.manifest["simulation"]["summary_only"]

@@ -19,6 +19,7 @@ profile_app = typer.Typer(no_args_is_help=True, help="Phase profiles: iteration 
 def register(app: typer.Typer) -> None:
     app.command()(simulate)
     app.command()(disagg)
+    app.command()(study)
     app.add_typer(profile_app, name="profile")
 
 
@@ -30,28 +31,9 @@ def _setup(model: str, hardware: str, devices: int, precision: str, engine: Opti
 
 def _scheduler(setup, max_seqs: int, max_batched_tokens: int, chunked: bool, block_size: int,
                kv_blocks: Optional[int], static: bool):
-    from .model.phases import kv_heads_per_rank, predict
-    from .sim.replica import SchedulerConfig, blocks_for_memory
+    from .sim.run import scheduler_for
 
-    cfg = SchedulerConfig(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens, chunked_prefill=chunked,
-                          block_size=block_size, static=static)
-    if setup is not None:
-        setup = setup.resolved()
-        cfg.batching = setup.hardware.batching
-        if kv_blocks is None:
-            p = predict(setup, 1, 1, 1)
-            if not p.fits:
-                raise ModelError(f"{setup.model.name} does not fit on {setup.devices}× {setup.hardware.key}")
-            free = (p.memory.capacity - p.memory.per_device_weights) * setup.devices
-            if setup.hardware.kind == "sram-dataflow" and setup.hardware.memory_gb * 1000 <= setup.hardware.sram_mb:
-                free = setup.hardware.sram_mb * 1e6 * setup.devices - p.memory.weights_bytes  # SRAM left after weights
-            # KV bytes per token across the replica: each TP rank holds its heads (copies when tp > n_kv)
-            replication = kv_heads_per_rank(setup.model, setup.tp) * setup.tp / setup.model.kv_heads
-            cfg.kv_blocks = blocks_for_memory(free, setup.model.kv_bytes_per_token(setup.precision.kv) * replication,
-                                              block_size)
-    if kv_blocks is not None:
-        cfg.kv_blocks = kv_blocks
-    return cfg
+    return scheduler_for(setup, max_seqs, max_batched_tokens, chunked, block_size, kv_blocks, static)
 
 
 def simulate(
@@ -83,22 +65,24 @@ def simulate(
     static_batching: bool = typer.Option(False, help="Static batching (the baseline continuous batching beats)."),
     block_size: int = typer.Option(16, help="KV block size (tokens)."),
     kv_blocks: Optional[int] = typer.Option(None, help="KV blocks (default: what the device memory leaves)."),
+    summary_only: bool = typer.Option(False, "--summary-only",
+                                      help="Write manifest and summary only (no requests.jsonl): the fast mode."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
 ) -> None:
     """Simulate serving (continuous batching, KV cache, preemption) and write the same run folder as `run`."""
     import datetime as dt
 
     from .cli import _print
-    from .sim.profile import AnalyticProfile, FittedProfile
+    from .sim.profile import FittedProfile
     from .sim.replica import NeverFits
-    from .sim.run import simulate_run
+    from .sim.run import analytic_profile, simulate_run
     from .spec import build_spec
 
     try:
         if profile is None and not (model and hardware):
             fail("give --model and --hardware, or --profile")
         setup = _setup(model, hardware, devices, precision, engine) if model and hardware else None
-        prof = FittedProfile.load(profile) if profile else AnalyticProfile(setup)
+        prof = FittedProfile.load(profile) if profile else analytic_profile(setup, engine)
         cfg = _scheduler(setup, max_seqs, max_batched_tokens, chunked_prefill, block_size, kv_blocks, static_batching)
         spec = build_spec(None, url="http://simulated.invalid/v1", scenario=scenario,
                           concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else None,
@@ -106,7 +90,7 @@ def simulate(
                           output_tokens=output_tokens, preset=preset, slo=slo, seed=seed, warmup=warmup, cooldown=cooldown,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
-        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace)
+        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only)
     except (ModelError, SpecError, NeverFits, FileExistsError, ValueError) as e:
         fail(str(e))
     _print(result, json_out)
@@ -163,6 +147,12 @@ def disagg(
     slo: str = typer.Option("ttft=2000,tpot=100", help="SLO for goodput and the pool ratio."),
     sweep_inputs: str = typer.Option("128,512,2048,8192", help="Input lengths of the break-even sweep."),
     sweep_gbps: str = typer.Option("1.25,12.5,50,450", help="Link bandwidths (GB/s) of the sweep."),
+    engine: Optional[str] = typer.Option(None, help="Engine efficiency profile on both sides."),
+    gain: bool = typer.Option(True, "--gain/--no-gain",
+                              help="Simulate the gain under Poisson load over bandwidth × input length and request rate."),
+    gain_requests: int = typer.Option(100, help="Requests per simulation of the gain table."),
+    gain_load: float = typer.Option(0.8, help="Load of the bandwidth × input grid, as a fraction of the analytic capacity."),
+    gain_out: Optional[Path] = typer.Option(None, "--gain-out", help="Folder for gain.json, gain.csv and the gain plots."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Colocated vs prefill/decode disaggregated serving, across platforms and networks; break-even bandwidth."""
@@ -176,11 +166,11 @@ def disagg(
 
     try:
         link = D.parse_network(network)
-        ps = _setup(model, prefill, prefill_devices, precision)
-        ds = _setup(model, decode, decode_devices, precision)
+        ps = _setup(model, prefill, prefill_devices, precision, engine)
+        ds = _setup(model, decode, decode_devices, precision, engine)
         if decode_kv:
             ds = replace(ds, precision=Precision(ds.precision.weights, ds.precision.activations, decode_kv))
-        cs = _setup(model, colocated or prefill, prefill_devices, precision)
+        cs = _setup(model, colocated or prefill, prefill_devices, precision, engine)
         point = D.analytic_point(ps, ds, cs, link, input_tokens, output_tokens, overlap=overlap)
         inputs = [int(x) for x in sweep_inputs.split(",") if x.strip()]
         bws = [float(x) for x in sweep_gbps.split(",") if x.strip()]
@@ -198,10 +188,28 @@ def disagg(
             sims = D.side_by_side(spec, ps, ds, cs, link, prefill_replicas, decode_replicas,
                                   prefill_replicas + decode_replicas,
                                   lambda st: _scheduler(st, 256, 8192, True, 16, None, False), overlap)
-    except (ModelError, SpecError, NeverFits, ValueError) as e:
+        table = None
+        if gain:
+            from .sim.gain import GainStudy
+            from .sim.run import analytic_profile, scheduler_for
+
+            if gain_requests < 10:
+                raise ModelError("--gain-requests must be ≥ 10")
+            gs = GainStudy(lambda st: analytic_profile(st, engine), scheduler_for, s, output_tokens=output_tokens,
+                           requests=gain_requests, prefill_replicas=prefill_replicas, decode_replicas=decode_replicas,
+                           overlap=overlap)
+            table = gs.table(ps, ds, inputs, bws, load=gain_load, ref_input=input_tokens, latency_s=link.latency_s)
+        files = []
+        if table is not None and gain_out is not None:
+            from .report.study import write_gain
+
+            files = write_gain(table, gain_out)
+    except (ModelError, SpecError, NeverFits, ValueError, OSError) as e:
         fail(str(e))
     if json_out:
         d = {"point": point.to_dict(), "sweep": grid, "pool_ratio": ratio, "network": link.__dict__}
+        if table is not None:
+            d["gain"] = table.to_dict()
         if sims:
             d["simulated"] = {k: {kk: v.get(kk) for kk in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
                                                              "p99_tpot_ms", "median_e2el_ms", "request_goodput",
@@ -209,3 +217,60 @@ def disagg(
         out.print_json(json.dumps(d, default=str))
         return
     print_disagg(model, ps, ds, cs, link, point, grid, ratio, sims, out)
+    if table is not None:
+        from .report.study import print_gain
+
+        print_gain(table, out)
+    for f in files:
+        out.print(f"wrote {escape(str(f))}")
+
+
+def study(
+    model: str = typer.Option("llama-2-7b", help="Catalog model."),
+    platforms: str = typer.Option(",".join(("a100-80gb-sxm", "h100-sxm", "mi300x", "gaudi2", "groq-rack", "inferentia2",
+                                            "local")),
+                                  help="Comma-separated hardware; 'local' is skipped when no local record exists "
+                                       "(unless named explicitly)."),
+    engine: Optional[str] = typer.Option(None, help="Engine efficiency profile (default: the model's default)."),
+    precision: str = typer.Option("fp16", help="Weights precision."),
+    input_tokens: int = typer.Option(512, help="Reference input length (decode curves, winners)."),
+    output_tokens: int = typer.Option(128, help="Output tokens."),
+    slo: str = typer.Option("ttft=1000,tpot=50", help="SLO for goodput, cost at the SLO and peak decode throughput."),
+    pairs: Optional[str] = typer.Option(None, help="Prefill:decode pairs to simulate, e.g. 'h100-sxm:groq-rack' "
+                                                    "(default: every ordered pair of distinct platforms)."),
+    requests: int = typer.Option(60, help="Requests per simulation of the disaggregation gain (bounds the time)."),
+    runs: Optional[Path] = typer.Option(None, "--runs", help="A plan run folder with the local platform's measured points "
+                                                             "(default: the results database's latest plan)."),
+    out_dir: Path = typer.Option(..., "--out", help="Folder for study.html, study.md, PNGs, CSVs and study.json."),
+) -> None:
+    """The phase-aware cross-platform study: prefill and decode per platform, winners per chip/watt/dollar,
+    the crossover batch, and the disaggregation gain under load for every platform pair (all predicted)."""
+    import time
+
+    from .report.study import print_study, write_study
+    from .sim.replica import NeverFits
+    from .spec import parse_slo
+    from .study import DEFAULT_PLATFORMS, run_study
+
+    t0 = time.perf_counter()
+    try:
+        names = [p.strip() for p in platforms.split(",") if p.strip()]
+        explicit = names != list(DEFAULT_PLATFORMS)
+        pair_list = None
+        if pairs:
+            pair_list = []
+            for item in pairs.split(","):
+                a, sep, b = item.strip().partition(":")
+                if not sep or not a or not b:
+                    raise ModelError(f"--pairs item {item!r}: write prefill:decode, e.g. h100-sxm:groq-rack")
+                pair_list.append((a, b))
+        if requests < 10:
+            raise ModelError("--requests must be ≥ 10")
+        st = run_study(model, names if explicit else None, engine=engine, precision=precision, input_len=input_tokens,
+                       output_len=output_tokens, slo=parse_slo(slo), runs_dir=runs, pairs=pair_list, requests=requests)
+        files = write_study(st, out_dir)
+    except (ModelError, SpecError, NeverFits, ValueError, OSError) as e:
+        fail(str(e))
+    print_study(st, out)
+    out.print(f"wrote {escape(str(out_dir / 'study.html'))}, study.md and {len(files) - 2} more files "
+              f"in {time.perf_counter() - t0:.1f} s")

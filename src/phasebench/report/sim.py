@@ -35,14 +35,16 @@ def print_disagg(model: str, ps, ds, cs, link, point, grid: list[dict], ratio: d
     console.print("break-even bandwidth for E2E: " + (f"{be:,.2f} GB/s" if be else "none: disaggregation does not shorten E2E"))
     if sims:
         t = Table(title="Simulated under load (Poisson)", title_justify="left")
-        for col in ("", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "E2E p50 ms", "goodput req/s", "out tok/s", "$/1M out"):
+        for col in ("", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "E2E p50 ms", "goodput req/s", "out tok/s", "$/1M tok", "$/1M tok at SLO"):
             t.add_column(col, justify="right")
         for name, s in sims.items():
-            cost = ((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_output_tokens")
+            cb = (s.get("phasebench") or {}).get("cost") or {}
+            cost, cost_slo = cb.get("usd_per_1m_tokens"), cb.get("usd_per_1m_tokens_at_slo")
             over = " [red](over capacity)[/]" if (s.get("phasebench") or {}).get("over_capacity") else ""
             t.add_row(name + over, f"{_n(s.get('median_ttft_ms'))}/{_n(s.get('p99_ttft_ms'))}",
                       f"{_n(s.get('median_tpot_ms'), 2)}/{_n(s.get('p99_tpot_ms'), 2)}", _n(s.get("median_e2el_ms")),
-                      _n(s.get("request_goodput"), 2), _n(s.get("output_throughput")), _n(cost, 2))
+                      _n(s.get("request_goodput"), 2), _n(s.get("output_throughput")), _n(cost, 3),
+                      _n(cost_slo, 3) if cost is not None or not cb.get("note") else escape(cb["note"]))
         console.print(t)
     t = Table(title="Where disaggregation wins (E2E / TTFT) by input length and link bandwidth", title_justify="left")
     t.add_column("input tokens", justify="right")

@@ -23,14 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics import RunContext, summarize
+from ..metrics import RunContext
 from ..model.errors import ModelError
 from ..model.phases import Setup, predict
 from ..records import RequestRecord
 from ..spec import RunSpec
+from .columns import Columns, concat, from_result, summarize_columns, to_records, unserved
 from .profile import AnalyticProfile, Profile
-from .replica import SchedulerConfig, simulate, token_times
-from .run import _requests, records_from
+from .replica import SchedulerConfig, simulate
+from .run import _requests
 
 
 @dataclass(frozen=True)
@@ -179,57 +180,120 @@ def _split(n: int, k: int) -> list[list[int]]:
     return [list(range(i, n, k)) for i in range(k)]
 
 
+def serve_colocated(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: np.ndarray, outs: np.ndarray,
+                    replicas: int) -> tuple[Columns, bool]:
+    """The workload on ``replicas`` colocated replicas (round-robin); (columns, over capacity)."""
+    parts, over = [], False
+    for idx in _split(len(ins), replicas):
+        if not idx:
+            continue
+        res = simulate(arr[idx], ins[idx], outs[idx], profile, cfg)
+        over |= res.over_capacity
+        parts.append(from_result(res, idx))
+    return concat(parts), over
+
+
+def prefill_pool(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: np.ndarray, replicas: int
+                 ) -> tuple[np.ndarray, bool, list[str]]:
+    """When each request's prefill ends on the prefill pool (NaN: not served)."""
+    first = np.full(len(ins), np.nan)
+    over, notes = False, []
+    for idx in _split(len(ins), replicas):
+        if not idx:
+            continue
+        res = simulate(arr[idx], ins[idx], np.ones(len(idx), dtype=np.int64), profile, cfg)
+        over |= res.over_capacity
+        notes += res.notes
+        f = np.fromiter((r.first_token for r in res.reqs), np.float64, len(idx))
+        first[idx] = np.where(f >= 0, f, np.nan)
+    return first, over, notes
+
+
+def decode_pool(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: np.ndarray, outs: np.ndarray,
+                ready: np.ndarray, replicas: int) -> tuple[Columns, bool, list[str]]:
+    """Decode-only replicas take each request when its KV cache has arrived (``ready``; NaN: never)."""
+    ok_ids = np.flatnonzero(~np.isnan(ready))
+    parts, over, notes = [], False, []
+    dcfg = replace(cfg, chunked_prefill=True)
+    for sub in _split(len(ok_ids), replicas):
+        ids = ok_ids[sub]
+        if not len(ids):
+            continue
+        res = simulate(ready[ids], ins[ids], outs[ids], profile, dcfg, decode_only=True)
+        over |= res.over_capacity
+        notes += res.notes
+        parts.append(from_result(res, ids, first_s=ready[ids], sched_s=arr[ids]))
+    lost = np.flatnonzero(np.isnan(ready))
+    if len(lost):
+        parts.append(unserved(lost, arr[lost], ins[lost], outs[lost], "not served (over capacity)"))
+    return concat(parts), over, notes
+
+
+def ready_times(first: np.ndarray, arr: np.ndarray, kv: np.ndarray, link: Link, layers: int, overlap: bool) -> np.ndarray:
+    """When the decode side holds each request's KV cache: prefill end + exposed transfer (vectorised
+    :func:`transfer_s`)."""
+    t = link.latency_s + kv / link.bandwidth
+    if overlap and layers > 1:
+        pf = first - arr
+        t = np.maximum(t - pf * (layers - 1) / layers, t / layers)
+    return first + t
+
+
+def simulate_disagg_columns(arr: np.ndarray, ins: np.ndarray, outs: np.ndarray, prefill: Setup, decode: Setup,
+                            link: Link, prefill_replicas: int, decode_replicas: int,
+                            cfg_for: Callable[[Setup], SchedulerConfig], overlap: bool = False,
+                            prefill_profile: Profile | None = None, decode_profile: Profile | None = None,
+                            first: np.ndarray | None = None) -> tuple[Columns, dict[str, Any]]:
+    """The workload on the two pools, as columns. ``first``: prefill end times already simulated (they do not
+    depend on the link, so a bandwidth sweep simulates the prefill pool once)."""
+    over, notes = False, []
+    if first is None:
+        first, over, notes = prefill_pool(prefill_profile or AnalyticProfile(prefill), cfg_for(prefill), arr, ins,
+                                          prefill_replicas)
+    kv = np.array([kv_bytes(decode, int(n)) for n in ins]) if len(set(ins.tolist())) > 1 else \
+        np.full(len(ins), kv_bytes(decode, int(ins[0])) if len(ins) else 0.0)
+    ready = ready_times(first, arr, kv, link, prefill.model.layers, overlap)
+    cols, o2, n2 = decode_pool(decode_profile or AnalyticProfile(decode), cfg_for(decode), arr, ins, outs, ready,
+                               decode_replicas)
+    return cols, {"over_capacity": over or o2, "notes": notes + n2}
+
+
 def simulate_disagg(spec: RunSpec, prefill: Setup, decode: Setup, link: Link, prefill_replicas: int,
                     decode_replicas: int, cfg_for: Callable[[Setup], SchedulerConfig], overlap: bool = False,
                     prefill_profile: Profile | None = None, decode_profile: Profile | None = None
                     ) -> tuple[list[RequestRecord], dict[str, Any]]:
     """Serve the spec's workload on the two pools; returns the per-request records (as a measured run's)."""
-    arr, ins, outs, conc, _ = _requests(spec, None)
+    arr, ins, outs, _, _ = _requests(spec, None)
     if arr is None:
         raise ModelError("disaggregation is simulated for open-loop scenarios (server or offline)")
-    n = len(ins)
-    pprof = prefill_profile or AnalyticProfile(prefill)
-    dprof = decode_profile or AnalyticProfile(decode)
-    first = np.zeros(n)
-    notes, over = [], False
-    for idx in _split(n, prefill_replicas):
-        if not idx:
-            continue
-        res = simulate(arr[idx], [ins[i] for i in idx], [1] * len(idx), pprof, cfg_for(prefill))
-        over |= res.over_capacity
-        notes += res.notes
-        for r, i in zip(res.reqs, idx):
-            first[i] = r.first_token if r.first_token >= 0 else np.nan
-    ready = np.empty(n)
-    for i in range(n):
-        pf = first[i] - arr[i]
-        ready[i] = first[i] + transfer_s(kv_bytes(decode, ins[i]), link, pf, prefill.model.layers, overlap)
-    recs: list[RequestRecord] = [None] * n  # type: ignore[list-item]
-    ok_ids = [i for i in range(n) if not np.isnan(ready[i])]
-    dcfg = replace(cfg_for(decode), chunked_prefill=True)
-    for idx in _split(len(ok_ids), decode_replicas):
-        ids = [ok_ids[j] for j in idx]
-        if not ids:
-            continue
-        res = simulate(ready[ids], [ins[i] for i in ids], [outs[i] for i in ids], dprof, dcfg, decode_only=True)
-        over |= res.over_capacity
-        notes += res.notes
-        for r, i, rec in zip(res.reqs, ids, records_from(res)):
-            rec.index = i
-            rec.scheduled_ns = rec.sent_ns = int(arr[i] * 1e9)
-            if rec.ok:
-                rest = [int(x * 1e9) for x in token_times(res, r)[1:]]
-                ns = [int(ready[i] * 1e9), *rest]
-                rec.chunk_ns, rec.chunk_tokens = ns, [1] * len(ns)
-                rec.first_token_ns = rec.first_byte_ns = rec.headers_ns = rec.first_answer_ns = ns[0]
-                rec.last_token_ns = ns[-1]
-            recs[i] = rec
-    for i in range(n):
-        if recs[i] is None:
-            recs[i] = RequestRecord(index=i, request_id=f"sim-{i}", scheduled_ns=int(arr[i] * 1e9),
-                                    sent_ns=int(arr[i] * 1e9), input_tokens=ins[i], error="not served (over capacity)",
-                                    error_type="cancelled", simulated=True)
-    return recs, {"over_capacity": over, "notes": notes}
+    cols, info = simulate_disagg_columns(np.asarray(arr, dtype=np.float64), np.asarray(ins), np.asarray(outs), prefill,
+                                         decode, link, prefill_replicas, decode_replicas, cfg_for, overlap,
+                                         prefill_profile, decode_profile)
+    return to_records(cols), info
+
+
+def deployment_cost(summary: dict[str, Any], pools: list[tuple[Setup, int]]) -> dict[str, Any] | None:
+    """The cost block of a deployment of one or more pools: their bills add (a pool without a price: none)."""
+    from ..cost import cost_block
+
+    blocks = [cost_block(st.hardware.key, st.devices * reps, summary) for st, reps in pools]
+    if len(blocks) == 1 or any(b is None for b in blocks):
+        return blocks[0] if len(blocks) == 1 else None
+    missing = [b["hardware"] for b in blocks if b.get("price_per_hour") is None]
+    out: dict[str, Any] = {"pools": blocks}
+    if missing:
+        out["note"] = f"no price for {', '.join(missing)}: the deployment has no dollar figure"
+        return out
+    for key in ("usd_per_1m_tokens", "usd_per_1m_tokens_at_slo", "usd_per_1m_input_tokens", "usd_per_1m_output_tokens",
+                "usd_per_1m_output_tokens_at_slo", "usd_per_1m_output_tokens_all_in"):
+        vals = [b.get(key) for b in blocks]
+        out[key] = sum(vals) if all(v is not None for v in vals) else None   # the same tokens, two bills
+    watts = [b.get("watts") for b in blocks]
+    if all(watts):
+        out["watts"] = sum(watts)
+        out_tps = summary.get("output_throughput") or 0.0
+        out["output_tokens_per_joule"] = out_tps / out["watts"] if out["watts"] else None
+    return out
 
 
 def side_by_side(spec: RunSpec, prefill: Setup, decode: Setup, colocated: Setup, link: Link, prefill_replicas: int,
@@ -237,30 +301,20 @@ def side_by_side(spec: RunSpec, prefill: Setup, decode: Setup, colocated: Setup,
                  overlap: bool = False
                  ) -> dict[str, dict[str, Any]]:
     """Summaries of the same workload served colocated and disaggregated (both simulated)."""
-    from ..cost import cost_block
-
     arr, ins, outs, _, rate = _requests(spec, None)
+    if arr is None:
+        raise ModelError("disaggregation is simulated for open-loop scenarios (server or offline)")
+    arr, ins, outs = np.asarray(arr, dtype=np.float64), np.asarray(ins), np.asarray(outs)
     ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, target_rate=rate)
-    out = {}
-    recs: list[RequestRecord] = []
-    cprof = AnalyticProfile(colocated)
-    over = False
-    for idx in _split(len(ins), colocated_replicas):
-        res = simulate(arr[idx], [ins[i] for i in idx], [outs[i] for i in idx], cprof, cfg_for(colocated))
-        over |= res.over_capacity
-        for rec, i in zip(records_from(res), idx):
-            rec.index = i
-            recs.append(rec)
-    s = summarize(sorted(recs, key=lambda r: r.index), ctx)
+    cols, over = serve_colocated(AnalyticProfile(colocated), cfg_for(colocated), arr, ins, outs, colocated_replicas)
+    s = summarize_columns(cols, ctx)
     s["phasebench"]["over_capacity"] = over
-    s["phasebench"]["cost"] = cost_block(colocated.hardware.key, colocated.devices * colocated_replicas, s)
-    out["colocated"] = s
-    drecs, info = simulate_disagg(spec, prefill, decode, link, prefill_replicas, decode_replicas, cfg_for, overlap)
-    s = summarize(drecs, ctx)
+    s["phasebench"]["cost"] = deployment_cost(s, [(colocated, colocated_replicas)])
+    out = {"colocated": s}
+    dcols, info = simulate_disagg_columns(arr, ins, outs, prefill, decode, link, prefill_replicas, decode_replicas,
+                                          cfg_for, overlap)
+    s = summarize_columns(dcols, ctx)
     s["phasebench"]["over_capacity"] = info["over_capacity"]
-    cp = cost_block(prefill.hardware.key, prefill.devices * prefill_replicas, s)
-    cd = cost_block(decode.hardware.key, decode.devices * decode_replicas, s)
-    if cp and cd and cp.get("usd_per_1m_output_tokens") and cd.get("usd_per_1m_output_tokens"):
-        s["phasebench"]["cost"] = {"usd_per_1m_output_tokens": cp["usd_per_1m_output_tokens"] + cd["usd_per_1m_output_tokens"]}
+    s["phasebench"]["cost"] = deployment_cost(s, [(prefill, prefill_replicas), (decode, decode_replicas)])
     out["disaggregated"] = s
     return out

@@ -51,7 +51,7 @@ class SchedulerConfig:
     max_sim_seconds: float = 86_400.0
 
 
-@dataclass
+@dataclass(slots=True)
 class Req:
     idx: int
     arrival: float
@@ -94,19 +94,27 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     n = len(n_in)
     bs = cfg.block_size
     cap = cfg.kv_blocks * bs            # KV capacity in tokens
-    for i in range(n):
-        if -(-(n_in[i] + n_out[i]) // bs) > cfg.kv_blocks:
+    slack = bs - 1                      # worst case: a partly filled last block per sequence
+    if n:
+        need = -(-(np.asarray(n_in, dtype=np.int64) + np.asarray(n_out, dtype=np.int64)) // bs)
+        bad = np.flatnonzero(need > cfg.kv_blocks)
+        if len(bad):
+            i = int(bad[0])
             raise NeverFits(f"request {i} needs {n_in[i] + n_out[i]} tokens of KV cache; the replica holds "
                             f"{cfg.kv_blocks} blocks ({cap} tokens): this workload can never fit")
-    reqs = [Req(i, 0.0, n_in[i], n_out[i], prompt=n_in[i]) for i in range(n)]
+    ins = np.asarray(n_in, dtype=np.int64).tolist()
+    outs = np.asarray(n_out, dtype=np.int64).tolist()
     pending: deque[int] = deque()
     if closed_concurrency:
+        reqs = [Req(i, 0.0, ins[i], outs[i], prompt=ins[i]) for i in range(n)]
         pending.extend(range(n))
         arrive_q = deque((0.0, pending.popleft()) for _ in range(min(closed_concurrency, n)))
     else:
-        for i, a in enumerate(arrivals):
-            reqs[i].arrival = float(a)
-        arrive_q = deque(sorted((reqs[i].arrival, i) for i in range(n)))
+        a = np.asarray(arrivals, dtype=np.float64)
+        al = a.tolist()
+        reqs = [Req(i, al[i], ins[i], outs[i], prompt=ins[i]) for i in range(n)]
+        order_ = np.argsort(a, kind="stable").tolist()          # = sorted((arrival, i))
+        arrive_q = deque(zip((al[i] for i in order_), order_))
     max_seqs = cfg.max_seqs if cfg.batching else 1
     budget = cfg.max_batched_tokens if cfg.batching else 1 << 40
 
@@ -127,54 +135,19 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     notes: list[str] = []
     static_open = True
 
-    def gen(r: Req) -> int:
-        return r.g_start + (D - r.d_start)
-
-    def kv_ok(extra_tokens: int, extra_seqs: int) -> bool:
-        seqs = len(decoding) + len(prefilling) + extra_seqs
-        return kv_tokens + extra_tokens + seqs * (bs - 1) <= cap   # worst-case partly filled last block each
-
-    def finish(i: int, now: float) -> None:
-        nonlocal done
-        reqs[i].end = now
-        done += 1
-        if closed_concurrency and pending:
-            nxt = pending.popleft()
-            reqs[nxt].arrival = now
-            arrive_q.append((now, nxt))
-
-    def join(ids: list[int], start_iter: int) -> None:
-        nonlocal sum_ctx
-        for i in ids:
-            r = reqs[i]
-            decoding.add(i)
-            sum_ctx += r.n_in + 1
-            r.d_start, r.g_start, r.start_iter = D, 1, start_iter
-            r.target = D + (r.n_out - 1)
-            heapq.heappush(heap, (r.target, i))
-
-    def make_room() -> None:
-        """Before a decode step (each decoding sequence grows by one token): preempt LIFO until KV fits."""
-        nonlocal sum_ctx, kv_tokens, preemptions
-        while decoding and not kv_ok(len(decoding), 0):
-            v = max(decoding, key=lambda i: reqs[i].order)
-            r = reqs[v]
-            g = gen(r)
-            decoding.discard(v)
-            sum_ctx -= r.n_in + g
-            kv_tokens -= r.n_in + g
-            r.segments.append((r.start_iter, len(iter_end) - 1))
-            r.generated = g
-            r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
-            r.preemptions += 1
-            preemptions += 1
-            waiting.appendleft(v)
+    closed = bool(closed_concurrency)
+    chunked = cfg.chunked_prefill
+    static = cfg.static
+    max_queue, max_sim = cfg.max_queue, cfg.max_sim_seconds
+    iteration = profile.iteration
+    heappush, heappop = heapq.heappush, heapq.heappop
+    # the loop below uses no closures: every name it touches stays a fast local
 
     while done < n:
         while arrive_q and arrive_q[0][0] <= t:
             waiting.append(arrive_q.popleft()[1])
         # unstable: the queue keeps growing while requests still arrive (an offline burst is not a backlog)
-        if (arrive_q and len(waiting) > cfg.max_queue) or t > cfg.max_sim_seconds:
+        if (arrive_q and len(waiting) > max_queue) or t > max_sim:
             over = True
             notes.append(f"stopped at t={t:.1f} s with {len(waiting)} requests waiting: the offered load exceeds "
                          "this replica's capacity (over capacity); lower the rate or add replicas")
@@ -184,36 +157,73 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 break
             t = arrive_q[0][0]
             continue
+        if decoding and not prefilling and not static and heap:
+            # Fast-forward: while nothing can join (no free seat, or nothing waiting until the next arrival), each
+            # iteration is a plain decode step of the same batch. Run them here, up to (not including) the step
+            # in which the next sequence finishes, and stop where the loop below would act differently: a KV
+            # overflow, an arrival that could be admitted, or the over-capacity limits.
+            nd = len(decoding)
+            seats = max_seqs - nd
+            if seats <= 0 or not waiting:
+                steps = heap[0][0] - D - 1
+                room = cap - kv_tokens - nd - nd * slack      # KV check before each step: room ≥ j·nd
+                if room < 0:
+                    steps = 0
+                elif nd:
+                    steps = min(steps, room // nd + 1)
+                if steps > 0:
+                    t_stop = max_sim
+                    if seats > 0 and arrive_q:
+                        t_stop = arrive_q[0][0]               # it could be admitted: stop once it has arrived
+                    elif arrive_q and len(arrive_q) > max_queue - len(waiting):
+                        t_stop = min(t_stop, arrive_q[max(max_queue - len(waiting), 0)][0])   # over capacity
+                    k = 0
+                    while k < steps:
+                        t += max(iteration(0.0, 0.0, nd, float(sum_ctx)), 1e-9)
+                        iter_end.append(t)
+                        sum_ctx += nd
+                        k += 1
+                        if t >= t_stop:
+                            break
+                    iter_dec.extend([True] * k)
+                    D += k
+                    kv_tokens += k * nd
+                    continue
         # ---- build the batch ---------------------------------------------------------------------------------
-        admit = (not cfg.static) or static_open
+        admit = (not static) or static_open
         want_prefill = bool(prefilling) or (bool(waiting) and admit)
-        decode_now = bool(decoding) and (cfg.chunked_prefill or not want_prefill)
+        decode_now = bool(decoding) and (chunked or not want_prefill)
         if decode_now:
-            make_room()
+            nd = len(decoding)
+            if kv_tokens + nd + (nd + len(prefilling)) * slack > cap:   # a decode step would overflow KV
+                kv_tokens, sum_ctx, k = _preempt(reqs, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
+                                                 sum_ctx, cap, slack)
+                preemptions += k
             decode_now = bool(decoding)
         batch = len(decoding) if decode_now else 0
         tokens_left = budget - batch
         chunks: list[tuple[int, int]] = []
         joined: list[int] = []
-        if not decode_now or cfg.chunked_prefill:
+        if not decode_now or chunked:
             for i in prefilling:
                 if tokens_left <= 0:
                     break
                 r = reqs[i]
                 take = r.prompt - r.prefilled
-                if cfg.chunked_prefill:
+                if chunked:
                     take = min(take, tokens_left)
                 elif take > tokens_left and chunks:
                     break
                 chunks.append((i, take))
                 tokens_left -= take
             seats = max_seqs - len(decoding) - len(prefilling)
+            grow = len(decoding) if decode_now else 0
             while admit and waiting and seats > 0 and tokens_left > 0:
                 r = reqs[waiting[0]]
-                if not kv_ok(r.prompt + (len(decoding) if decode_now else 0), 1):
+                if kv_tokens + r.prompt + grow + (len(decoding) + len(prefilling) + 1) * slack > cap:   # kv_ok
                     break
-                take = min(r.prompt, tokens_left) if cfg.chunked_prefill else r.prompt
-                if not cfg.chunked_prefill and take > tokens_left and chunks:
+                take = min(r.prompt, tokens_left) if chunked else r.prompt
+                if not chunked and take > tokens_left and chunks:
                     break
                 waiting.popleft()
                 order += 1
@@ -224,7 +234,12 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     kv_tokens += r.n_in + 1
                     if r.n_out <= 1:
                         kv_tokens -= r.n_in + 1
-                        finish(r.idx, t)
+                        reqs[r.idx].end = t
+                        done += 1
+                        if closed and pending:
+                            nxt = pending.popleft()
+                            reqs[nxt].arrival = t
+                            arrive_q.append((t, nxt))
                         continue
                     joined.append(r.idx)   # joins the running batch after this iteration
                     continue
@@ -232,13 +247,23 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 prefilling.append(r.idx)
                 chunks.append((r.idx, take))
                 tokens_left -= take
-            if cfg.static and chunks:
+            if static and chunks:
                 static_open = False
         if joined and not chunks and not decode_now:
-            join(joined, len(iter_end))  # nothing to run yet: they decode from the next iteration
+            for i in joined:
+                r = reqs[i]
+                decoding.add(i)
+                sum_ctx += r.n_in + 1
+                r.d_start, r.g_start, r.start_iter = D, 1, len(iter_end)
+                r.target = D + (r.n_out - 1)
+                heappush(heap, (r.target, i))
             continue
         if not chunks and not decode_now:
-            make_room()
+            nd = len(decoding)
+            if kv_tokens + nd + (nd + len(prefilling)) * slack > cap:
+                kv_tokens, sum_ctx, k = _preempt(reqs, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
+                                                 sum_ctx, cap, slack)
+                preemptions += k
             if decoding:
                 decode_now, batch = True, len(decoding)
             elif not prefilling:
@@ -246,9 +271,11 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     t = max(t, arrive_q[0][0])
                     continue
                 raise NeverFits("waiting requests need more KV cache than the replica has")
-        sum_n = sum(c for _, c in chunks)
-        sum_n2 = sum(c * (2 * reqs[i].prefilled + c) for i, c in chunks)   # each chunk attends to its prefix
-        dt = profile.iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
+        sum_n = sum_n2 = 0
+        for i, c in chunks:
+            sum_n += c
+            sum_n2 += c * (2 * reqs[i].prefilled + c)   # each chunk attends to its prefix
+        dt = iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
         t += max(dt, 1e-9)
         it = len(iter_end)
         iter_end.append(t)
@@ -259,7 +286,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             sum_ctx += batch
             kv_tokens += batch
             while heap and heap[0][0] <= D:
-                target, i = heapq.heappop(heap)
+                target, i = heappop(heap)
                 r = reqs[i]
                 if i not in decoding or r.target != target:
                     continue                      # stale entry of a preempted sequence
@@ -268,8 +295,20 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 kv_tokens -= r.n_in + r.n_out
                 r.generated = r.n_out
                 r.segments.append((r.start_iter, it))
-                finish(i, t)
-        join(joined, it + 1)
+                reqs[i].end = t
+                done += 1
+                if closed and pending:
+                    nxt = pending.popleft()
+                    reqs[nxt].arrival = t
+                    arrive_q.append((t, nxt))
+        if joined:
+            for i in joined:
+                r = reqs[i]
+                decoding.add(i)
+                sum_ctx += r.n_in + 1
+                r.d_start, r.g_start, r.start_iter = D, 1, it + 1
+                r.target = D + (r.n_out - 1)
+                heappush(heap, (r.target, i))
         for i, c in chunks:
             r = reqs[i]
             r.prefilled += c
@@ -284,16 +323,42 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             kv_tokens += r.n_in + r.generated - r.prompt
             if r.generated >= r.n_out:
                 kv_tokens -= r.n_in + r.generated
-                finish(i, t)
+                reqs[i].end = t
+                done += 1
+                if closed and pending:
+                    nxt = pending.popleft()
+                    reqs[nxt].arrival = t
+                    arrive_q.append((t, nxt))
                 continue
             decoding.add(i)
             sum_ctx += r.n_in + r.generated
             r.d_start, r.g_start, r.start_iter = D, r.generated, it + 1
             r.target = D + (r.n_out - r.generated)
-            heapq.heappush(heap, (r.target, i))
-        if cfg.static and not static_open and not prefilling and not decoding:
+            heappush(heap, (r.target, i))
+        if static and not static_open and not prefilling and not decoding:
             static_open = True
     return SimResult(reqs, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes)
+
+
+def _preempt(reqs: list[Req], decoding: set[int], prefilling: list[int], waiting: deque[int], n_iter: int, D: int,
+             kv_tokens: int, sum_ctx: int, cap: int, slack: int) -> tuple[int, int, int]:
+    """Before a decode step (each decoding sequence grows by one token): preempt LIFO until KV fits, as vLLM's
+    recompute preemption; returns (KV tokens held, Σctx, sequences preempted)."""
+    k = 0
+    while decoding and kv_tokens + len(decoding) + (len(decoding) + len(prefilling)) * slack > cap:
+        v = max(decoding, key=lambda i: reqs[i].order)
+        r = reqs[v]
+        g = r.g_start + (D - r.d_start)          # tokens generated so far
+        decoding.discard(v)
+        sum_ctx -= r.n_in + g
+        kv_tokens -= r.n_in + g
+        r.segments.append((r.start_iter, n_iter - 1))
+        r.generated = g
+        r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
+        r.preemptions += 1
+        k += 1
+        waiting.appendleft(v)
+    return kv_tokens, sum_ctx, k
 
 
 def token_times(res: SimResult, r: Req) -> list[float]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -15,19 +14,66 @@ from typing import Any
 import numpy as np
 
 from .. import env as envmod
-from ..metrics import RunContext, summarize
+from ..metrics import RunContext
+from ..model.phases import Setup
 from ..records import RequestRecord
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
-from ..spec import RunSpec, Scenario, SpecError
-from ..workload.synthetic import sample_lengths
-from .profile import Profile
-from .replica import SchedulerConfig, SimResult, simulate, token_times
+from ..spec import LengthDist, RunSpec, Scenario, SpecError
+from .columns import concat, from_result, summarize_columns, to_records, write_jsonl
+from .profile import AnalyticProfile, Profile
+from .replica import SchedulerConfig, SimResult, simulate
+
+
+def _lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> list[int]:
+    """:func:`~phasebench.workload.synthetic.sample_lengths` in numpy: the same draws, the same rounding
+    (half to even, at least 1), so a simulated run sees the lengths a measured one with this seed sends."""
+    if dist.stddev <= 0:
+        return [dist.mean] * n
+    return np.maximum(np.rint(rng.normal(dist.mean, dist.stddev, size=n)), 1).astype(np.int64).tolist()
+
+
+def scheduler_for(setup: Setup | None, max_seqs: int = 256, max_batched_tokens: int = 8192, chunked: bool = True,
+                  block_size: int = 16, kv_blocks: int | None = None, static: bool = False) -> SchedulerConfig:
+    """The scheduler of a replica of ``setup``: its batching, and (unless given) the KV blocks that device
+    memory leaves after the weights (90% of it; an SRAM machine's SRAM after the weights)."""
+    from ..model.errors import ModelError
+    from ..model.phases import kv_heads_per_rank, predict
+    from .replica import blocks_for_memory
+
+    cfg = SchedulerConfig(max_seqs=max_seqs, max_batched_tokens=max_batched_tokens, chunked_prefill=chunked,
+                          block_size=block_size, static=static)
+    if setup is not None:
+        setup = setup.resolved()
+        cfg.batching = setup.hardware.batching
+        if kv_blocks is None:
+            p = predict(setup, 1, 1, 1)
+            if not p.fits:
+                raise ModelError(f"{setup.model.name} does not fit on {setup.devices}× {setup.hardware.key}")
+            free = (p.memory.capacity - p.memory.per_device_weights) * setup.devices
+            if setup.hardware.kind == "sram-dataflow" and setup.hardware.memory_gb * 1000 <= setup.hardware.sram_mb:
+                free = setup.hardware.sram_mb * 1e6 * setup.devices - p.memory.weights_bytes  # SRAM left after weights
+            # KV bytes per token across the replica: each TP rank holds its heads (copies when tp > n_kv)
+            replication = kv_heads_per_rank(setup.model, setup.tp) * setup.tp / setup.model.kv_heads
+            cfg.kv_blocks = blocks_for_memory(free, setup.model.kv_bytes_per_token(setup.precision.kv) * replication,
+                                              block_size)
+    if kv_blocks is not None:
+        cfg.kv_blocks = kv_blocks
+    return cfg
+
+
+def analytic_profile(setup: Setup, engine: str | None = None) -> AnalyticProfile:
+    """``AnalyticProfile(setup)``, with ``engine`` passed on where the profile takes one."""
+    import inspect
+
+    if engine is not None and "engine" in inspect.signature(AnalyticProfile).parameters:
+        return AnalyticProfile(setup, engine=engine)  # type: ignore[call-arg]
+    return AnalyticProfile(setup)
 
 
 def workload(spec: RunSpec, n: int) -> tuple[list[int], list[int]]:
     rng = np.random.default_rng(spec.seed)
-    return sample_lengths(spec.input_tokens, n, rng), sample_lengths(spec.output_tokens, n, rng)
+    return _lengths(spec.input_tokens, n, rng), _lengths(spec.output_tokens, n, rng)
 
 
 def load_trace(path: Path) -> tuple[list[float], list[int], list[int]]:
@@ -73,35 +119,20 @@ def _requests(spec: RunSpec, trace: Path | None) -> tuple[np.ndarray | None, lis
 
 
 def records_from(res: SimResult, offset: int = 0) -> list[RequestRecord]:
-    recs = []
-    for r in res.reqs:
-        sched = int(round(r.arrival * 1e9))
-        rec = RequestRecord(index=r.idx + offset, request_id=uuid.uuid4().hex, scheduled_ns=sched, sent_ns=sched,
-                            input_tokens=r.n_in, prompt_tokens=r.n_in, expected_output_tokens=r.n_out, simulated=True)
-        if r.end < 0:
-            rec.error = "not served: the simulation stopped (over capacity)" if res.over_capacity else "not served"
-            rec.error_type = "cancelled"
-            recs.append(rec)
-            continue
-        ts = token_times(res, r)
-        ns = [int(round(x * 1e9)) for x in ts]
-        rec.headers_ns = rec.first_byte_ns = rec.first_token_ns = rec.first_answer_ns = ns[0]
-        rec.chunk_ns = ns
-        rec.chunk_tokens = [1] * len(ns)
-        rec.last_token_ns = ns[-1]
-        rec.end_ns = int(round(r.end * 1e9))
-        rec.output_tokens = rec.output_tokens_client = len(ns)
-        rec.output_tokens_source = "simulated"
-        rec.length_met = len(ns) >= r.n_out
-        rec.finish_reason = "length"
-        rec.status = 200
-        recs.append(rec)
-    return recs
+    """``RequestRecord``s of one replica's result (index = position + ``offset``)."""
+    return to_records(from_result(res, np.arange(len(res.reqs)) + offset))
 
 
 def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas: int = 1,
-                 trace: Path | None = None, extra_manifest: dict[str, Any] | None = None) -> Run:
-    """Simulate ``spec`` (any scenario but sweep) on ``replicas`` identical replicas; write the run folder."""
+                 trace: Path | None = None, extra_manifest: dict[str, Any] | None = None,
+                 summary_only: bool = False, record: bool = True, keep_records: bool = True) -> Run:
+    """Simulate ``spec`` (any scenario but sweep) on ``replicas`` identical replicas; write the run folder.
+
+    The requests go from the simulator to arrays (:mod:`.columns`); the summary is computed from those and
+    ``requests.jsonl`` is written from them. ``summary_only``: no ``requests.jsonl`` and no records in the
+    returned run (manifest and summary are still written when ``spec.out`` is set). ``record``: also record
+    the run in the results database. ``keep_records``: put the ``RequestRecord``s in the returned run (always
+    when it is recorded: the database stores them)."""
     if spec.scenario == Scenario.sweep:
         raise SpecError("simulate one point at a time (a sweep scenario is not simulated)")
     if replicas < 1:
@@ -111,35 +142,31 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     arr, ins, outs, conc, rate = _requests(spec, trace)
     n = len(ins)
     results: list[SimResult] = []
-    records: list[RequestRecord] = []
+    parts = []
     for k in range(replicas):  # requests go round-robin to replicas
         idx = list(range(k, n, replicas))
         if not idx:
             continue
         sub_conc = None if conc is None else max(1, conc // replicas + (1 if k < conc % replicas else 0))
-        res = simulate(None if arr is None else arr[idx], [ins[i] for i in idx], [outs[i] for i in idx], profile, cfg,
+        res = simulate(None if arr is None else arr[idx], ins[k::replicas], outs[k::replicas], profile, cfg,
                        closed_concurrency=sub_conc)
         results.append(res)
-        for rec, i in zip(records_from(res), idx):
-            rec.index = i
-            records.append(rec)
-    records.sort(key=lambda r: r.index)
+        parts.append(from_result(res, idx))
+    cols = concat(parts)
     over = any(r.over_capacity for r in results)
     notes = [x for r in results for x in r.notes]
     ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, warmup_s=spec.warmup, cooldown_s=spec.cooldown,
                      target_rate=rate, burstiness=spec.burstiness if spec.scenario == Scenario.server else None,
                      concurrency=conc, exact_output=True, mlperf=spec.mlperf, extra_warnings=list(notes))
-    summary = summarize(records, ctx)
+    summary = summarize_columns(cols, ctx)
+    d = profile.describe()
     sim_block = {
-        "profile": profile.describe(), "scheduler": asdict(cfg), "replicas": replicas,
+        "profile": d, "scheduler": asdict(cfg), "replicas": replicas,
         "iterations": sum(r.iterations for r in results), "preemptions": sum(r.preemptions for r in results),
         "over_capacity": over, "simulated_seconds": max((r.sim_seconds for r in results), default=0.0),
-        "wall_s": time.perf_counter() - t_wall, "cpu_s": time.process_time() - cpu0, "requests": n,
-        "trace": str(trace) if trace else None,
+        "requests": n, "trace": str(trace) if trace else None, "summary_only": summary_only,
+        "hardware": d.get("hardware"), "devices": d.get("devices", 1) * replicas,
     }
-    d = profile.describe()
-    sim_block["hardware"] = d.get("hardware")
-    sim_block["devices"] = d.get("devices", 1) * replicas
     if over:
         pb = summary["phasebench"]
         pb["valid"] = False
@@ -150,23 +177,27 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     summary["phasebench"]["cost"] = cost_block(sim_block["hardware"], sim_block["devices"], summary)
     manifest = {
         "kind": "run", "simulated": True, "schema_version": 1, "phasebench_version": __version__,
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "spec": spec.public_dict(),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "spec": spec.public_dict(),
         "target": {"model": d.get("model") or "simulated", "url": None},
         "simulation": sim_block, "environment": envmod.environment(), "t0_monotonic_ns": 0, **(extra_manifest or {}),
     }
     path = None
     if spec.out:
         folder = RunFolder(spec.out)
-        folder.write_manifest(manifest)
-        folder.requests_path.write_bytes(b"".join(rec.to_json() for rec in records))  # all at once: nothing is in flight
-        folder.write_summary(summary)
+        if not summary_only:
+            write_jsonl(cols, folder.requests_path)   # all at once: nothing is in flight
         path = folder.path
-    run = Run(path, manifest, summary, records)
+    sim_block["wall_s"] = time.perf_counter() - t_wall
+    sim_block["cpu_s"] = time.process_time() - cpu0
     if path:
+        folder.write_manifest(manifest)
+        folder.write_summary(summary)
+    records = to_records(cols) if not summary_only and (keep_records or (path and record)) else []
+    run = Run(path, manifest, summary, records)
+    if path and record:
         from ..store import record_run
 
         _, warning = record_run(run)
         if warning:
             summary["phasebench"]["warnings"].append(warning)
     return run
-

@@ -1,0 +1,491 @@
+"""A simulation's requests as arrays: the fast path from the replica simulator to records and summary.
+
+A simulated token is stamped at the end of the iteration that made it, so a request that was never
+preempted has, as its tokens, its first token and then every decode iteration from the one after its prefill
+to the one it finished in. Its inter-token gaps are therefore a contiguous slice of the gaps between
+consecutive decode iterations. :class:`Columns` keeps that slice (``lo``, ``hi`` into the decode iterations)
+instead of expanding every token, and keeps the explicit token times only for the few requests that were
+preempted or otherwise irregular.
+
+From it come
+
+- :func:`summarize_columns`: the same ``summary.json`` that :func:`phasebench.metrics.summarize` computes from
+  records (tested equal on the same run), in numpy over the iterations weighted by how many requests ran in
+  each, never per token in Python;
+- :func:`write_jsonl`: ``requests.jsonl`` lines with exactly the fields and types of
+  :class:`~phasebench.records.RequestRecord` (``read_records`` reads them back), serialised by orjson from
+  dicts built directly (numpy slices for the token times), not through ``dataclasses.asdict``;
+- :func:`to_records`: ``RequestRecord`` objects, for callers that want them.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci
+from ..records import RequestRecord
+from .replica import SimResult, token_times
+
+NS_PER_MS = 1e6
+_OPT = orjson.OPT_SERIALIZE_NUMPY
+
+
+def _ns(x: np.ndarray | float) -> np.ndarray:
+    return np.rint(np.asarray(x, dtype=np.float64) * 1e9).astype(np.int64)
+
+
+@dataclass
+class Columns:
+    """Per-request arrays of one or more simulations (times in integer ns, as records hold them)."""
+
+    index: np.ndarray              # record index
+    sched: np.ndarray              # scheduled = sent
+    n_in: np.ndarray
+    n_out: np.ndarray              # expected output tokens
+    first: np.ndarray              # first token; -1 when not served
+    end: np.ndarray                # -1 when not served
+    served: np.ndarray             # bool
+    n_tok: np.ndarray              # output tokens made
+    last: np.ndarray               # last token
+    # regular requests: tokens = [first, dec_ns[lo:hi]]; irregular ones: explicit times in ``explicit``
+    lo: np.ndarray
+    hi: np.ndarray
+    dec_ns: np.ndarray             # end times of the decode iterations (ns), of the simulation the row came from
+    group: np.ndarray              # which simulation (index into ``dec_groups``) the row came from
+    dec_groups: list[np.ndarray] = field(default_factory=list)
+    explicit: dict[int, np.ndarray] = field(default_factory=dict)   # row -> all its token times
+    error: str = "not served"
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def tokens(self, row: int) -> np.ndarray:
+        """All token times of ``row`` (ns)."""
+        ex = self.explicit.get(row)
+        if ex is not None:
+            return ex
+        if not self.served[row]:
+            return np.empty(0, dtype=np.int64)
+        dec = self.dec_groups[self.group[row]]
+        out = np.empty(1 + self.hi[row] - self.lo[row], dtype=np.int64)
+        out[0] = self.first[row]
+        out[1:] = dec[self.lo[row]:self.hi[row]]
+        return out
+
+
+def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, first_s: np.ndarray | None = None,
+                sched_s: np.ndarray | None = None, error: str | None = None) -> Columns:
+    """Columns of one replica's result. ``index``: the record index of each of its requests (default 0..n−1).
+    ``first_s``/``sched_s`` override the first-token and scheduled times (the decode pool of a disaggregated
+    deployment: the first token is when the KV cache arrived; the request was scheduled at its arrival)."""
+    reqs = res.reqs
+    n = len(reqs)
+    arrival = np.fromiter((r.arrival for r in reqs), np.float64, n)
+    first_f = np.fromiter((r.first_token for r in reqs), np.float64, n)
+    end_f = np.fromiter((r.end for r in reqs), np.float64, n)
+    served = end_f >= 0
+    if first_s is not None:
+        first_f = np.where(served, first_s, -1.0)
+    sched = _ns(arrival if sched_s is None else sched_s)
+    first = np.where(served, _ns(first_f), -1)
+    end = np.where(served, _ns(end_f), -1)
+    n_in = np.fromiter((r.n_in for r in reqs), np.int64, n)
+    n_out = np.fromiter((r.n_out for r in reqs), np.int64, n)
+    dec_pos = np.flatnonzero(res.iter_decodes)
+    dec_ns = _ns(res.iter_end[dec_pos]) if len(dec_pos) else np.empty(0, dtype=np.int64)
+    lo = np.zeros(n, dtype=np.int64)
+    hi = np.zeros(n, dtype=np.int64)
+    explicit: dict[int, np.ndarray] = {}
+    seg_a = np.full(n, -1, dtype=np.int64)
+    seg_b = np.full(n, -2, dtype=np.int64)
+    for k, r in enumerate(reqs):
+        if r.end < 0:
+            continue
+        if r.extra or len(r.segments) > 1 or r.preemptions:
+            ts = token_times(res, r)
+            if first_s is not None:
+                ts = [float(first_f[k]), *ts[1:]]
+            explicit[k] = _ns(np.array(ts))
+        elif r.segments:
+            seg_a[k], seg_b[k] = r.segments[0]
+    has = seg_b >= seg_a
+    lo[has] = np.searchsorted(dec_pos, seg_a[has], "left")
+    hi[has] = np.searchsorted(dec_pos, seg_b[has], "right")
+    n_tok = np.where(served, 1 + hi - lo, 0)
+    last = np.where(served, np.where(hi > lo, dec_ns[np.maximum(hi - 1, 0)] if len(dec_ns) else first, first), -1)
+    for k, ts in explicit.items():
+        n_tok[k] = len(ts)
+        last[k] = ts[-1] if len(ts) else -1
+    idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    return Columns(idx, sched, n_in, n_out, first, end, served, n_tok, last, lo, hi, dec_ns, np.zeros(n, dtype=np.int64),
+                   [dec_ns], explicit, error or ("not served: the simulation stopped (over capacity)"
+                                                 if res.over_capacity else "not served"))
+
+
+def unserved(index: np.ndarray, sched_s: np.ndarray, n_in: np.ndarray, n_out: np.ndarray, error: str) -> Columns:
+    """Rows for requests that were never served (e.g. a prefill pool that stopped over capacity)."""
+    n = len(index)
+    z = np.zeros(n, dtype=np.int64)
+    m = np.full(n, -1, dtype=np.int64)
+    return Columns(np.asarray(index, dtype=np.int64), _ns(sched_s), np.asarray(n_in, dtype=np.int64),
+                   np.asarray(n_out, dtype=np.int64), m, m.copy(), np.zeros(n, dtype=bool), z, m.copy(), z.copy(),
+                   z.copy(), np.empty(0, np.int64), z.copy(), [np.empty(0, np.int64)], {}, error)
+
+
+def concat(parts: list[Columns]) -> Columns:
+    """Several replicas' columns as one, rows sorted by record index."""
+    if len(parts) == 1:
+        c = parts[0]
+        order = np.argsort(c.index, kind="stable")
+        if (order == np.arange(len(order))).all():
+            return c
+    cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
+    groups: list[np.ndarray] = []
+    group = []
+    explicit: dict[int, np.ndarray] = {}
+    offset = 0
+    for p in parts:
+        group.append(p.group + len(groups))
+        groups.extend(p.dec_groups)
+        explicit.update({offset + k: v for k, v in p.explicit.items()})
+        offset += len(p)
+    c = Columns(cat("index"), cat("sched"), cat("n_in"), cat("n_out"), cat("first"), cat("end"), cat("served"),
+                cat("n_tok"), cat("last"), cat("lo"), cat("hi"), np.empty(0, np.int64), np.concatenate(group),
+                groups, explicit, parts[0].error)
+    order = np.argsort(c.index, kind="stable")
+    inv = np.empty_like(order)
+    inv[order] = np.arange(len(order))
+    for name in ("index", "sched", "n_in", "n_out", "first", "end", "served", "n_tok", "last", "lo", "hi", "group"):
+        setattr(c, name, getattr(c, name)[order])
+    c.explicit = {int(inv[k]): v for k, v in explicit.items()}
+    return c
+
+
+# ---- records --------------------------------------------------------------------------------------------
+def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, Any]]:
+    """One dict per row with RequestRecord's fields, in its order, with its types."""
+    prefix = uuid.uuid4().hex[:20]
+    idx, sched, n_in, n_out = c.index.tolist(), c.sched.tolist(), c.n_in.tolist(), c.n_out.tolist()
+    first, end, last, served, n_tok = c.first.tolist(), c.end.tolist(), c.last.tolist(), c.served.tolist(), c.n_tok.tolist()
+    ones = np.ones(int(c.n_tok.max()) if len(c) else 0, dtype=np.int64)
+    for k in range(len(c)):
+        d: dict[str, Any] = {"index": idx[k], "request_id": f"{prefix}{idx[k]:012x}", "scheduled_ns": sched[k],
+                             "sent_ns": sched[k]}
+        if served[k]:
+            f = first[k]
+            toks = c.tokens(k)
+            d.update(headers_ns=f, first_byte_ns=f, first_token_ns=f, first_answer_ns=f, last_token_ns=last[k],
+                     end_ns=end[k], chunk_ns=toks, chunk_tokens=ones[:n_tok[k]], reasoning_chunks=0,
+                     input_tokens=n_in[k], prompt_tokens=n_in[k], expected_output_tokens=n_out[k],
+                     output_tokens=n_tok[k], output_tokens_client=n_tok[k], output_tokens_source="simulated",
+                     length_met=n_tok[k] >= n_out[k], finish_reason="length", status=200, error=None, error_type=None)
+        else:
+            d.update(headers_ns=None, first_byte_ns=None, first_token_ns=None, first_answer_ns=None, last_token_ns=None,
+                     end_ns=None, chunk_ns=[], chunk_tokens=[], reasoning_chunks=0, input_tokens=n_in[k],
+                     prompt_tokens=n_in[k], expected_output_tokens=n_out[k], output_tokens=None,
+                     output_tokens_client=None, output_tokens_source=None, length_met=None, finish_reason=None,
+                     status=None, error=c.error, error_type="cancelled")
+        d.update(server_timing=None, server_stamps=None, retries=0, warmup=False, simulated=True)
+        yield d
+
+
+def write_jsonl(c: Columns, path: Path) -> None:
+    """``requests.jsonl``: one RequestRecord per line (orjson, numpy slices for the token times)."""
+    dumps = orjson.dumps
+    with open(path, "wb") as f:
+        f.write(b"".join(dumps(d, option=_OPT | orjson.OPT_APPEND_NEWLINE) for d in _record_dicts(c)))
+
+
+def to_records(c: Columns) -> list[RequestRecord]:
+    out = []
+    for d in _record_dicts(c):
+        if isinstance(d["chunk_ns"], np.ndarray):
+            d["chunk_ns"] = d["chunk_ns"].tolist()
+            d["chunk_tokens"] = d["chunk_tokens"].tolist()
+        out.append(RequestRecord(**d))
+    return out
+
+
+# ---- statistics over (weighted) values --------------------------------------------------------------------
+def _at(sorted_v: np.ndarray, cum: np.ndarray | None, pos: np.ndarray) -> np.ndarray:
+    """Values at 0-based positions of the expanded sorted sample (``cum``: cumulative weights, None = weight 1)."""
+    if cum is None:
+        return sorted_v[pos]
+    return sorted_v[np.searchsorted(cum, pos, "right")]
+
+
+def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, Any]:
+    """:func:`phasebench.metrics.describe` of ``values`` each repeated ``weights`` times (NaN dropped), without
+    expanding them: count, mean, std, min, max, percentiles (numpy's linear rule) and the p99 CI."""
+    v = np.asarray(values, dtype=np.float64)
+    w = None if weights is None else np.asarray(weights, dtype=np.int64)
+    keep = ~np.isnan(v)
+    if w is not None:
+        keep &= w > 0
+    if not keep.all():
+        v = v[keep]
+        w = None if w is None else w[keep]
+    order = np.argsort(v, kind="stable")
+    v = v[order]
+    if w is not None:
+        w = w[order]
+        cum = np.cumsum(w)
+        n = int(cum[-1]) if len(cum) else 0
+    else:
+        cum, n = None, len(v)
+    if n == 0:
+        return {"count": 0}
+    if w is None:
+        mean = float(v.mean())
+        std = float(v.std(ddof=1)) if n > 1 else 0.0
+    else:
+        mean = float(np.dot(v, w) / n)
+        std = float(math.sqrt(max(np.dot(w, (v - mean) ** 2), 0.0) / (n - 1))) if n > 1 else 0.0
+    out: dict[str, Any] = {"count": n, "mean": mean, "std": std, "min": float(v[0]), "max": float(v[-1])}
+    h = np.array([(n - 1) * p / 100 for p in PERCENTILES])
+    lo = np.floor(h).astype(np.int64)
+    a = _at(v, cum, lo)
+    b = _at(v, cum, np.minimum(lo + 1, n - 1))
+    t = h - lo
+    vals = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)   # numpy's lerp
+    for p, x in zip(PERCENTILES, vals):
+        out[f"p{p:g}"] = float(x)
+    ci = _quantile_ci(v, cum, n, 0.99)
+    out["p99_ci95"] = list(ci) if ci else None
+    return out
+
+
+def _quantile_ci(v: np.ndarray, cum: np.ndarray | None, n: int, q: float) -> tuple[float, float | None] | None:
+    """:func:`phasebench.metrics.quantile_ci` on the expanded sample."""
+    if n < 2:
+        return None
+    if cum is None:
+        return quantile_ci(v, q)
+    half = 1.959963984540054 * math.sqrt(n * q * (1 - q))
+    lo = int(math.floor(n * q - half))
+    hi = int(math.ceil(n * q + half))
+    vlo = float(_at(v, cum, np.array([max(lo, 0)]))[0])
+    if hi >= n:
+        return (vlo, None)
+    return (vlo, float(_at(v, cum, np.array([hi]))[0]))
+
+
+# ---- the summary --------------------------------------------------------------------------------------------
+@dataclass
+class _Gaps:
+    """Every inter-token gap of a set of rows, as (value, weight) pairs, and each row's largest gap."""
+    values: np.ndarray
+    weights: np.ndarray
+    row_max: np.ndarray            # NaN where the row has no gap
+
+
+def _gaps(c: Columns, rows: np.ndarray, explicit_rows: set[int]) -> _Gaps:
+    vals, wts = [], []
+    row_max = np.full(len(c), np.nan)
+    reg = rows[[int(r) not in explicit_rows for r in rows]] if explicit_rows else rows
+    for g, dec in enumerate(c.dec_groups):
+        sel = reg[c.group[reg] == g] if len(c.dec_groups) > 1 else reg
+        sel = sel[c.hi[sel] > c.lo[sel]]
+        if not len(sel):
+            continue
+        lo, hi = c.lo[sel], c.hi[sel]
+        # the first decode token's gap is from the first token; the rest are gaps between decode iterations
+        first_gap = dec[lo] - c.first[sel]
+        vals.append(first_gap.astype(np.float64))
+        wts.append(np.ones(len(sel), dtype=np.int64))
+        G = np.diff(dec).astype(np.float64) if len(dec) > 1 else np.empty(0)
+        # gap j (between dec[j] and dec[j+1]) counts the rows with lo ≤ j < hi − 1
+        cover = np.bincount(lo, minlength=len(dec) + 1) - np.bincount(hi - 1, minlength=len(dec) + 1)
+        cnt = np.cumsum(cover)[: len(G)]
+        vals.append(G)
+        wts.append(cnt)
+        m = first_gap.astype(np.float64)
+        inner = hi - lo > 1
+        if inner.any() and len(G):
+            # largest gap over G[lo:hi-1] per row: reduceat over (start, stop) pairs
+            starts, stops = lo[inner], hi[inner] - 1
+            pairs = np.empty(2 * len(starts), dtype=np.int64)
+            pairs[0::2], pairs[1::2] = starts, np.minimum(stops, len(G) - 1)
+            red = np.maximum.reduceat(G, pairs)[0::2]
+            # reduceat stops before pairs[1::2]; a stop at len(G) (the last gap included) needs the tail
+            tail = stops == len(G)
+            if tail.any():
+                red[tail] = np.maximum(red[tail], G[-1])
+            m[inner] = np.maximum(m[inner], red)
+        row_max[sel] = m
+    in_rows = set(rows.tolist()) if explicit_rows else set()
+    for k in explicit_rows:
+        if k in in_rows:
+            d = np.diff(c.explicit[k]).astype(np.float64)
+            if len(d):
+                vals.append(d)
+                wts.append(np.ones(len(d), dtype=np.int64))
+                row_max[k] = d.max()
+    if not vals:
+        return _Gaps(np.empty(0), np.empty(0, dtype=np.int64), row_max)
+    return _Gaps(np.concatenate(vals) / NS_PER_MS, np.concatenate(wts), row_max / NS_PER_MS)
+
+
+def _tokens_in_window(c: Columns, rows: np.ndarray, w0: int, w1: int) -> int:
+    """Output tokens of ``rows`` stamped inside [w0, w1]."""
+    total = int(((c.first[rows] >= w0) & (c.first[rows] <= w1)).sum())
+    ex = set(c.explicit)
+    reg = rows[[int(r) not in ex for r in rows]] if ex else rows
+    for g, dec in enumerate(c.dec_groups):
+        sel = reg[c.group[reg] == g] if len(c.dec_groups) > 1 else reg
+        sel = sel[c.hi[sel] > c.lo[sel]]
+        if not len(sel) or not len(dec):
+            continue
+        cover = np.bincount(c.lo[sel], minlength=len(dec) + 1) - np.bincount(c.hi[sel], minlength=len(dec) + 1)
+        cnt = np.cumsum(cover)[: len(dec)]
+        inw = (dec >= w0) & (dec <= w1)
+        total += int(cnt[inw].sum())
+    in_rows = set(rows.tolist()) if ex else set()
+    for k in ex:
+        if k in in_rows:
+            ts = c.explicit[k][1:]
+            total += int(((ts >= w0) & (ts <= w1)).sum())
+    return total
+
+
+def _rate(times: np.ndarray) -> float | None:
+    if len(times) < 2:
+        return None
+    span = (times.max() - times.min()) / 1e9
+    return (len(times) - 1) / (span or 1e-9)
+
+
+def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
+    """What :func:`phasebench.metrics.summarize` returns for these requests' records (tests hold them equal)."""
+    from ..metrics import describe
+
+    n = len(c)
+    if n == 0:
+        return _empty_summary(ctx)
+    w0 = int(c.sched.min()) + int(ctx.warmup_s * 1e9)
+    ends = c.end[c.served]
+    w1 = (int(ends.max()) if len(ends) else int(c.sched.max())) - int(ctx.cooldown_s * 1e9)
+    w1 = max(w1, w0)
+    span_s = max((w1 - w0) / 1e9, 1e-9)
+    in_win = (c.sched >= w0) & (c.sched <= w1)
+    ok_m = in_win & c.served
+    ok = np.flatnonzero(ok_m)
+    failed = int((in_win & ~c.served).sum())
+    ex_rows = set(c.explicit)
+
+    out_tokens_in_win = _tokens_in_window(c, np.flatnonzero(c.served), w0, w1)
+    done_m = c.served & (c.end >= w0) & (c.end <= w1)
+    in_tokens_in_win = int(c.n_in[done_m].sum())
+
+    ttft = (c.first[ok] - c.sched[ok]) / NS_PER_MS
+    ntok = c.n_tok[ok]
+    two = ntok >= 2
+    tpot = np.where(two, (c.last[ok] - c.first[ok]) / np.maximum(ntok - 1, 1) / NS_PER_MS, np.nan)
+    e2e = (c.end[ok] - c.sched[ok]) / NS_PER_MS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ptps = np.where((ttft != 0) & (c.n_in[ok] != 0), c.n_in[ok] / (ttft / 1000), np.nan)
+        dtps = np.where(two & (tpot != 0), 1000 / tpot, np.nan)
+    gaps = _gaps(c, ok, ex_rows)
+    itl = describe_values(gaps.values, gaps.weights)
+    lag = describe_values(np.zeros(int(in_win.sum())))
+    d_ttft = describe_values(ttft)     # sent = scheduled and the first answer token = the first token
+    m = {
+        "ttft_ms": d_ttft,
+        "ttft_sent_ms": _copy(d_ttft),
+        "send_lag_ms": lag,
+        "ttfot_ms": _copy(d_ttft),
+        "tpot_ms": describe_values(tpot),
+        "itl_chunk_ms": itl,
+        "itl_token_ms": _copy(itl),
+        "e2e_ms": describe_values(e2e),
+        "prefill_tps": describe_values(ptps),
+        "decode_tps": describe_values(dtps),
+        "input_tokens": describe_values(c.n_in[ok].astype(np.float64)),
+        "output_tokens": describe_values(ntok.astype(np.float64)),
+    }
+    slo = ctx.slo
+    met_m = np.ones(len(ok), dtype=bool)
+    for limit, vals in ((slo.ttft_ms, ttft), (slo.tpot_ms, tpot), (slo.e2e_ms, e2e), (slo.itl_ms, gaps.row_max[ok])):
+        if limit is not None:
+            met_m &= np.isnan(vals) | (vals <= limit)
+    met = int(met_m.sum())
+    total_in_win = int(in_win.sum())
+    slo_block: dict[str, Any] = {"slo": slo.model_dump(), "met": met, "total": total_in_win}
+    slo_block["attainment"] = met / total_in_win if total_in_win else None
+    slo_block["goodput"] = met / span_s
+    constraints = []
+    for name, limit, vals in (("ttft_ms", slo.ttft_ms, ttft), ("tpot_ms", slo.tpot_ms, tpot), ("e2e_ms", slo.e2e_ms, e2e)):
+        if limit is None:
+            continue
+        v = vals[~np.isnan(vals)]
+        got = float(np.percentile(v, slo.percentile)) if len(v) else None
+        constraints.append({"metric": name, "percentile": slo.percentile, "limit": limit, "value": got,
+                            "ok": got is not None and got <= limit})
+    slo_block["constraints"] = constraints
+    errors = Counter({"cancelled": failed}) if failed else Counter()
+    length_mismatch = int((ntok < c.n_out[ok]).sum())
+    sends = c.sched[in_win]
+    client = {"cpu_s": ctx.client_cpu_s, "wall_s": ctx.wall_s,
+              "cpu_fraction": ctx.client_cpu_s / ctx.wall_s if ctx.client_cpu_s is not None and ctx.wall_s else None,
+              "max_in_flight": _max_in_flight(c.sched[c.served], c.end[c.served]), "target_rate": ctx.target_rate,
+              "scheduled_rate": _rate(sends), "achieved_send_rate": _rate(sends),
+              "loop_lag_ms": describe(ctx.loop_lag_ms or []) if ctx.loop_lag_ms is not None else None,
+              "host": ctx.host}
+    # metrics.buffered: ≥ 4 tokens, yet one chunk or chunks closer than BUFFERED_NS_PER_TOKEN per token
+    four = ntok >= 4
+    buf = four & ((ntok <= 1) | ((c.last[ok] - c.first[ok]) < BUFFERED_NS_PER_TOKEN * (ntok - 1)))
+    streams = {"buffered": int(buf.sum()), "eligible": int(four.sum())}
+    valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, total_in_win, span_s, ctx, slo_block,
+                                              streams)
+    summary: dict[str, Any] = {
+        "completed": len(ok), "failed": failed, "duration": span_s, "max_concurrency": ctx.concurrency,
+        "request_rate": ctx.target_rate if ctx.target_rate is not None else "inf", "burstiness": ctx.burstiness,
+        "total_input_tokens": int(c.n_in[ok].sum()), "total_output_tokens": int(ntok.sum()),
+        "request_throughput": int(done_m.sum()) / span_s, "output_throughput": out_tokens_in_win / span_s,
+        "total_token_throughput": (out_tokens_in_win + in_tokens_in_win) / span_s,
+        "request_goodput": slo_block["goodput"] if not slo.is_empty() else None,
+    }
+    for short, key in (("ttft", "ttft_ms"), ("tpot", "tpot_ms"), ("itl", "itl_chunk_ms"), ("e2el", "e2e_ms")):
+        s = m[key]
+        summary[f"mean_{short}_ms"] = s.get("mean")
+        summary[f"median_{short}_ms"] = s.get("p50")
+        summary[f"std_{short}_ms"] = s.get("std")
+        for p in (90, 95, 99):
+            summary[f"p{p}_{short}_ms"] = s.get(f"p{p}")
+    summary["phasebench"] = {
+        "scenario": ctx.scenario, "valid": valid, "partial": ctx.partial, "reasons": reasons, "warnings": warnings,
+        "window_ns": [w0, w1], "metrics": m, "slo": slo_block, "errors": dict(errors), "client": client,
+        "streams": streams, "tokens": {"usage_minus_client": describe([]), "length_mismatch": length_mismatch,
+                   "output_tokens_source": {"simulated": len(ok)} if len(ok) else {}},
+        "server_timing": {"prompt_ms": describe([]), "tpot_ms": describe([])},
+    }
+    return summary
+
+
+def _copy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _max_in_flight(start: np.ndarray, end: np.ndarray) -> int:
+    """metrics.max_in_flight: at equal times an end is counted before a start."""
+    if not len(start):
+        return 0
+    t = np.concatenate([start, end])
+    d = np.concatenate([np.ones(len(start), np.int64), -np.ones(len(end), np.int64)])
+    order = np.lexsort((d, t))
+    return int(max(np.cumsum(d[order]).max(), 0))
+
+
+def _empty_summary(ctx: RunContext) -> dict[str, Any]:
+    from ..metrics import summarize
+
+    return summarize([], ctx)
