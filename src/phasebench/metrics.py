@@ -237,7 +237,7 @@ class RunContext:
     stopped: str | None = None  # why the run stopped early (the server stopped answering)
     loop_lag_ms: list[float] | None = None  # event-loop heartbeat (monitor.LoopLag)
     host: dict[str, Any] | None = None  # CPU use by who used it (monitor.HostLoad)
-    transport: str = "aiohttp"  # "raw": chunk times are the kernel's receive stamps
+    transport: str | None = None  # the client transport ("raw": chunk times are the kernel's receive stamps); None: simulated
     extra_warnings: list[str] = field(default_factory=list)
 
 

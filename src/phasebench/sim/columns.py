@@ -439,7 +439,9 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
               "max_in_flight": _max_in_flight(c.sched[c.served], c.end[c.served]), "target_rate": ctx.target_rate,
               "scheduled_rate": _rate(sends), "achieved_send_rate": _rate(sends),
               "loop_lag_ms": describe(ctx.loop_lag_ms or []) if ctx.loop_lag_ms is not None else None,
-              "host": ctx.host}
+              "host": ctx.host, "transport": ctx.transport,
+              # kernel-stamp figures exist only for the raw transport; a simulated run has none
+              "read_delay_ms": None, "ttft_uncertainty_ms": None, "coalesced_reads": None}
     # metrics.buffered: ≥ 4 tokens, yet one chunk or chunks closer than BUFFERED_NS_PER_TOKEN per token
     four = ntok >= 4
     buf = four & ((ntok <= 1) | ((c.last[ok] - c.first[ok]) < BUFFERED_NS_PER_TOKEN * (ntok - 1)))
