@@ -84,6 +84,7 @@ def run(
     workers: Optional[str] = typer.Option(None, help="Client worker processes: N or auto (default: one per spare core when the load needs it)."),
     ray: Optional[str] = typer.Option(None, help="Run the client workers as Ray actors: auto or a cluster ADDRESS (extra phasebench[ray])."),
     transport: Optional[str] = typer.Option(None, help="auto (raw sockets with kernel receive timestamps for http:// on Linux), raw or aiohttp."),
+    max_event_bytes: Optional[int] = typer.Option(None, help="A streamed event larger than this fails its request (default 4 MiB)."),
 ) -> None:
     """Benchmark a server (or, with no --url, the embedded engine) and write a run folder.
 
@@ -110,6 +111,7 @@ def run(
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
             mlperf=mlperf, workers=_workers(workers), ray=ray, transport=transport,
+            max_event_bytes=max_event_bytes,
         )
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})

@@ -102,7 +102,22 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
         model = served[0]
     elif served and model not in served:
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")
-    return Target(base, model, answer)
+    return Target(base, model, _scrubbed(answer, spec, key))
+
+
+def _scrubbed(answer: Any, spec: RunSpec, key: str | None) -> Any:
+    """The /v1/models answer as stored in the manifest: any secret it echoes (the API key, a URL password)
+    replaced by ***."""
+    from .client.transport import ClientConfig, scrub, secrets_of
+
+    secrets = secrets_of(ClientConfig(base_url=spec.url or "", model="", api_key=key))
+    if not secrets or answer is None:
+        return answer
+    import orjson
+
+    text = orjson.dumps(answer).decode()
+    clean = scrub(text, secrets)
+    return answer if clean == text else orjson.loads(clean)
 
 
 def _safe(url: str) -> str:
@@ -210,6 +225,7 @@ async def run_one(
         stall_timeout=spec.stall_timeout,
         max_connections=max_conn,
         transport=_transport(spec, target),
+        max_event_bytes=spec.max_event_bytes,
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})

@@ -158,6 +158,8 @@ class RunSpec(BaseModel):
     stall_timeout: float = Field(default=60.0, gt=0, description="max seconds between two reads of one stream")
     temperature: float = 0.0
     max_connections: int = Field(default=4096, ge=1)
+    max_event_bytes: int = Field(default=4 * 2**20, ge=1024, le=2**31,
+                                 description="one streamed event larger than this fails its request (oversize)")
     workers: int | None = Field(default=None, ge=1, le=256, description="client worker processes (default: auto, "
                                 "one per spare core when the load needs it)")
     ray: str | None = Field(default=None, description="run the client workers as Ray actors: 'auto' or a cluster address")
