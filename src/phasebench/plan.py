@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from .textsafe import markup as escape
 from rich.table import Table
 
 from .engine.server import Engine, EngineConfig
@@ -62,7 +62,7 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         try:
             result = asyncio.run(_steps(eng, shape, folder, engine_manifest, console))
         except Interrupted as e:
-            console.print(f"[yellow]interrupted: partial results kept in {out}[/]")
+            console.print(f"[yellow]interrupted: partial results kept in {escape(str(out))}[/]")
             raise SystemExit(130) from e
     if json_out:
         import orjson
