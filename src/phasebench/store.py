@@ -79,6 +79,8 @@ class DamagedStoreError(StoreError):
 
 
 def damaged_message(path: Path, detail: object) -> str:
+    detail = str(detail)
+    detail = detail if len(detail) <= 120 else detail[:117] + "..."
     return (f"results database {path} is damaged ({detail}): move it aside (e.g. mv {path} {path}.damaged) and "
             f"phasebench starts a new one, then `phasebench import` your run folders into it; or point --db "
             f"(or PHASEBENCH_DB) at another file. Run folders are not affected.")
@@ -87,7 +89,8 @@ def damaged_message(path: Path, detail: object) -> str:
 def _is_damage(e: sqlite3.Error) -> bool:
     text = str(e).lower()
     return isinstance(e, sqlite3.DatabaseError) and any(
-        w in text for w in ("malformed", "not a database", "corrupt", "disk image", "file is encrypted"))
+        w in text for w in ("malformed", "not a database", "corrupt", "disk image", "file is encrypted",
+                            "could not decode"))
 
 
 def default_path() -> Path | None:

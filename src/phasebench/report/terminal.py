@@ -127,7 +127,7 @@ def print_run(run: Run, console: Console | None = None) -> None:
         head += f" · {escape(str(run.path))}"
     console.print(head)
     for w in run.load_warnings:
-        console.print(f"[yellow]! {escape(w)}[/]")
+        console.print(f"[yellow]! {escape(w)}[/]", soft_wrap=True)
     if run.skipped_lines and not run.load_warnings:
         console.print(f"[yellow]! {run.skipped_lines} unreadable lines in requests.jsonl were skipped[/]")
     if run.is_sweep:
