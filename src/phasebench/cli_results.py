@@ -97,7 +97,7 @@ def history(
     except StoreError as e:
         fail(str(e))
     if json_out:
-        out.print_json(json.dumps(rows, default=str))
+        _json(rows)
         return
     t = Table(title=f"{len(rows)} run(s)", title_justify="left")
     for c in ("id", "created", "kind", "scenario", "model", "hardware", "valid", "done/failed", "TTFT p50", "TPOT p50",
@@ -110,6 +110,13 @@ def history(
                   "yes" if r["valid"] else "[red]no[/]", escape(f"{r['completed']}/{r['failed']}"),
                   _f(r["median_ttft_ms"]), _f(r["median_tpot_ms"]), _f(r["output_throughput"]), escape(str(r["path"] or "")))
     out.print(t)
+
+
+def _json(obj) -> None:
+    """JSON on stdout, every non-ASCII and control character \\u-escaped (rich's print_json would unescape them)."""
+    import sys
+
+    sys.stdout.write(json.dumps(obj, default=str, indent=2) + "\n")
 
 
 def _f(v) -> str:
@@ -180,7 +187,7 @@ def compare(
         fail(str(e))
     c = do_compare(loaded, runs)
     if json_out:
-        out.print_json(json.dumps(c.to_dict(), default=str))
+        _json(c.to_dict())
         return
     print_comparison(c, out)
 

@@ -366,6 +366,9 @@ def check_url(url: str) -> str:
         raise SpecError(f"--url {shown!r}: the scheme must be http or https, not {u.scheme!r}; {example}")
     if not u.host:
         raise SpecError(f"--url {shown!r} has no host; {example}")
+    if u.raw_query_string or u.raw_fragment or text.endswith(("?", "#")):
+        raise SpecError(f"--url {shown!r}: give the base URL without ?query or #fragment (phasebench appends "
+                        "/models, /completions to it); pass an API key with --api-key-env")
     return text
 
 
