@@ -332,13 +332,16 @@ def record_run(run: Run, db: Path | None | str = "default") -> tuple[str | None,
     path = default_path() if db == "default" else (Path(db) if db else None)
     if path is None:
         return None, None
+    from .textsafe import clean
+
     try:
         with Store(path) as st:
             return st.record(run), None
     except DamagedStoreError as e:
-        return None, f"not recorded: {e}"
+        return None, clean(f"not recorded: {e}")
     except (StoreError, sqlite3.Error, OSError, ValueError, TypeError) as e:
-        return None, f"not recorded in the results database: {e} (the run folder is complete; `phasebench import` it later)"
+        return None, clean(f"not recorded in the results database: {e} (the run folder is complete; "
+                           "`phasebench import` it later)")
 
 
 # --- export ----------------------------------------------------------------------------------------------
