@@ -286,6 +286,7 @@ def _one_line(stderr: str) -> str:
     (["--url", "http://h:99999/v1"], ["--url", "Port out of range"]),
     (["--url", "http:///v1"], ["--url", "no host"]),
     (["--url", "http://a:secret@h/v1?api_key=sk-1"], ["--url 'http://h/v1'", "without ?query", "--api-key-env"]),
+    (["--url", "http://a:secret@h/v1", "--api-key-env", "HOME"], ["user:password@", "--api-key-env", "drop one"]),
     (["--timeout", "inf"], ["--timeout", "finite"]),
     (["--timeout", "nan"], ["--timeout", "finite"]),
     (["--timeout", "0"], ["--timeout", "greater than 0"]),
@@ -396,3 +397,36 @@ def test_history_dates_are_checked(server, tmp_path):
 
     today = dt.datetime.now(dt.timezone.utc).date().isoformat()
     assert ids("--until", today) == 1 and ids("--since", today) == 1  # a date is the whole day
+
+
+# ---- properties: no input gets a control character through, or a password past the redactor ---------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8"), max_size=80) | st.binary(max_size=80).map(lambda b: b.decode("latin-1")))
+def test_clean_never_lets_a_control_character_through(text):
+    from phasebench.textsafe import clean
+
+    for multiline in (False, True):
+        out = clean(text, multiline)
+        bad = [c for c in out if (ord(c) < 0x20 and c not in ("\n\t" if multiline else "")) or 0x7F <= ord(c) <= 0x9F
+               or c in "\u2028\u2029\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"]
+        assert not bad, (text, out)
+    if text.isprintable():
+        assert clean(text) == text  # ordinary text is left alone
+
+
+@settings(max_examples=1500, deadline=None)
+@given(user=st.text(st.characters(codec="ascii", exclude_characters="\x00"), min_size=1, max_size=12),
+       password=st.text(st.characters(codec="ascii", exclude_characters="\x00"), min_size=4, max_size=16),
+       port=st.integers(1, 65535), path=st.sampled_from(["", "/", "/v1", "/openai/v1/"]))
+def test_redacted_urls_never_hold_the_password(user, password, port, path):
+    from phasebench.spec import redact_url
+
+    url = f"http://{user}:{password}@h.example:{port}{path}"
+    red = redact_url(url)
+    assert password not in red or password in f"h.example:{port}{path}", (url, red)
+    assert "@" not in red

@@ -301,6 +301,9 @@ class RunSpec(BaseModel):
             raise ValueError("scenario 'concurrency' takes one --concurrency; use --scenario sweep for a list")
         if self.scenario == Scenario.sweep and not (self.rate or len(self.concurrency) > 0):
             raise ValueError("scenario 'sweep' needs --concurrency 1,2,4 or --rate 1,2,4")
+        if self.api_key_env and self.url and _has_credentials(self.url):
+            raise ValueError("--url holds user:password@ and --api-key-env is set: a server takes one Authorization; "
+                             "drop one of them")
         if self.requests is None and self.duration is None:
             self.requests = 100 if self.scenario != Scenario.single_stream else 20
         return self
@@ -346,6 +349,16 @@ def redact_url(url: str | None) -> str | None:
 
 
 URL_SCHEMES = ("http", "https")
+
+
+def _has_credentials(url: str) -> bool:
+    from yarl import URL
+
+    try:
+        u = URL(url)
+    except ValueError:
+        return False
+    return bool(u.raw_user or u.raw_password)
 
 
 def check_url(url: str) -> str:
