@@ -5,7 +5,6 @@ damaged on disk the way crashes, disks and hostile files damage them."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -287,3 +286,16 @@ def test_a_file_that_is_not_a_database(tmp_path):
     assert p.returncode == 2 and _one_line_error(p.stderr) and "move it aside" in p.stderr, p.stderr
     with pytest.raises(sqlite3.DatabaseError):
         sqlite3.connect(db).execute("SELECT * FROM runs")
+
+
+def test_a_wrong_typed_field_is_reported_on_write_and_the_file_still_written(tmp_path):
+    from phasebench.results import RunFolder
+
+    f = RunFolder(tmp_path / "w")
+    with pytest.warns(RuntimeWarning, match="completed"):
+        f.write_summary({"completed": "seven", "phasebench": {"valid": True}})
+    assert json.loads((tmp_path / "w" / "summary.json").read_text())["completed"] == "seven"
+    with pytest.warns(RuntimeWarning, match="children"):
+        f.write_manifest({"kind": "sweep", "children": "00-c1"})
+    with pytest.raises(NotARunError, match="field 'children'"):
+        Run.load(tmp_path / "w")

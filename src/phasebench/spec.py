@@ -5,7 +5,6 @@ This is the edge of the program; everything inside works on these validated valu
 
 from __future__ import annotations
 
-import math
 import re
 from enum import Enum
 from pathlib import Path
