@@ -212,7 +212,9 @@ def test_what_is_written_is_what_the_typed_model_reads(good):
     for p in (good["run"], good["sweep"], good["sweep"] / "00-c1"):
         raw = json.loads((p / "summary.json").read_text())
         Summary.model_validate(raw)
-        assert Run.load(p).load_warnings == []
+        back = Run.load(p)
+        assert back.load_warnings == [] and back.summary == raw  # reading through the model changes nothing
+        assert back.manifest == json.loads((p / "manifest.json").read_text())
 
 
 def _damage_db_pages(path: Path) -> None:
