@@ -68,6 +68,9 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# record_run runs PRAGMA quick_check first on databases up to this size (it reads every page: 0.15 s for a
+# 157 MB file here, warm cache)
+CHECK_BEFORE_WRITE_BYTES = 1 << 30
 
 
 class StoreError(RuntimeError):
@@ -336,6 +339,8 @@ def record_run(run: Run, db: Path | None | str = "default") -> tuple[str | None,
 
     try:
         with Store(path) as st:
+            if path.exists() and path.stat().st_size <= CHECK_BEFORE_WRITE_BYTES:
+                st.check()  # never write into a damaged file: that can spread the damage
             return st.record(run), None
     except DamagedStoreError as e:
         return None, clean(f"not recorded: {e}")
