@@ -191,6 +191,8 @@ def test_url_credentials_and_query_are_redacted(server, tmp_path):
     assert os.environ.get("MY_KEY") is None
 
 
+from phasebench.exitcodes import SERVER_GONE  # noqa: E402
+
 # ---- item 9: credentials in the URL never reach a file, the database, the terminal or a report --------------
 
 
@@ -222,7 +224,7 @@ def test_password_with_at_sign_never_stored_or_printed(server, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["target"]["url"] == server.url
     # and when the server cannot be reached, the error names the host, not the password
     p = cli("run", "--url", "http://alice:p@ss@127.0.0.1:9/v1", "--out", str(tmp_path / "y"))
-    assert p.returncode == 2 and "127.0.0.1:9" in p.stderr and "p@ss" not in p.stderr + p.stdout
+    assert p.returncode == SERVER_GONE and "127.0.0.1:9" in p.stderr and "p@ss" not in p.stderr + p.stdout
 
 
 # ---- item 10: escape sequences from servers and datasets never reach the terminal ---------------------------
