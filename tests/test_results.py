@@ -70,9 +70,9 @@ def test_runs_are_recorded_and_round_trip(server, tmp_path, db):
     assert p.returncode == 0 and json.loads(out_jsonl.read_text().splitlines()[0])["completed"] == 5
     # import into another database
     other = tmp_path / "other.db"
-    rid, skipped = import_folder(tmp_path / "run", other)
+    rid, notes = import_folder(tmp_path / "run", other)
     with Store(other) as st:
-        assert st.load(rid).summary == r.summary and skipped == 0
+        assert st.load(rid).summary == r.summary and notes == []
     p = cli("history", "--model", "mock", "--json", env={**ENV, "PHASEBENCH_DB": str(db)})
     assert json.loads(p.stdout)[0]["id"] == rows[0]["id"]
 
@@ -162,7 +162,7 @@ def test_truncated_requests_file_is_read_and_counted(server, tmp_path, db):
     f = tmp_path / "run" / "requests.jsonl"
     f.write_bytes(f.read_bytes()[:-40])  # a crash mid-write
     p = cli("import", str(tmp_path / "run"), env={**ENV, "PHASEBENCH_DB": str(db)})
-    assert p.returncode == 0 and "1 damaged lines" in p.stdout
+    assert p.returncode == 0 and "1 damaged line(s) skipped (line 4)" in p.stderr and "requests.jsonl" in p.stderr
     p = cli("import", str(tmp_path), env={**ENV, "PHASEBENCH_DB": str(db)})
     assert p.returncode == 2 and "not a phasebench run folder" in p.stderr
 

@@ -29,10 +29,17 @@ err = Console(stderr=True)
 
 
 def fail(msg: str, code: int = 2) -> None:
-    from rich.markup import escape
+    """One line on stderr (outside text in ``msg`` is made terminal-safe), then exit with ``code``."""
+    from .textsafe import markup
 
-    err.print(f"[red]error:[/] {escape(msg)}", soft_wrap=True)
+    err.print(f"[red]error:[/] {markup(msg)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(msg: str) -> None:
+    from .textsafe import markup
+
+    err.print(f"[yellow]warning:[/] {markup(msg)}", soft_wrap=True)
 
 
 def _user_errors():
@@ -205,11 +212,15 @@ def show(
 
     try:
         run = Run.load(path)
+        if mlperf or json_out:
+            for w in run.load_warnings:
+                warn(w)
         if mlperf:
             from .report.mlperf import summary_text
+            from .textsafe import clean
 
             for leaf in (run.children or [run]):
-                sys.stdout.write(summary_text(leaf))
+                sys.stdout.write(clean(summary_text(leaf), multiline=True))
             return
         _print(run, json_out)
     except _user_errors() as e:
@@ -229,13 +240,26 @@ def mock_server(
     model: str = typer.Option("mock-model", help="Model name it serves."),
 ) -> None:
     """A programmable OpenAI-compatible test server that streams on a known schedule."""
+    import socket
+
     from .mock_server import main as mock_main
 
-    mock_main([
-        "--port", str(port), "--ttft-ms", str(ttft_ms), "--ttft-per-input-token-ms", str(ttft_per_input_token_ms),
-        "--itl-ms", str(itl_ms), "--itl-jitter-ms", str(itl_jitter_ms), "--tokens-per-chunk", str(tokens_per_chunk),
-        "--fault", fault, "--fault-every", str(fault_every), "--model", model,
-    ])
+    if not 0 <= port <= 65535:
+        fail(f"--port {port}: use 0 (any free port) to 65535")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself will
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            fail(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror}); pick another port, or 0 for a free one")
+    try:
+        mock_main([
+            "--port", str(port), "--ttft-ms", str(ttft_ms), "--ttft-per-input-token-ms", str(ttft_per_input_token_ms),
+            "--itl-ms", str(itl_ms), "--itl-jitter-ms", str(itl_jitter_ms), "--tokens-per-chunk", str(tokens_per_chunk),
+            "--fault", fault, "--fault-every", str(fault_every), "--model", model,
+        ])
+    except OSError as e:  # taken between the check and the server's own bind
+        fail(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror or e}); pick another port, or 0 for a free one")
 
 
 @app.command()

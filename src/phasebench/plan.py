@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from .textsafe import markup as escape
 from rich.table import Table
 
 from .engine.server import Engine, EngineConfig
@@ -60,7 +60,7 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         try:
             result = run_main(_steps(eng, shape, folder, engine_manifest, console))
         except RunStopped as e:
-            console.print(f"[yellow]{e}: partial results kept in {out}[/]")
+            console.print(f"[yellow]{e}: partial results kept in {escape(str(out))}[/]")
             raise SystemExit(e.exit_code) from e
     if json_out:
         import orjson

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
+from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..compare import Comparison

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..model.arch import ModelArch
