@@ -322,6 +322,23 @@ def engine_status() -> None:
     out.print(status_detached())
 
 
+def _exit_with(msg: str, code: int) -> None:
+    try:
+        fail(msg, code)
+    except typer.Exit:
+        sys.exit(code)
+
+
+def _click_errors() -> tuple[type, type, type]:
+    """The usage-error classes of the click that typer runs on (typer >= 0.24 vendors its own copy)."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:
+        import click.exceptions as ex  # type: ignore[no-redef]
+    no_args = getattr(ex, "NoArgsIsHelpError", None) or type("NoArgsIsHelpErrorUnused", (Exception,), {})
+    return ex.UsageError, no_args, ex.ClickException
+
+
 def main() -> None:
     from . import cli_model, cli_results, cli_sim
 
@@ -329,11 +346,25 @@ def main() -> None:
     cli_results.register(app)  # history, import, export, compare, report
     cli_sim.register(app)  # simulate, disagg, profile fit
 
+    usage_error, no_args, click_error = _click_errors()
     try:
-        app()
-    except KeyboardInterrupt:
+        rc = app(standalone_mode=False)
+    except no_args as e:  # bare `phasebench` / `phasebench engine`: the help text
+        ctx = getattr(e, "ctx", None)
+        sys.stdout.write((ctx.get_help() + "\n") if ctx is not None else "")
+        sys.exit(0)
+    except usage_error as e:  # a bad flag or value, in one line naming it (not a traceback or a box)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "phasebench"
+        _exit_with(f"{' '.join(e.format_message().split())} (see `{where} --help`)", 2)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except click_error as e:
+        _exit_with(" ".join(e.format_message().split()), getattr(e, "exit_code", 1))
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule
-from .spec import LengthDist, RunSpec, Scenario, SpecError
+from .spec import LengthDist, RunSpec, Scenario, SpecError, url_hint
 from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too
     STOP_SIGNALS,
     STOPPER,
@@ -98,7 +98,7 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
     model = spec.model
     if model is None:
         if not served:
-            raise RunError(f"{_safe(base)}/models lists no model; pass --model")
+            raise RunError(f"{_safe(base)}/models lists no model; pass --model" + url_hint(base))
         model = served[0]
     elif served and model not in served:
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")

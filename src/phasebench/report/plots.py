@@ -52,6 +52,11 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _discard(fig) -> None:  # noqa: ANN001 - a figure with nothing to show is closed, not left open
+    _mpl().close(fig)
+    return None
+
+
 def _fig(ncols: int = 1):
     plt = _mpl()
     fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols if ncols > 1 else 7.5, 4.2))
@@ -87,7 +92,7 @@ def prefill(runs: list[Run], names: list[str]) -> Plot | None:
         ax.plot(ks, [float(np.median(by[k])) for k in ks], "-o", color=c, label=f"{name} (median)")
         drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes([ax], ("input tokens", "TTFT (ms)"))
     return Plot("prefill", "Prefill: TTFT against input length",
                 "Each dot is one request; the line joins medians. Prefill is compute-bound: TTFT grows with the prompt.",
@@ -133,7 +138,7 @@ def decode(runs: list[Run], names: list[str]) -> Plot | None:
             ax[1].plot([p[0] for p in opn], [p[2] for p in opn], "x", ms=9, color=c, label=f"{name} (open loop)")
             drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes(ax, ("concurrency (requests in flight)", "TPOT p50 (ms)"), ("concurrency (requests in flight)", "output tokens/s"))
     return Plot("decode", "Decode: TPOT and throughput against concurrency",
                 "Decode is memory-bound: batching shares each weight read among sequences, so throughput rises "
@@ -164,7 +169,7 @@ def tradeoff(runs: list[Run], names: list[str]) -> Plot | None:
         ax.plot([p[0] for p in f], [p[1] for p in f], "--", color=c, label=f"{name}: Pareto front")
         drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes([ax], ("TPOT p50 (ms)  — latency", "output tokens/s  — throughput"))
     return Plot("tradeoff", "Throughput against latency across the sweep",
                 "Up and left is better; the dashed line is the Pareto front: no other point is both faster and "
@@ -184,7 +189,7 @@ def cdfs(runs: list[Run], names: list[str]) -> Plot | None:
                 a.set_xlabel(label)
                 drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     ax[0].set_ylabel("fraction of requests ≤ x")
     for a in ax:
         a.grid(alpha=0.3)
@@ -225,7 +230,7 @@ def timeline(runs: list[Run], names: list[str]) -> Plot | None:
             ax[1].step(bins[:-1], h / width, where="post", color=c, label=name)
         drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes(ax, ("time (s)", "requests in flight"), ("time (s)", "output tokens/s"))
     return Plot("timeline", "Load over time", "In-flight requests and the token rate the client saw, second by second.",
                 _png(fig))
