@@ -29,9 +29,9 @@ SUMMARY_ROWS = (
     ("SLO attainment", lambda s: _pct(((s.get("phasebench") or {}).get("slo") or {}).get("attainment"))),
     ("decode MBU", lambda s: _pct(((s.get("phasebench") or {}).get("roofline") or {}).get("mbu"))),
     ("prefill MFU", lambda s: _pct(((s.get("phasebench") or {}).get("roofline") or {}).get("mfu"))),
-    ("$ per 1M output tokens", lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_output_tokens"))),
-    ("$ per 1M output tokens at the SLO",
-     lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_output_tokens_at_slo"))),
+    ("$ per 1M tokens (blended)", lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_tokens"))),
+    ("$ per 1M tokens at the SLO",
+     lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_tokens_at_slo"))),
     ("output tokens per joule", lambda s: _n(((s.get("phasebench") or {}).get("cost") or {}).get("output_tokens_per_joule"), 2)),
 )
 

@@ -144,9 +144,9 @@ def print_run(run: Run, console: Console | None = None) -> None:
     for line in roofline_lines(run.summary.get("phasebench", {}).get("roofline")):
         console.print(line)
     c = run.summary.get("phasebench", {}).get("cost")
-    if c and c.get("usd_per_1m_output_tokens"):
-        slo = c.get("usd_per_1m_output_tokens_at_slo")
-        console.print(f"cost: ${c['usd_per_1m_output_tokens']:,.3f} per 1M output tokens on {c['devices']}× "
+    if c and c.get("usd_per_1m_tokens"):
+        slo = c.get("usd_per_1m_tokens_at_slo")
+        console.print(f"cost: ${c['usd_per_1m_tokens']:,.3f} per 1M tokens (input + output, blended) on {c['devices']}× "
                       f"{escape(c['hardware'])} at ${c['price_per_hour']}/h"
                       + (f", ${slo:,.3f} counting only requests that met the SLO" if slo else "")
                       + (f"; {c['output_tokens_per_joule']:.2f} output tokens/J ({escape(c['power_source'])})"
