@@ -25,8 +25,10 @@ from .metrics import RunContext, summarize
 from .records import RecordWriter, RequestRecord
 from .results import Run, RunFolder
 from .schedule import Schedule, make_schedule
+from .serverview.session import close_scraper, open_scraper
 from .spec import RunSpec, Scenario, SpecError
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
+from .workload.synthetic import new_nonce
 from .workload.tokens import server_root
 
 now_ns = time.perf_counter_ns
@@ -256,6 +258,8 @@ async def run_one(
     if spec.url is None:
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
     schedule = make_schedule(spec)
+    if spec.nonce is None:  # fresh prompts each run unless a seed was given (no accidental prefix-cache hits)
+        spec = spec.model_copy(update={"nonce": new_nonce()})
     check_roofline_inputs(spec, extra_manifest or {})
     folder = RunFolder(spec.out) if spec.out else None
     async with aiohttp.ClientSession() as meta_session:
@@ -284,9 +288,12 @@ async def run_one(
     proc = psutil.Process()
     async with Client(cfg) as client:
         await warm_up(client, warm_prompts, spec.warmup_requests, schedule.concurrency or 4)
+        scraper = await open_scraper(spec, target.base_url, path, key)  # the engine's /metrics, before
         cpu0 = sum(proc.cpu_times()[:2])
         t0 = now_ns()
         client.t0 = t0
+        if scraper:
+            scraper.start(t0)
         progress.start(label or spec.scenario.value, schedule.count, schedule.duration_s)
         try:
             records, interrupted = await execute(client, schedule, prompts, writer, progress, t0)
@@ -295,6 +302,8 @@ async def run_one(
             wall = (now_ns() - t0) / 1e9
             cpu = sum(proc.cpu_times()[:2]) - cpu0
             writer.close()
+            if scraper:
+                await asyncio.to_thread(scraper.finish)  # and after
     ctx = RunContext(
         scenario=spec.scenario.value,
         slo=spec.slo,
@@ -313,6 +322,7 @@ async def run_one(
     records.sort(key=lambda r: r.index)
     summary = summarize(records, ctx)
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
+    summary["phasebench"]["server_view"] = await close_scraper(scraper, spec, records, summary)
     from .cost import cost_block
 
     hw = spec.hardware or ("local" if summary["phasebench"]["roofline"] else None)
