@@ -74,6 +74,11 @@ def run(
     devices: Optional[int] = typer.Option(None, help="Devices behind the target (cost per token)."),
     price_per_hour: Optional[float] = typer.Option(None, help="USD per device-hour (default: the catalog's)."),
     mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
+    metrics_url: Optional[str] = typer.Option(None, help="Engine's Prometheus endpoint (default <server>/metrics; 'off')."),
+    prefix_tokens: Optional[int] = typer.Option(None, help="Shared-prefix workload: tokens every prompt of a group shares."),
+    prefix_groups: Optional[int] = typer.Option(None, help="Shared-prefix workload: number of distinct prefixes."),
+    plan: bool = typer.Option(False, "--plan", help="With --url: the phase-aware plan (prefill, decode, server)."),
+    plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m)."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
     quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
@@ -99,8 +104,13 @@ def run(
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
-            mlperf=mlperf,
+            mlperf=mlperf, metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
         )
+        if plan:
+            from .plan import run_url_plan
+
+            run_url_plan(spec, quick=quick, budget=plan_budget, console=out, json_out=json_out)
+            return
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
         import asyncio

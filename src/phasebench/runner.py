@@ -109,7 +109,10 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
         model = served[0]
     elif served and model not in served:
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")
-    return Target(base, model, answer)
+    from .client.engines import detect_engine  # which engine (manifest; its exact-length knobs)
+
+    engine = await detect_engine(session, server_root(base), answer, headers)
+    return Target(base, model, answer, {"server_engine": engine.to_dict()})
 
 
 def _safe(url: str) -> str:
