@@ -107,7 +107,7 @@ def run(
             mlperf=mlperf, metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
         )
         if plan:
-            from .plan import run_url_plan
+            from .plan_any import run_url_plan
 
             run_url_plan(spec, quick=quick, budget=plan_budget, console=out, json_out=json_out)
             return
