@@ -326,6 +326,9 @@ async def run_one(
     summary = summarize(records, ctx)
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
     summary["phasebench"]["server_view"] = await close_scraper(scraper, spec, records, summary)
+    from .server_checks import server_saw  # did the server see what was asked (lengths, context, errors)
+
+    summary["phasebench"]["warnings"] += server_saw(records, prompts, tok.name, target.models_answer, target.model)
     from .cost import cost_block
 
     hw = spec.hardware or ("local" if summary["phasebench"]["roofline"] else None)
