@@ -111,8 +111,11 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")
     from .client.engines import detect_engine  # which engine (manifest; its exact-length knobs)
 
+    from .engine.process import managed_manifest  # started by `phasebench engine start`: version, flags, log
+
     engine = await detect_engine(session, server_root(base), answer, headers)
-    return Target(base, model, answer, {"server_engine": engine.to_dict()})
+    managed = managed_manifest(base)
+    return Target(base, model, answer, {"server_engine": engine.to_dict(), **({"engine": managed} if managed else {})})
 
 
 def _safe(url: str) -> str:
