@@ -129,3 +129,32 @@ def test_llamacpp_counters_difference_into_time_per_token():
     assert v.derived["prefill_ms_per_token"] == pytest.approx(2.0) and v.derived["prefill_ms_per_request"] == 512
     assert v.ttft_split.server_prefill_ms == 512 and v.ttft_split.rest_ms == pytest.approx(48.0)
     assert v.window_s == 10
+
+
+def test_unknown_engine_keeps_raw_families_differenced():
+    from phasebench.serverview.scrape import Scraper
+    from phasebench.serverview.view import build_view
+
+    text = "# TYPE myeng_tokens counter\nmyeng_tokens_total {t}\n# TYPE myeng_busy gauge\nmyeng_busy {b}\n"
+    s = Scraper("http://unused.invalid/metrics")
+    s.before, s.after = parse_metrics(text.format(t=10, b=1), 0), parse_metrics(text.format(t=25, b=3), 10**9)
+    v = build_view(s, engine_of(s.after), client_ttft_ms=None, completed=1)
+    assert v.engine == "unknown" and v.raw == {"myeng_tokens_total": 15, "myeng_busy": 3} and not v.phases
+
+
+def test_prompts_are_fresh_per_run_and_exact_with_a_seed():
+    import asyncio
+
+    from phasebench.spec import LengthDist
+    from phasebench.workload import ApproxTokenizer
+    from phasebench.workload.synthetic import synthetic_prompts
+
+    async def make(nonce):
+        return [p.text for p in await synthetic_prompts(ApproxTokenizer(), 3, LengthDist(mean=20),
+                                                        LengthDist(mean=4), 5, nonce=nonce)]
+
+    a, b, c = asyncio.run(make("n1")), asyncio.run(make("n2")), asyncio.run(make(""))
+    assert a != b and asyncio.run(make("n1")) == a and asyncio.run(make("")) == c
+    import re
+
+    assert len({re.search(r"[0-9a-f]{6}", t).group() for t in a}) == 3  # each prompt's marker differs
