@@ -158,3 +158,13 @@ def test_prompts_are_fresh_per_run_and_exact_with_a_seed():
     import re
 
     assert len({re.search(r"[0-9a-f]{6}", t).group() for t in a}) == 3  # each prompt's marker differs
+
+
+def test_report_draws_the_engines_view_over_time(server, tmp_path):
+    from phasebench.report.plots import server_timeline
+    from phasebench.results import Run
+
+    server.configure(ttft_ms=20, itl_ms=20)
+    run(spec(server, tmp_path, scenario="concurrency", concurrency=[3], requests=9, output_tokens=40))
+    p = server_timeline([Run.load(tmp_path / "run")], ["mock"])
+    assert p is not None and p.png.startswith(b"\x89PNG") and len(p.png) > 5000
