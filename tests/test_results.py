@@ -229,9 +229,9 @@ def test_html_report_is_self_contained_with_every_plot(report_runs):
     write_report([a, b], out, ["baseline", "slower"])
     text = out.read_text()
     for title in ("Prefill: TTFT against input length", "Decode: TPOT and throughput", "Throughput against latency",
-                  "Latency distributions", "Load over time", "against the roofline"):
+                  "Latency distributions", "Load over time", "against the roofline", "The engine over time"):
         assert title in text, title
-    assert text.count("data:image/png;base64,") == 6
+    assert text.count("data:image/png;base64,") == 7
     # the target's URL may appear as text; nothing may be loaded from the network
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text) and not re.search(r"url\(\s*['\"]?(https?:)?//", text)
     assert "<script" not in text and "@import" not in text and "<link" not in text

@@ -304,7 +304,7 @@ def server_timeline(runs: list[Run], names: list[str]) -> Plot | None:
     if not drawn:
         return None
     _axes(ax, ("time (s)", "requests"), ("time (s)", "% / count"))
-    return Plot("server_timeline", "The engine's view over time",
+    return Plot("server_timeline", "The engine over time (its own metrics)",
                 "From the engine's Prometheus metrics, scraped about once a second: its running and waiting "
                 "requests beside the client's in-flight count, its KV-cache usage and preemptions.", _png(fig))
 
