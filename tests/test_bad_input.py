@@ -108,7 +108,7 @@ def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProces
 
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
     p = cli("run", "--url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "x"))
-    assert p.returncode == 2 and "cannot reach" in p.stderr and "Traceback" not in p.stderr + p.stdout
+    assert p.returncode == 4 and "cannot reach" in p.stderr and "Traceback" not in p.stderr + p.stdout
     p = cli("show", str(tmp_path))
     assert p.returncode == 2 and "not a phasebench run folder" in p.stderr
 

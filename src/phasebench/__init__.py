@@ -23,6 +23,24 @@ def run(spec: RunSpec, progress=None) -> Run:
     return _run(spec, progress)
 
 
+_ERRORS = ("Interrupted", "RunError", "RunStopped", "ServerGone", "TargetUnreachable")
+
+
+def __getattr__(name: str):  # noqa: ANN202 - the exception types, without importing the client at start-up
+    if name in _ERRORS:
+        from . import runner
+
+        return getattr(runner, name)
+    raise AttributeError(name)
+
+
+async def arun(spec: RunSpec, progress=None) -> Run:
+    """``run`` for async code: runs in the caller's event loop."""
+    from .runner import arun as _arun
+
+    return await _arun(spec, progress)
+
+
 def predict(model: str, hardware: str, devices: int = 1, precision: str = "fp16", batch: int = 1,
             input_len: int = 128, output_len: int = 128, engine: str | None = None):  # noqa: ANN201
     """The roofline phase model (docs/model.md): a ``phasebench.model.phases.Prediction``.
@@ -37,4 +55,4 @@ def predict(model: str, hardware: str, devices: int = 1, precision: str = "fp16"
     return p
 
 
-__all__ = ["run", "predict", "Run", "RunSpec", "SLO", "LengthDist", "Scenario", "__version__"]
+__all__ = ["run", "arun", "predict", "RunError", "RunStopped", "Interrupted", "ServerGone", "TargetUnreachable", "Run", "RunSpec", "SLO", "LengthDist", "Scenario", "__version__"]

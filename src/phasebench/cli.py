@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 
+from .exitcodes import HELP as EXIT_HELP
 from .spec import Endpoint, Scenario, SpecError
 
 app = typer.Typer(
@@ -17,6 +18,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
     help="phasebench: how fast an LLM really runs on your hardware and serving stack, phase by phase "
     "(prefill = time to first token, decode = time per output token), and why.",
+    epilog=EXIT_HELP,
 )
 engine_app = typer.Typer(no_args_is_help=True, help="The embedded llama.cpp engine: build, start, stop, status.")
 app.add_typer(engine_app, name="engine")
@@ -61,7 +63,7 @@ def run(
     slo: Optional[str] = typer.Option(None, help="ttft=2000,tpot=200[,e2e=..,itl=..,p=99] or an MLPerf preset."),
     warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
     cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
-    warmup_requests: Optional[int] = typer.Option(None, help="Requests sent and discarded before the run."),
+    warmup_requests: Optional[int] = typer.Option(None, help="Requests of the run's shape sent and discarded first (default: one short request per connection)."),
     seed: Optional[int] = typer.Option(None, help="Seed for prompts and arrivals."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default runs/<time>)."),
     api_key_env: Optional[str] = typer.Option(None, help="Name of the env var holding the API key."),
@@ -84,19 +86,26 @@ def run(
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
     engine_model: Optional[Path] = typer.Option(None, help="Embedded engine: any GGUF model file."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
+    workers: Optional[str] = typer.Option(None, help="Client worker processes: N or auto (default: one per spare core when the load needs it)."),
+    ray: Optional[str] = typer.Option(None, help="Run the client workers as Ray actors: auto or a cluster ADDRESS (extra phasebench[ray])."),
 ) -> None:
-    """Benchmark a server (or, with no --url, the embedded engine) and write a run folder."""
-    from .runner import Interrupted, install_uvloop
+    """Benchmark a server (or, with no --url, the embedded engine) and write a run folder.
+
+    Exit codes: 0 finished and VALID · 2 bad input, nothing run · 3 finished but INVALID · 4 server unreachable
+    or gone mid-run (partial results kept) · 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM) · 1 internal error.
+    """
+    from . import exitcodes
+    from .runner import RunStopped, TargetUnreachable, run_main
     from .spec import build_spec
 
     try:
         if url is None and not (spec_file and _spec_has_url(spec_file)):
             from .plan import run_default_plan
 
-            run_default_plan(
+            result = run_default_plan(
                 quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out
             )
-            return
+            raise typer.Exit(exitcodes.OK if result is None or result.valid else exitcodes.INVALID)
         spec = build_spec(
             spec_file, url=url, model=model, endpoint=endpoint, scenario=scenario, concurrency=concurrency,
             rate=rate, burstiness=burstiness, requests=requests, duration=duration, input_tokens=input_tokens,
@@ -104,7 +113,8 @@ def run(
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
-            mlperf=mlperf, metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
+            mlperf=mlperf, workers=_workers(workers), ray=ray,
+            metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
         )
         if plan:
             from .plan_any import run_url_plan
@@ -113,24 +123,57 @@ def run(
             return
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
-        import asyncio
-
         from .progress import RichProgress
         from .runner import run_async
 
-        install_uvloop()
         try:
-            result = asyncio.run(run_async(spec, RichProgress()))
-        except Interrupted as e:
-            _print(e.run, json_out)
-            err.print(f"[yellow]interrupted: partial results kept in {e.run.path}[/]")
-            raise typer.Exit(130)
+            result = run_main(run_async(spec, RichProgress()))
+        except RunStopped as e:
+            if e.run is None:
+                err.print(f"[yellow]stopped ({_stop_name(e)}) before the run started; nothing written as a result[/]")
+            else:
+                _print(e.run, json_out)
+                err.print(f"[yellow]{escape_text(str(e)) if not _is_signal(e) else 'interrupted (' + _stop_name(e) + ')'}: "
+                          f"partial results kept in {e.run.path}[/]")
+            raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted before the run started; nothing written as a result[/]")
-            raise typer.Exit(130)
+            raise typer.Exit(exitcodes.for_signal(2))
         _print(result, json_out)
+        if not result.valid:
+            raise typer.Exit(exitcodes.INVALID)
+    except TargetUnreachable as e:
+        fail(str(e), exitcodes.SERVER_GONE)
     except _user_errors() as e:
         fail(str(e))
+
+
+def _workers(value: str | None) -> int | None:
+    if value is None or value.strip().lower() == "auto":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise SpecError(f"--workers {value!r}: use a whole number from 1 to 256, or auto") from None
+    if not 1 <= n <= 256:
+        raise SpecError(f"--workers {n}: use a whole number from 1 to 256, or auto")
+    return n
+
+
+def _is_signal(e: Exception) -> bool:
+    from .runner import Interrupted
+
+    return isinstance(e, Interrupted)
+
+
+def _stop_name(e: Exception) -> str:
+    return getattr(e, "signal_name", "stopped")
+
+
+def escape_text(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def _spec_has_url(path: Path) -> bool:

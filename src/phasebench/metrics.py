@@ -68,14 +68,46 @@ def itl_chunk_ms(r: RequestRecord) -> list[float]:
     return [(c[i] - c[i - 1]) / NS_PER_MS for i in range(1, len(c))]
 
 
-def itl_token_ms(r: RequestRecord) -> list[float]:
-    """Per-token inter-token latency: each chunk's gap divided evenly among the tokens it carried."""
+def itl_token_gaps(r: RequestRecord) -> tuple[list[float], list[int]]:
+    """Per-token inter-token latency, as (gap ÷ tokens, tokens) per chunk after the first: each chunk's gap is
+    divided evenly among the tokens it carried, and that value counts once per token (weights, never expanded,
+    so a chunk claiming 10^12 tokens costs nothing)."""
     c, k = r.chunk_ns, r.chunk_tokens
-    out: list[float] = []
+    vals: list[float] = []
+    weights: list[int] = []
     for i in range(1, len(c)):
         n = k[i] if i < len(k) and k[i] > 0 else 1
-        out.extend([(c[i] - c[i - 1]) / n / NS_PER_MS] * n)
-    return out
+        vals.append((c[i] - c[i - 1]) / n / NS_PER_MS)
+        weights.append(n)
+    return vals, weights
+
+
+def itl_token_ms(r: RequestRecord) -> list[float]:
+    """``itl_token_gaps`` expanded into one value per token, for tests that need the whole sample (compare);
+    a chunk's repetitions are capped at ``EXPAND_CAP`` so a server's absurd token count cannot exhaust memory."""
+    vals, weights = itl_token_gaps(r)
+    return [v for v, w in zip(vals, weights) for _ in range(min(w, EXPAND_CAP))]
+
+
+EXPAND_CAP = 256
+
+
+def itl_token_max_ms(r: RequestRecord) -> float | None:
+    """The request's worst per-token gap."""
+    vals, _ = itl_token_gaps(r)
+    return max(vals, default=None)
+
+
+def buffered(r: RequestRecord) -> bool:
+    """The stream arrived all at once (a buffering server or proxy): >= 4 output tokens, yet one chunk, or
+    chunks closer together than 50 µs per token. Its TPOT and ITL are then not the server's decode speed."""
+    n = r.output_tokens or 0
+    if n < 4 or r.first_token_ns is None or r.last_token_ns is None:
+        return False
+    return len(r.chunk_ns) <= 1 or (r.last_token_ns - r.first_token_ns) < BUFFERED_NS_PER_TOKEN * (n - 1)
+
+
+BUFFERED_NS_PER_TOKEN = 50_000
 
 
 def prefill_tps(r: RequestRecord) -> float | None:
@@ -100,7 +132,7 @@ def meets_slo(r: RequestRecord, slo: SLO) -> bool:
         (slo.ttft_ms, ttft_ms(r)),
         (slo.tpot_ms, tpot_ms(r)),
         (slo.e2e_ms, e2e_ms(r)),
-        (slo.itl_ms, max(itl_token_ms(r), default=None)),
+        (slo.itl_ms, itl_token_max_ms(r)),
     )
     return all(limit is None or value is None or value <= limit for limit, value in checks)
 
@@ -152,6 +184,37 @@ def describe(values: Iterable[float | None]) -> dict[str, Any]:
     return out
 
 
+def describe_weighted(values: Sequence[float], weights: Sequence[int]) -> dict[str, Any]:
+    """``describe`` of a sample in which value i occurs weights[i] times, without expanding it.
+
+    Percentiles follow numpy's default (linear) definition on the expanded sample, so for small weights the
+    result equals ``describe`` of the expanded list; the p99 CI is left out when weights are not all 1."""
+    v = np.asarray(values, dtype=np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    keep = ~np.isnan(v) & (w > 0)
+    v, w = v[keep], w[keep]
+    if v.size == 0:
+        return {"count": 0}
+    if np.all(w == 1):
+        return describe(v.tolist())
+    order = np.argsort(v, kind="stable")
+    v, w = v[order], w[order]
+    n = float(w.sum())
+    mean = float((v * w).sum() / n)
+    var = float((w * (v - mean) ** 2).sum() / (n - 1)) if n > 1 else 0.0
+    cum = np.cumsum(w)  # expanded positions: value i covers ranks [cum[i]-w[i], cum[i]-1]
+    out: dict[str, Any] = {"count": int(n), "mean": mean, "std": math.sqrt(max(var, 0.0)),
+                           "min": float(v[0]), "max": float(v[-1])}
+    for p in PERCENTILES:
+        h = (n - 1) * p / 100.0
+        lo, hi = math.floor(h), math.ceil(h)
+        a = float(v[int(np.searchsorted(cum, lo, side="right"))])
+        b = float(v[int(np.searchsorted(cum, hi, side="right"))])
+        out[f"p{p:g}"] = a + (b - a) * (h - lo)
+    out["p99_ci95"] = None
+    return out
+
+
 # ---- the run's summary ---------------------------------------------------------------------------------
 
 
@@ -171,6 +234,9 @@ class RunContext:
     partial: bool = False
     exact_output: bool = True
     mlperf: bool = False
+    stopped: str | None = None  # why the run stopped early (the server stopped answering)
+    loop_lag_ms: list[float] | None = None  # event-loop heartbeat (monitor.LoopLag)
+    host: dict[str, Any] | None = None  # CPU use by who used it (monitor.HostLoad)
     extra_warnings: list[str] = field(default_factory=list)
 
 
@@ -197,6 +263,16 @@ def max_in_flight(records: Iterable[RequestRecord]) -> int:
         cur += d
         best = max(best, cur)
     return best
+
+
+def _itl_token_stats(ok: Sequence[RequestRecord]) -> dict[str, Any]:
+    vals: list[float] = []
+    weights: list[int] = []
+    for r in ok:
+        v, w = itl_token_gaps(r)
+        vals += v
+        weights += w
+    return describe_weighted(vals, weights)
 
 
 def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, Any]:
@@ -226,7 +302,7 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
         "ttfot_ms": describe(ttfot_ms(r) for r in ok),
         "tpot_ms": describe(tpot_ms(r) for r in ok),
         "itl_chunk_ms": describe(x for r in ok for x in itl_chunk_ms(r)),
-        "itl_token_ms": describe(x for r in ok for x in itl_token_ms(r)),
+        "itl_token_ms": _itl_token_stats(ok),
         "e2e_ms": describe(e2e_ms(r) for r in ok),
         "prefill_tps": describe(prefill_tps(r) for r in ok),
         "decode_tps": describe(decode_tps(r) for r in ok),
@@ -279,8 +355,12 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
         "target_rate": ctx.target_rate,
         "scheduled_rate": scheduled_rate,
         "achieved_send_rate": achieved_send_rate,
+        "loop_lag_ms": describe(ctx.loop_lag_ms or []) if ctx.loop_lag_ms is not None else None,
+        "host": ctx.host,
     }
-    valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, len(in_win), span_s, ctx, slo_block)
+    streams = {"buffered": sum(1 for r in ok if buffered(r)), "eligible": sum(1 for r in ok if (r.output_tokens or 0) >= 4)}
+    valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, len(in_win), span_s, ctx, slo_block,
+                                              streams)
 
     total_out = sum(r.output_tokens or 0 for r in ok)
     total_in = sum((r.prompt_tokens or r.input_tokens or 0) for r in ok)
@@ -316,6 +396,7 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
         "slo": slo_block,
         "errors": dict(errors),
         "client": client,
+        "streams": streams,
         "tokens": {
             "usage_minus_client": describe(usage_diffs),
             "length_mismatch": length_mismatch,
@@ -332,6 +413,11 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
 # Thresholds of the honesty checks (documented in docs/metrics.md).
 SEND_LAG_P99_LIMIT_MS = 10.0
 CLIENT_CPU_LIMIT = 0.85
+CPU_CHECK_MIN_WALL_S = 2.0  # shorter runs: start-up dominates the CPU average, which then says nothing
+LOOP_LAG_P99_LIMIT_MS = 1.0
+LOOP_LAG_TTFT_FRACTION = 0.05
+LOOP_LAG_MIN_SAMPLES = 20  # 100 ms of heartbeats
+HOST_BUSY_FRACTION = 0.25  # other processes using more than a quarter of the cores
 RATE_TOLERANCE = 0.10
 MLPERF_MIN_DURATION_S = 600.0
 MLPERF_MIN_QUERIES = 24576  # LoadGen's min_query_count for the llama2-70b server scenario (its dataset size)
@@ -352,10 +438,13 @@ def check_validity(
     span_s: float,
     ctx: RunContext,
     slo_block: dict[str, Any],
+    streams: dict[str, int] | None = None,
 ) -> tuple[bool, list[str], list[str]]:
     reasons: list[str] = []
     warnings: list[str] = list(ctx.extra_warnings)
-    if ctx.partial:
+    if ctx.stopped:
+        reasons.append(f"partial: {ctx.stopped}")
+    elif ctx.partial:
         reasons.append("partial: the run was interrupted before it finished")
     if n == 0:
         reasons.append("no requests in the measurement window")
@@ -364,12 +453,38 @@ def check_validity(
         reasons.append(
             f"client fell behind its schedule: send-lag p99 {lag:.1f} ms > {SEND_LAG_P99_LIMIT_MS:g} ms"
         )
-    cpu = client.get("cpu_fraction")
-    if cpu is not None and cpu > CLIENT_CPU_LIMIT:
+    loop = client.get("loop_lag_ms") or {}
+    lag99 = loop.get("p99")
+    ttft50 = m["ttft_ms"].get("p50")
+    lag_limit = max(LOOP_LAG_P99_LIMIT_MS, LOOP_LAG_TTFT_FRACTION * (ttft50 or 0.0))
+    if lag99 is not None and loop.get("count", 0) >= LOOP_LAG_MIN_SAMPLES and lag99 > lag_limit:
         reasons.append(
-            f"the client, not the server, may be the bottleneck: it used {cpu:.0%} of a core "
-            f"(limit {CLIENT_CPU_LIMIT:.0%}); lower the load or use a faster machine for the client"
+            f"the client read late: its event loop was {lag99:.1f} ms behind at p99 (limit {lag_limit:.1f} ms = "
+            f"max({LOOP_LAG_P99_LIMIT_MS:g} ms, {LOOP_LAG_TTFT_FRACTION:.0%} of median TTFT)), so TTFT and ITL "
+            f"carry up to that much of the client's own delay; lower the load or give the client more cores"
         )
+    cpu = client.get("cpu_fraction")
+    wall = client.get("wall_s") or 0.0
+    if cpu is not None and cpu > CLIENT_CPU_LIMIT and wall >= CPU_CHECK_MIN_WALL_S:
+        warnings.append(
+            f"the client used {cpu:.0%} of a core over {wall:.0f} s (warning above {CLIENT_CPU_LIMIT:.0%}): "
+            f"near its ceiling; the loop-lag check above says whether that distorted the figures"
+        )
+    host = client.get("host") or {}
+    other, cores = host.get("other_cores"), host.get("cores") or 1
+    if other is not None and wall >= CPU_CHECK_MIN_WALL_S and other > HOST_BUSY_FRACTION * cores:
+        warnings.append(
+            f"the host was busy: other processes used {other:.1f} of {cores} cores during the run (not phasebench, "
+            f"not the server under test); on a shared machine that alone can halve a measured throughput"
+        )
+    if streams and streams.get("buffered"):
+        b, e = streams["buffered"], max(streams.get("eligible", 0), 1)
+        text = (f"{b} of {e} streams arrived all at once (the server or a proxy buffered them): their TPOT and ITL "
+                f"are not the server's decode speed")
+        if b > e / 2:
+            reasons.append(text)
+        else:
+            warnings.append(text)
     tr, ar = client.get("target_rate"), client.get("achieved_send_rate")
     if ctx.scenario == "server" and tr and ar and n >= 50 and abs(ar - tr) / tr > RATE_TOLERANCE * 3:
         warnings.append(f"achieved send rate {ar:.2f}/s differs from the target {tr:.2f}/s by > 30%")

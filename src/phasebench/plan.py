@@ -11,7 +11,6 @@ Each step is an ordinary run folder under one plan folder; the engine is stopped
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from rich.table import Table
 from .engine.server import Engine, EngineConfig
 from .progress import RichProgress
 from .results import Run, RunFolder
-from .runner import Interrupted, install_uvloop, run_one
+from .runner import RunStopped, run_main, run_one
 from .spec import RunSpec, Scenario, parse_slo
 
 DEFAULT_SLO = "ttft=2000,tpot=100"  # the MLPerf llama3.1-8b server thresholds, used as a plain per-request SLO
@@ -51,7 +50,6 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
     shape = QUICK if quick else FULL
     out = out or Path("runs") / ("plan-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     folder = RunFolder(out)
-    install_uvloop()
     eng = Engine(EngineConfig(binary=binary, model_path=model_path, slots=shape.slots), Console(stderr=True))
     eng.resolve()
     console.print(f"[bold]engine[/]: llama-server, {shape.slots} slots · model {escape(str(eng.model_info.get('name')))} "
@@ -60,10 +58,10 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         console.print(f"engine healthy at {eng.url}")
         engine_manifest = eng.manifest()
         try:
-            result = asyncio.run(_steps(eng, shape, folder, engine_manifest, console))
-        except Interrupted as e:
-            console.print(f"[yellow]interrupted: partial results kept in {out}[/]")
-            raise SystemExit(130) from e
+            result = run_main(_steps(eng, shape, folder, engine_manifest, console))
+        except RunStopped as e:
+            console.print(f"[yellow]{e}: partial results kept in {out}[/]")
+            raise SystemExit(e.exit_code) from e
     if json_out:
         import orjson
 
@@ -286,6 +284,8 @@ def print_plan(run: Run, console: Console) -> None:
         console.print(f"  • {escape(v)}")
     for r in s["phasebench"]["reasons"]:
         console.print(f"[yellow]  ! {escape(r)}[/]")
+    state = "[green]VALID[/]" if run.valid else "[red]INVALID[/] (exit code 3; the reasons are above)"
+    console.print(f"plan: {state}")
     console.print(f"results: {escape(str(run.path))}")
 
 

@@ -13,46 +13,39 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
 
 from . import env as envmod
-from .client.openai import Prompt
 from .client.transport import Client, ClientConfig
+from .client.workers import auto_workers
+from .dispatch import NoProgress, Progress, execute, sleep_until, warm_up  # noqa: F401 - re-exported
 from .metrics import RunContext, summarize
+from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
-from .results import Run, RunFolder
+from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule
 from .serverview.session import close_scraper, open_scraper
-from .spec import RunSpec, Scenario, SpecError
+from .spec import LengthDist, RunSpec, Scenario, SpecError
+from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too
+    STOP_SIGNALS,
+    STOPPER,
+    Interrupted,
+    RunError,
+    RunStopped,
+    ServerGone,
+    Stopper,
+    TargetUnreachable,
+    run_main,
+)
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
 from .workload.synthetic import new_nonce
 from .workload.tokens import server_root
 
 now_ns = time.perf_counter_ns
-
-
-class RunError(RuntimeError):
-    """Something stopped the whole run (unreachable server, unknown model): one clear line."""
-
-
-class Progress(Protocol):
-    def start(self, label: str, total: int | None, duration: float | None) -> None: ...
-    def advance(self, rec: RequestRecord) -> None: ...
-    def stop(self) -> None: ...
-
-
-class NoProgress:
-    def start(self, label: str, total: int | None, duration: float | None) -> None:
-        pass
-
-    def advance(self, rec: RequestRecord) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
 
 
 @dataclass
@@ -66,6 +59,7 @@ class Target:
 
 
 def install_uvloop() -> bool:
+    """Kept for callers that want uvloop process-wide; phasebench itself uses ``run_main`` (no policy change)."""
     try:
         import uvloop
 
@@ -98,7 +92,7 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
                 raise RunError(f"{_safe(base)} refused the request (HTTP {r.status}): check --api-key-env")
             answer = await r.json(content_type=None) if r.status == 200 else None
     except (aiohttp.ClientConnectionError, asyncio.TimeoutError) as e:
-        raise RunError(f"cannot reach {_safe(base)}: {type(e).__name__} {e}".strip()) from None
+        raise TargetUnreachable(f"cannot reach {_safe(base)}: {type(e).__name__} {e}".strip()) from None
     except aiohttp.ContentTypeError:
         answer = None
     served = [m.get("id") for m in (answer or {}).get("data", []) if isinstance(m, dict)] if isinstance(answer, dict) else []
@@ -138,96 +132,29 @@ async def make_tokenizer(spec: RunSpec, session: aiohttp.ClientSession, target: 
     return ApproxTokenizer()
 
 
+WARM_CONNECTIONS_MAX = 256
+WARM_CONNECTIONS_OPEN_LOOP = 16
+
+
+def warmup_plan(spec: RunSpec, schedule: Schedule) -> tuple[int, RunSpec]:
+    """What to send before the window. ``--warmup-requests N``: N requests of the run's own shape (they warm the
+    server too). Default: one short request per connection the run will hold (closed loop: its concurrency;
+    open loop: up to 16), all at once, so the first measured wave finds its connections open and measures the
+    server rather than the client's connection set-up."""
+    if spec.warmup_requests is not None:
+        return spec.warmup_requests, spec
+    conns = schedule.concurrency or WARM_CONNECTIONS_OPEN_LOOP
+    n = max(1, min(conns, WARM_CONNECTIONS_MAX, spec.max_connections))
+    short = spec.model_copy(update={"input_tokens": LengthDist(mean=8), "output_tokens": LengthDist(mean=2),
+                                    "dataset": None, "preset": None})
+    return n, short
+
+
 def request_count(schedule: Schedule) -> int:
     """How many distinct prompts to prepare (duration-bounded closed loops cycle through a pool)."""
     if schedule.offsets_ns is not None:
         return len(schedule.offsets_ns)
     return schedule.count if schedule.count else 512
-
-
-async def warm_up(client: Client, prompts: list[Prompt], n: int, concurrency: int) -> int:
-    """Send ``n`` requests, discard them: opens connections and warms the server before the window."""
-    if n <= 0:
-        return 0
-    sem = asyncio.Semaphore(max(1, concurrency))
-
-    async def one(i: int) -> None:
-        async with sem:
-            p = prompts[i % len(prompts)]
-            rec = client.new_record(-1 - i, 0, p)
-            await client.send(rec, p)
-
-    await asyncio.gather(*(one(i) for i in range(n)))
-    return n
-
-
-async def execute(
-    client: Client,
-    schedule: Schedule,
-    prompts: list[Prompt],
-    writer: RecordWriter,
-    progress: Progress,
-    t0: int,
-) -> tuple[list[RequestRecord], bool]:
-    """Send every request at its time; returns (records, interrupted). Records are on disk as each ends."""
-    records: list[RequestRecord] = []
-    tasks: set[asyncio.Task] = set()
-    deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
-
-    async def one(i: int, scheduled_rel: int) -> None:
-        p = prompts[i % len(prompts)]
-        rec = client.new_record(i, scheduled_rel, p)
-        try:
-            await client.send(rec, p)
-        finally:
-            records.append(rec)
-            writer.write(rec)
-            progress.advance(rec)
-
-    async def open_loop() -> None:
-        assert schedule.offsets_ns is not None
-        for i, off in enumerate(schedule.offsets_ns.tolist()):
-            await sleep_until(t0 + off)
-            task = asyncio.create_task(one(i, off))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-
-    async def closed_loop() -> None:
-        n = schedule.count
-        counter = iter(range(n if n is not None else 1 << 62))
-
-        async def worker() -> None:
-            for i in counter:
-                t = now_ns()
-                if deadline_ns is not None and t >= deadline_ns:
-                    return
-                await one(i, t - t0)
-
-        conc = schedule.concurrency or 1
-        workers = [asyncio.create_task(worker()) for _ in range(conc)]
-        tasks.update(workers)
-        await asyncio.gather(*workers)
-
-    try:
-        await (open_loop() if schedule.kind == "open" else closed_loop())
-        return records, False
-    except asyncio.CancelledError:
-        for t in list(tasks):
-            t.cancel()
-        await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, True
-
-
-async def sleep_until(deadline_ns: int) -> None:
-    """Never early: the event loop's timers have millisecond resolution and may fire before the deadline,
-    so the last sub-millisecond is spent yielding to the loop (other streams keep being served)."""
-    while True:
-        left = deadline_ns - now_ns()
-        if left <= 0:
-            return
-        await asyncio.sleep(left / 1e9 - 0.0005 if left > 1_000_000 else 0)
 
 
 def target_rate(spec: RunSpec) -> float | None:
@@ -260,6 +187,9 @@ async def run_one(
 ) -> Run:
     """One run (not a sweep) end to end."""
     progress = progress or NoProgress()
+    stopper = STOPPER.get()
+    if stopper is not None:
+        stopper.phase = "idle"
     key = api_key(spec)
     if spec.url is None:
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
@@ -267,13 +197,17 @@ async def run_one(
     if spec.nonce is None:  # fresh prompts each run unless a seed was given (no accidental prefix-cache hits)
         spec = spec.model_copy(update={"nonce": new_nonce()})
     check_roofline_inputs(spec, extra_manifest or {})
-    folder = RunFolder(spec.out) if spec.out else None
+    if spec.out and (Path(spec.out) / MANIFEST).exists():
+        raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
     async with aiohttp.ClientSession() as meta_session:
         target = await discover(spec, meta_session, key)
         tok = await make_tokenizer(spec, meta_session, target)
         prompts = await build_prompts(spec, tok, request_count(schedule))
-        warm_prompts = await build_prompts(spec, tok, min(spec.warmup_requests, 8), seed_offset=10_000) if spec.warmup_requests else []
+        n_warm, warm_spec = warmup_plan(spec, schedule)
+        warm_prompts = await build_prompts(warm_spec, tok, min(n_warm, 8), seed_offset=10_000) if n_warm else []
     conc_hint = schedule.concurrency or min(len(prompts), spec.max_connections)
+    max_conn = max(1, min(spec.max_connections, max(conc_hint, 1)))
+    ensure_open_files(max_conn, spec)
     cfg = ClientConfig(
         base_url=target.base_url,
         model=target.model,
@@ -283,33 +217,65 @@ async def run_one(
         temperature=spec.temperature,
         timeout=spec.timeout,
         stall_timeout=spec.stall_timeout,
-        max_connections=max(1, min(spec.max_connections, max(conc_hint, 1))),
+        max_connections=max_conn,
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})
-    path = folder.path if folder else None
-    if folder:
-        folder.write_manifest(manifest)
-    writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
     proc = psutil.Process()
+    host = HostLoad(exclude=_serving_pids(target))
+    lag = LoopLag()
+    n_workers = spec.workers or auto_workers(schedule.concurrency or min(len(prompts), max_conn))
     async with Client(cfg) as client:
-        await warm_up(client, warm_prompts, spec.warmup_requests, schedule.concurrency or 4)
+        if n_workers == 1 and not spec.ray:  # workers warm their own connections
+            await warm_up(client, warm_prompts, n_warm, n_warm if spec.warmup_requests is None else (schedule.concurrency or 4))
+        # the folder appears only now: a run that fails to start leaves no empty folder behind; from here on the
+        # manifest is on disk before the first record, so even a SIGKILL leaves a readable folder
+        folder = RunFolder(spec.out) if spec.out else None
+        path = folder.path if folder else None
+        if folder:
+            folder.write_manifest(manifest)
+        writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
         scraper = await open_scraper(spec, target.base_url, path, key)  # the engine's /metrics, before
         cpu0 = sum(proc.cpu_times()[:2])
+        host.start()
+        lag.start()
         t0 = now_ns()
         client.t0 = t0
         if scraper:
             scraper.start(t0)
         progress.start(label or spec.scenario.value, schedule.count, schedule.duration_s)
+        workers: list[Any] = []
+        worker_died: str | None = None
         try:
-            records, interrupted = await execute(client, schedule, prompts, writer, progress, t0)
+            if spec.ray or n_workers > 1:
+                from .client.ray_workers import run_on_ray
+                from .client.workers import run_sharded
+
+                shard = (lambda *a: run_on_ray(spec.ray, *a)) if spec.ray else run_sharded
+                records, interrupted, gone, workers, t0 = await shard(
+                    cfg, schedule, prompts, warm_prompts, n_warm, n_workers, writer, progress)
+                client.t0 = t0
+                died = [w.died for w in workers if w.died]
+                if died:
+                    worker_died = "; ".join(died) + " (its finished records are on disk)"
+            else:
+                records, interrupted, gone = await execute(client, schedule, prompts, writer, progress, t0)
         finally:
             progress.stop()
             wall = (now_ns() - t0) / 1e9
-            cpu = sum(proc.cpu_times()[:2]) - cpu0
+            workers_cpu = sum(w.cpu_s for w in workers)
+            cpu = sum(proc.cpu_times()[:2]) - cpu0 + workers_cpu
+            lag_ms = lag.stop() + [x for w in workers for x in w.lag_ms]
+            host_load = host.stop(client_extra_cpu_s=workers_cpu)
             writer.close()
             if scraper:
                 await asyncio.to_thread(scraper.finish)  # and after
+    if workers:
+        manifest["client_workers"] = {
+            "count": len(workers), "ray": spec.ray,
+            "clock": ("each Ray worker's own CLOCK_MONOTONIC, aligned by a measured offset" if spec.ray
+                      else "CLOCK_MONOTONIC (system-wide)"),
+            "workers": [w.manifest() for w in workers]}
     ctx = RunContext(
         scenario=spec.scenario.value,
         slo=spec.slo,
@@ -320,13 +286,22 @@ async def run_one(
         concurrency=schedule.concurrency,
         client_cpu_s=cpu,
         wall_s=wall,
-        partial=interrupted,
+        partial=interrupted or gone is not None or worker_died is not None,
+        stopped=gone or worker_died,
         exact_output=spec.exact_output,
         mlperf=spec.mlperf,
+        loop_lag_ms=lag_ms,
+        host=host_load,
         extra_warnings=[] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"],
     )
     records.sort(key=lambda r: r.index)
     summary = summarize(records, ctx)
+    summary["phasebench"]["warmup"] = {
+        "requests": n_warm,
+        "kind": "connections" if spec.warmup_requests is None else "requests",
+        "note": (f"{n_warm} short requests (8 prompt tokens, 2 output) opened the connections before the window"
+                 if spec.warmup_requests is None else f"{n_warm} requests of the run's shape were sent and discarded"),
+    }
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
     summary["phasebench"]["server_view"] = await close_scraper(scraper, spec, records, summary)
     from .server_checks import server_saw  # did the server see what was asked (lengths, context, errors)
@@ -341,9 +316,49 @@ async def run_one(
         folder.write_manifest(manifest)
         folder.write_summary(summary)
     result = Run(path, manifest, summary, records)
-    if interrupted:
+    if interrupted or (stopper is not None and stopper.signum is not None):  # a signal while results were written
         raise Interrupted(result)
+    if gone:
+        raise ServerGone(result, gone)
     return result
+
+
+# Descriptors the client needs besides one per connection: the run folder, the event loop, the metadata session.
+FD_MARGIN = 64
+
+
+def ensure_open_files(connections: int, spec: RunSpec) -> None:
+    """One socket per connection: raise the soft open-files limit if it is too low, or refuse before starting."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return
+    need = connections + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+            return
+        except (ValueError, OSError):
+            pass
+    what = f"--concurrency {spec.concurrency[0]}" if spec.scenario != Scenario.server else f"{connections} connections"
+    raise SpecError(
+        f"{what} needs about {need} open files, but this process may open only {soft} (hard limit {hard}); "
+        f"raise it (e.g. `ulimit -n {max(need, 4096)}`) or lower the load / --max-connections"
+    )
+
+
+def _serving_pids(target: Target) -> list[int]:
+    """The processes serving a loopback target (the embedded engine, a local vLLM, the mock server)."""
+    from yarl import URL
+
+    try:
+        u = URL(target.base_url)
+    except (ValueError, TypeError):
+        return []
+    return server_pids(u.host, u.port)
 
 
 def check_roofline_inputs(spec: RunSpec, extra: dict[str, Any]) -> None:
@@ -372,14 +387,6 @@ def roofline_block(manifest: dict[str, Any], summary: dict[str, Any]) -> dict[st
         return {"error": f"roofline not computed: {e}"}
 
 
-class Interrupted(Exception):
-    """Ctrl-C during a run: carries the partial (but valid on disk) result."""
-
-    def __init__(self, run: Run) -> None:
-        super().__init__("interrupted")
-        self.run = run
-
-
 class _NullWriter:
     count = 0
 
@@ -394,8 +401,9 @@ async def run_async(spec: RunSpec, progress: Progress | None = None, extra_manif
     """A run or a sweep. A sweep writes one sub-folder per point and a summary table of the points."""
     try:
         result = await _run_or_sweep(spec, progress, extra_manifest)
-    except Interrupted as e:
-        _record(e.run)
+    except RunStopped as e:
+        if e.run is not None:
+            _record(e.run)
         raise
     _record(result)
     return result
@@ -416,23 +424,11 @@ async def _run_or_sweep(spec: RunSpec, progress: Progress | None, extra_manifest
     points = spec.sweep_points()
     if len(points) == 1 and spec.scenario != Scenario.sweep:
         return await run_one(spec, progress, extra_manifest)
+    from . import __version__
+
     folder = RunFolder(spec.out) if spec.out else None
     children: list[Run] = []
     names: list[str] = []
-    interrupted = False
-    for i, p in enumerate(points):
-        name = f"{i:02d}-" + (f"rate{p.rate[0]:g}" if p.scenario == Scenario.server else f"c{p.concurrency[0]}")
-        sub = p.model_copy(update={"out": (folder.path / name) if folder else None, "seed": spec.seed + i})
-        try:
-            children.append(await run_one(sub, progress, extra_manifest, label=name))
-        except Interrupted as e:
-            children.append(e.run)
-            interrupted = True
-        names.append(name)
-        if interrupted:
-            break
-    from . import __version__
-
     manifest = {
         "kind": "sweep",
         "simulated": False,
@@ -443,12 +439,36 @@ async def _run_or_sweep(spec: RunSpec, progress: Progress | None, extra_manifest
         "environment": envmod.environment(),
         **(extra_manifest or {}),
     }
-    summary = sweep_summary(children, names, interrupted)
-    if folder:
-        folder.write_manifest(manifest)
-        folder.write_summary(summary)
+    stopped: RunStopped | None = None
+
+    def save() -> dict[str, Any]:
+        summary = sweep_summary(children, names, stopped is not None, str(stopped) if isinstance(stopped, ServerGone) else None)
+        if folder:  # written after every point, so a killed sweep is still a readable folder
+            folder.write_manifest(manifest)
+            folder.write_summary(summary)
+        return summary
+
+    save()
+    for i, p in enumerate(points):
+        name = f"{i:02d}-" + (f"rate{p.rate[0]:g}" if p.scenario == Scenario.server else f"c{p.concurrency[0]}")
+        sub = p.model_copy(update={"out": (folder.path / name) if folder else None, "seed": spec.seed + i})
+        try:
+            children.append(await run_one(sub, progress, extra_manifest, label=name))
+        except RunStopped as e:
+            stopped = e
+            if e.run is not None:
+                children.append(e.run)
+        except asyncio.CancelledError:  # stopped before this point sent anything
+            stopped = Interrupted(None)
+        if len(children) > len(names):
+            names.append(name)
+        summary = save()
+        if stopped is not None:
+            break
     result = Run(folder.path if folder else None, manifest, summary, [], children)
-    if interrupted:
+    if isinstance(stopped, ServerGone):
+        raise ServerGone(result, str(stopped))
+    if stopped is not None:
         raise Interrupted(result)
     return result
 
@@ -469,18 +489,32 @@ SWEEP_KEYS = (
 )
 
 
-def sweep_summary(children: list[Run], names: list[str], interrupted: bool) -> dict[str, Any]:
+def sweep_summary(children: list[Run], names: list[str], stopped: bool, reason: str | None = None) -> dict[str, Any]:
     rows = []
     for name, c in zip(names, children):
         row = {"point": name, **{k: c.summary.get(k) for k in SWEEP_KEYS}}
         row["valid"] = c.valid
         rows.append(row)
-    return {"points": rows, "phasebench": {"valid": all(r["valid"] for r in rows) and not interrupted,
-                                            "partial": interrupted, "reasons": [], "warnings": []}}
+    reasons = [reason] if reason else (["partial: the sweep was stopped before its last point"] if stopped else [])
+    return {"points": rows, "phasebench": {"valid": all(r["valid"] for r in rows) and not stopped and bool(rows),
+                                            "partial": stopped, "reasons": reasons, "warnings": []}}
 
 
 def run(spec: RunSpec, progress: Progress | None = None) -> Run:
-    """Python API: run a spec (or sweep) against ``spec.url``; returns the ``Run`` (also on disk if ``out``)."""
-    install_uvloop()
-    return asyncio.run(run_async(spec, progress))
+    """Python API: run a spec (or sweep) against ``spec.url``; returns the ``Run`` (also on disk if ``out``).
 
+    Works from plain code and from inside a running event loop (Jupyter): there it runs on a fresh loop in a
+    worker thread. The process's event-loop policy is left alone. In async code, ``await arun(spec)``."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return run_main(run_async(spec, progress))
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(run_main, run_async(spec, progress)).result()
+
+
+async def arun(spec: RunSpec, progress: Progress | None = None) -> Run:
+    """Python API, async: run a spec (or sweep) in the caller's event loop."""
+    return await run_async(spec, progress)

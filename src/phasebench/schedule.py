@@ -23,6 +23,25 @@ class Schedule:
     count: int | None  # max requests (None: bounded by duration)
     duration_s: float | None
     target_rate: float | None  # requests/s the schedule aims at (open loop)
+    first_index: int = 0  # request k of this schedule is the run's request first_index + k * index_step
+    index_step: int = 1
+
+    def index(self, k: int) -> int:
+        return self.first_index + k * self.index_step
+
+    def shard(self, w: int, n: int) -> "Schedule":
+        """Worker ``w`` of ``n``'s part: every n-th request (open loop: at the same absolute send times, so the
+        schedule is the same whatever n is; closed loop: its share of the slots and of the request count)."""
+        if n <= 1:
+            return self
+        if self.kind == "open":
+            assert self.offsets_ns is not None
+            offs = self.offsets_ns[w::n]
+            return Schedule("open", None, offs, len(offs), self.duration_s, self.target_rate, w, n)
+        conc = self.concurrency or 1
+        slots = conc // n + (1 if w < conc % n else 0)
+        count = len(range(w, self.count, n)) if self.count is not None else None
+        return Schedule("closed", slots, None, count, self.duration_s, None, w, n)
 
 
 def gamma_gaps(n: int, rate: float, burstiness: float, rng: np.random.Generator) -> np.ndarray:

@@ -8,7 +8,6 @@ loop delay, parsing, queueing behind other streams), not what the server does.
 
 from __future__ import annotations
 
-import asyncio
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -18,13 +17,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from .runner import install_uvloop, run_one
+from .runner import run_main, run_one
 from .spec import RunSpec
 
 
 @dataclass
 class SelftestPoint:
     streams: int
+    workers: int
     chunks: int
     chunks_per_s: float
     cpu_s_per_100k_chunks: float
@@ -32,6 +32,9 @@ class SelftestPoint:
     ttft_err_ms: dict[str, float]
     itl_err_ms: dict[str, float]
     errors: int
+    read_delay_p99_ms: float | None  # the client's event-loop lag at p99 (what a chunk waited to be read)
+    valid: bool
+    reasons: list[str]
 
 
 def start_mock(itl_ms: float) -> tuple[subprocess.Popen, str]:
@@ -49,10 +52,10 @@ def _pcts(a: list[float]) -> dict[str, float]:
     return {"p50": float(np.percentile(arr, 50)), "p99": float(np.percentile(arr, 99)), "max": float(arr.max())}
 
 
-async def measure(url: str, streams: int, seconds: float, output_tokens: int) -> SelftestPoint:
+async def measure(url: str, streams: int, seconds: float, output_tokens: int, workers: int | None = 1) -> SelftestPoint:
     spec = RunSpec(url=url, scenario="concurrency", concurrency=[streams], duration=seconds, requests=None,
-                   input_tokens=8, output_tokens=output_tokens, tokenizer="approx", warmup_requests=streams,
-                   max_connections=max(streams, 1), timeout=120)
+                   input_tokens=8, output_tokens=output_tokens, tokenizer="approx",
+                   max_connections=max(streams, 1), timeout=120, workers=workers)
     run = await run_one(spec)
     ttft_err, itl_err = [], []
     chunks = 0
@@ -61,20 +64,24 @@ async def measure(url: str, streams: int, seconds: float, output_tokens: int) ->
         if r.server_stamps and r.chunk_ns:
             ttft_err.append((r.chunk_ns[0] - r.server_stamps[0]) / 1e6)
             itl_err.extend((a - s) / 1e6 for a, s in zip(r.chunk_ns[1:], r.server_stamps[1:]))
-    cl = run.summary["phasebench"]["client"]
+    pb = run.summary["phasebench"]
+    cl = pb["client"]
     wall = cl["wall_s"] or 1e-9
     return SelftestPoint(
-        streams=streams, chunks=chunks, chunks_per_s=chunks / wall,
+        streams=streams, workers=(run.manifest.get("client_workers") or {}).get("count", 1),
+        chunks=chunks, chunks_per_s=chunks / wall,
         cpu_s_per_100k_chunks=(cl["cpu_s"] or 0) / max(chunks, 1) * 1e5, cpu_fraction=cl["cpu_fraction"] or 0,
         ttft_err_ms=_pcts(ttft_err), itl_err_ms=_pcts(itl_err), errors=run.summary["failed"],
+        read_delay_p99_ms=(cl.get("loop_lag_ms") or {}).get("p99"), valid=run.valid, reasons=list(pb["reasons"]),
     )
 
 
-def selftest(streams: list[int], seconds: float = 4.0, itl_ms: float = 20.0, output_tokens: int = 100) -> list[SelftestPoint]:
-    install_uvloop()
+def selftest(streams: list[int], seconds: float = 4.0, itl_ms: float = 20.0, output_tokens: int = 100,
+             workers: list[int | None] | None = None) -> list[SelftestPoint]:
+    """One point per (streams, workers); workers ``None`` = auto."""
     proc, url = start_mock(itl_ms)
     try:
-        return [asyncio.run(measure(url, n, seconds, output_tokens)) for n in streams]
+        return [run_main(measure(url, n, seconds, output_tokens, w)) for n in streams for w in (workers or [1])]
     finally:
         proc.kill()
         proc.wait()
@@ -83,12 +90,14 @@ def selftest(streams: list[int], seconds: float = 4.0, itl_ms: float = 20.0, out
 def table(points: list[SelftestPoint], itl_ms: float = 20.0) -> Table:
     t = Table(title=f"Client self-test (mock server, ITL {itl_ms:g} ms, stamps on the shared monotonic clock)",
               title_justify="left")
-    for c in ("streams", "chunks/s", "client CPU s /100k chunks", "CPU (1 core)", "TTFT err p50/p99 (ms)",
-              "ITL err p50/p99 (ms)", "errors"):
+    for c in ("streams", "workers", "chunks/s", "client CPU s /100k chunks", "CPU (1 core)", "TTFT err p50/p99 (ms)",
+              "ITL err p50/p99 (ms)", "read delay p99 (ms)", "errors", "verdict"):
         t.add_column(c, justify="right")
     for p in points:
-        t.add_row(str(p.streams), f"{p.chunks_per_s:,.0f}", f"{p.cpu_s_per_100k_chunks:.1f}", f"{p.cpu_fraction:.0%}",
-                  _pp(p.ttft_err_ms), _pp(p.itl_err_ms), str(p.errors))
+        verdict = "VALID" if p.valid else "INVALID: " + "; ".join(r.split(":")[0] if len(r) > 60 else r for r in p.reasons)
+        t.add_row(str(p.streams), str(p.workers), f"{p.chunks_per_s:,.0f}", f"{p.cpu_s_per_100k_chunks:.1f}",
+                  f"{p.cpu_fraction:.0%}", _pp(p.ttft_err_ms), _pp(p.itl_err_ms),
+                  "-" if p.read_delay_p99_ms is None else f"{p.read_delay_p99_ms:.2f}", str(p.errors), verdict)
     return t
 
 

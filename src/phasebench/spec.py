@@ -148,7 +148,8 @@ class RunSpec(BaseModel):
     slo: SLO = Field(default_factory=SLO)
     warmup: float = Field(default=0.0, ge=0, description="seconds at the start excluded from metrics")
     cooldown: float = Field(default=0.0, ge=0, description="seconds at the end excluded from metrics")
-    warmup_requests: int = Field(default=0, ge=0, description="requests sent and discarded before the run")
+    warmup_requests: int | None = Field(default=None, ge=0, description="requests of the run's shape sent and discarded "
+                                        "before the run (default: one short request per connection, to open them)")
     seed: int = 0
     out: Path | None = None
     api_key_env: str | None = Field(default=None, description="name of the env var holding the API key")
@@ -157,6 +158,9 @@ class RunSpec(BaseModel):
     stall_timeout: float = Field(default=60.0, gt=0, description="max seconds between two reads of one stream")
     temperature: float = 0.0
     max_connections: int = Field(default=4096, ge=1)
+    workers: int | None = Field(default=None, ge=1, le=256, description="client worker processes (default: auto, "
+                                "one per spare core when the load needs it)")
+    ray: str | None = Field(default=None, description="run the client workers as Ray actors: 'auto' or a cluster address")
     model_spec: str | None = Field(default=None, description="catalog model or config.json/GGUF for MBU/MFU")
     hardware: str | None = Field(default=None, description="catalog hardware for MBU/MFU (default: local)")
     devices: int = Field(default=1, ge=1, description="devices serving the target (for cost per token)")
