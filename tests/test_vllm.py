@@ -31,15 +31,18 @@ def vllm_env() -> dict[str, str]:
     return env
 
 
-def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env, tmp_path):
+def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env):
     from phasebench.engine.kinds import kind
     from phasebench.engine.process import ManagedConfig, ManagedEngine, _group_alive
     from phasebench.plan_any import run_url_plan
     from phasebench.results import Run
     from phasebench.spec import RunSpec
 
+    import shutil
     from pathlib import Path
 
+    out = ROOT / "test-artifacts" / "vllm-plan"  # kept for reading afterwards (like the browser screenshot)
+    shutil.rmtree(out, ignore_errors=True)
     cfg = ManagedConfig(kind=kind("vllm"), model=vllm_env["PHASEBENCH_VLLM_MODEL"], name="smollm2-135m-instruct",
                         python=Path(vllm_env["PHASEBENCH_VLLM_PYTHON"]),
                         args=["--max-model-len", "2048", "--dtype", "bfloat16"])
@@ -48,16 +51,17 @@ def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env, tmp_p
         eng.start()
         print(f"vLLM {eng.version} healthy after {eng.startup_s:.0f} s")
         pgid = eng.proc.pid
-        plan = run_url_plan(RunSpec(url=eng.url, tokenizer="server", out=tmp_path / "plan"), quick=True,
+        plan = run_url_plan(RunSpec(url=eng.url, tokenizer="server", out=out), quick=True,
                             budget="8m")
     finally:
         eng.stop()
     assert not _group_alive(pgid), "vLLM (or its engine-core child) outlived the test"
     s = plan.summary
-    assert s["context_length"] == 2048 and s["prefill_sweep"][-1]["input_tokens"] == 1024
+    assert s["context_length"] == 2048  # from /v1/models max_model_len; the sweep goes up to it
+    assert [p["input_tokens"] for p in s["prefill_sweep"]] == [32, 256, 1024, 2039]
     assert "decode_stop" in s and s["server"]["failed"] == 0
     assert any("smollm2-135m" in n for n in s["notes"])  # the model was guessed from the served id
-    for step in Run.load(tmp_path / "plan").children:
+    for step in Run.load(out).children:
         v = step.summary["phasebench"]["server_view"]
         assert v["available"] and v["engine"] == "vllm", v
         assert step.manifest["server_engine"]["name"] == "vllm"
