@@ -243,7 +243,7 @@ def test_markdown_report_writes_pngs_and_escapes(report_runs):
     d, a, _ = report_runs
     files = write_report([a], d / "r.md")
     md = files[0].read_text()
-    assert len(files) == 7 and all(f.stat().st_size > 1000 for f in files[1:])
+    assert len(files) == 8 and all(f.stat().st_size > 1000 for f in files[1:])  # the .md + 7 plots (the engine over time included)
     assert "<b>" not in md and r"\|" in md and "r_files/prefill.png" in md
     assert md_escape("a|b*c") == r"a\|b\*c"
 

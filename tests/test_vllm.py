@@ -35,7 +35,6 @@ def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env):
     from phasebench.engine.kinds import kind
     from phasebench.engine.process import ManagedConfig, ManagedEngine, _group_alive
     from phasebench.plan_any import run_url_plan
-    from phasebench.results import Run
     from phasebench.spec import RunSpec
 
     import shutil
@@ -51,29 +50,44 @@ def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env):
         eng.start()
         print(f"vLLM {eng.version} healthy after {eng.startup_s:.0f} s")
         pgid = eng.proc.pid
-        plan = run_url_plan(RunSpec(url=eng.url, tokenizer="server", out=out), quick=True,
-                            budget="8m")
+        run_url_plan(RunSpec(url=eng.url, tokenizer="server", out=out), quick=True, budget="8m")
     finally:
         eng.stop()
     assert not _group_alive(pgid), "vLLM (or its engine-core child) outlived the test"
+    check_plan(out)
+
+
+def check_plan(out) -> None:  # noqa: ANN001
+    """What the plan folder must show; separate so it can be re-checked on a kept folder."""
+    from phasebench.results import Run
+
+    plan = Run.load(out)
     s = plan.summary
     assert s["context_length"] == 2048  # from /v1/models max_model_len; the sweep goes up to it
     assert [p["input_tokens"] for p in s["prefill_sweep"]] == [32, 256, 1024, 2039]
     assert "decode_stop" in s and s["server"]["failed"] == 0
     assert any("smollm2-135m" in n for n in s["notes"])  # the model was guessed from the served id
-    for step in Run.load(out).children:
+    gaps = []
+    for step in plan.children:
         v = step.summary["phasebench"]["server_view"]
         assert v["available"] and v["engine"] == "vllm", v
         assert step.manifest["server_engine"]["name"] == "vllm"
-        if not step.path.name.startswith("decode-"):
-            continue
-        assert {"queue", "prefill", "decode", "ttft", "itl", "e2e"} <= set(v["phases"])
+        assert {"queue", "prefill", "ttft", "e2e"} <= set(v["phases"])
+        assert v["counters"]["prompt_tokens"] == sum(r.prompt_tokens for r in step.records if r.ok)
+        assert v["derived"]["prefix_cache_hit_rate"] < 0.05  # fresh prompts: nothing served from cache
         m = step.summary["phasebench"]["metrics"]
-        client_itl, server_itl = m["itl_token_ms"]["mean"], v["phases"]["itl"]["mean_ms"]
-        print(f"{step.path.name}: ITL client {client_itl:.2f} server {server_itl:.2f} ms; TTFT client "
-              f"{m['ttft_ms']['mean']:.1f} server {v['phases']['ttft']['mean_ms']:.1f} ms; split {v['ttft_split']}")
-        assert client_itl == pytest.approx(server_itl, rel=0.05)
-        if "tpot" in v["phases"]:
-            assert m["tpot_ms"]["mean"] == pytest.approx(v["phases"]["tpot"]["mean_ms"], rel=0.05)
         gap = v["ttft_split"]["network_client_ms"]
-        assert 0 <= gap < 20, gap
+        gaps.append(gap)
+        print(f"{step.path.name}: TTFT client {m['ttft_ms']['mean']:.1f} server {v['phases']['ttft']['mean_ms']:.1f} "
+              f"(+{gap:.1f} ms); split {v['ttft_split']}")
+        assert gap >= 0  # the client never sees the first token before the server sends it
+        if not m["itl_token_ms"].get("mean"):
+            continue  # prefill steps: one output token
+        client_itl, server_itl = m["itl_token_ms"]["mean"], v["phases"]["itl"]["mean_ms"]
+        print(f"   ITL client {client_itl:.2f} server {server_itl:.2f} ms")
+        assert client_itl == pytest.approx(server_itl, rel=0.05)
+        assert m["tpot_ms"]["mean"] == pytest.approx(v["phases"]["tpot"]["mean_ms"], rel=0.05)
+    # the client's TTFT sits above the server's by HTTP + client time: < 20 ms on a typical step (a busy
+    # 2-core host pushes single steps past it, so the median over the plan's steps is what is held to it)
+    gaps.sort()
+    assert gaps[len(gaps) // 2] < 20, gaps

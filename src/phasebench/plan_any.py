@@ -271,13 +271,18 @@ def _wall_source(model_spec: str | None, hardware: str, weights: str | None, not
         wbytes = m.weight_bytes(prec)
     except (ModelError, KeyError, ValueError):
         raise SpecError(f"--weight-precision {prec}: not a precision phasebench knows (fp16, bf16, fp8, int8, int4)") from None
-    try:
-        peak = hw.peak_flops("bf16" if prec in ("native", "bf16", "fp16") else prec) / 1e9
-    except ModelError:
-        peak = 0.0
+    peak, peak_prec = 0.0, None
+    for p in (("bf16", "fp32") if prec in ("native", "bf16", "fp16") else (prec, "fp32")):
+        try:
+            peak, peak_prec = hw.peak_flops(p) / 1e9, p
+            break
+        except ModelError:
+            continue
     notes.append(f"memory wall: {m.name} ({prec} weights, {wbytes / 1e9:.2f} GB) on {hw.key} "
-                 f"({hw.memory_gbps:.0f} GB/s, {peak / 1e3:.0f} TFLOP/s)")
-    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "matmul_gflops_fp32": peak, "hardware": hw.key},
+                 f"({hw.memory_gbps:.1f} GB/s" + (f", {peak:,.0f} GFLOP/s {peak_prec} peak)" if peak_prec else
+                                                  ", no compute peak known)"))
+    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "matmul_gflops_fp32": peak, "peak_precision": peak_prec,
+                      "hardware": hw.key},
             "model_file": {"bytes": wbytes, "parameters": m.params, "kv_bytes_per_token": m.kv_bytes_per_token("fp16")}}
 
 
