@@ -51,19 +51,19 @@ def test_parser_sums_label_sets_and_recognises_engines():
 def test_server_view_matches_the_programmed_schedule(server, tmp_path):
     # TTFT = 30 ms + 0.5 ms × 40 input words = 50 ms; ITL 8 ms; 12 output tokens
     server.configure(ttft_ms=30, ttft_per_input_token_ms=0.5, itl_ms=8)
-    r = run(spec(server, tmp_path, scenario="concurrency", concurrency=[4], requests=24, input_tokens=40,
-                 output_tokens=12))
+    r = run(spec(server, tmp_path, scenario="concurrency", concurrency=[4], requests=48, input_tokens=40,
+                 output_tokens=12))  # ~1.7 s: at least one scrape during the run besides before/after
     v = r.summary["phasebench"]["server_view"]
     assert v["available"] and v["engine"] == "vllm" and v["scrapes"] >= 2
     ph = v["phases"]
-    assert ph["ttft"]["count"] == 24  # warm-up excluded, every measured request counted once
+    assert ph["ttft"]["count"] == 48  # warm-up excluded, every measured request counted once
     assert ph["ttft"]["mean_ms"] == pytest.approx(50.0, abs=0.01)
     assert ph["prefill"]["mean_ms"] == pytest.approx(50.0, abs=0.01) and ph["queue"]["mean_ms"] == 0
-    assert ph["itl"]["mean_ms"] == pytest.approx(8.0, abs=0.01) and ph["itl"]["count"] == 24 * 11
+    assert ph["itl"]["mean_ms"] == pytest.approx(8.0, abs=0.01) and ph["itl"]["count"] == 48 * 11
     assert ph["decode"]["mean_ms"] == pytest.approx(88.0, abs=0.01)
     # bucket estimates lie inside the bucket that holds the true value (0.04, 0.06] s
     assert 40 <= ph["ttft"]["p50_ms_est"] <= 60 and 40 <= ph["ttft"]["p99_ms_est"] <= 60
-    assert v["counters"]["prompt_tokens"] == 24 * 40 and v["counters"]["generation_tokens"] == 24 * 12
+    assert v["counters"]["prompt_tokens"] == 48 * 40 and v["counters"]["generation_tokens"] == 48 * 12
     # the client's TTFT is the server's plus HTTP and client time: above it, by little on 127.0.0.1
     split = v["ttft_split"]
     client = r.summary["phasebench"]["metrics"]["ttft_ms"]["mean"]

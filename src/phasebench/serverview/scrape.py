@@ -214,14 +214,15 @@ class Scraper:
         self._thread.start()
 
     def _loop(self) -> None:
-        next_t = time.monotonic()
-        while not self._stop.is_set():
+        # the first periodic scrape comes one interval after the start ('before' was just taken): a run shorter
+        # than that is not disturbed by scrapes at all
+        next_t = time.monotonic() + self.interval
+        while not self._stop.wait(max(0.0, next_t - time.monotonic())):
             next_t += self.interval
             try:
                 self._record(self.take())
             except ScrapeError:
                 self.failures += 1
-            self._stop.wait(max(0.0, next_t - time.monotonic()))
 
     def _record(self, snap: Snapshot) -> None:
         if self.row is None or self.before is None:
