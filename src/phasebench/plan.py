@@ -71,15 +71,19 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
     return result
 
 
-def _spec(eng: Engine, out: Path, **kw: Any) -> RunSpec:
-    return RunSpec(url=eng.url, model=None, tokenizer="server", out=out, timeout=300, **kw)
+def _spec(eng: Engine, nonce: str, out: Path, **kw: Any) -> RunSpec:
+    """A plan step: seeded for its own prompts, with the plan's fresh nonce (a rerun misses the prompt cache)."""
+    return RunSpec(url=eng.url, model=None, tokenizer="server", out=out, timeout=300, nonce=nonce, **kw)
 
 
 async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manifest: dict[str, Any],
                  console: Console) -> Run:
     from .model.probe import probe_and_record
 
+    from .workload.synthetic import new_nonce
+
     progress = RichProgress(Console(stderr=True))
+    nonce = new_nonce()
     extra = {**engine_manifest, "plan": {"quick": shape == QUICK}}
     names: list[str] = []
     children: list[Run] = []
@@ -94,17 +98,17 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
                   "(the 'local' hardware record every step's MBU/MFU is measured against)")
     pr, _ = probe_and_record(quick=shape == QUICK)
     # warm-up: load weights into the page cache, open the slots
-    await run_one(_spec(eng, None, scenario=Scenario.concurrency, concurrency=[2], requests=2,
+    await run_one(_spec(eng, nonce, None, scenario=Scenario.concurrency, concurrency=[2], requests=2,
                         input_tokens=64, output_tokens=8), None, extra)
 
     console.print("[bold]2/4 prefill sweep[/]: TTFT against input length, 1 output token")
     for n in shape.prefill_lengths:
-        await step(f"prefill-{n:04d}", _spec(eng, folder.path / f"prefill-{n:04d}", scenario=Scenario.single_stream,
+        await step(f"prefill-{n:04d}", _spec(eng, nonce, folder.path / f"prefill-{n:04d}", scenario=Scenario.single_stream,
                                              requests=shape.prefill_repeats, input_tokens=n, output_tokens=1,
                                              seed=n))
     console.print("[bold]3/4 decode sweep[/]: TPOT and throughput against concurrency")
     for c in shape.decode_concurrency:
-        await step(f"decode-c{c}", _spec(eng, folder.path / f"decode-c{c}", scenario=Scenario.concurrency,
+        await step(f"decode-c{c}", _spec(eng, nonce, folder.path / f"decode-c{c}", scenario=Scenario.concurrency,
                                          concurrency=[c], requests=max(2 * c, 3), input_tokens=shape.decode_input,
                                          output_tokens=shape.decode_output, seed=100 + c))
     best = max(children[-len(shape.decode_concurrency):], key=lambda r: r.summary.get("request_throughput") or 0)
@@ -112,7 +116,7 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     rate = round(max(0.1, 0.7 * capacity), 2)
     console.print(f"[bold]4/4 server scenario[/]: Poisson arrivals at {rate}/s (70% of the measured "
                   f"{capacity:.2f} req/s), SLO {DEFAULT_SLO}")
-    await step("server", _spec(eng, folder.path / "server", scenario=Scenario.server, rate=[rate],
+    await step("server", _spec(eng, nonce, folder.path / "server", scenario=Scenario.server, rate=[rate],
                                duration=shape.server_seconds, input_tokens=shape.decode_input,
                                output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7))
     summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
@@ -139,6 +143,16 @@ def _med(run: Run, key: str) -> float | None:
     return (run.summary.get("phasebench", {}).get("metrics", {}).get(key) or {}).get("p50")
 
 
+def _server(run: Run, phase: str) -> float | None:
+    """The engine's own mean for a phase (server view: Prometheus), where the run has one."""
+    v = run.summary.get("phasebench", {}).get("server_view") or {}
+    p = (v.get("phases") or {}).get(phase) or (v.get("phases") or {}).get("tpot" if phase == "itl" else "")
+    if p and p.get("mean_ms") is not None:
+        return p["mean_ms"]
+    d = v.get("derived") or {}
+    return d.get("prefill_ms_per_request" if phase == "prefill" else "decode_ms_per_token")
+
+
 def kv_bytes_per_token(mf: dict[str, Any]) -> float:
     """The engine model's KV cache per token in f16 (llama.cpp's default), from its GGUF; 0 if unreadable."""
     from .model.arch import from_gguf
@@ -157,18 +171,20 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
         if name.startswith("prefill-"):
             prefill.append({"input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
                             "prefill_tps_p50": _med(r, "prefill_tps"),
-                            "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")})
+                            "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")
+                            or _server(r, "prefill")})
     decode = []
     for name, r in by.items():
         if name.startswith("decode-c"):
             decode.append({"concurrency": int(name[len("decode-c"):]), "tpot_ms_p50": _med(r, "tpot_ms"),
                            "itl_token_ms_p50": _med(r, "itl_token_ms"),
                            "output_throughput": r.summary.get("output_throughput"),
-                           "server_tpot_ms_p50": (r.summary["phasebench"]["server_timing"]["tpot_ms"] or {}).get("p50")})
+                           "server_tpot_ms_p50": (r.summary["phasebench"]["server_timing"]["tpot_ms"] or {}).get("p50")
+                           or _server(r, "itl")})
     server = by.get("server")
     mf = engine.get("model_file", {})
     weight_bytes = mf.get("bytes") or 0
-    kvb = kv_bytes_per_token(mf)
+    kvb = mf.get("kv_bytes_per_token") or kv_bytes_per_token(mf)
     wall: dict[str, Any] = {"probe": probe, "weight_bytes": weight_bytes, "kv_bytes_per_token": kvb}
     bw = probe.get("bandwidth_gbps") or 0
     if decode and decode[0]["tpot_ms_p50"] and bw:
@@ -259,6 +275,10 @@ def print_plan(run: Run, console: Console) -> None:
             f"{_n(sv['median_tpot_ms'])}/{_n(sv['p99_tpot_ms'])} ms, goodput {_n(sv['request_goodput'])} req/s "
             f"(SLO {DEFAULT_SLO} met by {'-' if att is None else f'{att:.0%}'})"
         )
+    if s.get("decode_stop"):
+        console.print(f"decode sweep stopped: {escape(s['decode_stop'])}")
+    for n in s.get("notes", []):
+        console.print(f"[dim]  {escape(n)}[/]")
     console.print("[bold]Where the phases sit[/]")
     for v in s["verdicts"]:
         console.print(f"  • {escape(v)}")

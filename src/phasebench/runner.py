@@ -29,6 +29,7 @@ from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule
+from .serverview.session import close_scraper, open_scraper
 from .spec import LengthDist, RunSpec, Scenario, SpecError, url_hint
 from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too
     STOP_SIGNALS,
@@ -42,6 +43,7 @@ from .stops import (  # noqa: F401 - re-exported: the public names live on phase
     run_main,
 )
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
+from .workload.synthetic import new_nonce
 from .workload.tokens import server_root
 
 now_ns = time.perf_counter_ns
@@ -102,7 +104,13 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
         model = served[0]
     elif served and model not in served:
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")
-    return Target(base, model, _scrubbed(answer, spec, key))
+    from .client.engines import detect_engine  # which engine (manifest; its exact-length knobs)
+
+    from .engine.process import managed_manifest  # started by `phasebench engine start`: version, flags, log
+
+    engine = await detect_engine(session, server_root(base), answer, headers)
+    managed = managed_manifest(base)
+    return Target(base, model, _scrubbed(answer, spec, key), {"server_engine": engine.to_dict(), **({"engine": managed} if managed else {})})
 
 
 def _scrubbed(answer: Any, spec: RunSpec, key: str | None) -> Any:
@@ -202,6 +210,8 @@ async def run_one(
     if spec.url is None:
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
     schedule = make_schedule(spec)
+    if spec.nonce is None:  # fresh prompts each run unless a seed was given (no accidental prefix-cache hits)
+        spec = spec.model_copy(update={"nonce": new_nonce()})
     check_roofline_inputs(spec, extra_manifest or {})
     if spec.out and (Path(spec.out) / MANIFEST).exists():
         raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
@@ -226,6 +236,7 @@ async def run_one(
         max_connections=max_conn,
         transport=_transport(spec, target),
         max_event_bytes=spec.max_event_bytes,
+        engine=(target.extra_manifest.get("server_engine") or {}).get("name") or "unknown",
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})
@@ -243,11 +254,14 @@ async def run_one(
         if folder:
             folder.write_manifest(manifest)
         writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
+        scraper = await open_scraper(spec, target.base_url, path, key)  # the engine's /metrics, before
         cpu0 = sum(proc.cpu_times()[:2])
         host.start()
         lag.start()
         t0 = now_ns()
         client.t0 = t0
+        if scraper:
+            scraper.start(t0)
         progress.start(label or spec.scenario.value, schedule.count, schedule.duration_s)
         workers: list[Any] = []
         worker_died: str | None = None
@@ -273,6 +287,8 @@ async def run_one(
             lag_ms = lag.stop() + [x for w in workers for x in w.lag_ms]
             host_load = host.stop(client_extra_cpu_s=workers_cpu)
             writer.close()
+            if scraper:
+                await asyncio.to_thread(scraper.finish)  # and after
     manifest["transport"] = {
         "name": cfg.transport,
         "timestamps": ("kernel receive time (SO_TIMESTAMPNS), converted to CLOCK_MONOTONIC" if cfg.transport == "raw"
@@ -313,6 +329,10 @@ async def run_one(
                  if spec.warmup_requests is None else f"{n_warm} requests of the run's shape were sent and discarded"),
     }
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
+    summary["phasebench"]["server_view"] = await close_scraper(scraper, spec, records, summary)
+    from .server_checks import server_saw  # did the server see what was asked (lengths, context, errors)
+
+    summary["phasebench"]["warnings"] += server_saw(records, prompts, tok.name, target.models_answer, target.model)
     from .cost import cost_block
 
     hw = spec.hardware or ("local" if summary["phasebench"]["roofline"] else None)

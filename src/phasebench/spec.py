@@ -244,6 +244,10 @@ class RunSpec(BaseModel):
     weight_precision: str | None = Field(default=None, description="weights' storage precision for MBU (default fp16; a GGUF's own size)")
     mlperf: bool = Field(default=False, description="apply MLPerf validity rules (>= 600 s, min queries)")
     tags: dict[str, str] = Field(default_factory=dict)
+    metrics_url: str | None = Field(default=None, description="Prometheus endpoint to scrape (default: <server>/metrics; 'off' to skip)")
+    nonce: str | None = Field(default=None, description="text at the start of every synthetic prompt; default: fresh per run unless --seed is given ('' for none)")
+    prefix_tokens: int = Field(default=0, ge=0, description="shared-prefix workload: tokens of prefix every prompt of a group shares")
+    prefix_groups: int = Field(default=1, ge=1, description="shared-prefix workload: how many distinct prefixes")
 
     @field_validator("input_tokens", "output_tokens", mode="before")
     @classmethod
@@ -299,6 +303,14 @@ class RunSpec(BaseModel):
             raise ValueError(f"--out {str(v)!r} is a file; give a folder (a new or empty one)")
         return v
 
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_means_no_nonce(cls, data: Any) -> Any:
+        """A seed given means 'reproduce exactly': no per-run nonce unless one is given too."""
+        if isinstance(data, dict) and data.get("seed") is not None and data.get("nonce") is None:
+            return {**data, "nonce": ""}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> "RunSpec":
         if self.scenario == Scenario.server and not self.rate:
@@ -312,6 +324,8 @@ class RunSpec(BaseModel):
         if self.api_key_env and self.url and _has_credentials(self.url):
             raise ValueError("--url holds user:password@ and --api-key-env is set: a server takes one Authorization; "
                              "drop one of them")
+        if self.prefix_tokens and self.prefix_tokens >= self.input_tokens.mean:
+            raise ValueError(f"--prefix-tokens {self.prefix_tokens} must be below --input-tokens {self.input_tokens.mean}")
         if self.requests is None and self.duration is None:
             self.requests = 100 if self.scenario != Scenario.single_stream else 20
         return self

@@ -1,7 +1,8 @@
 """The OpenAI-compatible protocol: request bodies and what each streamed event means.
 
 Engine quirks live here and nowhere else:
-- exact output length: ``ignore_eos`` + ``min_tokens`` (vLLM, SGLang, llama.cpp), ``n_predict`` (llama.cpp);
+- exact output length: the detected engine's own knobs only (``client/engines.py``: vLLM/SGLang ``ignore_eos``,
+  llama.cpp ``ignore_eos`` + ``n_predict``, an unknown engine all three with ``min_tokens``);
   TGI and Ollama only cap, so ``length_met`` tells whether the length was reached;
 - usage: on the last chunk with ``finish_reason`` (llama.cpp /v1/completions, vLLM) or in a separate
   chunk with ``choices: []`` (OpenAI, llama.cpp chat);
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from ..spec import Endpoint
+from .engines import exact_length_knobs
 
 
 @dataclass(slots=True)
@@ -30,7 +32,7 @@ class Prompt:
 
 
 def request_body(
-    endpoint: Endpoint, model: str, prompt: Prompt, *, exact_output: bool, temperature: float
+    endpoint: Endpoint, model: str, prompt: Prompt, *, exact_output: bool, temperature: float, engine: str = "unknown"
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
@@ -43,10 +45,8 @@ def request_body(
         body["messages"] = prompt.messages or [{"role": "user", "content": prompt.text or ""}]
     else:
         body["prompt"] = prompt.text if prompt.text is not None else _flatten(prompt.messages)
-    if exact_output:
-        body["ignore_eos"] = True  # vLLM, SGLang, llama.cpp
-        body["min_tokens"] = prompt.output_tokens  # vLLM, SGLang
-        body["n_predict"] = prompt.output_tokens  # llama.cpp native name
+    if exact_output:  # only the knobs the detected engine needs (client/engines.py; docs/engines.md)
+        body.update(exact_length_knobs(engine, prompt.output_tokens))
     # llama.cpp: per-token timings in every chunk cost nothing and give server-side phases.
     body["timings_per_token"] = False
     return body

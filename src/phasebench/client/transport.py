@@ -45,6 +45,7 @@ class ClientConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # one SSE event larger than this fails its request ("oversize")
     transport: str = "aiohttp"  # "aiohttp" (this module) or "raw" (client/raw.py: kernel receive timestamps)
+    engine: str = "unknown"  # the detected engine (client/engines.py): which exact-length knobs it is sent
 
 
 # Idle pooled connections are dropped after this long: below the 5 s keep-alive of llama.cpp's httplib and
@@ -127,7 +128,8 @@ class Client:
         chunk_chars: list[int] = []
         stale = False
         try:
-            body = request_body(cfg.endpoint, cfg.model, prompt, exact_output=cfg.exact_output, temperature=cfg.temperature)
+            body = request_body(cfg.endpoint, cfg.model, prompt, exact_output=cfg.exact_output, temperature=cfg.temperature,
+                                engine=cfg.engine)
             if cfg.extra_body:
                 body.update(cfg.extra_body)
             payload = orjson.dumps(body)

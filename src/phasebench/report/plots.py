@@ -272,4 +272,46 @@ def roofline(runs: list[Run], names: list[str]) -> Plot | None:
                 _png(fig))
 
 
-ALL = (prefill, decode, tradeoff, cdfs, timeline, roofline)
+def server_timeline(runs: list[Run], names: list[str]) -> Plot | None:
+    """The engine's own view over time (``server_metrics.jsonl``): its running and waiting requests beside the
+    client's in-flight count, and its KV-cache usage and preemptions."""
+    import orjson
+
+    fig, ax = _fig(2)
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        ls = run.leaves()
+        leaf = next((x for x in ls if x.path and x.path.name == "server"), None) or \
+            max(ls, key=lambda x: x.summary.get("duration") or 0)
+        f = leaf.path / "server_metrics.jsonl" if leaf.path else None
+        if f is None or not f.is_file():
+            continue
+        rows = [orjson.loads(x) for x in f.read_bytes().splitlines() if x.strip()]
+        if not rows:
+            continue
+        name = f"{name}: {leaf.path.name}" if len(ls) > 1 else name
+        c = COLORS[i % len(COLORS)]
+        t = [r["t_s"] for r in rows]
+        if any("running" in r for r in rows):
+            ax[0].step(t, [r.get("running", 0) for r in rows], where="post", color=c, label=f"{name} running (server)")
+        if any("waiting" in r for r in rows):
+            ax[0].step(t, [r.get("waiting", 0) for r in rows], where="post", color=c, ls="--", label=f"{name} waiting (server)")
+        recs = [r for r in leaf.records if r.sent_ns and r.end_ns]
+        if recs:  # client in flight sampled at the scrape times (the same run clock)
+            inflight = [sum(1 for r in recs if r.sent_ns <= x * 1e9 <= r.end_ns) for x in t]
+            ax[0].plot(t, inflight, color=c, ls=":", marker=".", label=f"{name} in flight (client)")
+        if any("kv_usage" in r for r in rows):
+            ax[1].plot(t, [100 * r.get("kv_usage", 0) for r in rows], color=c, label=f"{name} KV cache used %")
+        if any("preemptions" in r for r in rows):
+            ax[1].step(t, [r.get("preemptions", 0) for r in rows], where="post", color=c, ls="--",
+                       label=f"{name} preemptions (cumulative)")
+        drawn = True
+    if not drawn:
+        return None
+    _axes(ax, ("time (s)", "requests"), ("time (s)", "% / count"))
+    return Plot("server_timeline", "The engine over time (its own metrics)",
+                "From the engine's Prometheus metrics, scraped about once a second: its running and waiting "
+                "requests beside the client's in-flight count, its KV-cache usage and preemptions.", _png(fig))
+
+
+ALL = (prefill, decode, tradeoff, cdfs, timeline, roofline, server_timeline)

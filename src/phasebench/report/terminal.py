@@ -143,6 +143,10 @@ def print_run(run: Run, console: Console | None = None) -> None:
 
     for line in roofline_lines(run.summary.get("phasebench", {}).get("roofline")):
         console.print(line)
+    from ..serverview.view import summary_lines
+
+    for line in summary_lines(run.summary.get("phasebench", {}).get("server_view") or {}):
+        console.print(escape(line))
     c = run.summary.get("phasebench", {}).get("cost")
     if c and c.get("usd_per_1m_tokens"):
         slo = c.get("usd_per_1m_tokens_at_slo")
