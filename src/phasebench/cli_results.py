@@ -126,10 +126,11 @@ def _f(v) -> str:
 
 
 def import_runs(
-    paths: list[Path] = typer.Argument(..., help="Run folders to add (sweeps and plans bring their steps)."),
+    paths: list[Path] = typer.Argument(..., help="Run folders to add (sweeps and plans bring their steps), or "
+                                       "`vllm bench serve --save-result` JSON files (each becomes a run folder beside it)."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
 ) -> None:
-    """Add existing run folders to the results database."""
+    """Add existing run folders (or vLLM bench result files) to the results database."""
     from .store import import_folder
 
     for p in paths:

@@ -391,7 +391,12 @@ def write_table(rows: list[dict[str, Any]], columns: Sequence[str], out: Path, f
 
 
 def import_folder(path: Path, db: Path | None = None) -> tuple[str, list[str]]:
-    """Add a run folder (with its steps) to the database; returns its id and what ``Run.load`` found damaged."""
+    """Add a run folder (with its steps) to the database; returns its id and what ``Run.load`` found damaged.
+    A ``vllm bench serve --save-result`` JSON file is first turned into a run folder beside it."""
+    if Path(path).is_file():
+        from .importers import import_vllm_bench
+
+        path = import_vllm_bench(Path(path)).path or path
     run = Run.load(path)
     if run.manifest.get("kind") is None and not run.summary:
         raise NotARunError(f"{path} is not a run folder")
