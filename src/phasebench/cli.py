@@ -76,6 +76,11 @@ def run(
     devices: Optional[int] = typer.Option(None, help="Devices behind the target (cost per token)."),
     price_per_hour: Optional[float] = typer.Option(None, help="USD per device-hour (default: the catalog's)."),
     mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
+    quality: Optional[bool] = typer.Option(None, "--quality/--no-quality", help="Mix the quality probes into the load and score them (docs/quality.md)."),
+    quality_alone: Optional[bool] = typer.Option(None, "--quality-alone", help="Also send the probes alone after the load."),
+    quality_set: Optional[Path] = typer.Option(None, help="Your own probe set (JSONL); implies --quality."),
+    quality_ref: Optional[Path] = typer.Option(None, help="Reference from `phasebench quality reference`; implies --quality."),
+    quality_threshold: Optional[float] = typer.Option(None, help="Pass if the score is >= this x the reference's (default 0.99)."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
     quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
@@ -95,6 +100,10 @@ def run(
         if url is None and not (spec_file and _spec_has_url(spec_file)):
             from .plan import run_default_plan
 
+            if quality or quality_alone or quality_set or quality_ref:
+                raise SpecError("--quality needs --url (for the embedded engine: `phasebench quant`, or "
+                                "`phasebench engine start` and then run --url with --quality)")
+
             result = run_default_plan(
                 quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out
             )
@@ -106,7 +115,8 @@ def run(
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
-            mlperf=mlperf,
+            mlperf=mlperf, quality=quality, quality_alone=quality_alone, quality_set=quality_set, quality_ref=quality_ref,
+            quality_threshold=quality_threshold,
         )
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
@@ -237,12 +247,12 @@ def selftest(
 
 @engine_app.command("build")
 def engine_build(force: bool = typer.Option(False, help="Rebuild even if a cached build exists.")) -> None:
-    """Build llama.cpp's llama-server from the llama-cpp-python source on PyPI (cached)."""
-    from .engine.build import build_llama_server
+    """Build llama.cpp's llama-server and llama-quantize (one build) from the llama-cpp-python source on PyPI (cached)."""
+    from .engine.build import build_engine
 
     try:
-        path = build_llama_server(force=force, console=err)
-        out.print(f"llama-server: {path}")
+        server, quantize = build_engine(force=force, console=err)
+        out.print(f"llama-server: {server}\nllama-quantize: {quantize}")
     except _user_errors() as e:
         fail(str(e))
 
@@ -282,11 +292,12 @@ def engine_status() -> None:
 
 
 def main() -> None:
-    from . import cli_model, cli_results, cli_sim
+    from . import cli_model, cli_quality, cli_results, cli_sim
 
     cli_model.register(app)  # predict, probe, calibrate, hardware, models
     cli_results.register(app)  # history, import, export, compare, report
     cli_sim.register(app)  # simulate, disagg, profile fit
+    cli_quality.register(app)  # quality reference/show, quant
 
     try:
         app()

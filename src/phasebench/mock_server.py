@@ -47,9 +47,11 @@ class MockConfig:
     timings: bool = False  # add a llama.cpp-style "timings" object to the last chunk
     stamp: bool = False
     seed: int = 0
+    garbage: str = "none"  # a broken model's answers: none (" tk" tokens) | random (words) | empty | bytes
 
 
 TOKEN = " tk"  # every generated token is the same 3 characters
+GARBAGE_WORDS = ("zorp", "quux", "blen", "vask", "drim", "oolt", "fesk", "trun", "wibe", "glom", "snet", "yarv")
 
 
 class MockServer:
@@ -72,6 +74,13 @@ class MockServer:
                 self._inv.append(w)
             ids.append(i)
         return ids
+
+    def text(self, n: int) -> str:
+        """``n`` generated tokens' text; with ``garbage`` set, what a broken server sends instead."""
+        g = self.cfg.garbage
+        if g == "random":
+            return "".join(" " + self.rng.choice(GARBAGE_WORDS) for _ in range(n))
+        return {"empty": "", "bytes": "\x00\ufffd\x07" * n}.get(g, TOKEN * n)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)
@@ -177,7 +186,7 @@ class MockServer:
         if not body.get("stream"):
             await _sleep_until(t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_in) * 1e6))
             await asyncio.sleep(c.itl_ms * max(n_out - 1, 0) / c.tokens_per_chunk / 1000)
-            return web.json_response(_final_object(chat, c.model, TOKEN * n_out, n_in, n_out))
+            return web.json_response(_final_object(chat, c.model, self.text(n_out), n_in, n_out))
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                                            "X-Request-Id": request.headers.get("X-Request-Id", "")})
         await resp.prepare(request)
@@ -228,7 +237,7 @@ class MockServer:
                     return resp
             take = min(c.tokens_per_chunk, n_out - sent)
             reasoning = chat and sent < c.reasoning_tokens
-            text = TOKEN * take
+            text = self.text(take)
             last = sent + take >= n_out
             finish = ("length" if forced or n_out == max_tokens else "stop") if last else None
             if chat:

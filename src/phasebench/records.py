@@ -61,6 +61,11 @@ class RequestRecord:
     retries: int = 0  # re-sends after a stale pooled connection failed before any byte was exchanged
     warmup: bool = False
     simulated: bool = False
+    # quality probes only (phasebench.quality): the probe's id, the answer's text, per-token logprobs as
+    # [token, logprob, [[top token, logprob], ...]]; load requests leave them None
+    probe: str | None = None
+    text: str | None = None
+    logprobs: list[Any] | None = None
 
     @property
     def ok(self) -> bool:

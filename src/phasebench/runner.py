@@ -425,6 +425,9 @@ async def run_one(
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
     schedule = make_schedule(spec)
     check_roofline_inputs(spec, extra_manifest or {})
+    from .quality import options_for  # --quality: the probe set (and reference) read before any traffic
+
+    quality = options_for(spec)
     if spec.out and (Path(spec.out) / MANIFEST).exists():
         raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
     async with aiohttp.ClientSession() as meta_session:
@@ -432,6 +435,10 @@ async def run_one(
         tok = await make_tokenizer(spec, meta_session, target)
         prompts = await build_prompts(spec, tok, request_count(schedule))
         warm_prompts = await build_prompts(spec, tok, min(spec.warmup_requests, 8), seed_offset=10_000) if spec.warmup_requests else []
+    if quality:  # the probes join the load at seeded places (phasebench.quality.mix)
+        from .quality.mix import mix
+
+        schedule, prompts = mix(schedule, prompts, quality.probe_set, spec.seed)
     conc_hint = schedule.concurrency or min(len(prompts), spec.max_connections)
     max_conn = max(1, min(spec.max_connections, max(conc_hint, 1)))
     ensure_open_files(max_conn, spec)
@@ -460,6 +467,10 @@ async def run_one(
         if folder:
             folder.write_manifest(manifest)
         writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
+        if quality:  # probe records go to quality.jsonl, the load's to requests.jsonl
+            from .quality.mix import ProbeWriter
+
+            writer = ProbeWriter(writer, path)
         cpu0 = sum(proc.cpu_times()[:2])
         host.start()
         lag.start()
@@ -475,6 +486,11 @@ async def run_one(
             lag_ms = lag.stop()
             host_load = host.stop()
             writer.close()
+        alone = None
+        if quality and quality.alone and not interrupted and gone is None:
+            from .quality.mix import alone as send_alone
+
+            alone = await send_alone(client, quality.probe_set, path)
     ctx = RunContext(
         scenario=spec.scenario.value,
         slo=spec.slo,
@@ -494,7 +510,14 @@ async def run_one(
         extra_warnings=[] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"],
     )
     records.sort(key=lambda r: r.index)
+    if quality:
+        from .quality import apply_validity, quality_block
+        from .quality.mix import split
+
+        records, probe_records = split(records)
     summary = summarize(records, ctx)
+    if quality:  # scored after the run; an invalid quality block makes the run invalid
+        apply_validity(summary, quality_block(quality, probe_records, alone))
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
     from .cost import cost_block
 

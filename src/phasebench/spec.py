@@ -164,6 +164,11 @@ class RunSpec(BaseModel):
     weight_precision: str | None = Field(default=None, description="weights' storage precision for MBU (default fp16; a GGUF's own size)")
     mlperf: bool = Field(default=False, description="apply MLPerf validity rules (>= 600 s, min queries)")
     tags: dict[str, str] = Field(default_factory=dict)
+    quality: bool = Field(default=False, description="mix the quality probes into the load and score them (docs/quality.md)")
+    quality_alone: bool = Field(default=False, description="also send the probes alone after the load (implies quality)")
+    quality_set: Path | None = Field(default=None, description="your own probe set, JSONL (implies quality)")
+    quality_ref: Path | None = Field(default=None, description="a reference from `phasebench quality reference` (implies quality)")
+    quality_threshold: float = Field(default=0.99, gt=0, le=1.0, description="pass if score >= this x the reference's")
 
     @field_validator("input_tokens", "output_tokens", mode="before")
     @classmethod
@@ -212,6 +217,8 @@ class RunSpec(BaseModel):
             raise ValueError("scenario 'concurrency' takes one --concurrency; use --scenario sweep for a list")
         if self.scenario == Scenario.sweep and not (self.rate or len(self.concurrency) > 0):
             raise ValueError("scenario 'sweep' needs --concurrency 1,2,4 or --rate 1,2,4")
+        if self.quality_alone or self.quality_set or self.quality_ref:
+            self.quality = True
         if self.requests is None and self.duration is None:
             self.requests = 100 if self.scenario != Scenario.single_stream else 20
         return self

@@ -81,6 +81,7 @@ class Client:
             scheduled_ns=scheduled_ns,
             input_tokens=prompt.input_tokens,
             expected_output_tokens=prompt.output_tokens,
+            probe=prompt.probe,
         )
 
     async def send(self, rec: RequestRecord, prompt: Prompt) -> RequestRecord:
@@ -113,6 +114,9 @@ class Client:
         parser = SSEParser()
         done = False
         stale = False
+        keep = prompt.probe is not None  # a quality probe: its text (and logprobs) are kept
+        texts: list[str] = []
+        lps: list = []
         try:
             rec.sent_ns = now_ns() - t0
             async with self._session.post(self.url, data=payload, headers=headers) as resp:
@@ -167,6 +171,10 @@ class Client:
                                     rec.server_stamps = []
                                 rec.server_stamps.append(d.stamp - t0)
                             rec.last_token_ns = t
+                        if keep:
+                            texts.append(d.text)
+                            if d.logprobs:
+                                lps.extend(d.logprobs)
                         if d.finish_reason:
                             rec.finish_reason = d.finish_reason
                         if d.usage:
@@ -201,6 +209,8 @@ class Client:
             stale = isinstance(e, aiohttp.ClientOSError) and not isinstance(e, aiohttp.ClientConnectorError)
         finally:
             settle_tokens(rec, chunk_chars)
+            if keep:
+                rec.text, rec.logprobs = "".join(texts), lps or None
         return stale
 
 
