@@ -99,6 +99,7 @@ def quant(
 
     from .engine.locate import find_model
     from .quality.quant import parse_types, run_quant
+    from .runner import RunStopped
 
     try:
         tlist = parse_types(types)
@@ -106,6 +107,8 @@ def quant(
         dest = out_dir or Path("runs") / ("quant-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
         summary = run_quant(model, tlist, dest, quick=quick, gemma=gemma, probe_set=quality_set,
                             log=lambda m: out.print(escape(m)))
+    except RunStopped as e:
+        fail(f"quant stopped ({getattr(e, 'signal_name', e)}); the finished steps are kept in {dest}", e.exit_code)
     except _user_errors() as e:
         fail(str(e))
     if json_out:
