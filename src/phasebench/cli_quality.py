@@ -132,4 +132,9 @@ def print_quant(s: dict[str, Any], dest: Path) -> None:
                   _n(v.get("exact_match"), 2), _n(ag.get("rouge_l"), 3), _n(ag.get("token_agreement"), 3),
                   _n(ag.get("loglik_delta"), 3))
     out.print(t)
+    for v in s["variants"]:
+        for n in v.get("notes", []):
+            out.print(f"[dim]{escape(v['name'])}:[/] {escape(n)}")
+    for w in s.get("warnings", []):
+        out.print(f"[yellow]warning:[/] {escape(w)}")
     out.print(f"every number measured on this machine; runs, quant.json{' and quant.png' if s.get('plot') else ''} in {escape(str(dest))}")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import subprocess
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -65,11 +67,30 @@ def quantize(src: Path, qtype: str, log: Callable[[str], None] = print) -> Path:
     log(f"quantizing {src.name} → {qtype} (llama-quantize --allow-requantize)")
     threads = str(os.cpu_count() or 2)
     r = subprocess.run([str(tool), "--allow-requantize", str(src), str(tmp), qtype, threads], capture_output=True, text=True)
+    dest.with_suffix(".log").write_text(r.stdout + r.stderr)  # kept: which tensors fell back to which type
     if r.returncode != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
         raise EngineError(f"llama-quantize {qtype} failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
     os.replace(tmp, dest)
     return dest
+
+
+_FALLBACK = re.compile(r"ncols\s+(\d+) not divisible by (\d+) \(required for type\s+(\w+)\) -> falling back to\s+(\w+)")
+
+
+def fallback_note(variant: Path) -> str | None:
+    """What llama-quantize could not do for this model: k-quants need rows that are a multiple of 256, so
+    e.g. SmolLM2's 576-wide tensors fall back to q4_0 (then Q3_K_S and Q2_K hold nearly the same weights)."""
+    log = variant.with_suffix(".log")
+    if not log.is_file():
+        return None
+    hits = _FALLBACK.findall(log.read_text(errors="replace"))
+    if not hits:
+        return None
+    to = Counter(h[3] for h in hits)
+    cols = sorted({h[0] for h in hits})
+    return (f"{len(hits)} tensors fell back to {', '.join(f'{k} ({v})' for k, v in to.most_common())}: "
+            f"rows of {', '.join(cols)} not divisible by {hits[0][1]}")
 
 
 @dataclass(frozen=True)
@@ -107,6 +128,7 @@ class VariantResult:
     exact_match: float | None = None
     agreement: dict[str, Any] = field(default_factory=dict)
     runs: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # fallbacks, a busy host during a step
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -147,13 +169,12 @@ async def measure_variant(eng: Any, shape: QuantShape, out: Path, name: str, pro
                              input_tokens=shape.prefill_input, output_tokens=1, seed=1), progress, extra, label=f"{name} prefill")
     res: dict[str, Any] = {"prefill_tok_s": _prefill_tok_s(pre), "runs": {"prefill": str(pre.path)}}
     top = max(shape.concurrency)
-    block: dict[str, Any] = {}
+    steps = [pre]
     for c, n in zip(shape.concurrency, shape.decode_requests):
-        probes = c == top
         r = await run_one(spec(f"decode-c{c}", scenario=Scenario.concurrency, concurrency=[c], requests=n,
-                               input_tokens=shape.decode_input, output_tokens=shape.decode_output, seed=100 + c,
-                               quality=probes, quality_set=probe_set),
+                               input_tokens=shape.decode_input, output_tokens=shape.decode_output, seed=100 + c),
                           progress, extra, label=f"{name} decode c{c}")
+        steps.append(r)
         res["runs"][f"decode-c{c}"] = str(r.path)
         thr = r.summary.get("output_throughput")
         roof = (r.summary.get("phasebench") or {}).get("roofline") or {}
@@ -161,10 +182,20 @@ async def measure_variant(eng: Any, shape: QuantShape, out: Path, name: str, pro
             res["decode_tok_s_b1"] = thr
             res["mbu"] = roof.get("mbu")
             res["weight_bytes"] = roof.get("weight_bytes")
-        if probes:
+        if c == top:
             res["decode_tok_s_top"] = thr
             res["top_concurrency"] = c
-            block = (r.summary.get("phasebench") or {}).get("quality") or {}
+    # the probes, under the same batching: mixed into a load at the top concurrency (its own step, so the
+    # decode figures above are the load's alone)
+    q = await run_one(spec("quality", scenario=Scenario.concurrency, concurrency=[top], requests=top,
+                           input_tokens=shape.decode_input, output_tokens=shape.decode_output, seed=200,
+                           quality=True, quality_set=probe_set), progress, extra, label=f"{name} quality c{top}")
+    steps.append(q)
+    res["runs"]["quality"] = str(q.path)
+    block = (q.summary.get("phasebench") or {}).get("quality") or {}
+    busy = [Path(str(s.path)).name for s in steps
+            if any("host was busy" in w for w in (s.summary.get("phasebench") or {}).get("warnings", []))]
+    res["notes"] = [f"host busy during {', '.join(busy)} (other processes on the cores): those speeds are low"] if busy else []
     return res, block
 
 
@@ -232,9 +263,14 @@ def run_quant(model: Path, types: list[str], out: Path, quick: bool = False, gem
                            quality=block.get("score"), quality_valid=block.get("valid"), exact_match=block.get("exact_match"),
                            **{k: nums.get(k) for k in ("weight_bytes", "prefill_tok_s", "decode_tok_s_b1", "decode_tok_s_top",
                                                        "mbu", "runs")},
-                           top_concurrency=nums.get("top_concurrency") or 0)
+                           top_concurrency=nums.get("top_concurrency") or 0,
+                           notes=[n for n in (fallback_note(path),) if n] + nums.get("notes", []))
         results.append(vr)
         blocks.append(block)
+    by_size: dict[int, list[str]] = {}
+    for vr in results:
+        by_size.setdefault(vr.file_bytes, []).append(vr.name)
+    same_size = [names for names in by_size.values() if len(names) > 1]
     # the least-quantized variant of the --engine-model is the reference every variant is compared with
     same = [i for i, (n, _) in enumerate(variants) if not n.startswith("gemma-")]
     ref_i = max(same, key=lambda i: results[i].file_bytes)
@@ -246,7 +282,9 @@ def run_quant(model: Path, types: list[str], out: Path, quick: bool = False, gem
             vr.agreement["reference"] = results[ref_i].name
     summary = {"kind": "quant", "model": str(model), "model_quantization": base_info.get("quantization"),
                "shape": asdict(shape), "reference": results[ref_i].name,
-               "variants": [v.to_dict() for v in results]}
+               "variants": [v.to_dict() for v in results],
+               "warnings": [f"{' and '.join(n)} are the same size: llama-quantize fell back to the same types for this "
+                            "model (see each variant's notes), so they are nearly the same weights" for n in same_size]}
     import orjson
 
     (out / "quant.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
@@ -281,7 +319,7 @@ def plot(results: list[VariantResult], path: Path) -> None:
     ax.set_ylabel("quality score (probe set, 0–1)")
     ax.set_title("Speed against quality, per quantization")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="best", framealpha=0.6)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
