@@ -68,3 +68,26 @@ def test_q2k_variant_scores_no_higher_than_the_reference(reference_run, tmp_path
     assert q["reference"]["compared"] == q["probes"] and q["reference"]["rouge_l"] is not None
     # its speed is what was measured (no claim on which is faster): a positive throughput from real requests
     assert r.summary["completed"] == 2 and r.summary["output_throughput"] > 0
+
+
+@needs_quantize
+@pytest.mark.engine
+def test_quant_command_prints_one_measured_table(tmp_path):
+    probes = tmp_path / "set.jsonl"
+    probes.write_text(
+        '{"id": "fr", "kind": "choice", "prompt": "The capital of France is", "choices": [" Paris", " London"], "answer": 0}\n'
+        '{"id": "abc", "kind": "generate", "prompt": "A, B, C, D, E, F,", "reference": "G, H, I", "max_tokens": 6}\n'
+        '{"id": "copy", "kind": "generate", "prompt": "word: house\\ncopy: house\\nword: window\\ncopy:", "reference": "window", "max_tokens": 3}\n')
+    out = tmp_path / "quant"
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "quant", "--quick", "--types", "Q4_1,Q2_K",
+                        "--quality-set", str(probes), "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "speed against quality" in p.stdout and "Q2_K" in p.stdout
+    s = json.loads((out / "quant.json").read_text())
+    assert s["reference"] == "Q4_1" and [v["name"] for v in s["variants"]] == ["Q4_1", "Q2_K"]
+    for v in s["variants"]:  # every figure comes from a run folder that exists
+        assert v["decode_tok_s_b1"] > 0 and v["decode_tok_s_top"] > 0 and v["prefill_tok_s"] > 0
+        assert v["quality"] is not None and all((out / v["name"] / k).is_dir() for k in ("prefill", "decode-c1", "quality"))
+    q41, q2 = s["variants"]
+    assert q2["file_bytes"] < q41["file_bytes"] and q41["agreement"]["rouge_l"] == 1.0
+    assert (out / "quant.png").stat().st_size > 1000

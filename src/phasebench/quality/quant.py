@@ -105,7 +105,7 @@ class QuantShape:
     decode_requests: tuple[int, ...] = (3, 8)
 
 
-QUICK = QuantShape(prefill_input=128, prefill_requests=1, decode_output=16, decode_requests=(2, 4))
+QUICK = QuantShape(prefill_input=64, prefill_requests=1, decode_output=8, decode_requests=(2, 4))
 FULL = QuantShape()
 
 
