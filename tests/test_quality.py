@@ -207,3 +207,19 @@ def test_cli_run_garbage_exits_invalid_with_reason(server, tmp_path):
     assert "unrelated to the prompts" in p.stdout
     s = Run.load(tmp_path / "r")
     assert s.summary["phasebench"]["quality"]["score"] < 0.1
+
+
+def test_logprobs_from_both_wire_formats():
+    from phasebench.client.openai import parse_event
+
+    # llama.cpp (as its server sent it here) and OpenAI chat: "content" entries with top_logprobs lists
+    cpp = parse_event(json.dumps({"choices": [{"text": " Paris", "index": 0, "finish_reason": None, "logprobs": {"content": [
+        {"id": 7042, "token": " Paris", "logprob": -0.248, "top_logprobs": [{"token": " Paris", "logprob": -0.248},
+                                                                          {"token": " the", "logprob": -2.78}]}]}}]}).encode())
+    assert cpp.text == " Paris" and cpp.logprobs == [[" Paris", -0.248, [[" Paris", -0.248], [" the", -2.78]]]]
+    # OpenAI legacy completions and vLLM: parallel lists, top_logprobs as {token: logprob}
+    legacy = parse_event(json.dumps({"choices": [{"text": " Paris", "index": 0, "logprobs": {
+        "tokens": [" Paris"], "token_logprobs": [-0.3], "top_logprobs": [{" Paris": -0.3, " Lyon": -3.1}],
+        "text_offset": [0]}}]}).encode())
+    assert legacy.logprobs == [[" Paris", -0.3, [[" Paris", -0.3], [" Lyon", -3.1]]]]
+    assert parse_event(b'{"choices": [{"text": "x", "logprobs": null}]}').logprobs is None

@@ -5,7 +5,8 @@ It exists so every metric can be tested against known timing: the first token ar
 (optionally jittered) carrying ``tokens_per_chunk`` tokens, each chunk sent at an absolute time so errors do
 not accumulate. Tokens are whitespace-separated words (``/tokenize`` and ``/detokenize`` agree with the
 counting). Faults on demand: HTTP 500/429, a malformed event, a dropped connection, a stall; every
-``fault_every``-th request (or at ``fault_rate``). ``POST /_mock/config`` reprograms it while running.
+``fault_every``-th request (or at ``fault_rate``). ``garbage`` makes it answer like a broken model (random words,
+empty or non-text answers) for the quality checks. ``POST /_mock/config`` reprograms it while running.
 
 With ``stamp`` on, each chunk carries ``pb_ns``: the server's ``perf_counter_ns`` just before the write
 (the same CLOCK_MONOTONIC as the client's on one machine), so a benchmark can measure the client's own
