@@ -6,21 +6,27 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from phasebench.quality import QualityError, load_probe_set
 from phasebench.quality.probes import Probe
 from phasebench.quality.scoring import (
-    answer_words, broken_reasons, choice_logprobs, exact_match, lcs_length, prefix_agreement, rouge_l, score_item, words,
+    answer_words,
+    broken_reasons,
+    choice_logprobs,
+    exact_match,
+    lcs_length,
+    prefix_agreement,
+    rouge_l,
+    score_item,
+    words,
 )
 from phasebench.quality.stats import paired, sign_flip_p
-from phasebench.runner import run
 from phasebench.results import Run
+from phasebench.runner import run
 
 from .conftest import ENV, spec
-
 
 # ---- scoring on known inputs ------------------------------------------------------------------------------
 

@@ -5,5 +5,17 @@ from .block import DEFAULT_THRESHOLD, QualityOptions, apply_validity, options_fo
 from .probes import Probe, ProbeSet, QualityError, load_probe_set
 from .reference import Reference, agreement, reference_from_run
 
-__all__ = ["DEFAULT_THRESHOLD", "Probe", "ProbeSet", "QualityError", "QualityOptions", "Reference", "agreement",
-           "apply_validity", "options_for", "load_probe_set", "quality_block", "reference_from_run"]
+__all__ = [
+           "DEFAULT_THRESHOLD",
+           "Probe",
+           "ProbeSet",
+           "QualityError",
+           "QualityOptions",
+           "Reference",
+           "agreement",
+           "apply_validity",
+           "load_probe_set",
+           "options_for",
+           "quality_block",
+           "reference_from_run",
+]

@@ -3,9 +3,10 @@ agreement with a reference, and the validity reasons these feed."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..records import RequestRecord
 from .probes import ProbeSet, load_probe_set

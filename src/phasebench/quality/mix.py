@@ -12,8 +12,9 @@ summary, compare, plots, the database) is the load's alone; the probes' own TTFT
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -39,7 +39,7 @@ class ProbeModel(BaseModel):
     max_tokens: int = Field(default=8, ge=1, le=256)
 
     @model_validator(mode="after")
-    def _check(self) -> "ProbeModel":
+    def _check(self) -> ProbeModel:
         if self.kind == "generate":
             if not (self.reference and self.reference.strip()):
                 raise ValueError("a 'generate' probe needs a non-empty 'reference'")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import orjson
 
@@ -23,7 +24,7 @@ class Reference:
     source: dict[str, Any]
 
     @classmethod
-    def from_block(cls, block: dict[str, Any], source: dict[str, Any]) -> "Reference":
+    def from_block(cls, block: dict[str, Any], source: dict[str, Any]) -> Reference:
         return cls(block["probe_set"], block.get("score"), {it["id"]: it for it in block["items"]}, source)
 
     def to_json(self) -> bytes:
@@ -39,7 +40,7 @@ class Reference:
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: Path) -> "Reference":
+    def load(cls, path: Path) -> Reference:
         try:
             d = orjson.loads(Path(path).read_bytes())
         except FileNotFoundError:

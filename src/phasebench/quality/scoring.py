@@ -15,8 +15,9 @@ import math
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from .probes import Probe
 
@@ -170,7 +171,7 @@ def broken_reasons(items: Sequence[ItemScore], output_tokens: Sequence[int | Non
     k = len(answered)
     reasons: list[str] = []
 
-    def share(pred) -> float:  # noqa: ANN001
+    def share(pred) -> float:
         return sum(1 for a in answered if pred(*a)) / k
 
     empty = share(lambda it, n, m: not (it.text or "").strip())

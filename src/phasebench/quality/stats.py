@@ -9,7 +9,8 @@ hundred); otherwise "not significant". With a 20-probe set this needs most probe
 from __future__ import annotations
 
 import itertools
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
