@@ -88,6 +88,11 @@ def run(
     prefix_groups: Optional[int] = typer.Option(None, help="Shared-prefix workload: number of distinct prefixes."),
     plan: bool = typer.Option(False, "--plan", help="With --url: the phase-aware plan (prefill, decode, server)."),
     plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m)."),
+    quality: Optional[bool] = typer.Option(None, "--quality/--no-quality", help="Mix the quality probes into the load and score them (docs/quality.md)."),
+    quality_alone: Optional[bool] = typer.Option(None, "--quality-alone", help="Also send the probes alone after the load."),
+    quality_set: Optional[Path] = typer.Option(None, help="Your own probe set (JSONL); implies --quality."),
+    quality_ref: Optional[Path] = typer.Option(None, help="Reference from `phasebench quality reference`; implies --quality."),
+    quality_threshold: Optional[float] = typer.Option(None, help="Pass if the score is >= this x the reference's (default 0.99)."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
     quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
@@ -111,6 +116,10 @@ def run(
         if url is None and not (spec_file and _spec_has_url(spec_file)):
             from .plan import run_default_plan
 
+            if quality or quality_alone or quality_set or quality_ref:
+                raise SpecError("--quality needs --url (for the embedded engine: `phasebench quant`, or "
+                                "`phasebench engine start` and then run --url with --quality)")
+
             result = run_default_plan(
                 quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out
             )
@@ -125,6 +134,8 @@ def run(
             mlperf=mlperf, workers=_workers(workers), ray=ray, transport=transport,
             max_event_bytes=max_event_bytes,
             metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
+            quality=quality, quality_alone=quality_alone, quality_set=quality_set, quality_ref=quality_ref,
+            quality_threshold=quality_threshold,
         )
         if plan:
             from .plan_any import run_url_plan
@@ -289,12 +300,12 @@ def selftest(
 
 @engine_app.command("build")
 def engine_build(force: bool = typer.Option(False, help="Rebuild even if a cached build exists.")) -> None:
-    """Build llama.cpp's llama-server from the llama-cpp-python source on PyPI (cached)."""
-    from .engine.build import build_llama_server
+    """Build llama.cpp's llama-server and llama-quantize (one build) from the llama-cpp-python source on PyPI (cached)."""
+    from .engine.build import build_engine
 
     try:
-        path = build_llama_server(force=force, console=err)
-        out.print(f"llama-server: {path}")
+        server, quantize = build_engine(force=force, console=err)
+        out.print(f"llama-server: {server}\nllama-quantize: {quantize}")
     except _user_errors() as e:
         fail(str(e))
 
@@ -365,11 +376,12 @@ def _click_errors() -> tuple[type, type, type]:
 
 
 def main() -> None:
-    from . import cli_model, cli_results, cli_sim
+    from . import cli_model, cli_quality, cli_results, cli_sim
 
     cli_model.register(app)  # predict, probe, calibrate, hardware, models
     cli_results.register(app)  # history, import, export, compare, report
     cli_sim.register(app)  # simulate, disagg, profile fit
+    cli_quality.register(app)  # quality reference/show, quant
 
     usage_error, no_args, click_error = _click_errors()
     try:

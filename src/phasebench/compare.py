@@ -181,6 +181,9 @@ def compare(runs: list[Run], names: list[str] | None = None) -> Comparison:
                             [f"rank {rank[i]} of {len(known)}" if i in rank else "" for i in range(len(runs))]))
     att = [(_pb(r).get("slo") or {}).get("attainment") for r in runs]
     rows.append(Row("SLO attainment", "", att, _changes(att), [""] * len(runs)))
+    from .quality.stats import quality_rows
+
+    rows.extend(quality_rows(runs, Row))  # quality beside speed, paired test on per-probe scores (docs/quality.md)
     return Comparison(names, rows, comparable(runs))
 
 

@@ -9,7 +9,8 @@ an event of valid JSON but the wrong shape (``shape``), a huge event written in 
 ``fault_every``-th request (or at ``fault_rate``). Wire quirks for every request: a leading BOM, CRLF or
 CR-only line ends, gzip/deflate bodies (``compress``, optionally only when the request asks for it), error
 texts that echo the request's ``Authorization`` header, ANSI/OSC escapes in the served model id.
-``POST /_mock/config`` reprograms it while running.
+``garbage`` makes it answer like a broken model (random words, empty or non-text answers) for the quality
+checks. ``POST /_mock/config`` reprograms it while running.
 
 With ``stamp`` on, each chunk carries ``pb_ns``: the server's ``perf_counter_ns`` just before the write
 (the same CLOCK_MONOTONIC as the client's on one machine), so a benchmark can measure the client's own
@@ -61,9 +62,11 @@ class MockConfig:
     timings: bool = False  # add a llama.cpp-style "timings" object to the last chunk
     stamp: bool = False
     seed: int = 0
+    garbage: str = "none"  # a broken model's answers: none (" tk" tokens) | random (words) | empty | bytes
 
 
 TOKEN = " tk"  # every generated token is the same 3 characters
+GARBAGE_WORDS = ("zorp", "quux", "blen", "vask", "drim", "oolt", "fesk", "trun", "wibe", "glom", "snet", "yarv")
 
 # Events of valid JSON but the wrong shape (fault "shape"), sent in place of a chunk.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -141,6 +144,13 @@ class MockServer:
                 self._inv.append(w)
             ids.append(i)
         return ids
+
+    def text(self, n: int) -> str:
+        """``n`` generated tokens' text; with ``garbage`` set, what a broken server sends instead."""
+        g = self.cfg.garbage
+        if g == "random":
+            return "".join(" " + self.rng.choice(GARBAGE_WORDS) for _ in range(n))
+        return {"empty": "", "bytes": "\x00\ufffd\x07" * n}.get(g, TOKEN * n)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)
@@ -266,7 +276,7 @@ class MockServer:
         if not body.get("stream"):
             await _sleep_until(t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_in) * 1e6))
             await asyncio.sleep(c.itl_ms * max(n_out - 1, 0) / c.tokens_per_chunk / 1000)
-            return web.json_response(_final_object(chat, self.served_id, TOKEN * n_out, n_in, n_out))
+            return web.json_response(_final_object(chat, self.served_id, self.text(n_out), n_in, n_out))
         coding = c.compress if c.compress != "none" else None
         if coding and c.compress_if_asked and not _accepts(request.headers.get("Accept-Encoding", ""), coding):
             coding = None
@@ -339,7 +349,7 @@ class MockServer:
                     return resp
             take = min(c.tokens_per_chunk, n_out - sent)
             reasoning = chat and sent < c.reasoning_tokens
-            text = TOKEN * take
+            text = self.text(take)
             last = sent + take >= n_out
             finish = ("length" if forced or n_out == max_tokens else "stop") if last else None
             if chat:

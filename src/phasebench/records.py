@@ -72,6 +72,11 @@ class RequestRecord:
     read_delay_ns: list[int] | None = None
     coalesced_reads: int = 0
     ttft_uncertainty_ns: int | None = None
+    # quality probes only (phasebench.quality): the probe's id, the answer's text, per-token logprobs as
+    # [token, logprob, [[top token, logprob], ...]]; load requests leave them None
+    probe: str | None = None
+    text: str | None = None
+    logprobs: list[Any] | None = None
 
     @property
     def ok(self) -> bool:

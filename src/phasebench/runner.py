@@ -213,6 +213,9 @@ async def run_one(
     if spec.nonce is None:  # fresh prompts each run unless a seed was given (no accidental prefix-cache hits)
         spec = spec.model_copy(update={"nonce": new_nonce()})
     check_roofline_inputs(spec, extra_manifest or {})
+    from .quality import options_for  # --quality: the probe set (and reference) read before any traffic
+
+    quality = options_for(spec)
     if spec.out and (Path(spec.out) / MANIFEST).exists():
         raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
     async with aiohttp.ClientSession() as meta_session:
@@ -221,6 +224,10 @@ async def run_one(
         prompts = await build_prompts(spec, tok, request_count(schedule))
         n_warm, warm_spec = warmup_plan(spec, schedule)
         warm_prompts = await build_prompts(warm_spec, tok, min(n_warm, 8), seed_offset=10_000) if n_warm else []
+    if quality:  # the probes join the load at seeded places (phasebench.quality.mix)
+        from .quality.mix import mix
+
+        schedule, prompts = mix(schedule, prompts, quality.probe_set, spec.seed)
     conc_hint = schedule.concurrency or min(len(prompts), spec.max_connections)
     max_conn = max(1, min(spec.max_connections, max(conc_hint, 1)))
     ensure_open_files(max_conn, spec)
@@ -254,6 +261,10 @@ async def run_one(
         if folder:
             folder.write_manifest(manifest)
         writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
+        if quality:  # probe records go to quality.jsonl, the load's to requests.jsonl
+            from .quality.mix import ProbeWriter
+
+            writer = ProbeWriter(writer, path)
         scraper = await open_scraper(spec, target.base_url, path, key)  # the engine's /metrics, before
         cpu0 = sum(proc.cpu_times()[:2])
         host.start()
@@ -289,6 +300,11 @@ async def run_one(
             writer.close()
             if scraper:
                 await asyncio.to_thread(scraper.finish)  # and after
+        alone = None
+        if quality and quality.alone and not interrupted and gone is None:
+            from .quality.mix import alone as send_alone
+
+            alone = await send_alone(client, quality.probe_set, path)
     manifest["transport"] = {
         "name": cfg.transport,
         "timestamps": ("kernel receive time (SO_TIMESTAMPNS), converted to CLOCK_MONOTONIC" if cfg.transport == "raw"
@@ -320,6 +336,11 @@ async def run_one(
         extra_warnings=[] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"],
     )
     records.sort(key=lambda r: r.index)
+    if quality:
+        from .quality import apply_validity, quality_block
+        from .quality.mix import split
+
+        records, probe_records = split(records)
     summary = summarize(records, ctx)
     summary.update(vllm_keys(spec, target, tok, created, len(records)))
     summary["phasebench"]["warmup"] = {
@@ -328,6 +349,8 @@ async def run_one(
         "note": (f"{n_warm} short requests (8 prompt tokens, 2 output) opened the connections before the window"
                  if spec.warmup_requests is None else f"{n_warm} requests of the run's shape were sent and discarded"),
     }
+    if quality:  # scored after the run; an invalid quality block makes the run invalid
+        apply_validity(summary, quality_block(quality, probe_records, alone))
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
     summary["phasebench"]["server_view"] = await close_scraper(scraper, spec, records, summary)
     from .server_checks import server_saw  # did the server see what was asked (lengths, context, errors)

@@ -248,6 +248,11 @@ class RunSpec(BaseModel):
     nonce: str | None = Field(default=None, description="text at the start of every synthetic prompt; default: fresh per run unless --seed is given ('' for none)")
     prefix_tokens: int = Field(default=0, ge=0, description="shared-prefix workload: tokens of prefix every prompt of a group shares")
     prefix_groups: int = Field(default=1, ge=1, description="shared-prefix workload: how many distinct prefixes")
+    quality: bool = Field(default=False, description="mix the quality probes into the load and score them (docs/quality.md)")
+    quality_alone: bool = Field(default=False, description="also send the probes alone after the load (implies quality)")
+    quality_set: Path | None = Field(default=None, description="your own probe set, JSONL (implies quality)")
+    quality_ref: Path | None = Field(default=None, description="a reference from `phasebench quality reference` (implies quality)")
+    quality_threshold: float = Field(default=0.99, gt=0, le=1.0, description="pass if score >= this x the reference's")
 
     @field_validator("input_tokens", "output_tokens", mode="before")
     @classmethod
@@ -326,6 +331,8 @@ class RunSpec(BaseModel):
                              "drop one of them")
         if self.prefix_tokens and self.prefix_tokens >= self.input_tokens.mean:
             raise ValueError(f"--prefix-tokens {self.prefix_tokens} must be below --input-tokens {self.input_tokens.mean}")
+        if self.quality_alone or self.quality_set or self.quality_ref:
+            self.quality = True
         if self.requests is None and self.duration is None:
             self.requests = 100 if self.scenario != Scenario.single_stream else 20
         return self

@@ -98,6 +98,7 @@ class Client:
             scheduled_ns=scheduled_ns,
             input_tokens=prompt.input_tokens,
             expected_output_tokens=prompt.output_tokens,
+            probe=prompt.probe,
         )
 
     async def send(self, rec: RequestRecord, prompt: Prompt) -> RequestRecord:
@@ -255,6 +256,10 @@ class Client:
                         rec.server_stamps = []
                     rec.server_stamps.append(d.stamp - self.t0)
                 rec.last_token_ns = t
+            if rec.probe is not None:  # a quality probe: its text and logprobs are kept (short answers)
+                rec.text = (rec.text or "") + d.text
+                if d.logprobs:
+                    rec.logprobs = (rec.logprobs or []) + d.logprobs
             if d.finish_reason:
                 rec.finish_reason = d.finish_reason
             if d.prompt_tokens is not None:
