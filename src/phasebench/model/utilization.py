@@ -13,6 +13,7 @@ from typing import Any
 
 from ..metrics import mean_in_flight
 from .arch import ModelArch, load_model
+from .calibration import efficiency_for
 from .errors import ModelError
 from .hardware import Hardware, load_hardware
 from .phases import (
@@ -96,8 +97,6 @@ def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: 
     if got is None:
         return None
     model, hw, weights = got
-    from .calibrate import efficiency_for
-
     pr, note = resolve_precision(hw, weights)
     eff, eff_note = efficiency_for(hw, calibration or engine_name(manifest))
     work = phase_work(model, pr, summary)
