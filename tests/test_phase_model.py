@@ -76,7 +76,7 @@ def test_model_package_has_no_import_cycle_even_counting_lazy_imports():
         visit(n, [])
 
 
-@pytest.mark.parametrize("mod", ["phases", "calibrate", "utilization", "calibration", "engines", "fit", "verdict"][:5])
+@pytest.mark.parametrize("mod", ["phases", "calibrate", "utilization", "calibration", "engines", "fit", "verdict", "corpus", "uncertainty"])
 def test_each_model_module_imports_fresh(mod):
     r = subprocess.run([sys.executable, "-c", f"import phasebench.model.{mod}"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -32,6 +32,8 @@ class Efficiency:
     request_ms: float = 0.0         # fixed per request, on TTFT: tokenisation, scheduling, sampling, HTTP
     step_us: float = 0.0            # fixed per forward pass (engine step): scheduler, sampling, host sync
     sharpness: float = 0.0          # roofline knee: time = (c^k + m^k)^(1/k); 0 = the hard max(c, m)
+    kv_memory: float = 1.0          # KV-cache reads (attention) reach this fraction of the weights' bandwidth
+    gemm_half_rows: float = 0.0     # GEMM rows (tokens per expert) at which matmuls reach half of ``compute``
     engine: str = ""
     device_class: str = ""
 
@@ -48,7 +50,7 @@ DEFAULT_EFFICIENCY = {
     "cpu": Efficiency(0.60, 0.50, 20.0, 5.0, "default (cpu)"),
 }
 
-PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness")
+PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness", "kv_memory", "gemm_half_rows")
 
 
 @cache
@@ -112,11 +114,12 @@ def default_engine(hw: Hardware) -> str:
     return hw.extra.get("default_engine") or d.get(hw.key) or d.get(device_class(hw)) or d[hw.kind]
 
 
-def profile(hw: Hardware, engine: str | None = None) -> Efficiency:
+def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | None = None) -> Efficiency:
     """The efficiency profile of ``engine`` (default: the device's default engine) on ``hw``.
 
     Composed parameter by parameter: the device class's base fractions of peak × the engine's multipliers, and
-    the engine's fixed costs; each from the corpus fit where it has the parameter, else from the prior."""
+    the engine's fixed costs; each from the corpus fit where it has the parameter, else from the prior.
+    ``fit`` replaces the installed fitted parameters (the fitter passes its trial values)."""
     eng = canonical_engine(engine) if engine else default_engine(hw)
     cls = device_class(hw)
     data = _data()
@@ -127,7 +130,8 @@ def profile(hw: Hardware, engine: str | None = None) -> Efficiency:
     eng_prior = dict(data["engines"][eng].get("prior", {}))
     for layer in (pri.get(f"{cls}/{eng}"), pri.get(f"{hw.key}/{eng}")):
         eng_prior.update(layer or {})
-    fit = fitted().get("parameters", {})
+    if fit is None:
+        fit = fitted().get("parameters", {})
     used_fit = False
 
     def get(key: str, default: float) -> float:
@@ -147,6 +151,8 @@ def profile(hw: Hardware, engine: str | None = None) -> Efficiency:
     vals["layer_overhead_us"] = get(f"layer_overhead_us|{cls}", eng_prior.get("layer_overhead_us", base["layer_overhead_us"]))
     vals["allreduce_us"] = get(f"allreduce_us|{hw.kind}", base["allreduce_us"])
     vals["sharpness"] = get("sharpness", base["sharpness"])
+    vals["kv_memory"] = min(get("kv_memory", base["kv_memory"]), 1.0)
+    vals["gemm_half_rows"] = get("gemm_half_rows", base["gemm_half_rows"])
     src = f"fitted on the corpus ({fitted().get('corpus', {}).get('rows', '?')} rows)" if used_fit else "prior"
     return Efficiency(**vals, source=f"{eng} on {cls}: {src}", engine=eng, device_class=cls)
 

@@ -297,10 +297,14 @@ def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_toke
     w = m.weight_bytes(pr.weights)
     lm = m.lm_head_params
     flops = 2.0 * (m.compute_params - lm) * tokens + 2.0 * lm * lm_tokens + attn_flops
-    nbytes = _moe_weight_bytes(m, w, max(tokens, 1.0)) / s.tp + kv_bytes * kv_heads_per_rank(m, s.tp) / m.kv_heads
+    w_rank = _moe_weight_bytes(m, w, max(tokens, 1.0)) / s.tp
+    kv_rank = kv_bytes * kv_heads_per_rank(m, s.tp) / m.kv_heads
+    bw = hw.bandwidth * eff.memory
     overhead = m.layers * eff.layer_overhead_us * 1e-6 + eff.step_us * 1e-6
-    return _phase(flops / s.tp / (hw.peak_flops(pr.activations) * eff.compute), nbytes / (hw.bandwidth * eff.memory),
-                  _comm(s, tokens, precision_bytes(pr.activations)), overhead, flops, nbytes, eff.sharpness)
+    rows = tokens * (m.experts_active / m.experts if m.experts > 1 else 1.0)   # GEMM rows per weight matrix
+    eta_c = eff.compute * (rows / (rows + eff.gemm_half_rows) if eff.gemm_half_rows else 1.0)
+    return _phase(flops / s.tp / (hw.peak_flops(pr.activations) * eta_c), w_rank / bw + kv_rank / (bw * eff.kv_memory),
+                  _comm(s, tokens, precision_bytes(pr.activations)), overhead, flops, w_rank + kv_rank, eff.sharpness)
 
 
 def request_s(s: Setup) -> float:
@@ -326,7 +330,18 @@ def decode_phase(s: Setup, batch: int, context: float) -> Phase:
 
 
 def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int = 128) -> Prediction:
-    """Predict TTFT, TPOT, E2E and throughput of ``batch`` sequences of ``input_len`` + ``output_len`` tokens."""
+    """Predict TTFT, TPOT, E2E and throughput of ``batch`` sequences of ``input_len`` + ``output_len`` tokens,
+    each with a range from the corpus residuals of its engine and device class (``Prediction.range``), and a
+    note when the pair falls outside what the corpus covers."""
+    from .uncertainty import attach_range
+
+    p = _predict(setup, batch, input_len, output_len)
+    attach_range(p)
+    return p
+
+
+def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int = 128) -> Prediction:
+    """The point prediction (no range): what the corpus fit calls."""
     if batch < 1 or input_len < 1 or output_len < 1:
         raise ModelError("batch, input length and output length must be ≥ 1")
     s = setup.resolved()
