@@ -71,6 +71,7 @@ def engines() -> dict[str, dict[str, Any]]:
     return _data()["engines"]
 
 
+@cache
 def _aliases() -> dict[str, str]:
     out: dict[str, str] = {}
     for name, e in engines().items():
@@ -172,7 +173,7 @@ def covered(hw: Hardware, engine: str) -> tuple[bool, str | None]:
     """Whether the corpus has rows for (engine, device class); a note saying what falls outside otherwise."""
     cov = fitted().get("coverage")
     if cov is None:
-        return False, "no corpus fit is installed: the range is the prior's"
+        return False, "no corpus fit is installed (data/engines_fit.yaml): no range"
     cls = device_class(hw)
     if cov.get(f"{engine}|{cls}"):
         return True, None

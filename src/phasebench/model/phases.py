@@ -466,21 +466,22 @@ def sram_pass(s: Setup, context: float, turns: int = 1) -> Phase:
 
 
 def sram_prefill(s: Setup, prompt: int, turns: int = 1) -> Phase:
-    """A prompt on an SRAM pipeline: the prompt's tokens stream through the L stages one behind the other, so
-    the last one leaves after one full pass plus (prompt − 1) initiation intervals; the interval is the busiest
-    stage's time per token (its chips' compute at per-chip FLOP/s, its SRAM reads, its synchronisation). Not the
-    sum of all chips' FLOP/s on one prompt: a stage holds one layer, and only its own chips work on it."""
+    """A prompt on an SRAM pipeline: the prompt goes through the pipeline as one block, stage by stage. Each
+    stage (one layer, on the chips that hold it) computes the block's FLOPs at those chips' FLOP/s — not the sum
+    of all chips' FLOP/s: the other stages hold other layers and wait for the block — reads its weights once,
+    synchronises once, and hands the block's activations (prompt × hidden) to the next chip over the links."""
     m, eff, pr = s.model, s.efficiency, s.precision
+    hw = s.hardware
     used = _sram_chips_used(s, prompt)
     flops = prefill_flops(m, prompt)
     nbytes = m.weight_bytes(pr.weights) + m.kv_bytes(prompt, pr.kv)
-    c, r, sync = _sram_stage(s, flops / prompt, nbytes, used)      # per token: weights streamed each pass
-    layers_per_stage = max(m.layers / used, 1.0)
-    slots = m.layers + (prompt - 1) * layers_per_stage      # stage-times along the last token's critical path
-    hops, step = _sram_hops(s, used), eff.step_us * 1e-6
-    p = _phase(turns * slots * c, turns * slots * r, turns * hops, turns * (slots * sync + step), flops * turns,
-               nbytes)
-    p.time_s = turns * (slots * (_roof(c, r, eff.sharpness) + sync) + hops + step)
+    c, r, sync = _sram_stage(s, flops, nbytes, used)      # per stage, for the whole block
+    act = prompt * m.hidden * precision_bytes(pr.activations)
+    hops = (used - 1) * (hw.interconnect_latency_us * 1e-6 + act / (hw.interconnect_gbps * 1e9 or 1e18))
+    step = eff.step_us * 1e-6
+    p = _phase(turns * m.layers * c, turns * m.layers * r, turns * hops, turns * (m.layers * sync + step),
+               flops * turns, nbytes)
+    p.time_s = turns * (m.layers * (_roof(c, r, eff.sharpness) + sync) + hops + step)
     return p
 
 
