@@ -64,3 +64,19 @@ def test_plan_verdicts_use_them_and_label_the_peak():
     assert "batching to 4 raises decode throughput 2.0×" in out[1]
     assert "prefill reaches 29% of the probed fp32 matmul peak (340 GFLOP/s, numpy BLAS; torch is not installed" in out[2]
     assert "step prefill-1024" in out[2]
+
+
+def test_every_mfu_names_its_peak():
+    from phasebench.model.hardware import _from_record, load_hardware, local_record
+
+    assert load_hardware("h100-sxm").peak_label("bf16") == "bf16 peak 989.4 TFLOP/s (h100-sxm datasheet)"
+    assert "fp16 peak" in load_hardware("a100-80gb-sxm").peak_label("fp16")
+    probe = {"matmul_gflops_fp32": 340.0, "bandwidth_gbps": 51.0, "threads": 2, "matmul_gflops_bf16": None,
+             "bf16_note": "torch is not installed"}
+    local = _from_record("local", local_record(probe, {"memory_gib": 8, "cpu": "test"}))
+    assert local.peak_label("fp32") == "fp32 peak 0.34 TFLOP/s (fp32 matmul (numpy BLAS), measured by `phasebench probe`)"
+    assert "not probed: torch is not installed" in local.extra["peak_sources"]["bf16"]
+    with_bf16 = _from_record("local", local_record({**probe, "matmul_gflops_bf16": 2000.0,
+                                                    "bf16_source": "torch CPU bf16 matmul, measured (AMX)"},
+                                                   {"memory_gib": 8}))
+    assert with_bf16.peak_label("bf16") == "bf16 peak 2 TFLOP/s (torch CPU bf16 matmul, measured (AMX))"

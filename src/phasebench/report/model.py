@@ -120,7 +120,16 @@ def print_probe(r, local: Hardware, near: list[tuple[Hardware, float]], path: Pa
                   f"({r.threads} threads, {r.array_mib} MiB arrays per thread, best of repeats)")
     console.print(f"matmul fp32 (numpy BLAS, all cores): {r.matmul_gflops_fp32:.0f} GFLOP/s")
     for k, v in r.extra.items():
+        if k in ("bf16_note", "bf16_source", "cpu_precision_flags", "torch_installed", "matmul_gflops_bf16"):
+            continue
         console.print(f"{k}: {v if isinstance(v, str) else f'{v:.1f}'}")
+    flags = r.extra.get("cpu_precision_flags") or []
+    console.print(f"reduced-precision CPU units: {', '.join(flags) if flags else 'none found (/proc/cpuinfo)'}")
+    if r.extra.get("matmul_gflops_bf16"):
+        console.print(f"matmul bf16: {r.extra['matmul_gflops_bf16']:.0f} GFLOP/s ({escape(str(r.extra.get('bf16_source')))})")
+    else:
+        console.print(f"matmul bf16: not probed — {escape(str(r.extra.get('bf16_note', '')))}; MFU in bf16 is against "
+                      "the fp32 peak and says so")
     console.print(f"ridge point: {r.matmul_gflops_fp32 / r.bandwidth_gbps:.1f} FLOP/byte (below it a kernel is memory-bound)")
     console.print(f"wrote the 'local' hardware record: {escape(str(path))}")
     t = Table(title="Nearest catalog devices", title_justify="left")
