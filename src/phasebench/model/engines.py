@@ -34,6 +34,8 @@ class Efficiency:
     sharpness: float = 0.0          # roofline knee: time = (c^k + m^k)^(1/k); 0 = the hard max(c, m)
     kv_memory: float = 1.0          # KV-cache reads (attention) reach this fraction of the weights' bandwidth
     gemm_half_rows: float = 0.0     # GEMM rows (tokens per expert) at which matmuls reach half of ``compute``
+    link: float = 1.0               # fraction of the interconnect's bandwidth a ring all-reduce reaches
+    moe_compute: float = 1.0        # MoE expert GEMMs (grouped, routed) reach this fraction of ``compute``
     engine: str = ""
     device_class: str = ""
 
@@ -50,7 +52,7 @@ DEFAULT_EFFICIENCY = {
     "cpu": Efficiency(0.60, 0.50, 20.0, 5.0, "default (cpu)"),
 }
 
-PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness", "kv_memory", "gemm_half_rows")
+PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness", "kv_memory", "gemm_half_rows", "link", "moe_compute")
 
 
 @cache
@@ -154,6 +156,8 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
     vals["sharpness"] = get("sharpness", base["sharpness"])
     vals["kv_memory"] = min(get("kv_memory", base["kv_memory"]), 1.0)
     vals["gemm_half_rows"] = get("gemm_half_rows", base["gemm_half_rows"])
+    vals["link"] = min(get(f"link|{hw.kind}", base["link"]), 1.0)
+    vals["moe_compute"] = min(get("moe_compute", base["moe_compute"]), 1.0)
     src = f"fitted on the corpus ({fitted().get('corpus', {}).get('rows', '?')} rows)" if used_fit else "prior"
     return Efficiency(**vals, source=f"{eng} on {cls}: {src}", engine=eng, device_class=cls)
 

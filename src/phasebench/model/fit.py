@@ -48,7 +48,8 @@ FAMILY = {
     "memory@": (0.25, 0.1, 2.0), "compute@": (0.35, 0.1, 2.0), "kv_memory": (0.5, 0.05, 1.0),
     "request_ms": (1.2, 0.05, 3000.0), "step_us": (1.2, 1.0, 1e5),
     "layer_overhead_us": (1.2, 0.01, 2000.0), "allreduce_us": (0.8, 1.0, 300.0), "sharpness": (0.8, 1.0, 30.0),
-    "internet_rtt_ms": (1.0, 1.0, 2000.0), "gemm_half_rows": (1.0, 0.5, 4096.0),
+    "internet_rtt_ms": (1.0, 1.0, 2000.0), "gemm_half_rows": (1.0, 0.5, 4096.0), "link": (0.4, 0.05, 1.0),
+    "moe_compute": (0.5, 0.05, 1.0),
 }
 
 
@@ -65,6 +66,8 @@ def prior_value(key: str, rows: list[Row]) -> float:
     fam = _family(key)
     if fam == "sharpness":
         return 4.0
+    if fam == "moe_compute":
+        return 0.7
     if fam == "gemm_half_rows":
         return 32.0
     if fam == "internet_rtt_ms":
@@ -83,6 +86,8 @@ def prior_value(key: str, rows: list[Row]) -> float:
     name, cls = key.split("|")
     if name == "allreduce_us":
         return float(DEFAULT_EFFICIENCY[cls].allreduce_us)
+    if name == "link":
+        return min(float(data.get("priors", {}).get(cls, {}).get("link", 0.7)), 1.0 - 1e-6)
     row = next(r for r in rows if r.device_class == cls)
     p = profile(row.setup.hardware, REFERENCE_ENGINE if REFERENCE_ENGINE in data["engines"] else None, fit={})
     base = {"memory": p.memory, "compute": p.compute}.get(name)
@@ -99,20 +104,24 @@ def parameters_for(rows: list[Row]) -> list[str]:
                  f"request_ms@{r.engine}", f"step_us@{r.engine}"}
         if r.engine != REFERENCE_ENGINE:
             keys |= {f"memory@{r.engine}", f"compute@{r.engine}"}
+        if r.setup.model.experts > 1:
+            keys.add("moe_compute")
         if r.setup.tp > 1 and r.setup.hardware.kind != "sram-dataflow":
-            keys.add(f"allreduce_us|{r.setup.hardware.kind}")
+            keys |= {f"allreduce_us|{r.setup.hardware.kind}", f"link|{r.setup.hardware.kind}"}
     return sorted(keys)
 
 
 def _depends(r: Row, key: str) -> bool:
     if key in ("sharpness", "kv_memory", "gemm_half_rows"):
         return True
+    if key == "moe_compute":
+        return r.setup.model.experts > 1
     if key == "internet_rtt_ms":
         return r.internet
     if "@" in key:
         return key.split("@")[1] == r.engine
     name, c = key.split("|")
-    return c == r.device_class or (name == "allreduce_us" and c == r.setup.hardware.kind and r.setup.tp > 1)
+    return c == r.device_class or (name in ("allreduce_us", "link") and c == r.setup.hardware.kind and r.setup.tp > 1)
 
 
 @dataclass

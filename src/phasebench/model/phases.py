@@ -273,10 +273,11 @@ def _phase(compute: float, memory: float, comm: float, overhead: float, flops: f
 
 
 def _comm(s: Setup, tokens: float, act_bytes: float) -> float:
-    """Tensor parallel: 2 ring all-reduces per layer of tokens·h activations; pipeline: pp − 1 hops."""
+    """Tensor parallel: 2 ring all-reduces per layer of tokens·h activations (16-bit) at the link's achievable
+    bandwidth; pipeline: pp − 1 hops."""
     hw, m, eff = s.hardware, s.model, s.efficiency
-    bw = hw.interconnect_gbps * 1e9 or 1e18
-    msg = tokens * m.hidden * act_bytes
+    bw = hw.interconnect_gbps * 1e9 * (eff.link if eff else 1.0) or 1e18
+    msg = tokens * m.hidden * max(act_bytes, 2.0)   # activations travel in 16 bits even when GEMMs run in fp8
     t = 0.0
     if s.tp > 1:
         t += 2 * m.layers * (eff.allreduce_us * 1e-6 + 2 * (s.tp - 1) / s.tp * msg / bw)
@@ -303,7 +304,12 @@ def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_toke
     overhead = m.layers * eff.layer_overhead_us * 1e-6 + eff.step_us * 1e-6
     rows = tokens * (m.experts_active / m.experts if m.experts > 1 else 1.0)   # GEMM rows per weight matrix
     eta_c = eff.compute * (rows / (rows + eff.gemm_half_rows) if eff.gemm_half_rows else 1.0)
-    return _phase(flops / s.tp / (hw.peak_flops(pr.activations) * eta_c), w_rank / bw + kv_rank / (bw * eff.kv_memory),
+    peak = hw.peak_flops(pr.activations) * eta_c * s.tp
+    compute = flops / peak
+    if m.experts > 1 and eff.moe_compute < 1.0:   # the routed experts' grouped GEMMs run below the dense rate
+        expert = 2.0 * tokens * m.layers * m.experts_active * m._expert_params()
+        compute += expert / peak * (1.0 / eff.moe_compute - 1.0)
+    return _phase(compute, w_rank / bw + kv_rank / (bw * eff.kv_memory),
                   _comm(s, tokens, precision_bytes(pr.activations)), overhead, flops, w_rank + kv_rank, eff.sharpness)
 
 
@@ -336,7 +342,7 @@ def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int 
     from .uncertainty import attach_range
 
     p = _predict(setup, batch, input_len, output_len)
-    attach_range(p)
+    attach_range(p, setup.hardware)
     return p
 
 

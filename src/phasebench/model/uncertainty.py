@@ -37,16 +37,17 @@ def factors(hw: Hardware, engine: str, group: str) -> tuple[float, float, str] |
     return math.exp(lo), math.exp(hi), f"all classes ({pooled[2]} residuals), widened {widen}×"
 
 
-def attach_range(p: Any) -> None:
+def attach_range(p: Any, hw: Hardware | None = None) -> None:
     """Fill ``p.range`` (ttft_ms, tpot_ms, e2e_s, output_throughput: [low, high]) and add coverage notes."""
     if not p.fits or p.ttft_s is None:
         return
-    from .hardware import load_hardware
+    if hw is None:
+        from .hardware import load_hardware
 
-    try:
-        hw = load_hardware(p.hardware)
-    except Exception:  # noqa: BLE001 - a record passed as a path: no class lookup
-        return
+        try:
+            hw = load_hardware(p.hardware)
+        except Exception:  # noqa: BLE001 - a record passed as a path: no class lookup
+            return
     engine = p.engine or p.efficiency.engine
     if not engine:
         return
