@@ -220,14 +220,32 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
 
 
 def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> list[str]:
+    """Plain words: each phase against its wall (model/verdict.py says "at the wall" only when it is, and what
+    the roofline says bounds it when not), then what batching bought."""
+    from .model.verdict import Peak, decode_verdict, prefill_verdict
+
     out = []
-    if "decode_mbu" in wall:
-        p = wall["probe"]
-        out.append(
-            f"decode is memory-bound: at batch 1 each step reads ~{wall['decode_bytes_per_step'] / 1e6:.0f} MB "
-            f"(weights + KV), {wall['decode_achieved_gbps']:.1f} GB/s = {wall['decode_mbu']:.0%} of the probed "
-            f"{p['bandwidth_gbps']:.1f} GB/s DRAM bandwidth"
-        )
+    p = wall.get("probe") or {}
+    bw = Peak((p.get("bandwidth_gbps") or 0) * 1e9, f"the probed DRAM bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)")
+    bf16 = p.get("matmul_gflops_bf16") or p.get("torch_cpu_bfloat16_gflops")
+    if bf16:
+        fl = Peak(bf16 * 1e9, f"the probed bf16 matmul peak ({bf16:,.0f} GFLOP/s, {p.get('bf16_source', 'torch')})")
+    else:
+        why = p.get("bf16_note") or "no bf16 peak probed"
+        fl = Peak((p.get("matmul_gflops_fp32") or 0) * 1e9,
+                  f"the probed fp32 matmul peak ({p.get('matmul_gflops_fp32', 0):,.0f} GFLOP/s, numpy BLAS; {why})")
+    cores = p.get("threads")
+    pf = [x for x in prefill if x.get("prefill_tps_p50")]
+    longest = max(pf, key=lambda x: x["input_tokens"]) if pf else None
+    # parameters from the prefill figure (2·params·tok/s), for the FLOPs of a decode step
+    params = (wall["prefill_achieved_gflops"] * 1e9 / (2 * longest["prefill_tps_p50"])
+              if longest and wall.get("prefill_achieved_gflops") else 0.0)
+    if "decode_mbu" in wall and decode and decode[0].get("tpot_ms_p50") and bw.value:
+        d = decode[0]
+        v = decode_verdict(f"decode-c{d['concurrency']}", wall["decode_bytes_per_step"], 2 * params,
+                           d["tpot_ms_p50"] / 1e3, bw, fl, cores)
+        out.append(f"{v.text} (each step reads ~{wall['decode_bytes_per_step'] / 1e6:.0f} MB: weights + KV of the "
+                   f"prompt; {wall['decode_achieved_gbps']:.1f} GB/s achieved)")
     ok = [d for d in decode if d["output_throughput"] and d["tpot_ms_p50"]]
     if len(ok) >= 2:
         base = ok[0]
@@ -241,13 +259,13 @@ def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> l
         if best is not last:
             out.append(f"batching stops paying beyond concurrency {best['concurrency']}: at {last['concurrency']} "
                        f"throughput is {last['output_throughput']:.0f} tok/s")
-    if "prefill_mfu_vs_fp32_matmul" in wall:
-        pf = [p for p in prefill if p["prefill_tps_p50"]]
-        out.append(
-            f"prefill is compute-bound: {pf[-1]['prefill_tps_p50']:.0f} tok/s at {pf[-1]['input_tokens']} tokens "
-            f"≈ {wall['prefill_achieved_gflops']:.0f} GFLOP/s (2·params·tok/s) = "
-            f"{wall['prefill_mfu_vs_fp32_matmul']:.0%} of numpy's fp32 matmul peak here"
-        )
+    if longest and params and fl.value:
+        n = longest["input_tokens"]
+        ttft = n / longest["prefill_tps_p50"]
+        v = prefill_verdict(f"prefill-{n:04d}", 2 * params * n, wall.get("weight_bytes", 0) + wall.get("kv_bytes_per_token", 0) * n,
+                            ttft, fl, bw, cores)
+        out.append(f"{v.text} ({longest['prefill_tps_p50']:.0f} tok/s at {n} tokens ≈ "
+                   f"{wall['prefill_achieved_gflops']:.0f} GFLOP/s as 2·params·tok/s)")
     return out
 
 
