@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..paths import home
-from .engines import Efficiency, canonical_engine, default_engine, profile
+from .engines import Efficiency, canonical_engine, profile
 from .errors import ModelError
 from .hardware import Hardware
 
