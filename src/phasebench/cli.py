@@ -116,12 +116,13 @@ def run(
         if url is None and not (spec_file and _spec_has_url(spec_file)):
             from .plan import run_default_plan
 
-            if quality or quality_alone or quality_set or quality_ref:
-                raise SpecError("--quality needs --url (for the embedded engine: `phasebench quant`, or "
-                                "`phasebench engine start` and then run --url with --quality)")
+            if quality_alone or quality_set or quality_ref:
+                raise SpecError("--quality-alone/--quality-set/--quality-ref need --url (the embedded plan takes "
+                                "--quality: its server step answers the shipped probes under load)")
 
             result = run_default_plan(
-                quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out
+                quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out,
+                quality=bool(quality),
             )
             raise typer.Exit(exitcodes.OK if result is None or result.valid else exitcodes.INVALID)
         spec = build_spec(

@@ -45,7 +45,9 @@ QUICK = PlanShape((32, 256, 1024), 1, (1, 4), 32, 32, 8.0, 4)
 
 
 def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path | None = None,
-                     model_path: Path | None = None, console: Console | None = None, json_out: bool = False) -> Run:
+                     model_path: Path | None = None, console: Console | None = None, json_out: bool = False,
+                     quality: bool = False) -> Run:
+    """The embedded plan; ``quality``: the server step also answers the quality probes under its load."""
     console = console or Console()
     shape = QUICK if quick else FULL
     out = out or Path("runs") / ("plan-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -58,7 +60,7 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         console.print(f"engine healthy at {eng.url}")
         engine_manifest = eng.manifest()
         try:
-            result = run_main(_steps(eng, shape, folder, engine_manifest, console))
+            result = run_main(_steps(eng, shape, folder, engine_manifest, console, quality))
         except RunStopped as e:
             console.print(f"[yellow]{e}: partial results kept in {escape(str(out))}[/]")
             raise SystemExit(e.exit_code) from e
@@ -77,7 +79,7 @@ def _spec(eng: Engine, nonce: str, out: Path, **kw: Any) -> RunSpec:
 
 
 async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manifest: dict[str, Any],
-                 console: Console) -> Run:
+                 console: Console, quality: bool = False) -> Run:
     from .model.probe import probe_and_record
 
     from .workload.synthetic import new_nonce
@@ -88,10 +90,30 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     names: list[str] = []
     children: list[Run] = []
 
+    from . import __version__
+
+    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "children": names, **extra}
+
+    def save_partial(reason: str) -> None:
+        """The plan folder as it stands: readable (show, report, import) even if the plan stops here."""
+        folder.write_manifest(manifest)
+        folder.write_summary({"steps": list(names), "phasebench": {
+            "valid": False, "partial": True, "reasons": [reason], "warnings": []}})
+
     async def step(name: str, spec: RunSpec) -> Run:
-        r = await run_one(spec, progress, extra, label=name)
+        try:
+            r = await run_one(spec, progress, extra, label=name)
+        except RunStopped as e:
+            if e.run is not None:
+                names.append(name)
+                children.append(e.run)
+            save_partial(f"partial: the plan stopped in step {name} ({e})")
+            raise
         names.append(name)
         children.append(r)
+        save_partial(f"partial: the plan is still running (done: {', '.join(names)})")
         return r
 
     console.print("[bold]1/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s "
@@ -115,16 +137,13 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     capacity = best.summary.get("request_throughput") or 0.5
     rate = round(max(0.1, 0.7 * capacity), 2)
     console.print(f"[bold]4/4 server scenario[/]: Poisson arrivals at {rate}/s (70% of the measured "
-                  f"{capacity:.2f} req/s), SLO {DEFAULT_SLO}")
+                  f"{capacity:.2f} req/s), SLO {DEFAULT_SLO}" + (", with the quality probes in its load" if quality else ""))
     await step("server", _spec(eng, nonce, folder.path / "server", scenario=Scenario.server, rate=[rate],
                                duration=shape.server_seconds, input_tokens=shape.decode_input,
-                               output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7))
+                               output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7,
+                               quality=quality))
     summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
-    from . import __version__
-
-    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "children": names, **extra, "probe": pr.to_dict()}
+    manifest["probe"] = pr.to_dict()
     from .env import environment
 
     manifest["environment"] = environment()
@@ -297,6 +316,11 @@ def print_plan(run: Run, console: Console) -> None:
         console.print(f"decode sweep stopped: {escape(s['decode_stop'])}")
     for n in s.get("notes", []):
         console.print(f"[dim]  {escape(n)}[/]")
+    server_run = next((c for c in run.children if c.path is not None and c.path.name == "server"), None)
+    q = ((server_run.summary.get("phasebench") or {}).get("quality") if server_run is not None else None) or {}
+    if q:
+        console.print(f"[bold]Quality under the server step's load[/]: score {_n(q.get('score'), 3)} over "
+                      f"{q.get('answered', '-')} probes, {'valid' if q.get('valid') else 'INVALID'}")
     console.print("[bold]Where the phases sit[/]")
     for v in s["verdicts"]:
         console.print(f"  • {escape(v)}")

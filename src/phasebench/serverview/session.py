@@ -26,12 +26,31 @@ def metrics_url(spec: RunSpec, base_url: str) -> str | None:
     return spec.metrics_url or server_root(base_url) + "/metrics"
 
 
+def _without_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without ``user:password@``, and those credentials as a Basic Authorization header."""
+    import base64
+
+    from yarl import URL
+
+    try:
+        u = URL(url)
+    except ValueError:
+        return url, None
+    if u.user is None and u.password is None:
+        return url, None
+    token = base64.b64encode(f"{u.user or ''}:{u.password or ''}".encode()).decode()
+    return str(u.with_user(None)), f"Basic {token}"
+
+
 async def open_scraper(spec: RunSpec, base_url: str, run_dir: Path | None, api_key: str | None) -> Scraper | None:
     """The 'before' scrape (in a thread: a slow endpoint must not hold the loop). None when scraping is off."""
     url = metrics_url(spec, base_url)
     if url is None:
         return None
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url, basic = _without_credentials(url)  # user:password@ goes into a header, never into a stored message
+    if basic and not api_key:
+        headers["Authorization"] = basic
     scraper = Scraper(url, run_dir / SERIES_FILE if run_dir else None, headers=headers)
     if await asyncio.to_thread(scraper.begin):
         assert scraper.before is not None
