@@ -114,7 +114,11 @@ def test_profile_fitted_to_the_engine_predicts_its_own_runs(quick_plan):
     out, p = quick_plan
     # 3 = finished but INVALID (e.g. the server step missed its SLO on a busy machine), with the reasons printed
     assert p.returncode == 0 or (p.returncode == 3 and "INVALID" in p.stdout), p.stderr[-2000:]
-    prof = fit_profile([Run.load(out)])
+    plan = Run.load(out)
+    busy = [w for leaf in plan.leaves() for w in leaf.summary["phasebench"]["warnings"] if "host was busy" in w]
+    if busy:  # the runs measured the neighbours as much as the engine: a fit to them checks nothing (monitor.HostLoad)
+        pytest.skip(f"the host was busy during the plan, so its runs are not a clean reference: {busy[0]}")
+    prof = fit_profile([plan])
     slots = json.loads((out / "manifest.json").read_text())["engine"]["slots"]
     # the scenario: the decode sweep's closed loop at the engine's full concurrency (within 25%, the bar);
     # the Poisson server step is checked loosely (±40%): 8 s and ~25 requests make its medians noisy here

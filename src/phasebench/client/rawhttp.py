@@ -204,6 +204,12 @@ class RawConnection:
             finally:
                 self._waiter = None
         data, arrival, t_read, kernel = self._reads.popleft()
+        if not data and not resp.complete:  # the server closed before the response was whole
+            if resp.headers_done and "content-length" not in resp.headers and "chunked" not in resp.headers.get(
+                    "transfer-encoding", "").lower():
+                resp.complete = True  # a body delimited by the end of the connection (HTTP/1.0 style)
+                return None, resp
+            raise RawHTTPError("connection closed by the server", before_any_byte=not resp.headers_done and not resp.body)
         if data:
             resp.body = []
             try:
@@ -212,13 +218,16 @@ class RawConnection:
                 raise RawHTTPError("the server switched protocols", before_any_byte=False) from None
             except httptools.HttpParserError as e:
                 raise RawHTTPError(f"bad HTTP from the server: {e}", before_any_byte=False) from None
-        elif not resp.complete:
-            # EOF: a Content-Length-less body ends here
-            try:
-                self._parser.feed_data(b"")
-            except httptools.HttpParserError:
-                pass
         return Read(list(resp.body), arrival, t_read, kernel), resp
+
+    def closed_by_peer(self) -> bool:
+        """An idle pooled connection the server has closed (EOF waiting) or written to unasked: not reusable."""
+        try:
+            return self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) is not None
+        except (BlockingIOError, InterruptedError):
+            return False  # nothing to read: still open
+        except OSError:
+            return True
 
     def reusable(self) -> bool:
         return self._resp.complete and self._keep_alive and not self._eof and self._error is None and not self._reads
@@ -248,7 +257,7 @@ class RawPool:
             now = time.monotonic()
             while idle:
                 c = idle.pop()
-                if now - c.idle_since < self.keepalive_s:
+                if now - c.idle_since < self.keepalive_s and not c.closed_by_peer():
                     return c
                 c.close()
             return await self._open(host, port, connect_timeout)
