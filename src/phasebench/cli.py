@@ -49,7 +49,7 @@ def run(
     url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (…/v1). Omit to start the embedded engine."),
     model: Optional[str] = typer.Option(None, help="Model name to request (default: the first of /v1/models)."),
     endpoint: Optional[Endpoint] = typer.Option(None, help="completions or chat."),
-    scenario: Optional[Scenario] = typer.Option(None, help="single-stream | concurrency | server | offline | sweep."),
+    scenario: Optional[Scenario] = typer.Option(None, help="single-stream | concurrency | server | offline | sweep | trace."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop slots; a list (1,2,4) for a sweep."),
     rate: Optional[str] = typer.Option(None, help="Requests/s for 'server'; a list for a sweep."),
     burstiness: Optional[float] = typer.Option(None, help="Gamma shape of arrivals: 1 = Poisson, <1 burstier."),
@@ -84,6 +84,11 @@ def run(
     workers: Optional[str] = typer.Option(None, help="Client worker processes: N or auto (default: one per spare core when the load needs it)."),
     ray: Optional[str] = typer.Option(None, help="Run the client workers as Ray actors: auto or a cluster ADDRESS (extra phasebench[ray])."),
     transport: Optional[str] = typer.Option(None, help="auto (raw sockets with kernel receive timestamps for http:// on Linux), raw or aiohttp."),
+    trace: Optional[Path] = typer.Option(None, help="Replay a recorded trace at its timestamps: Mooncake JSONL, Azure CSV or plain JSONL."),
+    trace_speed: Optional[float] = typer.Option(None, help="Trace time scale: 2 replays twice as fast."),
+    trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
+    turns: Optional[str] = typer.Option(None, help="Multi-turn conversations: N or N:stddev turns each (--requests counts conversations)."),
+    think_time: Optional[str] = typer.Option(None, help="Seconds between an answer and the next turn: S or S:stddev."),
 ) -> None:
     """Benchmark a server (or, with no --url, the embedded engine) and write a run folder.
 
@@ -109,7 +114,8 @@ def run(
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
-            mlperf=mlperf, workers=_workers(workers), ray=ray, transport=transport,
+            mlperf=mlperf, workers=_workers(workers), ray=ray, transport=transport, trace=trace,
+            trace_speed=trace_speed, trace_window=trace_window, turns=turns, think_time=think_time,
         )
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})

@@ -53,7 +53,9 @@ def simulate(
     input_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
     output_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
     preset: Optional[str] = typer.Option(None, help="Use case: chat, code, rag, summarize."),
-    trace: Optional[Path] = typer.Option(None, help="JSONL trace: arrival_s, input_tokens, output_tokens per line."),
+    trace: Optional[Path] = typer.Option(None, help="Trace to replay: Mooncake JSONL, Azure CSV or plain JSONL (t, input_tokens, output_tokens)."),
+    trace_speed: float = typer.Option(1.0, help="Trace time scale: 2 replays twice as fast."),
+    trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
     warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
     cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
     slo: Optional[str] = typer.Option(None, help="ttft=..,tpot=.. or an MLPerf preset."),
@@ -90,7 +92,8 @@ def simulate(
                           output_tokens=output_tokens, preset=preset, slo=slo, seed=seed, warmup=warmup, cooldown=cooldown,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
-        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only)
+        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only,
+                              trace_speed=trace_speed, trace_window=trace_window)
     except (ModelError, SpecError, NeverFits, FileExistsError, ValueError) as e:
         fail(str(e))
     _print(result, json_out)

@@ -70,6 +70,9 @@ class RequestRecord:
     read_delay_ns: list[int] | None = None
     coalesced_reads: int = 0
     ttft_uncertainty_ns: int | None = None
+    # multi-turn conversations and traces: the conversation this request belongs to and its turn (0-based)
+    conversation: int | None = None
+    turn: int | None = None
 
     @property
     def ok(self) -> bool:

@@ -27,6 +27,8 @@ class Prompt:
     messages: list[dict[str, Any]] | None = None
     input_tokens: int | None = None  # intended / measured by the workload's tokenizer
     output_tokens: int = 64
+    conversation: int | None = None  # multi-turn workloads and traces: which conversation, which turn (0-based)
+    turn: int | None = None
 
 
 def request_body(

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci
+from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, workload_block
 from ..records import RequestRecord
 from .replica import SimResult, token_times
 
@@ -469,6 +469,7 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
         "streams": streams, "tokens": {"usage_minus_client": describe([]), "length_mismatch": length_mismatch,
                    "output_tokens_source": {"simulated": len(ok)} if len(ok) else {}},
         "server_timing": {"prompt_ms": describe([]), "tpot_ms": describe([])},
+        "workload": workload_block([]),  # a simulated request has no turn and no cache report (yet)
     }
     return summary
 
