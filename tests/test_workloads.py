@@ -14,7 +14,7 @@ import pytest
 
 from phasebench.runner import run
 from phasebench.sim.run import load_trace as sim_load_trace
-from phasebench.spec import RunSpec, SpecError
+from phasebench.spec import SLO, RunSpec, SpecError
 from phasebench.workload.sample_traces import SAMPLES, SAMPLES_DIR
 from phasebench.workload.tokens import ApproxTokenizer
 from phasebench.workload.traces import MOONCAKE_BLOCK_TOKENS, load_trace, parse_window, trace_prompts
@@ -140,6 +140,42 @@ def test_simulator_reads_every_format():
         tr = load_trace(path, speed=2.0, window=(0, 30))
         assert ins == [r.input_tokens for r in tr.rows] and outs == [r.output_tokens for r in tr.rows]
         assert arr[0] == 0 and max(arr) < 15.0
+
+
+def test_simulator_prefix_cache_reuses_shared_blocks_lru_in_free_kv(tmp_path):
+    from phasebench.metrics import RunContext, summarize
+    from phasebench.sim.columns import concat, from_result, summarize_columns, to_records
+    from phasebench.sim.profile import FittedProfile
+    from phasebench.sim.replica import PrefixCache, SchedulerConfig, simulate
+    from phasebench.sim.run import trace_block_keys
+
+    from .test_sim import _same
+
+    arr, ins, outs = sim_load_trace(MOONCAKE)
+    keys = trace_block_keys(MOONCAKE, 1.0, None, 16)
+    assert [len(k) for k in keys] == [n // 16 for n in ins]
+    prof = FittedProfile((0.01, 1e-5, 0.0), (0.005, 1e-7, 1e-4))
+    fractions = {}
+    for name, cfg in {"off": SchedulerConfig(), "big": SchedulerConfig(prefix_cache=True),
+                      "small": SchedulerConfig(prefix_cache=True, kv_blocks=1200)}.items():
+        res = simulate(arr, ins, outs, prof, cfg, prefix_keys=keys)
+        cols = concat([from_result(res)])
+        ctx = RunContext("trace", SLO())
+        s = summarize_columns(cols, ctx)
+        _same(summarize(to_records(cols), ctx), s, name)  # key for key, the cached split included
+        pc = s["phasebench"]["workload"]["prompt_cache"]
+        fractions[name] = pc["cached_fraction"] if pc else None
+        if name != "off":
+            assert all(r.cached % 16 == 0 or r.cached == r.n_in - 1 for r in res.reqs)
+    assert fractions["off"] is None
+    # the sample's sessions re-send their blocks: most of the prompt is cached with room to keep it; a KV memory
+    # that holds only ~1200 blocks (running sequences first) evicts, and fewer tokens are hits
+    assert fractions["big"] > 0.5 and fractions["small"] < fractions["big"]
+    lru = PrefixCache()
+    lru.insert([1, 2, 3], 3)
+    assert lru.match([1, 2]) == 2
+    lru.insert([4], 3)  # 3 is the least recently used
+    assert lru.match([1, 2, 3]) == 2 and len(lru) == 3
 
 
 # ---- replay against the mock server ----------------------------------------------------------------------

@@ -85,6 +85,15 @@ def load_trace(path: Path, speed: float = 1.0, window: str | None = None) -> tup
     return (tr.offsets_ns / 1e9).tolist(), [r.input_tokens for r in tr.rows], [r.output_tokens for r in tr.rows]
 
 
+def trace_block_keys(path: Path, speed: float, window: str | None, block_size: int) -> list[list[int]]:
+    """Each trace row's prompt block keys (for the simulator's prefix cache): shared Mooncake blocks, plain
+    ``prefix_id``s and conversations share keys where the replayed prompts share text."""
+    from ..workload.traces import block_keys, load_trace as read_trace, parse_window, prompt_segments
+
+    tr = read_trace(path, speed, parse_window(window))
+    return [block_keys(s, block_size) for s in prompt_segments(tr)]
+
+
 def _requests(spec: RunSpec, trace: Path | None, speed: float = 1.0, window: str | None = None,
               ) -> tuple[np.ndarray | None, list[int], list[int], int | None, float | None]:
     """(arrival times, input lengths, output lengths, closed-loop concurrency, target rate)."""
@@ -129,6 +138,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     cpu0 = time.process_time()
     arr, ins, outs, conc, rate = _requests(spec, trace, trace_speed, trace_window)
     n = len(ins)
+    keys = trace_block_keys(trace, trace_speed, trace_window, cfg.block_size) if trace and cfg.prefix_cache else None
     results: list[SimResult] = []
     parts = []
     for k in range(replicas):  # requests go round-robin to replicas
@@ -137,7 +147,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
             continue
         sub_conc = None if conc is None else max(1, conc // replicas + (1 if k < conc % replicas else 0))
         res = simulate(None if arr is None else arr[idx], ins[k::replicas], outs[k::replicas], profile, cfg,
-                       closed_concurrency=sub_conc)
+                       closed_concurrency=sub_conc, prefix_keys=None if keys is None else keys[k::replicas])
         results.append(res)
         parts.append(from_result(res, idx))
     cols = concat(parts)

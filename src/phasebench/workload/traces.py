@@ -245,6 +245,64 @@ def sorted_span(path: Path, fmt: str) -> str:
     return f"0–{max(ts) - min(ts):.1f} s"
 
 
+# ---- what the prompts share (the simulator's prefix cache) ----------------------------------------------
+
+
+def prompt_segments(trace: Trace) -> list[list[tuple[Any, int]]]:
+    """Each row's prompt as (content key, tokens) segments, laid out as :func:`trace_prompts` lays out the text:
+    two rows share a leading segment's tokens where their prompts share that text."""
+    out: list[list[tuple[Any, int]]] = []
+    conv: dict[str, tuple[list[tuple[Any, int]], int]] = {}
+    for i, r in enumerate(trace.rows):
+        if r.hash_ids:
+            segs, left = [], r.input_tokens
+            for h in r.hash_ids:
+                if left <= 0:
+                    break
+                take = min(MOONCAKE_BLOCK_TOKENS, left)
+                segs.append((("block", h), take))
+                left -= take
+            if left > 0:
+                segs.append((("row", i), left))
+        elif r.conversation is not None:
+            prev = conv.get(r.conversation)
+            if prev is not None and prev[1] < r.input_tokens:
+                segs = [*prev[0], (("row", i), r.input_tokens - prev[1])]
+            else:
+                segs = [(("row", i), r.input_tokens)]
+            conv[r.conversation] = (segs, r.input_tokens)
+        elif r.prefix_id is not None:
+            shared = min(r.prefix_tokens or DEFAULT_PREFIX_TOKENS, r.input_tokens)
+            segs = [(("prefix", r.prefix_id), shared)]
+            if r.input_tokens > shared:
+                segs.append((("row", i), r.input_tokens - shared))
+        else:
+            segs = [(("row", i), r.input_tokens)]
+        out.append(segs)
+    return out
+
+
+def block_keys(segments: list[tuple[Any, int]], block_size: int) -> list[int]:
+    """Chained keys of a prompt's whole blocks: block j's key depends on every token up to its end, so equal keys
+    mean an equal prefix (as vLLM's block hashes)."""
+    keys: list[int] = []
+    h = 0
+    pieces: list[tuple[Any, int, int]] = []
+    fill = 0
+    for seg, n in segments:
+        pos = 0
+        while pos < n:
+            take = min(block_size - fill, n - pos)
+            pieces.append((seg, pos, pos + take))
+            pos += take
+            fill += take
+            if fill == block_size:
+                h = hash((h, tuple(pieces)))
+                keys.append(h)
+                pieces, fill = [], 0
+    return keys
+
+
 # ---- prompts ---------------------------------------------------------------------------------------------
 
 
