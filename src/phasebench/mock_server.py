@@ -9,7 +9,10 @@ an event of valid JSON but the wrong shape (``shape``), a huge event written in 
 ``fault_every``-th request (or at ``fault_rate``). Wire quirks for every request: a leading BOM, CRLF or
 CR-only line ends, gzip/deflate bodies (``compress``, optionally only when the request asks for it), error
 texts that echo the request's ``Authorization`` header, ANSI/OSC escapes in the served model id.
-``POST /_mock/config`` reprograms it while running.
+``POST /_mock/config`` reprograms it while running. For multi-turn and prefix-cache tests: ``prefix_cache``
+(a block-granular cache of earlier prompts: ``usage.prompt_tokens_details.cached_tokens``, and the per-token
+TTFT part counts only the new tokens), ``tag_answers`` (request n's answer starts with `` a<n>``) and
+``keep_prompts`` (``GET /_mock/prompts``: what each request sent).
 
 With ``stamp`` on, each chunk carries ``pb_ns``: the server's ``perf_counter_ns`` just before the write
 (the same CLOCK_MONOTONIC as the client's on one machine), so a benchmark can measure the client's own
