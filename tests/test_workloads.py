@@ -5,9 +5,9 @@ history carries the server's real answers, per-turn and cached/new prefill metri
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,10 +67,10 @@ def test_azure_time_format_and_speed_and_window():
 
 
 @pytest.mark.parametrize("name,text,line,what", [
-    ("a.jsonl", '{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1]}\n'
-                '{"timestamp": 5, "input_length": 10, "hash_ids": [1]}\n', 2, "output_length"),
-    ("b.jsonl", '{"timestamp": 0, "input_length": 10, "output_length": 5}\n'
-                '{"timestamp": 5, "input_length": 10, "output_length": 5, "hash_ids": ["x"]}\n', 2, "hash_ids"),
+    ("a.jsonl", ('{"timestamp": 0, "input_length": 10, "output_length": 5, "hash_ids": [1]}\n'
+                 '{"timestamp": 5, "input_length": 10, "hash_ids": [1]}\n'), 2, "output_length"),
+    ("b.jsonl", ('{"timestamp": 0, "input_length": 10, "output_length": 5}\n'
+                 '{"timestamp": 5, "input_length": 10, "output_length": 5, "hash_ids": ["x"]}\n'), 2, "hash_ids"),
     ("c.jsonl", '{"t": 0, "input_tokens": 10, "output_tokens": 5}\n\n{"t": 1, "input_tokens": 10,\n', 3, "JSON"),
     ("d.jsonl", '{"t": 0, "input_tokens": 10, "output_tokens": 5}\n{"t": -1, "input_tokens": 3, "output_tokens": 5}\n',
      2, "t must be"),
@@ -78,8 +78,8 @@ def test_azure_time_format_and_speed_and_window():
      2, "input_tokens"),
     ("f.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,5\nyesterday,10,5\n", 3,
      "TIMESTAMP"),
-    ("g.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,5\n"
-              "2023-11-16 18:15:47.1,ten,5\n", 3, "ContextTokens"),
+    ("g.csv", ("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10,5\n"
+               "2023-11-16 18:15:47.1,ten,5\n"), 3, "ContextTokens"),
     ("h.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:15:46.6805900,10\n", 2, "columns"),
 ])
 def test_malformed_rows_name_file_and_line(tmp_path, name, text, line, what):
@@ -242,7 +242,7 @@ def test_chat_history_carries_the_servers_real_answers(server, tmp_path):
     assert by["0"]["cached_tokens"]["mean"] == 0 and by["2"]["cached_tokens"]["mean"] > 60
     # think time: the next turn is scheduled no earlier than the answer's end + think time
     for v in by_conv.values():
-        for a, b in zip(v, v[1:]):
+        for a, b in itertools.pairwise(v):
             assert b.scheduled_ns - a.end_ns >= 0.02e9 * 0.95
 
 

@@ -23,12 +23,12 @@ from . import env as envmod
 from .client.raw import choose_transport, make_client
 from .client.transport import ClientConfig
 from .client.workers import auto_workers
+from .conversation import build_conversations, run_conversations
 from .dispatch import NoProgress, Progress, execute, sleep_until, warm_up  # noqa: F401 - re-exported
 from .metrics import RunContext, summarize
 from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
-from .conversation import build_conversations, run_conversations
 from .schedule import Schedule, make_schedule, trace_schedule
 from .spec import LengthDist, RunSpec, Scenario, SpecError
 from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too

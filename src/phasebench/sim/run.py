@@ -5,7 +5,6 @@ database treat both alike."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -79,7 +78,8 @@ def workload(spec: RunSpec, n: int) -> tuple[list[int], list[int]]:
 def load_trace(path: Path, speed: float = 1.0, window: str | None = None) -> tuple[list[float], list[int], list[int]]:
     """A trace in any format :mod:`phasebench.workload.traces` reads (Mooncake, Azure CSV, plain JSONL): arrival
     times (s, from the first kept row, scaled by ``speed``), input and output lengths."""
-    from ..workload.traces import load_trace as read_trace, parse_window
+    from ..workload.traces import load_trace as read_trace
+    from ..workload.traces import parse_window
 
     tr = read_trace(path, speed, parse_window(window))
     return (tr.offsets_ns / 1e9).tolist(), [r.input_tokens for r in tr.rows], [r.output_tokens for r in tr.rows]
@@ -88,7 +88,8 @@ def load_trace(path: Path, speed: float = 1.0, window: str | None = None) -> tup
 def trace_block_keys(path: Path, speed: float, window: str | None, block_size: int) -> list[list[int]]:
     """Each trace row's prompt block keys (for the simulator's prefix cache): shared Mooncake blocks, plain
     ``prefix_id``s and conversations share keys where the replayed prompts share text."""
-    from ..workload.traces import block_keys, load_trace as read_trace, parse_window, prompt_segments
+    from ..workload.traces import block_keys, parse_window, prompt_segments
+    from ..workload.traces import load_trace as read_trace
 
     tr = read_trace(path, speed, parse_window(window))
     return [block_keys(s, block_size) for s in prompt_segments(tr)]

@@ -159,7 +159,7 @@ def _azure_time(v: str, where: str) -> float:
     except ValueError:
         raise SpecError(f"{where}: TIMESTAMP {v!r} is not a date-time"[:200]) from None
     if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
+        when = when.replace(tzinfo=dt.UTC)
     return when.timestamp()
 
 
