@@ -340,3 +340,73 @@ def test_engine_reuses_the_slot_cache_on_later_turns(tmp_path):
     assert by["3"]["ttft_ms"]["p50"] < 2.0 * by["0"]["ttft_ms"]["p50"]
     cache = r.summary["phasebench"]["workload"]["prompt_cache"]
     assert cache["cached_fraction"] > 0.4 and len(first) == 3
+
+
+# ---- stopping, a vanished server, bad input at the command line ------------------------------------------
+
+
+def test_sigint_mid_conversation_keeps_every_record(tmp_path):
+    import signal
+
+    from phasebench.records import read_records
+    from phasebench.results import Run
+
+    from .conftest import MockProc
+    from .test_robust import _cli, _wait_lines
+
+    m = MockProc("--ttft-ms", "5", "--itl-ms", "20")
+    out = tmp_path / "run"
+    try:
+        proc = _cli("run", "--url", m.url, "--turns", "5", "--think-time", "0.05", "--concurrency", "3",
+                    "--requests", "50", "--output-tokens", "10", "--input-tokens", "8", "--out", str(out))
+        _wait_lines(out / "requests.jsonl", 5)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+        sent = m.stats()["count"]
+    finally:
+        m.kill()
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    recs = read_records(out / "requests.jsonl").records
+    back = Run.load(out)
+    assert len(recs) == sent - back.summary["phasebench"]["warmup"]["requests"]
+    assert back.partial and not back.valid
+    assert all(r.conversation is not None and r.turn is not None for r in recs)
+
+
+def test_a_vanished_server_stops_a_conversation_run_early(tmp_path):
+    from phasebench import exitcodes
+    from phasebench.records import read_records
+
+    from .conftest import MockProc
+    from .test_robust import _cli, _wait_lines
+
+    m = MockProc("--ttft-ms", "2", "--itl-ms", "2")
+    out = tmp_path / "run"
+    proc = _cli("run", "--url", m.url, "--turns", "3", "--concurrency", "4", "--duration", "60",
+                "--output-tokens", "4", "--input-tokens", "8", "--out", str(out))
+    try:
+        _wait_lines(out / "requests.jsonl", 10)
+    finally:
+        m.kill()
+    _, e = proc.communicate(timeout=60)
+    assert proc.returncode == exitcodes.SERVER_GONE, e
+    failed = [r for r in read_records(out / "requests.jsonl").records if r.error_type in ("connection", "timeout")]
+    assert 20 <= len(failed) < 200  # each failed turn ends its conversation; the users back off
+
+
+def test_cli_bad_trace_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import ENV
+
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"t": 0, "input_tokens": 5, "output_tokens": 5}\n{"t": 1, "input_tokens": 5}\n')
+    for args, what in ((["--trace", str(bad)], f"{bad}:2"), (["--trace", str(PLAIN), "--trace-window", "9:3"],
+                                                             "trace-window"),
+                       (["--turns", "x"], "bad token length")):
+        p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--url", "http://127.0.0.1:9/v1", *args,
+                            "--out", str(tmp_path / "o")], capture_output=True, text=True, env=ENV, timeout=60)
+        assert p.returncode == 2 and what in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) <= 2  # one message (rich may fold a long line once)
