@@ -240,6 +240,10 @@ def test_chat_history_carries_the_servers_real_answers(server, tmp_path):
     # a later turn re-sends the history: more prompt tokens, most of them cached
     assert by["2"]["prompt_tokens"]["mean"] > by["1"]["prompt_tokens"]["mean"] > by["0"]["prompt_tokens"]["mean"]
     assert by["0"]["cached_tokens"]["mean"] == 0 and by["2"]["cached_tokens"]["mean"] > 60
+    from phasebench.report.terminal import workload_lines
+
+    lines = workload_lines(r.summary["phasebench"]["workload"])
+    assert lines[0].startswith("prompt cache: ") and lines[1].startswith("TTFT p50 by turn: 0: ")
     # think time: the next turn is scheduled no earlier than the answer's end + think time
     for v in by_conv.values():
         for a, b in itertools.pairwise(v):
