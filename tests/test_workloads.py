@@ -203,6 +203,10 @@ def test_plain_trace_conversations_are_numbered_by_turn(server, tmp_path):
     assert conv and all(x.turn is not None for x in conv)
     by = r.summary["phasebench"]["workload"]["by_turn"]
     assert by["0"]["requests"] >= 1 and sum(v["requests"] for v in by.values()) == len(conv)
+    assert r.summary["phasebench"]["workload"]["prompt_cache"] is None  # this server reports no cached tokens
+    from phasebench.report import plots
+
+    assert plots.prefill_new([r], ["plain"]) is None
 
 
 # ---- multi-turn conversations ----------------------------------------------------------------------------
@@ -242,6 +246,10 @@ def test_chat_history_carries_the_servers_real_answers(server, tmp_path):
     assert by["0"]["cached_tokens"]["mean"] == 0 and by["2"]["cached_tokens"]["mean"] > 60
     from phasebench.report.terminal import workload_lines
 
+    from phasebench.report import plots
+
+    plot = plots.prefill_new([r], ["chat"])  # TTFT against new tokens: the report shows it for this run
+    assert plot is not None and plot.png.startswith(b"\x89PNG")
     lines = workload_lines(r.summary["phasebench"]["workload"])
     assert lines[0].startswith("prompt cache: ") and lines[1].startswith("TTFT p50 by turn: 0: ")
     # think time: the next turn is scheduled no earlier than the answer's end + think time
