@@ -85,9 +85,12 @@ def run_case(name: str, mock_args: list[str], streams: int, conc: int, expect: s
     indices = {r.index for r in recs}
     dispatched = max(indices) + 1 if indices else 0
     lost = dispatched - len(indices)  # indices are handed out in order: a gap is a request with no record
+    warm = 0
+    if (folder / "summary.json").exists():
+        warm = (json.loads((folder / "summary.json").read_text()).get("phasebench", {}).get("warmup") or {}).get("requests", 0)
     if action != "server-sigkill" and seen is not None:
-        lost = max(lost, seen - len(recs))
-    return {"case": name, "streams": streams, "server_saw": seen, "records": len(recs), "lost": lost,
+        lost = max(lost, seen - warm - len(recs))  # the connection warm-up is sent but, by design, not recorded
+    return {"case": name, "streams": streams, "server_saw": seen, "warmup": warm, "records": len(recs), "lost": lost,
             "errors": sum(1 for r in recs if r.error), "summary": (folder / "summary.json").exists(),
             "exit": proc.returncode, "expected": "/".join(str(e) for e in sorted(expect)),
             "ok": proc.returncode in expect and lost == 0 and (folder / "summary.json").exists(),
@@ -110,12 +113,15 @@ def main() -> None:
         ("drops", base + ["--fault", "drop", "--fault-rate", "0.1"], {3}, None),
         ("stalls", base + ["--fault", "stall", "--fault-rate", "0.05"], {3}, None),
         ("error-events", base + ["--fault", "error_event", "--fault-rate", "0.1"], {3}, None),
+        ("wrong-shape", base + ["--fault", "shape", "--fault-rate", "0.1"], {3}, None),
+        ("huge-events", base + ["--fault", "huge", "--fault-rate", "0.005", "--huge-event-mb", "5"], {0, 3}, None),
+        ("gzip", base + ["--compress", "gzip"], {0, 3}, None),
         ("client-sigterm", base, {143}, "client-sigterm"),
         ("server-sigkill", base, {4}, "server-sigkill"),
     ]
     out = Path(tempfile.mkdtemp(prefix="phasebench-faults-"))
     rows = [run_case(name, margs, n, conc, expect, out, action) for name, margs, expect, action in cases]
-    cols = ("case", "streams", "server_saw", "records", "lost", "errors", "summary", "exit", "expected", "ok", "wall_s")
+    cols = ("case", "streams", "server_saw", "warmup", "records", "lost", "errors", "summary", "exit", "expected", "ok", "wall_s")
     print(" | ".join(f"{c:>14}" for c in cols))
     for r in rows:
         print(" | ".join(f"{(f'{r[c]:.1f}' if isinstance(r[c], float) else str(r[c])):>14}" for c in cols))

@@ -20,13 +20,14 @@ def test_ttft_itl_tpot_against_schedule(server, tmp_path):
     server.configure(ttft_ms=50, itl_ms=10, tokens_per_chunk=3)
     r = run(spec(server, tmp_path, requests=6, output_tokens=30, scenario="single-stream"))
     assert r.summary["completed"] == 6 and r.summary["failed"] == 0
-    assert med(r, "ttft_ms") == pytest.approx(50, abs=2.5)
-    assert med(r, "ttft_sent_ms") == pytest.approx(50, abs=2.5)
+    # one-sided: a server cannot answer before its schedule; a busy machine can make it late (seen: +5 ms)
+    assert 49.5 <= med(r, "ttft_ms") <= 60
+    assert 49.5 <= med(r, "ttft_sent_ms") <= 60
     assert med(r, "itl_chunk_ms") == pytest.approx(10, abs=1.0)
     assert med(r, "itl_token_ms") == pytest.approx(10 / 3, abs=0.35)
     # 30 tokens in 10 chunks: last-first = 9 gaps of 10 ms over 29 tokens
     assert med(r, "tpot_ms") == pytest.approx(90 / 29, abs=0.3)
-    assert med(r, "e2e_ms") == pytest.approx(50 + 90, abs=4)
+    assert 50 + 90 - 1 <= med(r, "e2e_ms") <= 50 + 90 + 15
     rec = r.records[0]
     assert rec.chunk_tokens == [3] * 10 and rec.output_tokens == 30 and rec.output_tokens_source == "usage"
     assert rec.length_met is True
@@ -38,8 +39,11 @@ def test_ttft_grows_with_input_length(server, tmp_path):
     server.configure(ttft_ms=10, ttft_per_input_token_ms=0.2, itl_ms=5)
     short = run(spec(server, tmp_path / "a", input_tokens=20, requests=3, scenario="single-stream"))
     long = run(spec(server, tmp_path / "b", input_tokens=200, requests=3, scenario="single-stream"))
-    assert med(short, "ttft_ms") == pytest.approx(10 + 4, abs=2.5)
-    assert med(long, "ttft_ms") == pytest.approx(10 + 40, abs=2.5)
+    # never below the programmed schedule; above it by the loopback round trip plus what a busy 2-core machine
+    # adds to the mock server's own timers (seen: +5 ms at load 8), hence the one-sided margins
+    assert 10 + 4 - 0.5 <= med(short, "ttft_ms") <= 10 + 4 + 10
+    assert 10 + 40 - 0.5 <= med(long, "ttft_ms") <= 10 + 40 + 10
+    assert med(long, "ttft_ms") - med(short, "ttft_ms") == pytest.approx(36, abs=6)
     assert long.records[0].input_tokens == 200 and long.records[0].prompt_tokens == 200
 
 

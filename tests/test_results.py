@@ -70,9 +70,9 @@ def test_runs_are_recorded_and_round_trip(server, tmp_path, db):
     assert p.returncode == 0 and json.loads(out_jsonl.read_text().splitlines()[0])["completed"] == 5
     # import into another database
     other = tmp_path / "other.db"
-    rid, skipped = import_folder(tmp_path / "run", other)
+    rid, notes = import_folder(tmp_path / "run", other)
     with Store(other) as st:
-        assert st.load(rid).summary == r.summary and skipped == 0
+        assert st.load(rid).summary == r.summary and notes == []
     p = cli("history", "--model", "mock", "--json", env={**ENV, "PHASEBENCH_DB": str(db)})
     assert json.loads(p.stdout)[0]["id"] == rows[0]["id"]
 
@@ -162,7 +162,7 @@ def test_truncated_requests_file_is_read_and_counted(server, tmp_path, db):
     f = tmp_path / "run" / "requests.jsonl"
     f.write_bytes(f.read_bytes()[:-40])  # a crash mid-write
     p = cli("import", str(tmp_path / "run"), env={**ENV, "PHASEBENCH_DB": str(db)})
-    assert p.returncode == 0 and "1 damaged lines" in p.stdout
+    assert p.returncode == 0 and "1 damaged line(s) skipped (line 4)" in p.stderr and "requests.jsonl" in p.stderr
     p = cli("import", str(tmp_path), env={**ENV, "PHASEBENCH_DB": str(db)})
     assert p.returncode == 2 and "not a phasebench run folder" in p.stderr
 
@@ -229,9 +229,9 @@ def test_html_report_is_self_contained_with_every_plot(report_runs):
     write_report([a, b], out, ["baseline", "slower"])
     text = out.read_text()
     for title in ("Prefill: TTFT against input length", "Decode: TPOT and throughput", "Throughput against latency",
-                  "Latency distributions", "Load over time", "against the roofline"):
+                  "Latency distributions", "Load over time", "against the roofline", "The engine over time"):
         assert title in text, title
-    assert text.count("data:image/png;base64,") == 6
+    assert text.count("data:image/png;base64,") == 7
     # the target's URL may appear as text; nothing may be loaded from the network
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text) and not re.search(r"url\(\s*['\"]?(https?:)?//", text)
     assert "<script" not in text and "@import" not in text and "<link" not in text
@@ -243,7 +243,7 @@ def test_markdown_report_writes_pngs_and_escapes(report_runs):
     d, a, _ = report_runs
     files = write_report([a], d / "r.md")
     md = files[0].read_text()
-    assert len(files) == 7 and all(f.stat().st_size > 1000 for f in files[1:])
+    assert len(files) == 8 and all(f.stat().st_size > 1000 for f in files[1:])  # the .md + 7 plots (the engine over time included)
     assert "<b>" not in md and r"\|" in md and "r_files/prefill.png" in md
     assert md_escape("a|b*c") == r"a\|b\*c"
 
@@ -261,3 +261,35 @@ def test_report_command_and_mlperf_summary(report_runs, server, tmp_path):
     assert re.search(r"50 percentile first token latency \(ns\) : \d{7,}", text)
     p = cli("show", "--mlperf", str(tmp_path / "s" / "run"))
     assert p.returncode == 0 and "Result is : INVALID" in p.stdout
+
+
+def test_vllm_bench_save_result_imports_as_a_run(tmp_path):
+    """A `vllm bench serve --save-result` file (the keys its benchmark_serving writes) becomes a run folder that
+    `show`, `compare` and the database read; its TTFT/TPOT percentiles are recomputed from its own lists."""
+    ttfts = [0.050, 0.060, 0.055, 0.070]
+    itls = [[0.010] * 7, [0.012] * 7, [0.011] * 7, [0.010] * 7]
+    res = {"date": "20261201-120000", "backend": "vllm", "model_id": "meta-llama/Llama-3.1-8B", "tokenizer_id":
+           "meta-llama/Llama-3.1-8B", "num_prompts": 5, "request_rate": "inf", "burstiness": 1.0, "max_concurrency": 2,
+           "duration": 1.5, "completed": 4, "total_input_tokens": 512, "total_output_tokens": 32,
+           "request_throughput": 2.67, "output_throughput": 21.3, "total_token_throughput": 362.7,
+           "input_lens": [128, 128, 128, 128, 128], "output_lens": [8, 8, 8, 8, 0], "ttfts": ttfts + [0.0],
+           "itls": itls + [[]], "generated_texts": ["x"] * 4 + [""], "errors": ["", "", "", "", "HTTP 500"],
+           "mean_ttft_ms": 58.75}
+    f = tmp_path / "vllm-result.json"
+    f.write_text(json.dumps(res))
+    db = tmp_path / "r.db"
+    p = cli("import", str(f), env={**ENV, "PHASEBENCH_DB": str(db)})
+    assert p.returncode == 0, p.stderr
+    run = Run.load(tmp_path / "vllm-result")
+    assert run.manifest["imported_from"]["tool"] == "vllm bench serve"
+    assert run.summary["completed"] == 4 and run.summary["failed"] == 1
+    assert run.summary["median_ttft_ms"] == pytest.approx(57.5, abs=1e-6)  # recomputed: median of 50, 55, 60, 70
+    assert run.summary["median_tpot_ms"] == pytest.approx(10.5, abs=1e-6)  # 7 gaps over 7 tokens after the first
+    assert run.summary["backend"] == "vllm" and run.summary["duration"] == 1.5  # vLLM's own run-level figures
+    assert [r.error_type for r in run.records].count("http_5xx") == 1
+    p = cli("show", str(tmp_path / "vllm-result"))
+    assert p.returncode == 0 and "TTFT" in p.stdout
+    bad = tmp_path / "other.json"
+    bad.write_text('{"a": 1}')
+    p = cli("import", str(bad), env={**ENV, "PHASEBENCH_DB": str(db)})
+    assert p.returncode == 2 and "vllm bench serve" in p.stderr

@@ -416,7 +416,7 @@ def test_cli_bad_trace_is_one_line_exit_2(tmp_path):
     bad.write_text('{"t": 0, "input_tokens": 5, "output_tokens": 5}\n{"t": 1, "input_tokens": 5}\n')
     for args, what in ((["--trace", str(bad)], f"{bad}:2"), (["--trace", str(PLAIN), "--trace-window", "9:3"],
                                                              "trace-window"),
-                       (["--turns", "x"], "bad token length")):
+                       (["--turns", "x"], "token length")):
         p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--url", "http://127.0.0.1:9/v1", *args,
                             "--out", str(tmp_path / "o")], capture_output=True, text=True, env=ENV, timeout=60,
                            check=False)

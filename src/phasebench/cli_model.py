@@ -45,7 +45,10 @@ def predict(
     batch: str = typer.Option("1", help="Batch size; a list (1,8,64) prints the curve."),
     input_len: str = typer.Option("128", help="Prompt tokens; a list sweeps."),
     output_len: str = typer.Option("128", help="Output tokens; a list sweeps."),
-    engine: Optional[str] = typer.Option(None, help="Use the calibration stored for (hardware, engine)."),
+    engine: Optional[str] = typer.Option(None, help="Serving engine: trt-llm, vllm, sglang, tgi, deepspeed, llama.cpp, mlc, "
+                                         "neuronx, fastertransformer, ... (aliases such as tensorrt-llm, llamacpp); "
+                                         "default: the device's (vllm on GPUs). Its efficiency profile, or your "
+                                         "calibration for (hardware, engine) when stored."),
     mem_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak bandwidth achieved."),
     flop_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak FLOP/s achieved."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -62,6 +65,7 @@ def predict(
             eff = setup.efficiency
             setup = replace(setup, efficiency=replace(eff, memory=mem_eff or eff.memory, compute=flop_eff or eff.compute,
                                                       source="command line"))
+            notes.append("efficiency overridden on the command line: the corpus range no longer applies")
             notes = [n for n in notes if not n.startswith("using calibrated factors")]
         preds = sweep(setup, _ints(batch, "--batch"), _ints(input_len, "--input-len"), _ints(output_len, "--output-len"))
     except ModelError as e:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import re
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
+from .textsafe import markup as escape
 from rich.table import Table
 
-from .cli import err, fail, out
+from .cli import err, fail, out, warn
 from .results import NotARunError, Run
 from .store import StoreError
 
@@ -33,11 +35,44 @@ def _store(db: Optional[Path]):
 
 
 def _load(ref: str, db: Optional[Path]) -> Run:
-    """A run folder, or a run id (prefix) in the database."""
+    """A run folder, or a run id (prefix) in the database; what the folder had damaged is a warning each."""
     if Path(ref).exists():
-        return Run.load(ref)
+        run = Run.load(ref)
+        for w in run.load_warnings:
+            warn(w)
+        return run
     with _store(db) as st:
         return st.load(st.find(ref))
+
+
+_RELATIVE = re.compile(r"(\d+(?:\.\d+)?)\s*([mhdw])")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_when(text: str | None, flag: str, end_of_day: bool = False) -> str | None:
+    """``--since``/``--until``: an ISO date or date-time (``2026-12-01``, ``2026-12-01T14:00``, with or without an
+    offset; UTC if none), or an age such as ``30m``, ``12h``, ``7d``, ``2w`` (that long before now). Returns an
+    ISO timestamp in UTC; a date alone is the day's start (``--since``) or end (``--until``)."""
+    if text is None or not text.strip():
+        return None
+    t = text.strip().lower()
+    now = dt.datetime.now(dt.timezone.utc)
+    m = _RELATIVE.fullmatch(t)
+    if m:
+        when = now - dt.timedelta(**{_UNITS[m.group(2)]: float(m.group(1))})
+    else:
+        try:
+            if len(t) == 10:
+                day = dt.date.fromisoformat(t)
+                when = dt.datetime.combine(day, dt.time.max if end_of_day else dt.time.min, dt.timezone.utc)
+            else:
+                when = dt.datetime.fromisoformat(text.strip())
+        except ValueError:
+            fail(f"{flag} {text!r}: use an ISO date or date-time (2026-12-01, 2026-12-01T14:00) or an age "
+                 "(30m, 12h, 7d, 2w)")
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+    return when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def history(
@@ -45,52 +80,67 @@ def history(
     target: Optional[str] = typer.Option(None, help="Filter: target URL contains."),
     hardware: Optional[str] = typer.Option(None, help="Filter: hardware."),
     scenario: Optional[str] = typer.Option(None, help="Filter: scenario."),
-    since: Optional[str] = typer.Option(None, help="Filter: created on or after (ISO date)."),
-    until: Optional[str] = typer.Option(None, help="Filter: created on or before (ISO date)."),
+    since: Optional[str] = typer.Option(None, help="Filter: created on or after: an ISO date/date-time, or an age (7d, 12h)."),
+    until: Optional[str] = typer.Option(None, help="Filter: created on or before: an ISO date/date-time, or an age."),
     all_runs: bool = typer.Option(False, "--all", help="Include the steps of sweeps and plans."),
     limit: int = typer.Option(50, help="At most this many rows."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List recorded runs, newest first."""
+    since, until = parse_when(since, "--since"), parse_when(until, "--until", end_of_day=True)
+    if limit < 1:
+        fail(f"--limit {limit}: must be at least 1")
     try:
         with _store(db) as st:
             rows = st.history(model, target, hardware, scenario, since, until, top_only=not all_runs, limit=limit)
     except StoreError as e:
         fail(str(e))
     if json_out:
-        out.print_json(json.dumps(rows, default=str))
+        _json(rows)
         return
     t = Table(title=f"{len(rows)} run(s)", title_justify="left")
     for c in ("id", "created", "kind", "scenario", "model", "hardware", "valid", "done/failed", "TTFT p50", "TPOT p50",
               "out tok/s", "path"):
         t.add_column(c, overflow="fold")
     for r in rows:
-        t.add_row(r["id"][:10], str(r["created"] or "")[:19], str(r["kind"]) + (" (sim)" if r["simulated"] else ""),
+        t.add_row(escape(str(r["id"])[:10]), escape(str(r["created"] or "")[:19]),
+                  escape(str(r["kind"]) + (" (sim)" if r["simulated"] else "")),
                   escape(str(r["scenario"] or "-")), escape(str(r["model"] or "-")), escape(str(r["hardware"] or "-")),
-                  "yes" if r["valid"] else "[red]no[/]", f"{r['completed']}/{r['failed']}",
+                  "yes" if r["valid"] else "[red]no[/]", escape(f"{r['completed']}/{r['failed']}"),
                   _f(r["median_ttft_ms"]), _f(r["median_tpot_ms"]), _f(r["output_throughput"]), escape(str(r["path"] or "")))
     out.print(t)
 
 
+def _json(obj) -> None:
+    """JSON on stdout, every non-ASCII and control character \\u-escaped (rich's print_json would unescape them)."""
+    import sys
+
+    sys.stdout.write(json.dumps(obj, default=str, indent=2) + "\n")
+
+
 def _f(v) -> str:
-    return "-" if v is None else f"{v:,.1f}"
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return f"{v:,.1f}"
+    return "-" if v is None else escape(str(v))
 
 
 def import_runs(
-    paths: list[Path] = typer.Argument(..., help="Run folders to add (sweeps and plans bring their steps)."),
+    paths: list[Path] = typer.Argument(..., help="Run folders to add (sweeps and plans bring their steps), or "
+                                       "`vllm bench serve --save-result` JSON files (each becomes a run folder beside it)."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
 ) -> None:
-    """Add existing run folders to the results database."""
+    """Add existing run folders (or vLLM bench result files) to the results database."""
     from .store import import_folder
 
     for p in paths:
         try:
-            rid, skipped = import_folder(p, db)
+            rid, notes = import_folder(p, db)
         except (NotARunError, StoreError) as e:
             fail(str(e))
-        note = f" ({skipped} damaged lines in requests.jsonl skipped)" if skipped else ""
-        out.print(f"imported {escape(str(p))} as {rid}{note}")
+        for w in notes:
+            warn(w)
+        out.print(f"imported {escape(str(p))} as {escape(rid)}" + (f" ({len(notes)} warning(s))" if notes else ""))
 
 
 def export(
@@ -138,7 +188,7 @@ def compare(
         fail(str(e))
     c = do_compare(loaded, runs)
     if json_out:
-        out.print_json(json.dumps(c.to_dict(), default=str))
+        _json(c.to_dict())
         return
     print_comparison(c, out)
 

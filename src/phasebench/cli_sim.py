@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.markup import escape
+from .textsafe import markup as escape
 
 from .cli import fail, out
 from .model.errors import ModelError

@@ -171,8 +171,8 @@ def compare(runs: list[Run], names: list[str] | None = None) -> Comparison:
     mbu = [((_pb(r).get("roofline") or {}).get("mbu")) for r in runs]
     if any(v is not None for v in mbu):
         rows.append(Row("decode MBU", "", mbu, _changes(mbu), ["" if i == 0 else "follows TPOT" for i in range(len(runs))]))
-    for key, label in (("usd_per_1m_output_tokens", "$/1M output tokens"),
-                       ("usd_per_1m_output_tokens_at_slo", "$/1M output tokens at SLO")):
+    for key, label in (("usd_per_1m_tokens", "$/1M tokens (blended)"),
+                       ("usd_per_1m_tokens_at_slo", "$/1M tokens at SLO")):
         vals = [((_pb(r).get("cost") or {}).get(key)) for r in runs]
         if any(v is not None for v in vals):
             known = sorted((v, i) for i, v in enumerate(vals) if v is not None)
@@ -181,6 +181,9 @@ def compare(runs: list[Run], names: list[str] | None = None) -> Comparison:
                             [f"rank {rank[i]} of {len(known)}" if i in rank else "" for i in range(len(runs))]))
     att = [(_pb(r).get("slo") or {}).get("attainment") for r in runs]
     rows.append(Row("SLO attainment", "", att, _changes(att), [""] * len(runs)))
+    from .quality.stats import quality_rows
+
+    rows.extend(quality_rows(runs, Row))  # quality beside speed, paired test on per-probe scores (docs/quality.md)
     return Comparison(names, rows, comparable(runs))
 
 

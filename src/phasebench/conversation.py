@@ -34,7 +34,7 @@ from .schedule import Schedule
 from .spec import Endpoint, RunSpec, SpecError, TimeDist
 from .stops import STOPPER
 from .workload.files import load_dataset
-from .workload.synthetic import exact_prompt, sample_lengths
+from .workload.synthetic import exact_prompt, prompt_head, sample_lengths
 from .workload.tokens import Tokenizer
 
 now_ns = time.perf_counter_ns
@@ -97,8 +97,9 @@ async def build_conversations(spec: RunSpec, tok: Tokenizer, n: int) -> list[Con
         ins = sample_lengths(spec.input_tokens, t, rng)
         outs = sample_lengths(spec.output_tokens, t, rng)
         texts, got = [], []
-        for n_in in ins:
-            text, m = await exact_prompt(tok, rng, n_in)
+        for j, n_in in enumerate(ins):  # the run's nonce starts each conversation: no hits from an earlier run
+            head = prompt_head(spec.nonce or "", f"{spec.seed}/conv{k}") if j == 0 else ""
+            text, m = await exact_prompt(tok, rng, n_in, head)
             texts.append(text)
             got.append(m if tok.exact else n_in)
         out.append(Conversation(k, texts, outs, got))
@@ -130,7 +131,8 @@ def _turns_of(row: dict[str, Any]) -> tuple[str | None, list[tuple[str, str | No
 
 async def dataset_conversations(spec: RunSpec, tok: Tokenizer, max_turns: int) -> list[Conversation]:
     assert spec.dataset is not None
-    rows = load_dataset(spec.dataset)
+    load_dataset(spec.dataset)  # every way the file can be bad, as one line naming file and row
+    rows = _raw_rows(spec.dataset)
     convs: list[Conversation] = []
     default_out = spec.output_tokens.mean
     for row in rows:
@@ -148,6 +150,20 @@ async def dataset_conversations(spec: RunSpec, tok: Tokenizer, max_turns: int) -
         raise SpecError(f"dataset {spec.dataset} has no conversation with a user turn "
                         "(ShareGPT 'conversations' or OpenAI 'messages')")
     return convs
+
+
+def _raw_rows(path: Any) -> list[dict[str, Any]]:
+    """The file's rows as JSON objects (the typed reader keeps only each row's first turn)."""
+    from pathlib import Path
+
+    import orjson
+
+    raw = Path(path).read_bytes()
+    if raw.lstrip()[:1] == b"[":
+        data = orjson.loads(raw)
+    else:
+        data = [orjson.loads(line) for line in raw.splitlines() if line.strip()]
+    return [r for r in data if isinstance(r, dict)]
 
 
 def _seconds(dist: TimeDist, rng: np.random.Generator) -> float:

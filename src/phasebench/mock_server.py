@@ -9,7 +9,8 @@ an event of valid JSON but the wrong shape (``shape``), a huge event written in 
 ``fault_every``-th request (or at ``fault_rate``). Wire quirks for every request: a leading BOM, CRLF or
 CR-only line ends, gzip/deflate bodies (``compress``, optionally only when the request asks for it), error
 texts that echo the request's ``Authorization`` header, ANSI/OSC escapes in the served model id.
-``POST /_mock/config`` reprograms it while running. For multi-turn and prefix-cache tests: ``prefix_cache``
+``garbage`` makes it answer like a broken model (random words, empty or non-text answers) for the quality
+checks. ``POST /_mock/config`` reprograms it while running. For multi-turn and prefix-cache tests: ``prefix_cache``
 (a block-granular cache of earlier prompts: ``usage.prompt_tokens_details.cached_tokens``, and the per-token
 TTFT part counts only the new tokens), ``tag_answers`` (request n's answer starts with `` a<n>``) and
 ``keep_prompts`` (``GET /_mock/prompts``: what each request sent).
@@ -64,6 +65,7 @@ class MockConfig:
     timings: bool = False  # add a llama.cpp-style "timings" object to the last chunk
     stamp: bool = False
     seed: int = 0
+    garbage: str = "none"  # a broken model's answers: none (" tk" tokens) | random (words) | empty | bytes
     # multi-turn and prefix-cache tests: a block-granular prefix cache (cached tokens reported in usage, TTFT's
     # per-token part counts only the new tokens), answers tagged with the request's number, received prompts kept
     prefix_cache: bool = False
@@ -73,6 +75,7 @@ class MockConfig:
 
 
 TOKEN = " tk"  # every generated token is the same 3 characters
+GARBAGE_WORDS = ("zorp", "quux", "blen", "vask", "drim", "oolt", "fesk", "trun", "wibe", "glom", "snet", "yarv")
 
 # Events of valid JSON but the wrong shape (fault "shape"), sent in place of a chunk.
 SHAPES: dict[str, dict[str, Any]] = {
@@ -153,6 +156,13 @@ class MockServer:
             ids.append(i)
         return ids
 
+    def text(self, n: int) -> str:
+        """``n`` generated tokens' text; with ``garbage`` set, what a broken server sends instead."""
+        g = self.cfg.garbage
+        if g == "random":
+            return "".join(" " + self.rng.choice(GARBAGE_WORDS) for _ in range(n))
+        return {"empty": "", "bytes": "\x00\ufffd\x07" * n}.get(g, TOKEN * n)
+
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 2**20)
         app.router.add_get("/health", self.health)
@@ -165,6 +175,7 @@ class MockServer:
         app.router.add_post("/_mock/config", self.set_config)
         app.router.add_get("/_mock/stats", self.stats)
         app.router.add_get("/_mock/prompts", self.get_prompts)
+        add_metrics_route(app, self)
         return app
 
     async def health(self, request: web.Request) -> web.Response:
@@ -251,7 +262,9 @@ class MockServer:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         request["pb_counted"] = True
         try:
-            return await self._complete(request, t_req, n)
+            resp = await self._complete(request, t_req, n)
+            await observe_metrics(self, request, resp)
+            return resp
         except ConnectionResetError:
             # the client hung up mid-stream (as it should after a bad event): not the server's error, and
             # never logged (a test's pipe that nobody reads would fill up and stall the server)
@@ -298,7 +311,7 @@ class MockServer:
         if not body.get("stream"):
             await _sleep_until(t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_new) * 1e6))
             await asyncio.sleep(c.itl_ms * max(n_out - 1, 0) / c.tokens_per_chunk / 1000)
-            return web.json_response(_final_object(chat, self.served_id, TOKEN * n_out, n_in, n_out, n_cached))
+            return web.json_response(_final_object(chat, self.served_id, self.text(n_out), n_in, n_out, n_cached))
         coding = c.compress if c.compress != "none" else None
         if coding and c.compress_if_asked and not _accepts(request.headers.get("Accept-Encoding", ""), coding):
             coding = None
@@ -371,9 +384,9 @@ class MockServer:
                     return resp
             take = min(c.tokens_per_chunk, n_out - sent)
             reasoning = chat and sent < c.reasoning_tokens
-            text = TOKEN * take
+            text = self.text(take)
             if c.tag_answers and sent == 0:
-                text = f" a{n}" + TOKEN * (take - 1)
+                text = f" a{n}" + self.text(take - 1)
             last = sent + take >= n_out
             finish = ("length" if forced or n_out == max_tokens else "stop") if last else None
             if chat:
@@ -468,6 +481,107 @@ def main(argv: list[str] | None = None) -> None:
 
 def _bool(s: str) -> bool:
     return s.lower() in ("1", "true", "yes", "on")
+
+
+# ---- /metrics: vLLM-style Prometheus histograms that agree with the programmed schedule ---------------
+
+
+class MockMetrics:
+    """What a vLLM would report for the mock's own schedule: TTFT = prefill = ttft_ms + per-token · input
+    (no queue: every request is served at once), one inter-token gap of itl_ms / tokens_per_chunk per
+    token after the first, decode = the chunk gaps, e2e = TTFT + decode. A prefix cache of 16-word blocks
+    (like vLLM's block hashes) counts a prompt's leading blocks already seen as hits."""
+
+    BLOCK = 16
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        r = self.registry = CollectorRegistry()
+        b = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0)
+        lab = ["model_name"]
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "TTFT", lab, registry=r, buckets=b)
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "ITL", lab, registry=r, buckets=b)
+        self.tpot = Histogram("vllm:request_time_per_output_token_seconds", "TPOT", lab, registry=r, buckets=b)
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "E2E", lab, registry=r, buckets=b)
+        self.queue = Histogram("vllm:request_queue_time_seconds", "queue", lab, registry=r, buckets=b)
+        self.prefill = Histogram("vllm:request_prefill_time_seconds", "prefill", lab, registry=r, buckets=b)
+        self.decode = Histogram("vllm:request_decode_time_seconds", "decode", lab, registry=r, buckets=b)
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "prompt tokens", lab, registry=r)
+        self.generation_tokens = Counter("vllm:generation_tokens", "generated tokens", lab, registry=r)
+        self.hits = Counter("vllm:prefix_cache_hits", "cached prompt tokens", lab, registry=r)
+        self.queries = Counter("vllm:prefix_cache_queries", "prompt tokens looked up", lab, registry=r)
+        self.preemptions = Counter("vllm:num_preemptions", "preemptions", lab, registry=r)
+        self.running = Gauge("vllm:num_requests_running", "running", lab, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "waiting", lab, registry=r)
+        self.kv = Gauge("vllm:kv_cache_usage_perc", "KV usage", lab, registry=r)
+        self.blocks: set[int] = set()
+
+
+def _mock_metrics(server: MockServer) -> MockMetrics:
+    m = getattr(server, "_metrics", None)
+    if m is None:
+        m = server._metrics = MockMetrics()  # type: ignore[attr-defined]
+    return m
+
+
+def add_metrics_route(app: web.Application, server: MockServer) -> None:
+    async def metrics(request: web.Request) -> web.Response:
+        from prometheus_client import generate_latest
+
+        m = _mock_metrics(server)
+        model = server.cfg.model
+        m.running.labels(model).set(server.in_flight)
+        m.waiting.labels(model).set(0)
+        m.kv.labels(model).set(min(1.0, server.in_flight / 64))
+        return web.Response(body=generate_latest(m.registry), content_type="text/plain")
+
+    app.router.add_get("/metrics", metrics)
+
+
+async def observe_metrics(server: MockServer, request: web.Request, resp: web.StreamResponse) -> None:
+    """Record one finished streamed request in the histograms, from the programmed schedule."""
+    if resp.status != 200 or not isinstance(resp, web.StreamResponse) or isinstance(resp, web.Response):
+        return
+    c = server.cfg
+    try:
+        body = await request.json()
+    except ValueError:
+        return
+    chat = "messages" in body
+    prompt = "\n".join(str(x.get("content", "")) for x in body["messages"]) if chat else body.get("prompt", "")
+    words = prompt.split()
+    n_in = len(words)
+    max_tokens = int(body.get("max_tokens") or body.get("n_predict") or 16)
+    forced = bool(body.get("ignore_eos")) or bool(body.get("min_tokens"))
+    n_out = max_tokens if (forced or c.natural_output_tokens is None) else min(max_tokens, c.natural_output_tokens)
+    ttft = (c.ttft_ms + c.ttft_per_input_token_ms * n_in) / 1000
+    chunks = -(-n_out // max(1, c.tokens_per_chunk))
+    decode = max(chunks - 1, 0) * c.itl_ms / 1000
+    m = _mock_metrics(server)
+    lab = c.model
+    m.ttft.labels(lab).observe(ttft)
+    m.queue.labels(lab).observe(0.0)
+    m.prefill.labels(lab).observe(ttft)
+    m.decode.labels(lab).observe(decode)
+    m.e2e.labels(lab).observe(ttft + decode)
+    if n_out > 1:
+        m.tpot.labels(lab).observe(decode / (n_out - 1))
+        per_token = c.itl_ms / max(1, c.tokens_per_chunk) / 1000
+        for _ in range(n_out - 1):
+            m.itl.labels(lab).observe(per_token)
+    m.prompt_tokens.labels(lab).inc(n_in)
+    m.generation_tokens.labels(lab).inc(n_out)
+    h, hits, leading = 0, 0, True
+    for i in range(0, n_in - n_in % MockMetrics.BLOCK, MockMetrics.BLOCK):
+        h = hash((h, tuple(words[i:i + MockMetrics.BLOCK])))
+        if leading and h in m.blocks:
+            hits += MockMetrics.BLOCK
+        else:
+            leading = False
+        m.blocks.add(h)
+    m.queries.labels(lab).inc(n_in)
+    m.hits.labels(lab).inc(hits)
 
 
 if __name__ == "__main__":

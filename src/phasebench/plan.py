@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from .textsafe import markup as escape
 from rich.table import Table
 
 from .engine.server import Engine, EngineConfig
@@ -45,7 +45,9 @@ QUICK = PlanShape((32, 256, 1024), 1, (1, 4), 32, 32, 8.0, 4)
 
 
 def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path | None = None,
-                     model_path: Path | None = None, console: Console | None = None, json_out: bool = False) -> Run:
+                     model_path: Path | None = None, console: Console | None = None, json_out: bool = False,
+                     quality: bool = False) -> Run:
+    """The embedded plan; ``quality``: the server step also answers the quality probes under its load."""
     console = console or Console()
     shape = QUICK if quick else FULL
     out = out or Path("runs") / ("plan-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
@@ -58,9 +60,9 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         console.print(f"engine healthy at {eng.url}")
         engine_manifest = eng.manifest()
         try:
-            result = run_main(_steps(eng, shape, folder, engine_manifest, console))
+            result = run_main(_steps(eng, shape, folder, engine_manifest, console, quality))
         except RunStopped as e:
-            console.print(f"[yellow]{e}: partial results kept in {out}[/]")
+            console.print(f"[yellow]{e}: partial results kept in {escape(str(out))}[/]")
             raise SystemExit(e.exit_code) from e
     if json_out:
         import orjson
@@ -71,56 +73,77 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
     return result
 
 
-def _spec(eng: Engine, out: Path, **kw: Any) -> RunSpec:
-    return RunSpec(url=eng.url, model=None, tokenizer="server", out=out, timeout=300, **kw)
+def _spec(eng: Engine, nonce: str, out: Path, **kw: Any) -> RunSpec:
+    """A plan step: seeded for its own prompts, with the plan's fresh nonce (a rerun misses the prompt cache)."""
+    return RunSpec(url=eng.url, model=None, tokenizer="server", out=out, timeout=300, nonce=nonce, **kw)
 
 
 async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manifest: dict[str, Any],
-                 console: Console) -> Run:
+                 console: Console, quality: bool = False) -> Run:
     from .model.probe import probe_and_record
 
+    from .workload.synthetic import new_nonce
+
     progress = RichProgress(Console(stderr=True))
+    nonce = new_nonce()
     extra = {**engine_manifest, "plan": {"quick": shape == QUICK}}
     names: list[str] = []
     children: list[Run] = []
 
+    from . import __version__
+
+    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "children": names, **extra}
+
+    def save_partial(reason: str) -> None:
+        """The plan folder as it stands: readable (show, report, import) even if the plan stops here."""
+        folder.write_manifest(manifest)
+        folder.write_summary({"steps": list(names), "phasebench": {
+            "valid": False, "partial": True, "reasons": [reason], "warnings": []}})
+
     async def step(name: str, spec: RunSpec) -> Run:
-        r = await run_one(spec, progress, extra, label=name)
+        try:
+            r = await run_one(spec, progress, extra, label=name)
+        except RunStopped as e:
+            if e.run is not None:
+                names.append(name)
+                children.append(e.run)
+            save_partial(f"partial: the plan stopped in step {name} ({e})")
+            raise
         names.append(name)
         children.append(r)
+        save_partial(f"partial: the plan is still running (done: {', '.join(names)})")
         return r
 
     console.print("[bold]1/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s "
                   "(the 'local' hardware record every step's MBU/MFU is measured against)")
     pr, _ = probe_and_record(quick=shape == QUICK)
     # warm-up: load weights into the page cache, open the slots
-    await run_one(_spec(eng, None, scenario=Scenario.concurrency, concurrency=[2], requests=2,
+    await run_one(_spec(eng, nonce, None, scenario=Scenario.concurrency, concurrency=[2], requests=2,
                         input_tokens=64, output_tokens=8), None, extra)
 
     console.print("[bold]2/4 prefill sweep[/]: TTFT against input length, 1 output token")
     for n in shape.prefill_lengths:
-        await step(f"prefill-{n:04d}", _spec(eng, folder.path / f"prefill-{n:04d}", scenario=Scenario.single_stream,
+        await step(f"prefill-{n:04d}", _spec(eng, nonce, folder.path / f"prefill-{n:04d}", scenario=Scenario.single_stream,
                                              requests=shape.prefill_repeats, input_tokens=n, output_tokens=1,
                                              seed=n))
     console.print("[bold]3/4 decode sweep[/]: TPOT and throughput against concurrency")
     for c in shape.decode_concurrency:
-        await step(f"decode-c{c}", _spec(eng, folder.path / f"decode-c{c}", scenario=Scenario.concurrency,
+        await step(f"decode-c{c}", _spec(eng, nonce, folder.path / f"decode-c{c}", scenario=Scenario.concurrency,
                                          concurrency=[c], requests=max(2 * c, 3), input_tokens=shape.decode_input,
                                          output_tokens=shape.decode_output, seed=100 + c))
     best = max(children[-len(shape.decode_concurrency):], key=lambda r: r.summary.get("request_throughput") or 0)
     capacity = best.summary.get("request_throughput") or 0.5
     rate = round(max(0.1, 0.7 * capacity), 2)
     console.print(f"[bold]4/4 server scenario[/]: Poisson arrivals at {rate}/s (70% of the measured "
-                  f"{capacity:.2f} req/s), SLO {DEFAULT_SLO}")
-    await step("server", _spec(eng, folder.path / "server", scenario=Scenario.server, rate=[rate],
+                  f"{capacity:.2f} req/s), SLO {DEFAULT_SLO}" + (", with the quality probes in its load" if quality else ""))
+    await step("server", _spec(eng, nonce, folder.path / "server", scenario=Scenario.server, rate=[rate],
                                duration=shape.server_seconds, input_tokens=shape.decode_input,
-                               output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7))
+                               output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7,
+                               quality=quality))
     summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
-    from . import __version__
-
-    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "children": names, **extra, "probe": pr.to_dict()}
+    manifest["probe"] = pr.to_dict()
     from .env import environment
 
     manifest["environment"] = environment()
@@ -137,6 +160,16 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
 
 def _med(run: Run, key: str) -> float | None:
     return (run.summary.get("phasebench", {}).get("metrics", {}).get(key) or {}).get("p50")
+
+
+def _server(run: Run, phase: str) -> float | None:
+    """The engine's own mean for a phase (server view: Prometheus), where the run has one."""
+    v = run.summary.get("phasebench", {}).get("server_view") or {}
+    p = (v.get("phases") or {}).get(phase) or (v.get("phases") or {}).get("tpot" if phase == "itl" else "")
+    if p and p.get("mean_ms") is not None:
+        return p["mean_ms"]
+    d = v.get("derived") or {}
+    return d.get("prefill_ms_per_request" if phase == "prefill" else "decode_ms_per_token")
 
 
 def kv_bytes_per_token(mf: dict[str, Any]) -> float:
@@ -157,18 +190,20 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
         if name.startswith("prefill-"):
             prefill.append({"input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
                             "prefill_tps_p50": _med(r, "prefill_tps"),
-                            "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")})
+                            "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")
+                            or _server(r, "prefill")})
     decode = []
     for name, r in by.items():
         if name.startswith("decode-c"):
             decode.append({"concurrency": int(name[len("decode-c"):]), "tpot_ms_p50": _med(r, "tpot_ms"),
                            "itl_token_ms_p50": _med(r, "itl_token_ms"),
                            "output_throughput": r.summary.get("output_throughput"),
-                           "server_tpot_ms_p50": (r.summary["phasebench"]["server_timing"]["tpot_ms"] or {}).get("p50")})
+                           "server_tpot_ms_p50": (r.summary["phasebench"]["server_timing"]["tpot_ms"] or {}).get("p50")
+                           or _server(r, "itl")})
     server = by.get("server")
     mf = engine.get("model_file", {})
     weight_bytes = mf.get("bytes") or 0
-    kvb = kv_bytes_per_token(mf)
+    kvb = mf.get("kv_bytes_per_token") or kv_bytes_per_token(mf)
     wall: dict[str, Any] = {"probe": probe, "weight_bytes": weight_bytes, "kv_bytes_per_token": kvb}
     bw = probe.get("bandwidth_gbps") or 0
     if decode and decode[0]["tpot_ms_p50"] and bw:
@@ -204,14 +239,32 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
 
 
 def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> list[str]:
+    """Plain words: each phase against its wall (model/verdict.py says "at the wall" only when it is, and what
+    the roofline says bounds it when not), then what batching bought."""
+    from .model.verdict import Peak, decode_verdict, prefill_verdict
+
     out = []
-    if "decode_mbu" in wall:
-        p = wall["probe"]
-        out.append(
-            f"decode is memory-bound: at batch 1 each step reads ~{wall['decode_bytes_per_step'] / 1e6:.0f} MB "
-            f"(weights + KV), {wall['decode_achieved_gbps']:.1f} GB/s = {wall['decode_mbu']:.0%} of the probed "
-            f"{p['bandwidth_gbps']:.1f} GB/s DRAM bandwidth"
-        )
+    p = wall.get("probe") or {}
+    bw = Peak((p.get("bandwidth_gbps") or 0) * 1e9, f"the probed DRAM bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)")
+    bf16 = p.get("matmul_gflops_bf16") or p.get("torch_cpu_bfloat16_gflops")
+    if bf16:
+        fl = Peak(bf16 * 1e9, f"the probed bf16 matmul peak ({bf16:,.0f} GFLOP/s, {p.get('bf16_source', 'torch')})")
+    else:
+        why = p.get("bf16_note") or "no bf16 peak probed"
+        fl = Peak((p.get("matmul_gflops_fp32") or 0) * 1e9,
+                  f"the probed fp32 matmul peak ({p.get('matmul_gflops_fp32', 0):,.0f} GFLOP/s, numpy BLAS; {why})")
+    cores = p.get("threads")
+    pf = [x for x in prefill if x.get("prefill_tps_p50")]
+    longest = max(pf, key=lambda x: x["input_tokens"]) if pf else None
+    # parameters from the prefill figure (2·params·tok/s), for the FLOPs of a decode step
+    params = (wall["prefill_achieved_gflops"] * 1e9 / (2 * longest["prefill_tps_p50"])
+              if longest and wall.get("prefill_achieved_gflops") else 0.0)
+    if "decode_mbu" in wall and decode and decode[0].get("tpot_ms_p50") and bw.value:
+        d = decode[0]
+        v = decode_verdict(f"decode-c{d['concurrency']}", wall["decode_bytes_per_step"], 2 * params,
+                           d["tpot_ms_p50"] / 1e3, bw, fl, cores)
+        out.append(f"{v.text} (each step reads ~{wall['decode_bytes_per_step'] / 1e6:.0f} MB: weights + KV of the "
+                   f"prompt; {wall['decode_achieved_gbps']:.1f} GB/s achieved)")
     ok = [d for d in decode if d["output_throughput"] and d["tpot_ms_p50"]]
     if len(ok) >= 2:
         base = ok[0]
@@ -225,13 +278,13 @@ def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> l
         if best is not last:
             out.append(f"batching stops paying beyond concurrency {best['concurrency']}: at {last['concurrency']} "
                        f"throughput is {last['output_throughput']:.0f} tok/s")
-    if "prefill_mfu_vs_fp32_matmul" in wall:
-        pf = [p for p in prefill if p["prefill_tps_p50"]]
-        out.append(
-            f"prefill is compute-bound: {pf[-1]['prefill_tps_p50']:.0f} tok/s at {pf[-1]['input_tokens']} tokens "
-            f"≈ {wall['prefill_achieved_gflops']:.0f} GFLOP/s (2·params·tok/s) = "
-            f"{wall['prefill_mfu_vs_fp32_matmul']:.0%} of numpy's fp32 matmul peak here"
-        )
+    if longest and params and fl.value:
+        n = longest["input_tokens"]
+        ttft = n / longest["prefill_tps_p50"]
+        v = prefill_verdict(f"prefill-{n:04d}", 2 * params * n, wall.get("weight_bytes", 0) + wall.get("kv_bytes_per_token", 0) * n,
+                            ttft, fl, bw, cores)
+        out.append(f"{v.text} ({longest['prefill_tps_p50']:.0f} tok/s at {n} tokens ≈ "
+                   f"{wall['prefill_achieved_gflops']:.0f} GFLOP/s as 2·params·tok/s)")
     return out
 
 
@@ -259,6 +312,15 @@ def print_plan(run: Run, console: Console) -> None:
             f"{_n(sv['median_tpot_ms'])}/{_n(sv['p99_tpot_ms'])} ms, goodput {_n(sv['request_goodput'])} req/s "
             f"(SLO {DEFAULT_SLO} met by {'-' if att is None else f'{att:.0%}'})"
         )
+    if s.get("decode_stop"):
+        console.print(f"decode sweep stopped: {escape(s['decode_stop'])}")
+    for n in s.get("notes", []):
+        console.print(f"[dim]  {escape(n)}[/]")
+    server_run = next((c for c in run.children if c.path is not None and c.path.name == "server"), None)
+    q = ((server_run.summary.get("phasebench") or {}).get("quality") if server_run is not None else None) or {}
+    if q:
+        console.print(f"[bold]Quality under the server step's load[/]: score {_n(q.get('score'), 3)} over "
+                      f"{q.get('answered', '-')} probes, {'valid' if q.get('valid') else 'INVALID'}")
     console.print("[bold]Where the phases sit[/]")
     for v in s["verdicts"]:
         console.print(f"  • {escape(v)}")

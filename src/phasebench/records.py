@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
+from functools import cache
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 import orjson
+from pydantic import TypeAdapter, ValidationError
 
 RECORD_SCHEMA = 1
 
@@ -70,6 +72,11 @@ class RequestRecord:
     read_delay_ns: list[int] | None = None
     coalesced_reads: int = 0
     ttft_uncertainty_ns: int | None = None
+    # quality probes only (phasebench.quality): the probe's id, the answer's text, per-token logprobs as
+    # [token, logprob, [[top token, logprob], ...]]; load requests leave them None
+    probe: str | None = None
+    text: str | None = None
+    logprobs: list[Any] | None = None
     # multi-turn conversations and traces: the conversation this request belongs to and its turn (0-based)
     conversation: int | None = None
     turn: int | None = None
@@ -118,21 +125,45 @@ class RecordWriter:
 @dataclass
 class ReadResult:
     records: list[RequestRecord]
-    skipped: int  # lines that were not whole JSON records (e.g. a crash mid-write)
+    skipped: int  # lines that were not whole, well-typed records (e.g. a crash mid-write, a damaged file)
+    bad_lines: list[int] = field(default_factory=list)  # their 1-based line numbers
+
+    def describe_bad(self, limit: int = 8) -> str:
+        shown = ", ".join(map(str, self.bad_lines[:limit]))
+        more = f" and {len(self.bad_lines) - limit} more" if len(self.bad_lines) > limit else ""
+        return f"line{'s' if len(self.bad_lines) > 1 else ''} {shown}{more}"
+
+
+@cache
+def _adapter() -> TypeAdapter[RequestRecord]:
+    """Validates one line against ``RequestRecord``'s own field types (unknown keys are ignored)."""
+    return TypeAdapter(RequestRecord)
+
+
+def parse_record(line: bytes | str) -> RequestRecord:
+    """One ``requests.jsonl`` line as a record; ``ValueError`` if it is not a JSON object of the right types."""
+    try:
+        return _adapter().validate_json(line)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(map(str, err.get("loc", ()))) or "line"
+        raise ValueError(f"{where}: {err.get('msg')}") from None
 
 
 def read_records(path: Path) -> ReadResult:
+    """Every whole, well-typed record; a line that is not (``null``, ``[1]``, a wrong type, half a line) is
+    counted and its number kept, never fatal."""
     recs: list[RequestRecord] = []
-    skipped = 0
+    bad: list[int] = []
     with open(path, "rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                recs.append(RequestRecord.from_dict(orjson.loads(line)))
-            except (orjson.JSONDecodeError, TypeError):
-                skipped += 1
-    return ReadResult(recs, skipped)
+                recs.append(parse_record(line))
+            except ValueError:
+                bad.append(n)
+    return ReadResult(recs, len(bad), bad)
 
 
 def write_records(path: Path, records: Iterable[RequestRecord]) -> None:

@@ -5,21 +5,200 @@ manifest and summary. ``Run.load`` reads any of them back; another program needs
 
 from __future__ import annotations
 
+import copy
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from .records import RequestRecord, read_records
 
 SCHEMA_VERSION = 1
 MANIFEST, REQUESTS, SUMMARY = "manifest.json", "requests.jsonl", "summary.json"
+MAX_DEPTH = 8  # plan > sweep > point is 3; anything deeper is a damaged or hostile folder
 
 
 class NotARunError(ValueError):
     pass
 
+
+class UnsafeFolderError(NotARunError):
+    """A child entry that points outside its folder, at the folder itself, or round in a cycle."""
+
+
+# ---- the typed shape of the three files ----------------------------------------------------------------
+# Lenient on purpose: known fields are typed (a wrong type is an error, or a dropped field with a warning),
+# anything else is kept as it is, so older and newer phasebench versions read each other's folders.
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class TargetInfo(_Open):
+    url: str | None = None
+    model: str | None = None
+    models: Any = None  # the server's /v1/models answer, verbatim
+
+
+class SpecRecord(_Open):
+    """The spec as stored (``RunSpec.public_dict``): the fields readers rely on."""
+
+    url: str | None = None
+    model: str | None = None
+    scenario: str | None = None
+    concurrency: list[int] | None = None
+    rate: list[int | float] | None = None
+    requests: int | None = None
+    duration: float | None = None
+    input_tokens: dict[str, int | float] | None = None
+    output_tokens: dict[str, int | float] | None = None
+    model_spec: str | None = None
+    hardware: str | None = None
+    devices: int | None = None
+
+
+class Manifest(_Open):
+    schema_version: int | None = None
+    kind: str | None = None
+    simulated: bool | None = None
+    phasebench_version: str | None = None
+    created: str | None = None
+    spec: SpecRecord | None = None
+    target: TargetInfo | None = None
+    tokenizer: str | None = None
+    environment: dict[str, Any] | None = None
+    t0_monotonic_ns: int | None = None
+    children: list[str] | None = None
+    engine: dict[str, Any] | None = None
+    model_file: dict[str, Any] | None = None
+    simulation: dict[str, Any] | None = None
+
+
+class Stat(_Open):
+    """``metrics.describe``: count, mean, std, min, max, percentiles, p99 CI."""
+
+    count: int = 0
+    mean: float | None = None
+    std: float | None = None
+    min: float | None = None
+    max: float | None = None
+    p50: float | None = None
+    p90: float | None = None
+    p95: float | None = None
+    p99: float | None = None
+    p99_ci95: list[float | None] | None = None
+
+
+class PhasebenchBlock(_Open):
+    scenario: str | None = None
+    valid: bool | None = None
+    partial: bool | None = None
+    reasons: list[str] = []
+    warnings: list[str] = []
+    window_ns: list[int] | None = None
+    metrics: dict[str, Stat] = {}
+    slo: dict[str, Any] | None = None
+    errors: dict[str, int] = {}
+    client: dict[str, Any] = {}
+    tokens: dict[str, Any] = {}
+    server_timing: dict[str, Stat] = {}
+    roofline: dict[str, Any] | None = None
+    cost: dict[str, Any] | None = None
+
+
+_VLLM_FLOATS = {
+    f"{stat}_{metric}_ms": (float | None, None)
+    for metric in ("ttft", "tpot", "itl", "e2el")
+    for stat in ("mean", "median", "std", "p90", "p95", "p99")
+}
+
+
+class _Point(_Open):
+    point: str | None = None
+    max_concurrency: int | None = None
+    request_rate: float | str | None = None
+    completed: int | None = None
+    failed: int | None = None
+    valid: bool | None = None
+
+
+Point = create_model("Point", __base__=_Point, **{
+    k: (float | None, None) for k in ("request_throughput", "output_throughput", "request_goodput", "median_ttft_ms",
+                                      "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms")})
+
+
+class _Summary(_Open):
+    completed: int | None = None
+    failed: int | None = None
+    duration: float | None = None
+    max_concurrency: int | None = None
+    request_rate: float | str | None = None  # vLLM writes "inf" for all-at-once
+    burstiness: float | None = None
+    total_input_tokens: int | None = None
+    total_output_tokens: int | None = None
+    request_throughput: float | None = None
+    output_throughput: float | None = None
+    total_token_throughput: float | None = None
+    request_goodput: float | None = None
+    points: list[Point] | None = None  # type: ignore[valid-type]
+    verdicts: list[str] | None = None
+    phasebench: PhasebenchBlock = PhasebenchBlock()
+
+
+Summary = create_model("Summary", __base__=_Summary, **_VLLM_FLOATS)
+
+
+def _drop(data: Any, loc: tuple[Any, ...]) -> str:
+    """Remove the deepest existing item on ``loc`` from ``data``; returns its dotted path."""
+    parent, key, path = None, None, []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            parent, key, node = node, part, node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parent, key, node = node, part, node[part]
+        else:
+            break
+        path.append(str(part))
+    if parent is None:
+        raise ValueError("nothing to drop")
+    del parent[key]
+    return ".".join(path)
+
+
+def validated(model: type[BaseModel], data: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
+    """``data`` checked against ``model``: the whole of it that is valid (as its typed values), and one
+    warning per field that was not (that field is left out)."""
+    data = copy.deepcopy(data)
+    notes: list[str] = []
+    for _ in range(200):
+        try:
+            obj = model.model_validate(data)
+            return obj.model_dump(exclude_unset=True), notes
+        except ValidationError as e:
+            err = e.errors()[0]
+            try:
+                where = _drop(data, tuple(err.get("loc", ())))
+            except ValueError:
+                break
+            notes.append(f"{what}: {where} ignored ({str(err.get('msg', 'not valid')).lower()})")
+    return {}, [*notes, f"{what}: too damaged to read; ignored"]
+
+
+def check_manifest(manifest: Any, where: Path | str = MANIFEST) -> dict[str, Any]:
+    """The manifest as written and read: a JSON object whose known fields have their types, or NotARunError."""
+    if not isinstance(manifest, dict):
+        raise NotARunError(f"{where} is not a run manifest (a JSON object); it holds {type(manifest).__name__}")
+    try:
+        return Manifest.model_validate(manifest).model_dump(exclude_unset=True)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()))
+        raise NotARunError(f"{where}: field {loc!r} {str(err.get('msg', 'is not valid')).lower()}") from None
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -41,6 +220,7 @@ class Run:
     records: list[RequestRecord] = field(default_factory=list)
     children: list["Run"] = field(default_factory=list)
     skipped_lines: int = 0
+    load_warnings: list[str] = field(default_factory=list)  # what Run.load found damaged and left out
 
     @property
     def valid(self) -> bool:
@@ -70,21 +250,88 @@ class Run:
 
     @classmethod
     def load(cls, path: Path | str) -> "Run":
-        path = Path(path)
-        if not (path / MANIFEST).exists():
+        """Read a run, sweep or plan folder back through the typed shapes above.
+
+        A missing or unreadable manifest, or a child entry that leaves the folder, is a ``NotARunError``
+        (one line, naming the file). A damaged summary, damaged record lines or a missing child folder load
+        what is whole; each problem is a line in ``load_warnings`` (children's included), naming file and line.
+        """
+        return cls._load(Path(path), (), [])
+
+    @classmethod
+    def _load(cls, path: Path, seen: tuple[Path, ...], notes: list[str]) -> "Run":
+        if not (path / MANIFEST).is_file():
             raise NotARunError(f"{path} is not a phasebench run folder (no {MANIFEST})")
-        try:
-            manifest = read_json(path / MANIFEST)
-        except orjson.JSONDecodeError:
-            raise NotARunError(f"{path / MANIFEST} is not valid JSON") from None
-        summary = read_json(path / SUMMARY) if (path / SUMMARY).exists() else {}
-        children = [cls.load(path / c) for c in manifest.get("children", [])]
+        real = path.resolve()
+        if real in seen:
+            raise UnsafeFolderError(f"{path}: the run folders' children loop back to {real}")
+        if len(seen) >= MAX_DEPTH:
+            raise UnsafeFolderError(f"{path}: run folders nested more than {MAX_DEPTH} deep")
+        manifest = check_manifest(_read_json(path / MANIFEST, fatal=True, notes=notes), path / MANIFEST)
+        summary: dict[str, Any] = {}
+        if (path / SUMMARY).exists():
+            raw = _read_json(path / SUMMARY, fatal=False, notes=notes)
+            if raw is not None and not isinstance(raw, dict):
+                notes.append(f"{path / SUMMARY} holds {type(raw).__name__}, not a summary object; ignored")
+            elif isinstance(raw, dict):
+                summary, bad = validated(Summary, raw, str(path / SUMMARY))
+                notes.extend(bad)
+        children = []
+        for name in manifest.get("children") or []:
+            child = _child_path(path, name)
+            if not (child / MANIFEST).is_file():
+                notes.append(f"{path / MANIFEST}: child {name!r} has no {MANIFEST} (an interrupted step?); left out")
+                continue
+            try:
+                children.append(cls._load(child, (*seen, real), notes))
+            except UnsafeFolderError:
+                raise
+            except NotARunError as e:
+                notes.append(f"{e}; that step is left out")
         records: list[RequestRecord] = []
         skipped = 0
         if (path / REQUESTS).exists():
-            rr = read_records(path / REQUESTS)
-            records, skipped = rr.records, rr.skipped
-        return cls(path, manifest, summary, records, children, skipped)
+            try:
+                rr = read_records(path / REQUESTS)
+            except OSError as e:
+                notes.append(f"{path / REQUESTS}: cannot be read ({e.strerror or e}); no records")
+            else:
+                records, skipped = rr.records, rr.skipped
+                if skipped:
+                    notes.append(f"{path / REQUESTS}: {skipped} damaged line(s) skipped ({rr.describe_bad()})")
+        run = cls(path, manifest, summary, records, children, skipped)
+        run.load_warnings = notes
+        return run
+
+
+def _read_json(path: Path, fatal: bool, notes: list[str]) -> Any:
+    try:
+        return read_json(path)
+    except OSError as e:
+        msg = f"{path} cannot be read ({e.strerror or e})"
+    except orjson.JSONDecodeError as e:
+        msg = f"{path} is not valid JSON (truncated or damaged: {e})"
+    if fatal:
+        raise NotARunError(msg)
+    notes.append(msg + "; ignored")
+    return None
+
+
+def _child_path(root: Path, name: Any) -> Path:
+    """A child folder named in a manifest: a plain relative path that stays inside ``root`` once resolved."""
+    where = root / MANIFEST
+    if not isinstance(name, str) or not name.strip() or "\x00" in name:
+        raise UnsafeFolderError(f"{where}: child {name!r} is not a folder name")
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise UnsafeFolderError(f"{where}: child {name!r} is outside the folder (absolute or with '..'); refused")
+    child = root / rel
+    top, real = root.resolve(), child.resolve()
+    if real == top:
+        raise UnsafeFolderError(f"{where}: child {name!r} is the folder itself (a cycle); refused")
+    if not real.is_relative_to(top):
+        raise UnsafeFolderError(f"{where}: child {name!r} leads outside the folder (to {real}); refused")
+    return child
 
 
 class RunFolder:
@@ -92,6 +339,8 @@ class RunFolder:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"--out {self.path} is a file; give a folder (a new or empty one)")
         if self.path.exists() and any(self.path.iterdir()):
             if (self.path / MANIFEST).exists():
                 raise FileExistsError(f"{self.path} already holds a run; choose another --out")
@@ -102,7 +351,21 @@ class RunFolder:
         return self.path / REQUESTS
 
     def write_manifest(self, manifest: dict[str, Any]) -> None:
-        write_json(self.path / MANIFEST, {"schema_version": SCHEMA_VERSION, **manifest})
+        manifest = {"schema_version": SCHEMA_VERSION, **manifest}
+        _check_on_write(Manifest, manifest, self.path / MANIFEST)
+        write_json(self.path / MANIFEST, manifest)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
+        _check_on_write(Summary, summary, self.path / SUMMARY)
         write_json(self.path / SUMMARY, summary)
+
+
+def _check_on_write(model: type[BaseModel], data: dict[str, Any], where: Path) -> None:
+    """What is written is what ``Run.load`` reads: a field of the wrong type is a phasebench bug, reported as
+    a warning (the file is still written in full: a run is never lost to a check)."""
+    try:
+        model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        warnings.warn(f"{where}: field {'.'.join(map(str, err.get('loc', ())))} does not match its type "
+                      f"({err.get('msg')}); please report this", RuntimeWarning, stacklevel=3)

@@ -30,7 +30,8 @@ from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule, trace_schedule
-from .spec import LengthDist, RunSpec, Scenario, SpecError
+from .serverview.session import close_scraper, open_scraper
+from .spec import LengthDist, RunSpec, Scenario, SpecError, url_hint
 from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too
     STOP_SIGNALS,
     STOPPER,
@@ -43,6 +44,7 @@ from .stops import (  # noqa: F401 - re-exported: the public names live on phase
     run_main,
 )
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
+from .workload.synthetic import new_nonce
 from .workload.tokens import server_root
 from .workload.traces import load_spec_trace, trace_prompts
 
@@ -100,11 +102,32 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
     model = spec.model
     if model is None:
         if not served:
-            raise RunError(f"{_safe(base)}/models lists no model; pass --model")
+            raise RunError(f"{_safe(base)}/models lists no model; pass --model" + url_hint(base))
         model = served[0]
     elif served and model not in served:
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")
-    return Target(base, model, answer)
+    from .client.engines import detect_engine  # which engine (manifest; its exact-length knobs)
+
+    from .engine.process import managed_manifest  # started by `phasebench engine start`: version, flags, log
+
+    engine = await detect_engine(session, server_root(base), answer, headers)
+    managed = managed_manifest(base)
+    return Target(base, model, _scrubbed(answer, spec, key), {"server_engine": engine.to_dict(), **({"engine": managed} if managed else {})})
+
+
+def _scrubbed(answer: Any, spec: RunSpec, key: str | None) -> Any:
+    """The /v1/models answer as stored in the manifest: any secret it echoes (the API key, a URL password)
+    replaced by ***."""
+    from .client.transport import ClientConfig, scrub, secrets_of
+
+    secrets = secrets_of(ClientConfig(base_url=spec.url or "", model="", api_key=key))
+    if not secrets or answer is None:
+        return answer
+    import orjson
+
+    text = orjson.dumps(answer).decode()
+    clean = scrub(text, secrets)
+    return answer if clean == text else orjson.loads(clean)
 
 
 def _safe(url: str) -> str:
@@ -190,7 +213,12 @@ async def run_one(
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
     trace = load_spec_trace(spec) if spec.trace is not None else None
     schedule = trace_schedule(trace.offsets_ns) if trace is not None else make_schedule(spec)
+    if spec.nonce is None:  # fresh prompts each run unless a seed was given (no accidental prefix-cache hits)
+        spec = spec.model_copy(update={"nonce": new_nonce()})
     check_roofline_inputs(spec, extra_manifest or {})
+    from .quality import options_for  # --quality: the probe set (and reference) read before any traffic
+
+    quality = options_for(spec)
     if spec.out and (Path(spec.out) / MANIFEST).exists():
         raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
     async with aiohttp.ClientSession() as meta_session:
@@ -198,7 +226,7 @@ async def run_one(
         tok = await make_tokenizer(spec, meta_session, target)
         conversations = None
         if trace is not None:
-            prompts = await trace_prompts(trace, tok, spec.seed)
+            prompts = await trace_prompts(trace, tok, spec.seed, spec.nonce or "")
         elif spec.turns is not None:  # multi-turn: the conversation driver sends them (conversation.py)
             conversations = await build_conversations(spec, tok, request_count(schedule))
             prompts = [c.first_prompt() for c in conversations]
@@ -206,6 +234,10 @@ async def run_one(
             prompts = await build_prompts(spec, tok, request_count(schedule))
         n_warm, warm_spec = warmup_plan(spec, schedule)
         warm_prompts = await build_prompts(warm_spec, tok, min(n_warm, 8), seed_offset=10_000) if n_warm else []
+    if quality:  # the probes join the load at seeded places (phasebench.quality.mix)
+        from .quality.mix import mix
+
+        schedule, prompts = mix(schedule, prompts, quality.probe_set, spec.seed)
     conc_hint = schedule.concurrency or min(len(prompts), spec.max_connections)
     max_conn = max(1, min(spec.max_connections, max(conc_hint, 1)))
     ensure_open_files(max_conn, spec)
@@ -220,6 +252,8 @@ async def run_one(
         stall_timeout=spec.stall_timeout,
         max_connections=max_conn,
         transport=_transport(spec, target),
+        max_event_bytes=spec.max_event_bytes,
+        engine=(target.extra_manifest.get("server_engine") or {}).get("name") or "unknown",
         collect_text=conversations is not None,  # the next turn carries the server's real answer
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
@@ -245,11 +279,18 @@ async def run_one(
         if folder:
             folder.write_manifest(manifest)
         writer = RecordWriter(folder.requests_path) if folder else _NullWriter()
+        if quality:  # probe records go to quality.jsonl, the load's to requests.jsonl
+            from .quality.mix import ProbeWriter
+
+            writer = ProbeWriter(writer, path)
+        scraper = await open_scraper(spec, target.base_url, path, key)  # the engine's /metrics, before
         cpu0 = sum(proc.cpu_times()[:2])
         host.start()
         lag.start()
         t0 = now_ns()
         client.t0 = t0
+        if scraper:
+            scraper.start(t0)
         progress.start(label or spec.scenario.value, schedule.count, schedule.duration_s)
         workers: list[Any] = []
         worker_died: str | None = None
@@ -278,6 +319,13 @@ async def run_one(
             lag_ms = lag.stop() + [x for w in workers for x in w.lag_ms]
             host_load = host.stop(client_extra_cpu_s=workers_cpu)
             writer.close()
+            if scraper:
+                await asyncio.to_thread(scraper.finish)  # and after
+        alone = None
+        if quality and quality.alone and not interrupted and gone is None:
+            from .quality.mix import alone as send_alone
+
+            alone = await send_alone(client, quality.probe_set, path)
     manifest["transport"] = {
         "name": cfg.transport,
         "timestamps": ("kernel receive time (SO_TIMESTAMPNS), converted to CLOCK_MONOTONIC" if cfg.transport == "raw"
@@ -309,6 +357,11 @@ async def run_one(
         extra_warnings=[] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"],
     )
     records.sort(key=lambda r: r.index)
+    if quality:
+        from .quality import apply_validity, quality_block
+        from .quality.mix import split
+
+        records, probe_records = split(records)
     summary = summarize(records, ctx)
     summary.update(vllm_keys(spec, target, tok, created, len(records)))
     summary["phasebench"]["warmup"] = {
@@ -317,7 +370,13 @@ async def run_one(
         "note": (f"{n_warm} short requests (8 prompt tokens, 2 output) opened the connections before the window"
                  if spec.warmup_requests is None else f"{n_warm} requests of the run's shape were sent and discarded"),
     }
+    if quality:  # scored after the run; an invalid quality block makes the run invalid
+        apply_validity(summary, quality_block(quality, probe_records, alone))
     summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
+    summary["phasebench"]["server_view"] = await close_scraper(scraper, spec, records, summary)
+    from .server_checks import server_saw  # did the server see what was asked (lengths, context, errors)
+
+    summary["phasebench"]["warnings"] += server_saw(records, prompts, tok.name, target.models_answer, target.model)
     from .cost import cost_block
 
     hw = spec.hardware or ("local" if summary["phasebench"]["roofline"] else None)

@@ -33,12 +33,21 @@ class Endpoint(str, Enum):
     chat = "chat"
 
 
+# Upper bounds on what a run can ask for: far above any real server, low enough that a typo (1e9) is refused
+# at once instead of hanging while prompts are built or exhausting memory.
+MAX_TOKENS = 1_048_576  # per prompt or reply (1M-token contexts exist; 1e9 does not)
+MAX_REQUESTS = 10_000_000
+MAX_CONCURRENCY = 100_000
+MAX_RATE = 1_000_000.0  # requests per second
+MAX_SECONDS = 7 * 86_400.0  # timeouts, durations, warm-up/cool-down
+
+
 class LengthDist(BaseModel):
     """A token-length distribution: ``512`` (exact) or ``512:64`` (normal, mean:stddev, clipped to >= 1)."""
 
     model_config = ConfigDict(frozen=True)
-    mean: int = Field(ge=1)
-    stddev: float = Field(default=0.0, ge=0)
+    mean: int = Field(ge=1, le=MAX_TOKENS)
+    stddev: float = Field(default=0.0, ge=0, le=MAX_TOKENS, allow_inf_nan=False)
 
     @classmethod
     def parse(cls, value: Any) -> "LengthDist":
@@ -46,13 +55,18 @@ class LengthDist(BaseModel):
             return value
         if isinstance(value, dict):
             return cls(**value)
+        if isinstance(value, bool):
+            raise SpecError("not a token length: use N or N:stddev, e.g. 512 or 512:64")
         if isinstance(value, int):
             return cls(mean=value)
         text = str(value).strip()
         m = re.fullmatch(r"(\d+)(?::(\d+(?:\.\d+)?))?", text)
         if not m:
-            raise SpecError(f"bad token length {text!r}: use N or N:stddev, e.g. 512 or 512:64")
-        return cls(mean=int(m.group(1)), stddev=float(m.group(2) or 0))
+            raise SpecError("not a token length: use N or N:stddev, e.g. 512 or 512:64")
+        mean, sd = int(m.group(1)), float(m.group(2) or 0)
+        if not 1 <= mean <= MAX_TOKENS or sd > MAX_TOKENS:
+            raise SpecError(f"N must be 1 to {MAX_TOKENS:,} tokens (N or N:stddev)")
+        return cls(mean=mean, stddev=sd)
 
     def __str__(self) -> str:
         return f"{self.mean}" if not self.stddev else f"{self.mean}:{self.stddev:g}"
@@ -90,10 +104,10 @@ class SLO(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True)
-    ttft_ms: float | None = Field(default=None, gt=0)
-    tpot_ms: float | None = Field(default=None, gt=0)
-    itl_ms: float | None = Field(default=None, gt=0)
-    e2e_ms: float | None = Field(default=None, gt=0)
+    ttft_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    tpot_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    itl_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    e2e_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
     percentile: float = Field(default=99.0, gt=0, le=100)
     name: str | None = None
 
@@ -142,13 +156,66 @@ def parse_slo(text: str | None) -> SLO:
     try:
         return SLO(**values)
     except ValidationError as e:
-        raise SpecError(f"bad SLO {text!r}: {_first_error(e)}") from None
+        err = e.errors()[0]
+        key = {v: k for k, v in _SLO_KEYS.items()}.get(str((err.get("loc") or ("",))[0]), "p")
+        raise SpecError(f"--slo {text!r}: {key} {_plain(err)}") from None
+
+
+# The CLI flag for each RunSpec field, for errors in the user's words (the YAML key is the field name).
+FLAGS: dict[str, str] = {"out": "--out", "spec": "--spec", "tags": "--tag"}
+
+
+def flag(field: str) -> str:
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
+
+
+def _plain(err: dict[str, Any]) -> str:
+    """A pydantic error in plain words: what is accepted."""
+    kind, ctx = err.get("type", ""), err.get("ctx") or {}
+    words = {
+        "greater_than": lambda: f"must be greater than {ctx.get('gt')}",
+        "greater_than_equal": lambda: f"must be at least {ctx.get('ge')}",
+        "less_than": lambda: f"must be less than {ctx.get('lt'):,}",
+        "less_than_equal": lambda: f"must be at most {ctx.get('le'):,}",
+        "finite_number": lambda: "must be a finite number",
+        "int_parsing": lambda: "must be a whole number",
+        "int_from_float": lambda: "must be a whole number",
+        "int_type": lambda: "must be a whole number",
+        "float_parsing": lambda: "must be a number",
+        "float_type": lambda: "must be a number",
+        "bool_parsing": lambda: "must be true or false",
+        "bool_type": lambda: "must be true or false",
+        "string_type": lambda: "must be text",
+        "list_type": lambda: "must be a list",
+        "dict_type": lambda: "must be a mapping",
+        "enum": lambda: f"must be one of {ctx.get('expected')}",
+        "extra_forbidden": lambda: "is not a known setting",
+        "missing": lambda: "is required",
+    }
+    if kind in words:
+        return words[kind]()
+    msg = str(err.get("msg", "is not valid"))
+    return msg.removeprefix("Value error, ")
 
 
 def _first_error(e: ValidationError) -> str:
+    """``--flag VALUE: what is accepted`` for the first error (a model-level check speaks for itself)."""
     err = e.errors()[0]
-    loc = ".".join(str(p) for p in err.get("loc", ()))
-    return f"{loc}: {err.get('msg')}" if loc else str(err.get("msg"))
+    loc = [p for p in err.get("loc", ()) if not isinstance(p, int)]
+    if not loc:
+        return _plain(err)
+    field = str(loc[0])
+    if err.get("type") == "extra_forbidden":
+        return f"unknown setting {field!r} in the spec"
+    plain = _plain(err)
+    if plain.startswith("--"):  # a validator that already named its flag and value
+        return plain
+    value = err.get("input")
+    if isinstance(value, Path):
+        value = str(value)
+    shown = "" if value is None or isinstance(value, (dict, list)) else f" {redact_url(str(value)) if field == 'url' else value!r}"
+    sub = f" ({'.'.join(map(str, loc[1:]))})" if len(loc) > 1 else ""
+    return f"{flag(field)}{shown}{sub}: {plain}"
 
 
 class RunSpec(BaseModel):
@@ -162,27 +229,34 @@ class RunSpec(BaseModel):
     scenario: Scenario = Scenario.concurrency
     concurrency: list[int] = Field(default_factory=lambda: [1])
     rate: list[float] = Field(default_factory=list)
-    burstiness: float = Field(default=1.0, gt=0)
-    requests: int | None = Field(default=None, ge=1)
-    duration: float | None = Field(default=None, gt=0)
+    burstiness: float = Field(default=1.0, gt=0, le=1000, allow_inf_nan=False)
+    requests: int | None = Field(default=None, ge=1, le=MAX_REQUESTS)
+    duration: float | None = Field(default=None, gt=0, le=MAX_SECONDS, allow_inf_nan=False)
     input_tokens: LengthDist = Field(default_factory=lambda: LengthDist(mean=128))
     output_tokens: LengthDist = Field(default_factory=lambda: LengthDist(mean=64))
     preset: str | None = None
     dataset: Path | None = None
     tokenizer: str | None = Field(default=None, description="tokenizer.json path, 'server' (/tokenize), or 'approx'")
     slo: SLO = Field(default_factory=SLO)
-    warmup: float = Field(default=0.0, ge=0, description="seconds at the start excluded from metrics")
-    cooldown: float = Field(default=0.0, ge=0, description="seconds at the end excluded from metrics")
-    warmup_requests: int | None = Field(default=None, ge=0, description="requests of the run's shape sent and discarded "
+    warmup: float = Field(default=0.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False,
+                          description="seconds at the start excluded from metrics")
+    cooldown: float = Field(default=0.0, ge=0, le=MAX_SECONDS, allow_inf_nan=False,
+                            description="seconds at the end excluded from metrics")
+    warmup_requests: int | None = Field(default=None, ge=0, le=MAX_REQUESTS,
+                                        description="requests of the run's shape sent and discarded "
                                         "before the run (default: one short request per connection, to open them)")
     seed: int = 0
     out: Path | None = None
     api_key_env: str | None = Field(default=None, description="name of the env var holding the API key")
     exact_output: bool = True
-    timeout: float = Field(default=600.0, gt=0, description="per-request total timeout, seconds")
-    stall_timeout: float = Field(default=60.0, gt=0, description="max seconds between two reads of one stream")
-    temperature: float = 0.0
-    max_connections: int = Field(default=4096, ge=1)
+    timeout: float = Field(default=600.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False,
+                           description="per-request total timeout, seconds")
+    stall_timeout: float = Field(default=60.0, gt=0, le=MAX_SECONDS, allow_inf_nan=False,
+                                 description="max seconds between two reads of one stream")
+    temperature: float = Field(default=0.0, ge=0, le=100, allow_inf_nan=False)
+    max_connections: int = Field(default=4096, ge=1, le=MAX_CONCURRENCY)
+    max_event_bytes: int = Field(default=4 * 2**20, ge=1024, le=2**31,
+                                 description="one streamed event larger than this fails its request (oversize)")
     workers: int | None = Field(default=None, ge=1, le=256, description="client worker processes (default: auto, "
                                 "one per spare core when the load needs it)")
     ray: str | None = Field(default=None, description="run the client workers as Ray actors: 'auto' or a cluster address")
@@ -190,11 +264,21 @@ class RunSpec(BaseModel):
         default="auto", description="auto: raw sockets with kernel receive timestamps for plain http:// on Linux, else aiohttp")
     model_spec: str | None = Field(default=None, description="catalog model or config.json/GGUF for MBU/MFU")
     hardware: str | None = Field(default=None, description="catalog hardware for MBU/MFU (default: local)")
-    devices: int = Field(default=1, ge=1, description="devices serving the target (for cost per token)")
-    price_per_hour: float | None = Field(default=None, ge=0, description="USD per device-hour (overrides the catalog's)")
+    devices: int = Field(default=1, ge=1, le=1_000_000, description="devices serving the target (for cost per token)")
+    price_per_hour: float | None = Field(default=None, ge=0, allow_inf_nan=False,
+                                         description="USD per device-hour (overrides the catalog's)")
     weight_precision: str | None = Field(default=None, description="weights' storage precision for MBU (default fp16; a GGUF's own size)")
     mlperf: bool = Field(default=False, description="apply MLPerf validity rules (>= 600 s, min queries)")
     tags: dict[str, str] = Field(default_factory=dict)
+    metrics_url: str | None = Field(default=None, description="Prometheus endpoint to scrape (default: <server>/metrics; 'off' to skip)")
+    nonce: str | None = Field(default=None, description="text at the start of every synthetic prompt; default: fresh per run unless --seed is given ('' for none)")
+    prefix_tokens: int = Field(default=0, ge=0, description="shared-prefix workload: tokens of prefix every prompt of a group shares")
+    prefix_groups: int = Field(default=1, ge=1, description="shared-prefix workload: how many distinct prefixes")
+    quality: bool = Field(default=False, description="mix the quality probes into the load and score them (docs/quality.md)")
+    quality_alone: bool = Field(default=False, description="also send the probes alone after the load (implies quality)")
+    quality_set: Path | None = Field(default=None, description="your own probe set, JSONL (implies quality)")
+    quality_ref: Path | None = Field(default=None, description="a reference from `phasebench quality reference` (implies quality)")
+    quality_threshold: float = Field(default=0.99, gt=0, le=1.0, description="pass if score >= this x the reference's")
     # workloads as they arrive (docs/workloads.md)
     trace: Path | None = Field(default=None, description="replay a recorded trace (Mooncake JSONL, Azure CSV, plain JSONL)")
     trace_speed: float = Field(default=1.0, gt=0, description="trace time scale: 2 replays twice as fast")
@@ -240,16 +324,41 @@ class RunSpec(BaseModel):
     @field_validator("concurrency")
     @classmethod
     def _conc_pos(cls, v: list[int]) -> list[int]:
-        if any(c < 1 for c in v):
-            raise ValueError("concurrency must be >= 1")
+        if any(not 1 <= c <= MAX_CONCURRENCY for c in v):
+            raise ValueError(f"each concurrency must be a whole number from 1 to {MAX_CONCURRENCY:,}")
         return v
 
     @field_validator("rate")
     @classmethod
     def _rate_pos(cls, v: list[float]) -> list[float]:
-        if any(not (r > 0) or math.isinf(r) for r in v):
-            raise ValueError("rate must be a positive number of requests per second")
+        if any(not (0 < r <= MAX_RATE) for r in v):  # also refuses nan and inf
+            raise ValueError(f"each rate must be a number of requests per second above 0 and at most {MAX_RATE:,.0f}")
         return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        return None if v is None else check_url(v)
+
+    @field_validator("hardware")
+    @classmethod
+    def _hardware(cls, v: str | None) -> str | None:
+        return None if v is None else check_hardware(v)
+
+    @field_validator("out")
+    @classmethod
+    def _out(cls, v: Path | None) -> Path | None:
+        if v is not None and v.exists() and not v.is_dir():
+            raise ValueError(f"--out {str(v)!r} is a file; give a folder (a new or empty one)")
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_means_no_nonce(cls, data: Any) -> Any:
+        """A seed given means 'reproduce exactly': no per-run nonce unless one is given too."""
+        if isinstance(data, dict) and data.get("seed") is not None and data.get("nonce") is None:
+            return {**data, "nonce": ""}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> "RunSpec":
@@ -263,6 +372,8 @@ class RunSpec(BaseModel):
                 raise ValueError("--trace and --turns do not combine (a trace's conversations are in the trace)")
         elif self.scenario == Scenario.trace:
             raise ValueError("scenario 'trace' needs --trace FILE")
+        if self.turns is not None and (self.quality or self.quality_alone or self.quality_set or self.quality_ref):
+            raise ValueError("--quality mixes probes into single requests; it does not combine with --turns")
         if self.turns is not None and self.scenario in (Scenario.offline, Scenario.sweep):
             raise ValueError(f"--turns runs conversations closed-loop (--concurrency) or open-loop (--scenario server "
                              f"--rate); not scenario '{self.scenario.value}'")
@@ -274,6 +385,13 @@ class RunSpec(BaseModel):
             raise ValueError("scenario 'concurrency' takes one --concurrency; use --scenario sweep for a list")
         if self.scenario == Scenario.sweep and not (self.rate or len(self.concurrency) > 0):
             raise ValueError("scenario 'sweep' needs --concurrency 1,2,4 or --rate 1,2,4")
+        if self.api_key_env and self.url and _has_credentials(self.url):
+            raise ValueError("--url holds user:password@ and --api-key-env is set: a server takes one Authorization; "
+                             "drop one of them")
+        if self.prefix_tokens and self.prefix_tokens >= self.input_tokens.mean:
+            raise ValueError(f"--prefix-tokens {self.prefix_tokens} must be below --input-tokens {self.input_tokens.mean}")
+        if self.quality_alone or self.quality_set or self.quality_ref:
+            self.quality = True
         if self.requests is None and self.duration is None and self.trace is None:
             self.requests = 100 if self.scenario != Scenario.single_stream else 20
         return self
@@ -296,11 +414,101 @@ class RunSpec(BaseModel):
 
 
 def redact_url(url: str | None) -> str | None:
-    """Drop user:password@ and query strings (which may hold keys) from a URL."""
+    """The URL without user:password@, query and fragment (which may hold keys); safe to store and print.
+
+    Parsed as a URL (yarl, as aiohttp does), so a password holding ``@`` goes too. Text that does not parse
+    loses everything from the scheme's ``//`` to the last ``@`` and from the first ``?`` or ``#``.
+    """
     if not url:
         return url
-    url = re.sub(r"//[^/@]*@", "//", url)
-    return url.split("?", 1)[0]
+    from yarl import URL
+
+    text = str(url)
+    try:
+        u = URL(text)
+        if u.is_absolute() and u.host and "@" not in u.raw_path:
+            bare = u.raw_path == "/" and not re.split(r"[?#]", text, maxsplit=1)[0].endswith("/")
+            return str(URL.build(scheme=u.scheme, host=u.raw_host or "", port=u.explicit_port, encoded=True,
+                                 path="" if bare else u.raw_path))
+    except (ValueError, TypeError):
+        pass
+    text = re.split(r"[?#]", text, maxsplit=1)[0]
+    return re.sub(r"^([^/]*//)?.*@", lambda m: m.group(1) or "", text, flags=re.DOTALL)
+
+
+URL_SCHEMES = ("http", "https")
+
+
+def _has_credentials(url: str) -> bool:
+    from yarl import URL
+
+    try:
+        u = URL(url)
+    except ValueError:
+        return False
+    return bool(u.raw_user or u.raw_password)
+
+
+def check_url(url: str) -> str:
+    """An OpenAI-compatible base URL must be absolute http(s) with a host; say what would be accepted."""
+    from yarl import URL
+
+    text = url.strip()
+    shown = redact_url(text)
+    example = "e.g. http://127.0.0.1:8000/v1"
+    if "://" not in text:
+        raise SpecError(f"--url {shown!r} has no scheme: write it in full, e.g. http://{shown}")
+    try:
+        u = URL(text)
+        u.port  # noqa: B018 - parses the port, raising on a bad one
+    except (ValueError, TypeError) as e:
+        raise SpecError(f"--url {shown!r} is not a valid URL ({e}); {example}") from None
+    if u.scheme not in URL_SCHEMES:
+        raise SpecError(f"--url {shown!r}: the scheme must be http or https, not {u.scheme!r}; {example}")
+    if not u.host:
+        raise SpecError(f"--url {shown!r} has no host; {example}")
+    if u.raw_query_string or u.raw_fragment or text.endswith(("?", "#")):
+        raise SpecError(f"--url {shown!r}: give the base URL without ?query or #fragment (phasebench appends "
+                        "/models, /completions to it); pass an API key with --api-key-env")
+    return text
+
+
+def url_hint(url: str | None) -> str:
+    """A hint for a server that listed no model: most OpenAI-compatible servers live under ``/v1``."""
+    if not url:
+        return ""
+    from yarl import URL
+
+    try:
+        path = URL(url).path.rstrip("/")
+    except ValueError:
+        return ""
+    if path.endswith("/v1") or "/v1/" in path:
+        return ""
+    return f" (the URL has no /v1: most OpenAI-compatible servers answer at {redact_url(url.rstrip('/'))}/v1)"
+
+
+def check_hardware(name: str) -> str:
+    """--hardware must name a catalog record, a user record, ``local`` or a .yaml file; list the known ones."""
+    if name.lower() == "local" or Path(name).expanduser().suffix in (".yaml", ".yml"):
+        if Path(name).expanduser().suffix in (".yaml", ".yml") and not Path(name).expanduser().exists():
+            raise SpecError(f"--hardware {name!r}: no such file")
+        return name
+    from .model.errors import ModelError
+    from .model.hardware import catalog
+
+    try:
+        known = catalog()
+    except ModelError as e:
+        raise SpecError(f"--hardware: {e}") from None
+    if name.lower() not in known:
+        import difflib
+
+        close = difflib.get_close_matches(name.lower(), list(known), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise SpecError(f"--hardware {name!r} is not a known hardware record{hint} (known: local, {', '.join(sorted(known))}; "
+                        "`phasebench hardware list` shows them)")
+    return name
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:
@@ -332,4 +540,4 @@ def build_spec(file: Path | None = None, **overrides: Any) -> RunSpec:
     except SpecError:
         raise
     except ValidationError as e:
-        raise SpecError(f"bad spec: {_first_error(e)}") from None
+        raise SpecError(_first_error(e) + (f" (in {file})" if file else "")) from None

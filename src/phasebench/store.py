@@ -15,12 +15,13 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .paths import home
-from .records import RequestRecord
+from .records import RequestRecord, parse_record
 from .results import NotARunError, Run
 
 # Each entry migrates from version i to i + 1. Never edit a shipped entry: append a new one.
@@ -67,10 +68,32 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+# record_run runs PRAGMA quick_check first on databases up to this size (it reads every page: 0.15 s for a
+# 157 MB file here, warm cache)
+CHECK_BEFORE_WRITE_BYTES = 1 << 30
 
 
 class StoreError(RuntimeError):
     """The database cannot be opened, read or written (locked, read-only, damaged, too new)."""
+
+
+class DamagedStoreError(StoreError):
+    """SQLite says the file is not a database or its pages are malformed."""
+
+
+def damaged_message(path: Path, detail: object) -> str:
+    detail = str(detail)
+    detail = detail if len(detail) <= 120 else detail[:117] + "..."
+    return (f"results database {path} is damaged ({detail}): move it aside (e.g. mv {path} {path}.damaged) and "
+            f"phasebench starts a new one, then `phasebench import` your run folders into it; or point --db "
+            f"(or PHASEBENCH_DB) at another file. Run folders are not affected.")
+
+
+def _is_damage(e: sqlite3.Error) -> bool:
+    text = str(e).lower()
+    return isinstance(e, sqlite3.DatabaseError) and any(
+        w in text for w in ("malformed", "not a database", "corrupt", "disk image", "file is encrypted",
+                            "could not decode"))
 
 
 def default_path() -> Path | None:
@@ -93,17 +116,43 @@ def _j(obj: Any) -> str:
 class Store:
     def __init__(self, path: Path | str, timeout: float = 30.0) -> None:
         self.path = Path(path)
+        self.db: sqlite3.Connection | None = None
         try:
+            if self.path.is_dir():
+                raise StoreError(f"results database {self.path} is a folder; --db needs a file")
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA foreign_keys=ON")
-            self.db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
-            self._migrate()
-        except sqlite3.Error as e:
-            raise StoreError(f"results database {self.path}: {e}") from None
+            with self.guard():
+                self.db = sqlite3.connect(self.path, timeout=timeout, isolation_level=None)
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA foreign_keys=ON")
+                self.db.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+                self._migrate()
         except OSError as e:
+            self.close()
             raise StoreError(f"results database {self.path}: {e}") from None
+        except BaseException:
+            self.close()
+            raise
+
+    @contextmanager
+    def guard(self) -> Iterator[None]:
+        """Every SQLite failure inside becomes a one-line ``StoreError``; damage names the file and the fix."""
+        try:
+            yield
+        except sqlite3.Error as e:
+            if _is_damage(e):
+                raise DamagedStoreError(damaged_message(self.path, e)) from None
+            raise StoreError(f"results database {self.path}: {e}") from None
+        except (json.JSONDecodeError, TypeError, ValueError) as e:
+            raise DamagedStoreError(damaged_message(self.path, f"a stored row is not readable: {e}")) from None
+
+    def check(self) -> None:
+        """``PRAGMA quick_check``: refuses a database with damaged pages (``DamagedStoreError``)."""
+        assert self.db is not None
+        with self.guard():
+            rows = [r[0] for r in self.db.execute("PRAGMA quick_check(5)").fetchall()]
+        if rows != ["ok"]:
+            raise DamagedStoreError(damaged_message(self.path, "; ".join(map(str, rows))[:300]))
 
     def __enter__(self) -> Store:
         return self
@@ -112,7 +161,9 @@ class Store:
         self.close()
 
     def close(self) -> None:
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
 
     @property
     def version(self) -> int:
@@ -150,16 +201,15 @@ class Store:
     # --- writing ---------------------------------------------------------------------------------------
     def record(self, run: Run, parent: str | None = None) -> str:
         """Insert or replace a run (and, for sweeps and plans, each child) in one transaction."""
-        try:
+        with self.guard():
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 rid = self._insert(run, parent)
                 self.db.execute("COMMIT")
             except BaseException:
-                self.db.execute("ROLLBACK")
+                if self.db.in_transaction:
+                    self.db.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as e:
-            raise StoreError(f"results database {self.path}: {e}") from None
         return rid
 
     def _insert(self, run: Run, parent: str | None) -> str:
@@ -187,16 +237,21 @@ class Store:
     def history(self, model: str | None = None, target: str | None = None, hardware: str | None = None,
                 scenario: str | None = None, since: str | None = None, until: str | None = None,
                 top_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
+        with self.guard():
+            return self._history(model, target, hardware, scenario, since, until, top_only, limit)
+
+    def _history(self, model: str | None, target: str | None, hardware: str | None, scenario: str | None,
+                 since: str | None, until: str | None, top_only: bool, limit: int) -> list[dict[str, Any]]:
         where, args = [], []
         for col, val in (("model", model), ("target", target), ("hardware", hardware), ("scenario", scenario)):
             if val:
                 where.append(f"{col} LIKE ?")
                 args.append(f"%{val}%")
-        if since:
-            where.append("created >= ?")
+        if since:  # datetime() compares instants, whatever offset each timestamp was written with
+            where.append("datetime(created) >= datetime(?)")
             args.append(since)
         if until:
-            where.append("created <= ?")
+            where.append("datetime(created) <= datetime(?)")
             args.append(until)
         if top_only:
             where.append("parent_id IS NULL")
@@ -220,6 +275,10 @@ class Store:
 
     def find(self, ref: str) -> str:
         """A run id from an id prefix or a run folder path."""
+        with self.guard():
+            return self._find(ref)
+
+    def _find(self, ref: str) -> str:
         p = Path(ref)
         if p.exists():
             row = self.db.execute("SELECT id FROM runs WHERE path=? ORDER BY created DESC", (str(p.resolve()),)).fetchone()
@@ -231,22 +290,28 @@ class Store:
         raise StoreError(f"{ref!r} matches {len(rows)} runs in {self.path}" if rows else f"no run {ref!r} in {self.path}")
 
     def load(self, rid: str) -> Run:
+        with self.guard():
+            return self._load(rid)
+
+    def _load(self, rid: str) -> Run:
         row = self.db.execute("SELECT path, manifest, summary FROM runs WHERE id=?", (rid,)).fetchone()
         if row is None:
             raise StoreError(f"no run {rid} in {self.path}")
-        recs = [RequestRecord.from_dict(json.loads(r)) for (r,) in
+        recs = [parse_record(r) for (r,) in
                 self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,))]
-        children = [self.load(c) for (c,) in
+        children = [self._load(c) for (c,) in
                     self.db.execute("SELECT id FROM runs WHERE parent_id=? ORDER BY path", (rid,)).fetchall()]
         return Run(Path(row[0]) if row[0] else None, json.loads(row[1]), json.loads(row[2]), recs, children)
 
     def request_rows(self, rid: str) -> Iterator[dict[str, Any]]:
-        for (r,) in self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,)):
-            yield json.loads(r)
+        with self.guard():
+            for (r,) in self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,)):
+                yield json.loads(r)
 
     def count(self) -> tuple[int, int]:
-        return (self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0],
-                self.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
+        with self.guard():
+            return (self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0],
+                    self.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
 
 
 def _metrics(rec: dict[str, Any]) -> tuple[float | None, float | None, float | None, str | None]:
@@ -270,11 +335,18 @@ def record_run(run: Run, db: Path | None | str = "default") -> tuple[str | None,
     path = default_path() if db == "default" else (Path(db) if db else None)
     if path is None:
         return None, None
+    from .textsafe import clean
+
     try:
         with Store(path) as st:
+            if path.exists() and path.stat().st_size <= CHECK_BEFORE_WRITE_BYTES:
+                st.check()  # never write into a damaged file: that can spread the damage
             return st.record(run), None
-    except (StoreError, sqlite3.Error, OSError) as e:
-        return None, f"not recorded in the results database: {e} (the run folder is complete; `phasebench import` it later)"
+    except DamagedStoreError as e:
+        return None, clean(f"not recorded: {e}")
+    except (StoreError, sqlite3.Error, OSError, ValueError, TypeError) as e:
+        return None, clean(f"not recorded in the results database: {e} (the run folder is complete; "
+                           "`phasebench import` it later)")
 
 
 # --- export ----------------------------------------------------------------------------------------------
@@ -318,9 +390,15 @@ def write_table(rows: list[dict[str, Any]], columns: Sequence[str], out: Path, f
         raise StoreError(f"unknown export format {fmt!r} (csv, jsonl, parquet)")
 
 
-def import_folder(path: Path, db: Path | None = None) -> tuple[str, int]:
+def import_folder(path: Path, db: Path | None = None) -> tuple[str, list[str]]:
+    """Add a run folder (with its steps) to the database; returns its id and what ``Run.load`` found damaged.
+    A ``vllm bench serve --save-result`` JSON file is first turned into a run folder beside it."""
+    if Path(path).is_file():
+        from .importers import import_vllm_bench
+
+        path = import_vllm_bench(Path(path)).path or path
     run = Run.load(path)
     if run.manifest.get("kind") is None and not run.summary:
         raise NotARunError(f"{path} is not a run folder")
     with Store(db or default_path() or home() / "results.db") as st:
-        return st.record(run), run.skipped_lines
+        return st.record(run), run.load_warnings

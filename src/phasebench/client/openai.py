@@ -1,7 +1,8 @@
 """The OpenAI-compatible protocol: request bodies and what each streamed event means.
 
 Engine quirks live here and nowhere else:
-- exact output length: ``ignore_eos`` + ``min_tokens`` (vLLM, SGLang, llama.cpp), ``n_predict`` (llama.cpp);
+- exact output length: the detected engine's own knobs only (``client/engines.py``: vLLM/SGLang ``ignore_eos``,
+  llama.cpp ``ignore_eos`` + ``n_predict``, an unknown engine all three with ``min_tokens``);
   TGI and Ollama only cap, so ``length_met`` tells whether the length was reached;
 - usage: on the last chunk with ``finish_reason`` (llama.cpp /v1/completions, vLLM) or in a separate
   chunk with ``choices: []`` (OpenAI, llama.cpp chat);
@@ -17,6 +18,7 @@ from typing import Any
 import orjson
 
 from ..spec import Endpoint
+from .engines import exact_length_knobs
 
 
 @dataclass(slots=True)
@@ -27,28 +29,33 @@ class Prompt:
     messages: list[dict[str, Any]] | None = None
     input_tokens: int | None = None  # intended / measured by the workload's tokenizer
     output_tokens: int = 64
+    probe: str | None = None  # a quality probe (phasebench.quality): its answer text is kept, never length-forced
+    logprobs: int = 0  # ask for this many top logprobs per generated token (quality probes)
     conversation: int | None = None  # multi-turn workloads and traces: which conversation, which turn (0-based)
     turn: int | None = None
 
 
 def request_body(
-    endpoint: Endpoint, model: str, prompt: Prompt, *, exact_output: bool, temperature: float
+    endpoint: Endpoint, model: str, prompt: Prompt, *, exact_output: bool, temperature: float, engine: str = "unknown"
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": model,
         "stream": True,
         "stream_options": {"include_usage": True},
         "max_tokens": prompt.output_tokens,
-        "temperature": temperature,
+        "temperature": 0.0 if prompt.probe is not None else temperature,  # probes are always greedy
     }
     if endpoint == Endpoint.chat:
         body["messages"] = prompt.messages or [{"role": "user", "content": prompt.text or ""}]
     else:
         body["prompt"] = prompt.text if prompt.text is not None else _flatten(prompt.messages)
-    if exact_output:
-        body["ignore_eos"] = True  # vLLM, SGLang, llama.cpp
-        body["min_tokens"] = prompt.output_tokens  # vLLM, SGLang
-        body["n_predict"] = prompt.output_tokens  # llama.cpp native name
+    if prompt.logprobs:  # completions: top-N per token; chat: a flag and the count
+        if endpoint == Endpoint.chat:
+            body["logprobs"], body["top_logprobs"] = True, prompt.logprobs
+        else:
+            body["logprobs"] = prompt.logprobs
+    if exact_output and prompt.probe is None:  # only the knobs the detected engine needs (client/engines.py)
+        body.update(exact_length_knobs(engine, prompt.output_tokens))
     # llama.cpp: per-token timings in every chunk cost nothing and give server-side phases.
     body["timings_per_token"] = False
     return body
@@ -75,6 +82,7 @@ class Delta:
     timing: dict[str, int | float] | None = None  # the engine's own timing, normalised keys (see TIMING_KEYS)
     error: str | None = None
     stamp: int | None = None  # the in-repo mock server's send time (perf_counter_ns), for self-tests
+    logprobs: list[Any] | None = None  # [token, logprob, [[top, logprob], ...]] per token, when the server sent them
 
 
 # Normalised server-timing keys: llama.cpp ``timings`` (and Ollama's durations, TGI's count) keep llama.cpp's
@@ -187,6 +195,8 @@ def parse_event(data: bytes) -> Delta:
         else:
             d.text = _str(c, "text", "choices[0].") or ""
         d.finish_reason = _str(c, "finish_reason", "choices[0].")
+        if c.get("logprobs"):
+            d.logprobs = token_logprobs(c["logprobs"])
     elif choices is not None and type(choices) is not list:
         raise _bad("choices", choices, "an array")
     stamp = obj.get("pb_ns")
@@ -239,6 +249,28 @@ def _timing(obj: dict[str, Any], d: Delta) -> None:
             t["predicted_n"] = n
     if t:
         d.timing = t
+
+
+def token_logprobs(lp: Any) -> list[Any]:
+    """Per-token logprobs in one shape, from either wire format: ``{"content": [{token, logprob, top_logprobs:
+    [{token, logprob}]}]}`` (llama.cpp, OpenAI chat) or ``{"tokens", "token_logprobs", "top_logprobs": [{tok: lp}]}``
+    (OpenAI legacy completions, vLLM)."""
+    out: list[Any] = []
+    if not isinstance(lp, dict):
+        return out
+    content = lp.get("content")
+    if isinstance(content, list):
+        for t in content:
+            if isinstance(t, dict) and "token" in t:
+                top = [[x.get("token", ""), x.get("logprob")] for x in t.get("top_logprobs") or [] if isinstance(x, dict)]
+                out.append([t["token"], t.get("logprob"), top])
+        return out
+    tokens, lps, tops = (x if isinstance(x, list) else [] for x in
+                         (lp.get("tokens"), lp.get("token_logprobs"), lp.get("top_logprobs")))
+    for i, tok in enumerate(tokens):
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        out.append([tok, lps[i] if i < len(lps) else None, [[k, v] for k, v in top.items()]])
+    return out
 
 
 def error_message(body: bytes, limit: int = 300) -> str:

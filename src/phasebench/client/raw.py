@@ -77,7 +77,8 @@ class RawClient(Client):
         reusable = False
         stale = False
         try:
-            body = request_body(cfg.endpoint, cfg.model, prompt, exact_output=cfg.exact_output, temperature=cfg.temperature)
+            body = request_body(cfg.endpoint, cfg.model, prompt, exact_output=cfg.exact_output, temperature=cfg.temperature,
+                                engine=cfg.engine)
             if cfg.extra_body:
                 body.update(cfg.extra_body)
             payload = orjson.dumps(body)

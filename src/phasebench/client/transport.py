@@ -45,6 +45,7 @@ class ClientConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # one SSE event larger than this fails its request ("oversize")
     transport: str = "aiohttp"  # "aiohttp" (this module) or "raw" (client/raw.py: kernel receive timestamps)
+    engine: str = "unknown"  # the detected engine (client/engines.py): which exact-length knobs it is sent
     collect_text: bool = False  # keep each answer's text (Client.take_text): multi-turn conversations need it
 
 
@@ -100,6 +101,7 @@ class Client:
             scheduled_ns=scheduled_ns,
             input_tokens=prompt.input_tokens,
             expected_output_tokens=prompt.output_tokens,
+            probe=prompt.probe,
             conversation=prompt.conversation,
             turn=prompt.turn,
         )
@@ -136,7 +138,8 @@ class Client:
         chunk_chars: list[int] = []
         stale = False
         try:
-            body = request_body(cfg.endpoint, cfg.model, prompt, exact_output=cfg.exact_output, temperature=cfg.temperature)
+            body = request_body(cfg.endpoint, cfg.model, prompt, exact_output=cfg.exact_output, temperature=cfg.temperature,
+                                engine=cfg.engine)
             if cfg.extra_body:
                 body.update(cfg.extra_body)
             payload = orjson.dumps(body)
@@ -264,6 +267,10 @@ class Client:
                 rec.last_token_ns = t
                 if d.text and self.texts is not None:
                     self.texts.setdefault(rec.request_id, []).append(d.text)
+            if rec.probe is not None:  # a quality probe: its text and logprobs are kept (short answers)
+                rec.text = (rec.text or "") + d.text
+                if d.logprobs:
+                    rec.logprobs = (rec.logprobs or []) + d.logprobs
             if d.finish_reason:
                 rec.finish_reason = d.finish_reason
             if d.prompt_tokens is not None:

@@ -2,8 +2,9 @@
 
 The ``llama-cpp-python`` source distribution vendors the whole llama.cpp tree (``vendor/llama.cpp``,
 ``tools/server`` included). We download that sdist with pip (a package registry, nothing else), configure
-with cmake (Release, static, no web UI download, no curl/openssl, native CPU flags with AMX off), build only
-the ``llama-server`` target, and keep the binary under ``~/.cache/phasebench/engines/<key>/bin``.
+with cmake (Release, static, no web UI download, no curl/openssl, native CPU flags with AMX off), build the
+``llama-server`` and ``llama-quantize`` targets in one build, and keep both binaries under
+``~/.cache/phasebench/engines/<key>/bin`` (one source, one set of flags, one cache key).
 """
 
 from __future__ import annotations
@@ -22,7 +23,10 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import EngineError
-from .locate import LLAMA_CPP_PYTHON_VERSION, build_flags, build_key, cache_dir, cached_binary
+from .locate import LLAMA_CPP_PYTHON_VERSION, build_flags, build_key, cache_dir, cached_binary, cached_quantize
+
+# built together, from the same tree and flags: the server, and the tool that makes lower-bit GGUF variants
+TARGETS = ("llama-server", "llama-quantize")
 
 
 def _need_tools() -> None:
@@ -70,10 +74,27 @@ def cmake_args(src: Path, build: Path) -> list[str]:
 
 
 def build_llama_server(force: bool = False, console: Console | None = None) -> Path:
-    console = console or Console(stderr=True)
+    """The cached ``llama-server``, built (with ``llama-quantize``) if it is not there yet."""
     target = cached_binary()
     if target.is_file() and not force:
         return target
+    return build_engine(force=True, console=console)[0]
+
+
+def build_quantize(console: Console | None = None) -> Path:
+    """The cached ``llama-quantize``; a cache made before it was built gets one rebuild of both targets."""
+    q = cached_quantize()
+    if q.is_file():
+        return q
+    return build_engine(force=True, console=console)[1]
+
+
+def build_engine(force: bool = False, console: Console | None = None) -> tuple[Path, Path]:
+    """Build ``llama-server`` and ``llama-quantize`` in one cmake build and cache both; returns their paths."""
+    console = console or Console(stderr=True)
+    target, quant = cached_binary(), cached_quantize()
+    if target.is_file() and quant.is_file() and not force:
+        return target, quant
     _need_tools()
     t_start = time.monotonic()
     dest = target.parent.parent
@@ -85,19 +106,21 @@ def build_llama_server(force: bool = False, console: Console | None = None) -> P
         if r.returncode != 0:
             raise EngineError("cmake configure failed: " + r.stderr.strip()[-500:])
         jobs = str(os.cpu_count() or 2)
-        cmd = ["cmake", "--build", str(bdir), "--target", "llama-server", "-j", jobs]
+        cmd = ["cmake", "--build", str(bdir), "--target", *TARGETS, "-j", jobs]
         _run_with_progress(cmd, console)
-        built = bdir / "bin" / "llama-server"
-        if not built.is_file():
-            raise EngineError("build finished but bin/llama-server is missing")
         (dest / "bin").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(built, dest / "bin" / "llama-server.tmp")
-        os.replace(dest / "bin" / "llama-server.tmp", target)
+        for name, final in zip(TARGETS, (target, quant)):
+            built = bdir / "bin" / name
+            if not built.is_file():
+                raise EngineError(f"build finished but bin/{name} is missing")
+            shutil.copy2(built, dest / "bin" / f"{name}.tmp")
+            os.replace(dest / "bin" / f"{name}.tmp", final)  # atomic: a running server keeps its old file
     info = {"key": build_key(), "llama_cpp_python": LLAMA_CPP_PYTHON_VERSION, "flags": build_flags(),
-            "build_seconds": round(time.monotonic() - t_start, 1), "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "targets": list(TARGETS), "build_seconds": round(time.monotonic() - t_start, 1),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
     (dest / "build.json").write_text(json.dumps(info, indent=2))
-    console.print(f"[green]built llama-server in {info['build_seconds']:.0f} s[/] → {target}")
-    return target
+    console.print(f"[green]built {' and '.join(TARGETS)} in {info['build_seconds']:.0f} s[/] → {dest / 'bin'}")
+    return target, quant
 
 
 def build_info(binary: Path) -> dict:
@@ -118,7 +141,7 @@ def _run_with_progress(cmd: list[str], console: Console) -> None:
 
     tail: list[str] = []
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    with Progress(TextColumn("[bold]building llama-server"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with Progress(TextColumn("[bold]building llama.cpp"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, disable=not console.is_terminal) as prog:
         task = prog.add_task("build", total=None)
         last_print = 0.0
@@ -129,7 +152,7 @@ def _run_with_progress(cmd: list[str], console: Console) -> None:
             if m:
                 prog.update(task, completed=int(m.group(1)), total=int(m.group(2)))
                 if not console.is_terminal and time.monotonic() - last_print > 30:
-                    console.print(f"building llama-server: step {m.group(1)}/{m.group(2)}")
+                    console.print(f"building llama.cpp: step {m.group(1)}/{m.group(2)}")
                     last_print = time.monotonic()
     if proc.wait() != 0:
-        raise EngineError("llama-server build failed:\n" + "\n".join(tail[-15:]))
+        raise EngineError("llama.cpp build failed:\n" + "\n".join(tail[-15:]))

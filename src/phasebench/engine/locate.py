@@ -47,6 +47,26 @@ def cached_binary() -> Path:
     return cache_dir() / "engines" / build_key() / "bin" / "llama-server"
 
 
+def cached_quantize() -> Path:
+    """``llama-quantize``, built beside ``llama-server`` from the same source and flags."""
+    return cached_binary().parent / "llama-quantize"
+
+
+def find_quantize() -> Path | None:
+    """``$PHASEBENCH_LLAMA_QUANTIZE``, phasebench's cached build, or ``llama-quantize`` on PATH."""
+    env = os.environ.get("PHASEBENCH_LLAMA_QUANTIZE")
+    if env:
+        p = Path(env)
+        if not (p.is_file() and os.access(p, os.X_OK)):
+            raise EngineError(f"PHASEBENCH_LLAMA_QUANTIZE={p}: not an executable file")
+        return p
+    c = cached_quantize()
+    if c.is_file():
+        return c
+    w = shutil.which("llama-quantize")
+    return Path(w) if w else None
+
+
 def find_binary(explicit: Path | None = None) -> Path | None:
     if explicit is not None:
         p = Path(explicit)

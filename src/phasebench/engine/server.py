@@ -207,7 +207,8 @@ def start_detached(port: int, slots: int, ctx: int, binary: Path | None, model_p
                               ctx_per_slot=ctx // max(slots, 1) if ctx else 2048), console)
     eng.start(detached=True)
     assert eng.proc is not None
-    info = {"pid": eng.proc.pid, "port": eng.port, "url": eng.url, "model": MODEL_ALIAS, "log": str(eng.log_path)}
+    info = {"pid": eng.proc.pid, "port": eng.port, "url": eng.url, "model": MODEL_ALIAS, "log": str(eng.log_path),
+            "kind": "llama.cpp", **eng.manifest()}
     _state_path().parent.mkdir(parents=True, exist_ok=True)
     _state_path().write_text(json.dumps(info))
     eng.proc = None  # detached: not ours to stop on exit
@@ -238,13 +239,18 @@ def stop_detached() -> str:
     if not st or not _pid_alive(st["pid"]):
         _state_path().unlink(missing_ok=True)
         return "no engine running"
-    os.kill(st["pid"], signal.SIGTERM)
-    for _ in range(50):
-        if not _pid_alive(st["pid"]):
-            break
-        time.sleep(0.1)
+    if st.get("pgid"):  # vLLM/SGLang: the whole process group (engine-core children included)
+        from .process import stop_group
+
+        stop_group(st["pgid"])
     else:
-        os.kill(st["pid"], signal.SIGKILL)
+        os.kill(st["pid"], signal.SIGTERM)
+        for _ in range(50):
+            if not _pid_alive(st["pid"]):
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(st["pid"], signal.SIGKILL)
     _state_path().unlink(missing_ok=True)
     return f"stopped engine pid {st['pid']}"
 
@@ -253,4 +259,4 @@ def status_detached() -> str:
     st = _read_state()
     if not st or not _pid_alive(st["pid"]):
         return "no engine running"
-    return f"engine running at {st['url']} (pid {st['pid']}, model {st['model']}, log {st['log']})"
+    return f"{st.get('kind', 'llama.cpp')} engine running at {st['url']} (pid {st['pid']}, model {st['model']}, log {st['log']})"

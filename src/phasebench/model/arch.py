@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, replace
-from functools import cache
+from functools import cache, cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -65,11 +65,11 @@ class ModelArch:
             return "MQA"
         return "MHA" if self.kv_heads == self.heads else "GQA"
 
-    @property
+    @cached_property
     def q_dim(self) -> int:
         return self.heads * self.head_dim
 
-    @property
+    @cached_property
     def kv_dim(self) -> int:
         return self.kv_heads * self.head_dim
 
@@ -92,7 +92,7 @@ class ModelArch:
     def _norm_params(self) -> int:
         return self.hidden * (2 if self.norm == "layer" else 1)
 
-    @property
+    @cached_property
     def dense_layer_params(self) -> int:
         """Per layer, everything but the experts: attention, norms, router."""
         router = self.hidden * self.experts if self.experts > 1 else 0
@@ -102,23 +102,23 @@ class ModelArch:
     def embedding_params(self) -> int:
         return self.vocab * self.hidden
 
-    @property
+    @cached_property
     def lm_head_params(self) -> int:
         return self.vocab * self.hidden + (self.vocab if self.lm_head_bias else 0)
 
-    @property
+    @cached_property
     def params(self) -> int:
         """Stored parameters: every expert, embeddings once if tied, twice if not."""
         per_layer = self.dense_layer_params + self.experts * self._expert_params()
         emb = self.embedding_params + (0 if self.tied else self.lm_head_params) + (self.vocab if self.lm_head_bias and self.tied else 0)
         return self.layers * per_layer + emb + self._norm_params()
 
-    @property
+    @cached_property
     def active_params(self) -> int:
         """Parameters one token touches: top-k experts only."""
         return self.params - self.layers * (self.experts - self.experts_active) * self._expert_params()
 
-    @property
+    @cached_property
     def compute_params(self) -> int:
         """Parameters that take part in matrix products for one token (no embedding lookup): 2 FLOPs each."""
         return self.layers * (self.dense_layer_params + self.experts_active * self._expert_params()) + self.lm_head_params

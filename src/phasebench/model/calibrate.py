@@ -13,18 +13,21 @@ overhead solved in closed form at each node, then a finer grid around the best n
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from ..paths import home
 from ..results import Run
+from . import calibration
+from .calibration import efficiency_for, load_all, path
+from .engines import DEFAULT_EFFICIENCY, Efficiency
 from .errors import ModelError
 from .hardware import Hardware
-from .phases import DEFAULT_EFFICIENCY, Efficiency, resolve_precision
+from .phases import resolve_precision
 from .utilization import engine_name, phase_work, resolve
+
+__all__ = ["Calibration", "Point", "calibrate", "efficiency_for", "fit", "load_all", "path", "points_from", "store"]
 
 
 @dataclass
@@ -113,7 +116,7 @@ def fit(points: list[Point], hw: Hardware, engine: str) -> Calibration:
                            np.clip(np.geomspace(b / 1.15, b * 1.15, 25), 1e-3, 1.0))
     default = DEFAULT_EFFICIENCY[hw.kind]
     eff = Efficiency(round(a, 4), round(b, 4), round(o * 1e6, 3), default.allreduce_us,
-                     f"calibration {hw.key}|{engine}")
+                     f"calibration {hw.key}|{engine}", engine=engine)
     errors = list((np.maximum(mem / a, comp / b) + layers * o - meas) / meas)
     return Calibration(hw.key, engine, eff, points, errors)
 
@@ -137,44 +140,5 @@ def calibrate(runs: list[Run], save: bool = True) -> Calibration:
     return cal
 
 
-def path():
-    return home() / "calibration.json"
-
-
-def load_all() -> dict[str, Any]:
-    p = path()
-    if not p.exists():
-        return {}
-    try:
-        return json.loads(p.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelError(f"{p} is damaged ({e}); delete it and calibrate again") from None
-
-
 def store(cal: Calibration) -> None:
-    data = load_all()
-    data[cal.key] = cal.to_dict()
-    p = path()
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(p)
-
-
-def efficiency_for(hw: Hardware, engine: str | None) -> tuple[Efficiency, str | None]:
-    """The calibrated factors for (hardware, engine) if stored, else the kind's defaults.
-
-    With no engine named, a calibration is used when it is the only one stored for that hardware."""
-    data = load_all()
-    rec = None
-    if engine:
-        rec = data.get(f"{hw.key}|{engine}")
-    else:
-        mine = [v for k, v in data.items() if k.split("|")[0] == hw.key]
-        rec = mine[0] if len(mine) == 1 else None
-    if rec is None:
-        return DEFAULT_EFFICIENCY[hw.kind], None
-    e = rec["efficiency"]
-    eff = Efficiency(e["memory"], e["compute"], e["layer_overhead_us"], e["allreduce_us"], e["source"])
-    return eff, (f"using calibrated factors for {hw.key} with {rec['engine']} ({rec['date']}, "
-                 f"{rec['points']} points, fit error {rec['mean_abs_error']:.0%})")
+    calibration.store(cal.key, cal.to_dict())

@@ -61,6 +61,17 @@ class Hardware:
             f"use weight-only quantization (--weights {precision} --activations bf16) or another precision"
         )
 
+    def peak_label(self, precision: str) -> str:
+        """Which peak an MFU at ``precision`` is measured against: the precision actually used and its source."""
+        t = self.tflops
+        used = next((p for p in {"bf16": ("bf16", "fp16"), "fp16": ("fp16", "bf16"), "int4": ("int4", "int8")}
+                     .get(precision, (precision,)) if t.get(p)), precision)
+        src = (self.extra.get("peak_sources") or {}).get(used) or f"{self.key} datasheet"
+        label = f"{used} peak {t.get(used, 0):,.4g} TFLOP/s ({src})"
+        if used != precision:
+            label += f", standing in for {precision}"
+        return label
+
     def ridge_point(self, precision: str = "fp16") -> float:
         """FLOP per byte where compute and memory time are equal."""
         return self.peak_flops(precision) / self.bandwidth
@@ -123,8 +134,13 @@ def local_record(probe: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
     """The ``local`` record from a probe result: measured bandwidth and matmul FLOP/s are the 'peaks'."""
     mem = (env.get("memory_gib") or 0) * 2**30 / 1e9
     tfl = {"fp32": round(probe["matmul_gflops_fp32"] / 1e3, 4)}
-    if probe.get("torch_cpu_bfloat16_gflops"):
-        tfl["bf16"] = round(probe["torch_cpu_bfloat16_gflops"] / 1e3, 4)
+    peaks = {"fp32": "fp32 matmul (numpy BLAS), measured by `phasebench probe`"}
+    bf16 = probe.get("matmul_gflops_bf16") or probe.get("torch_cpu_bfloat16_gflops")
+    if bf16:
+        tfl["bf16"] = round(bf16 / 1e3, 4)
+        peaks["bf16"] = probe.get("bf16_source") or "torch CPU bf16 matmul, measured"
+    else:
+        peaks["bf16"] = "not probed: " + (probe.get("bf16_note") or "no bf16 matmul available")
     return {
         "name": f"this machine ({env.get('cpu') or 'unknown CPU'}, {probe['threads']} threads)",
         "kind": "cpu",
@@ -137,6 +153,7 @@ def local_record(probe: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
         "price_source": "not known for this machine",
         "source": "measured by `phasebench probe`",
         "date": probe.get("date", ""),
+        "peak_sources": peaks,
         "probe": probe,
     }
 

@@ -13,34 +13,16 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .arch import ModelArch, precision_bytes
+from .calibration import efficiency_for
+from .engines import DEFAULT_EFFICIENCY, Efficiency, canonical_engine, profile
 from .errors import ModelError
 from .hardware import Hardware
 
+__all__ = ["DEFAULT_EFFICIENCY", "Efficiency", "Precision", "Setup", "Prediction", "Phase", "Memory", "predict",
+           "setup_for", "sweep", "forward", "prefill_flops", "decode_flops", "kv_heads_per_rank", "resolve_precision"]
+
 USABLE_MEMORY = 0.90  # fraction of device memory for weights + KV (the rest: activations, runtime, fragmentation)
 SRAM_USABLE = 1.0     # SRAM machines: the compiler places weights and KV statically, no allocator slack
-
-
-@dataclass(frozen=True)
-class Efficiency:
-    """How far real stacks sit below the roofline: achievable fractions of peak, and fixed costs."""
-    memory: float = 0.70           # fraction of peak bandwidth reached by decode GEMVs
-    compute: float = 0.60          # fraction of peak FLOP/s reached by long prefills
-    layer_overhead_us: float = 4.0  # per layer per forward pass: kernel launches, scheduling
-    allreduce_us: float = 15.0     # latency floor of one all-reduce (two per layer under tensor parallel)
-    source: str = "default"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-# Defaults per device kind; docs/model.md gives where each number comes from.
-DEFAULT_EFFICIENCY = {
-    "gpu": Efficiency(0.70, 0.60, 4.0, 15.0, "default (gpu)"),
-    "tpu": Efficiency(0.70, 0.60, 2.0, 10.0, "default (tpu)"),
-    "accelerator": Efficiency(0.60, 0.50, 6.0, 20.0, "default (accelerator)"),
-    "sram-dataflow": Efficiency(0.75, 0.60, 0.0, 2.0, "default (sram-dataflow)"),
-    "cpu": Efficiency(0.60, 0.50, 20.0, 5.0, "default (cpu)"),
-}
 
 
 @dataclass(frozen=True)
@@ -73,6 +55,7 @@ class Setup:
     pp: int = 1
     precision: Precision = field(default_factory=Precision)
     efficiency: Efficiency | None = None
+    engine: str | None = None      # serving engine (canonical or alias); None: the device's default engine
 
     def resolved(self) -> Setup:
         tp = self.tp or max(self.devices // self.pp, 1)
@@ -80,26 +63,31 @@ class Setup:
             raise ModelError(f"tensor parallel {tp} × pipeline parallel {self.pp} ≠ {self.devices} devices")
         if self.devices < 1:
             raise ModelError("devices must be ≥ 1")
-        eff = self.efficiency or DEFAULT_EFFICIENCY[self.hardware.kind]
+        eff = self.efficiency or profile(self.hardware, self.engine)
         if self.precision.weights == "native" and not self.model.weight_bytes_actual:
             raise ModelError("weights 'native' needs a GGUF model (its file size is the weight bytes)")
-        return replace(self, tp=tp, efficiency=eff)
+        return replace(self, tp=tp, efficiency=eff, engine=eff.engine or self.engine)
 
 
 def setup_for(model: str, hardware: str, devices: int = 1, tp: int = 0, pp: int = 1, precision: str = "fp16",
               activations: str | None = None, kv: str | None = None, engine: str | None = None) -> tuple[Setup, list[str]]:
     """A setup from names, as every command and the Python API build one: the model and hardware looked up,
-    unstated precisions resolved, and the calibration stored for (hardware, engine) if any. Returns the notes
-    to show with its predictions."""
+    unstated precisions resolved, the engine's spelling resolved (``None``: the device's default engine), and
+    its efficiency: the user's calibration for (hardware, engine) if stored, else the engine's profile
+    (``data/engines.yaml``, fitted on the corpus). Returns the notes to show with its predictions."""
     from .arch import load_model
-    from .calibrate import efficiency_for
+    from .engines import default_engine
     from .hardware import load_hardware
 
     hw = load_hardware(hardware)
     pr, note = resolve_precision(hw, precision, activations, kv)
     eff, eff_note = efficiency_for(hw, engine)
-    setup = Setup(load_model(model), hw, devices=devices, tp=tp, pp=pp, precision=pr, efficiency=eff)
-    return setup, [n for n in (note, eff_note) if n]
+    notes = [n for n in (note, eff_note) if n]
+    if not engine:
+        notes.append(f"engine: {default_engine(hw)} (the default for {hw.key}; --engine names another)")
+    setup = Setup(load_model(model), hw, devices=devices, tp=tp, pp=pp, precision=pr, efficiency=eff,
+                  engine=eff.engine or (canonical_engine(engine) if engine else None))
+    return setup, notes
 
 
 @dataclass
@@ -161,9 +149,12 @@ class Prediction:
     prefill: Phase | None = None
     decode_first: Phase | None = None   # the first decode step (context = input + 1)
     decode_last: Phase | None = None    # the last one (context = input + output − 1)
-    ttft_s: float | None = None
+    ttft_s: float | None = None         # request_s + prefill
     tpot_s: float | None = None         # mean over the output_len − 1 decode steps
     notes: list[str] = field(default_factory=list)
+    engine: str = ""
+    request_s: float = 0.0              # the engine's fixed per-request cost inside TTFT
+    range: dict[str, Any] = field(default_factory=dict)   # low/high per metric from the corpus residuals
 
     @property
     def fits(self) -> bool:
@@ -191,6 +182,7 @@ class Prediction:
             "model": self.model, "hardware": self.hardware, "devices": self.devices, "tp": self.tp, "pp": self.pp,
             "precision": asdict(self.precision), "batch": self.batch, "input_len": self.input_len,
             "output_len": self.output_len, "fits": self.fits,
+            "engine": self.engine, "request_ms": self.request_s * 1e3,
             "ttft_ms": ms(self.ttft_s), "tpot_ms": ms(self.tpot_s), "e2e_s": self.e2e_s,
             "output_throughput": self.output_throughput, "total_throughput": self.total_throughput,
             "prefill_bound": self.prefill.bound if self.prefill else None,
@@ -198,7 +190,8 @@ class Prediction:
             "prefill": self.prefill.to_dict() if self.prefill else None,
             "decode_first_step": self.decode_first.to_dict() if self.decode_first else None,
             "decode_last_step": self.decode_last.to_dict() if self.decode_last else None,
-            "memory": self.memory.to_dict(), "efficiency": self.efficiency.to_dict(), "notes": self.notes,
+            "memory": self.memory.to_dict(), "efficiency": self.efficiency.to_dict(), "range": self.range,
+            "notes": self.notes,
         }
 
 
@@ -262,18 +255,29 @@ def kv_heads_per_rank(m: ModelArch, tp: int) -> float:
     return max(m.kv_heads / tp, 1.0)
 
 
-def _phase(compute: float, memory: float, comm: float, overhead: float, flops: float, nbytes: float) -> Phase:
-    t = max(compute, memory) + comm + overhead
+def _roof(compute: float, memory: float, k: float) -> float:
+    """The roofline's max(compute, memory); with a knee k > 0 the smooth (c^k + m^k)^(1/k), which is slower near
+    the ridge point, where real kernels are neither purely compute- nor purely memory-bound."""
+    hi = max(compute, memory)
+    if not k or hi <= 0:
+        return hi
+    return hi * ((compute / hi) ** k + (memory / hi) ** k) ** (1.0 / k)
+
+
+def _phase(compute: float, memory: float, comm: float, overhead: float, flops: float, nbytes: float,
+           knee: float = 0.0) -> Phase:
+    t = _roof(compute, memory, knee) + comm + overhead
     bound = max((("compute", compute), ("memory", memory), ("communication", comm), ("overhead", overhead)),
                 key=lambda kv: kv[1])[0]
     return Phase(flops, nbytes, compute, memory, comm, overhead, t, bound)
 
 
 def _comm(s: Setup, tokens: float, act_bytes: float) -> float:
-    """Tensor parallel: 2 ring all-reduces per layer of tokens·h activations; pipeline: pp − 1 hops."""
+    """Tensor parallel: 2 ring all-reduces per layer of tokens·h activations (16-bit) at the link's achievable
+    bandwidth; pipeline: pp − 1 hops."""
     hw, m, eff = s.hardware, s.model, s.efficiency
-    bw = hw.interconnect_gbps * 1e9 or 1e18
-    msg = tokens * m.hidden * act_bytes
+    bw = hw.interconnect_gbps * 1e9 * (eff.link if eff else 1.0) or 1e18
+    msg = tokens * m.hidden * max(act_bytes, 2.0)   # activations travel in 16 bits even when GEMMs run in fp8
     t = 0.0
     if s.tp > 1:
         t += 2 * m.layers * (eff.allreduce_us * 1e-6 + 2 * (s.tp - 1) / s.tp * msg / bw)
@@ -282,23 +286,82 @@ def _comm(s: Setup, tokens: float, act_bytes: float) -> float:
     return t
 
 
+def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> Phase:
+    """One forward pass (one engine iteration) of a resolved HBM setup: the one cost function behind
+    ``predict``'s prefill and decode steps, the simulator's analytic profile and a run's predicted phases.
+
+    ``tokens``: tokens through the layers (prefill chunk tokens + one per decoding sequence); ``attn_flops``:
+    QKᵀ and AV FLOPs of those tokens; ``kv_bytes``: KV cache read and written (whole model, all sequences);
+    ``lm_tokens``: tokens through the LM head (one per sequence that makes a token)."""
+    m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
+    assert eff is not None, "forward() needs a resolved setup"
+    w = m.weight_bytes(pr.weights)
+    lm = m.lm_head_params
+    flops = 2.0 * (m.compute_params - lm) * tokens + 2.0 * lm * lm_tokens + attn_flops
+    w_rank = _moe_weight_bytes(m, w, max(tokens, 1.0)) / s.tp
+    kv_rank = kv_bytes * kv_heads_per_rank(m, s.tp) / m.kv_heads
+    bw = hw.bandwidth * eff.memory
+    overhead = m.layers * eff.layer_overhead_us * 1e-6 + eff.step_us * 1e-6
+    rows = tokens * (m.experts_active / m.experts if m.experts > 1 else 1.0)   # GEMM rows per weight matrix
+    eta_c = eff.compute * (rows / (rows + eff.gemm_half_rows) if eff.gemm_half_rows else 1.0)
+    peak = hw.peak_flops(pr.activations) * eta_c * s.tp
+    compute = flops / peak
+    if m.experts > 1 and eff.moe_compute < 1.0:   # the routed experts' grouped GEMMs run below the dense rate
+        expert = 2.0 * tokens * m.layers * m.experts_active * m._expert_params()
+        compute += expert / peak * (1.0 / eff.moe_compute - 1.0)
+    return _phase(compute, w_rank / bw + kv_rank / (bw * eff.kv_memory),
+                  _comm(s, tokens, precision_bytes(pr.activations)), overhead, flops, w_rank + kv_rank, eff.sharpness)
+
+
+def request_s(s: Setup) -> float:
+    """The fixed per-request cost (tokenisation, scheduling, sampling, HTTP) the engine adds to TTFT."""
+    return (s.efficiency.request_ms if s.efficiency else 0.0) * 1e-3
+
+
+def prefill_phase(s: Setup, batch: int, input_len: int) -> Phase:
+    """Prefill of ``batch`` prompts of ``input_len`` tokens in one pass (TTFT is this plus :func:`request_s`)."""
+    m = s.model
+    if _sram_only(s.hardware):
+        return sram_prefill(s, input_len, turns=batch)   # an SRAM pipeline does not batch: prompts take turns
+    return forward(s, batch * input_len, batch * _attn_flops(m, input_len, input_len) / 2,
+                   batch * m.kv_bytes(input_len, s.precision.kv), batch)
+
+
+def decode_phase(s: Setup, batch: int, context: float) -> Phase:
+    """One decode step: one token for each of ``batch`` sequences at ``context`` tokens."""
+    m = s.model
+    if _sram_only(s.hardware):
+        return sram_pass(s, context, turns=batch)
+    return forward(s, batch, batch * _attn_flops(m, 1, context), batch * m.kv_bytes(context, s.precision.kv), batch)
+
+
 def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int = 128) -> Prediction:
-    """Predict TTFT, TPOT, E2E and throughput of ``batch`` sequences of ``input_len`` + ``output_len`` tokens."""
+    """Predict TTFT, TPOT, E2E and throughput of ``batch`` sequences of ``input_len`` + ``output_len`` tokens,
+    each with a range from the corpus residuals of its engine and device class (``Prediction.range``), and a
+    note when the pair falls outside what the corpus covers."""
+    from .uncertainty import attach_range
+
+    p = _predict(setup, batch, input_len, output_len)
+    attach_range(p, setup.hardware)
+    return p
+
+
+def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int = 128) -> Prediction:
+    """The point prediction (no range): what the corpus fit calls."""
     if batch < 1 or input_len < 1 or output_len < 1:
         raise ModelError("batch, input length and output length must be ≥ 1")
     s = setup.resolved()
     m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
     notes: list[str] = []
-    if eff.source != "default" and not eff.source.startswith("default"):
+    if eff.source.startswith("calibration") or eff.source == "command line":
         notes.append(f"efficiency factors from {eff.source}")
     if m.context and input_len + output_len > m.context:
         notes.append(f"input + output ({input_len + output_len}) exceeds the model's context ({m.context})")
-    peak = hw.peak_flops(pr.activations)
+    hw.peak_flops(pr.activations)   # an impossible compute precision is an error before anything else
     w = m.weight_bytes(pr.weights)
-    act_b = precision_bytes(pr.activations)
     final_ctx = input_len + output_len
     if _sram_only(hw):
-        return _predict_sram(s, batch, input_len, output_len, peak, w, act_b, notes)
+        return _predict_sram(s, batch, input_len, output_len, w, notes)
 
     # memory ------------------------------------------------------------------------------------------------
     heads_dev = kv_heads_per_rank(m, s.tp)
@@ -313,35 +376,33 @@ def predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int 
     max_batch = int((usable - w_dev) // kv_dev_seq) if usable > w_dev and kv_dev_seq else 0
     mem = Memory(w, w_dev, m.kv_bytes_per_token(pr.kv), kv_dev_seq, batch * kv_seq * kv_share * s.devices,
                  per_dev, usable, per_dev <= usable, max(max_batch, 0))
-    pred = Prediction(m.name, hw.key, s.devices, s.tp, s.pp, pr, batch, input_len, output_len, eff, mem, notes=notes)
+    pred = Prediction(m.name, hw.key, s.devices, s.tp, s.pp, pr, batch, input_len, output_len, eff, mem, notes=notes,
+                      engine=eff.engine or s.engine or "")
     if not mem.fits:
         return pred
-
-    bw = hw.bandwidth * eff.memory
-    fl = peak * eff.compute
-    overhead = m.layers * eff.layer_overhead_us * 1e-6
-
-    # prefill: every prompt token through every layer; the LM head only for the last token of each prompt
-    tokens = batch * input_len
-    p_flops = prefill_flops(m, input_len, batch)
-    p_bytes = _moe_weight_bytes(m, w, tokens) / s.tp + batch * m.kv_bytes(input_len, pr.kv) * heads_dev / m.kv_heads
-    pred.prefill = _phase(p_flops / s.tp / fl, p_bytes / bw, _comm(s, tokens, act_b), overhead, p_flops, p_bytes)
-    pred.ttft_s = pred.prefill.time_s
-
-    # decode: one token per sequence per step; time is linear in context for both bounds, so the mean over the
-    # steps is exact from the two ends (splitting where compute and memory time cross)
-    w_step = _moe_weight_bytes(m, w, batch) / s.tp
-    kv_rank = heads_dev / m.kv_heads
-
-    def step(ctx: float) -> Phase:
-        flops = decode_flops(m, batch, ctx)
-        nbytes = w_step + batch * m.kv_bytes(ctx, pr.kv) * kv_rank
-        return _phase(flops / s.tp / fl, nbytes / bw, _comm(s, batch, act_b), overhead, flops, nbytes)
-
+    pred.prefill = prefill_phase(s, batch, input_len)
+    pred.request_s = request_s(s)
+    pred.ttft_s = pred.request_s + pred.prefill.time_s
     c0, c1 = input_len + 1, max(input_len + output_len - 1, input_len + 1)
-    pred.decode_first, pred.decode_last = step(c0), step(c1)
-    pred.tpot_s = _mean_step(pred.decode_first, pred.decode_last, c0, c1) if output_len > 1 else pred.decode_first.time_s
+    pred.decode_first, pred.decode_last = decode_phase(s, batch, c0), decode_phase(s, batch, c1)
+    pred.tpot_s = _mean_decode(s, batch, c0, c1, pred.decode_first, pred.decode_last) if output_len > 1 \
+        else pred.decode_first.time_s
     return pred
+
+
+_GL = ((-0.9061798459, 0.2369268851), (-0.5384693101, 0.4786286705), (0.0, 0.5688888889),
+       (0.5384693101, 0.4786286705), (0.9061798459, 0.2369268851))   # 5-point Gauss-Legendre nodes, weights
+
+
+def _mean_decode(s: Setup, batch: int, c0: float, c1: float, a: Phase, b: Phase) -> float:
+    """Mean step time over contexts c0…c1: exact from the two ends for the hard roofline (both terms linear in
+    c), 5-point Gauss-Legendre for a smooth knee or an SRAM pipeline."""
+    if not s.efficiency.sharpness and not _sram_only(s.hardware):
+        return _mean_step(a, b, c0, c1)
+    if c1 <= c0:
+        return a.time_s
+    mid, half = (c0 + c1) / 2, (c1 - c0) / 2
+    return sum(wt * decode_phase(s, batch, mid + x * half).time_s for x, wt in _GL) / 2
 
 
 def _mean_step(a: Phase, b: Phase, c0: float, c1: float) -> float:
@@ -358,19 +419,83 @@ def _mean_step(a: Phase, b: Phase, c0: float, c1: float) -> float:
     return fixed + x * (max(ca0, ma0) + mid) / 2 + (1 - x) * (mid + max(ca1, ma1)) / 2
 
 
-def _predict_sram(s: Setup, batch: int, input_len: int, output_len: int, peak_dev: float, w: float,
-                  act_b: float, notes: list[str]) -> Prediction:
-    """SRAM dataflow (Groq): weights and KV spread over chips' SRAM; a token is a pipeline through the chips.
+def _sram_layout(s: Setup) -> tuple[int, int, float, float, float]:
+    """(chips in the deployment, chips the model needs, SRAM bytes per chip, bandwidth and FLOP/s per chip)."""
+    m, hw, pr = s.model, s.hardware, s.precision
+    per_dev = max(hw.chips, 1)
+    chips = per_dev * s.devices
+    sram_chip = hw.sram_mb * 1e6 / per_dev
+    need = math.ceil(m.weight_bytes(pr.weights) / (sram_chip * SRAM_USABLE))
+    return chips, need, sram_chip, hw.bandwidth / per_dev, hw.peak_flops(pr.activations) / per_dev
 
-    Per token: each chip reads its share from SRAM (or computes it) — the sum over chips is the whole model at
-    one chip's bandwidth — plus one hop per chip boundary. No batching: sequences take turns.
-    """
+
+def _sram_stage(s: Setup, flops_token: float, bytes_token: float, chips_used: int) -> tuple[float, float, float]:
+    """One layer's stage for one token on the chips that hold it: (compute s, SRAM read s, synchronisation s).
+
+    The model is laid across ``chips_used`` chips, so a layer spans chips_used / L chips (or a chip holds several
+    layers); each chip computes at its own FLOP/s and reads its own SRAM. The per-stage synchronisation (the
+    class's ``layer_overhead_us``: the layer's partial results exchanged between its chips and handed on, on a
+    fixed compiled schedule) is what bounds a token's time through a stage."""
+    m, eff = s.model, s.efficiency
+    _, _, _, bw_chip, fl_chip = _sram_layout(s)
+    share = chips_used / m.layers
+    return (flops_token / m.layers / (share * fl_chip * eff.compute),
+            bytes_token / m.layers / (share * bw_chip * eff.memory), eff.layer_overhead_us * 1e-6)
+
+
+def _sram_hops(s: Setup, chips_used: int) -> float:
+    hw, m = s.hardware, s.model
+    act = m.hidden * precision_bytes(s.precision.activations)
+    return (chips_used - 1) * (hw.interconnect_latency_us * 1e-6 + act / (hw.interconnect_gbps * 1e9 or 1e18))
+
+
+def _sram_chips_used(s: Setup, context: float) -> int:
+    chips, _, sram_chip, _, _ = _sram_layout(s)
+    need = s.model.weight_bytes(s.precision.weights) + s.model.kv_bytes(context, s.precision.kv)
+    return min(max(math.ceil(need / (sram_chip * SRAM_USABLE)), 1), chips)
+
+
+def sram_pass(s: Setup, context: float, turns: int = 1) -> Phase:
+    """A decode token on an SRAM pipeline: depth (L stages) × per-stage time + a hop per chip boundary, plus the
+    engine's per-step cost. No batching: ``turns`` sequences take turns, each its own pass."""
+    m, eff, pr = s.model, s.efficiency, s.precision
+    used = _sram_chips_used(s, context)
+    flops = decode_flops(m, 1, context)
+    nbytes = m.weight_bytes(pr.weights) + m.kv_bytes(context, pr.kv)
+    c, r, sync = _sram_stage(s, flops, nbytes, used)
+    hops, step = _sram_hops(s, used), eff.step_us * 1e-6
+    # along the critical path: L stages, each max(compute, SRAM) + synchronisation, then the hops
+    p = _phase(turns * m.layers * c, turns * m.layers * r, turns * hops, turns * (m.layers * sync + step),
+               flops * turns, nbytes * turns)
+    p.time_s = turns * (m.layers * (_roof(c, r, eff.sharpness) + sync) + hops + step)
+    return p
+
+
+def sram_prefill(s: Setup, prompt: int, turns: int = 1) -> Phase:
+    """A prompt on an SRAM pipeline: the prompt goes through the pipeline as one block, stage by stage. Each
+    stage (one layer, on the chips that hold it) computes the block's FLOPs at those chips' FLOP/s — not the sum
+    of all chips' FLOP/s: the other stages hold other layers and wait for the block — reads its weights once,
+    synchronises once, and hands the block's activations (prompt × hidden) to the next chip over the links."""
+    m, eff, pr = s.model, s.efficiency, s.precision
+    hw = s.hardware
+    used = _sram_chips_used(s, prompt)
+    flops = prefill_flops(m, prompt)
+    nbytes = m.weight_bytes(pr.weights) + m.kv_bytes(prompt, pr.kv)
+    c, r, sync = _sram_stage(s, flops, nbytes, used)      # per stage, for the whole block
+    act = prompt * m.hidden * precision_bytes(pr.activations)
+    hops = (used - 1) * (hw.interconnect_latency_us * 1e-6 + act / (hw.interconnect_gbps * 1e9 or 1e18))
+    step = eff.step_us * 1e-6
+    p = _phase(turns * m.layers * c, turns * m.layers * r, turns * hops, turns * (m.layers * sync + step),
+               flops * turns, nbytes)
+    p.time_s = turns * (m.layers * (_roof(c, r, eff.sharpness) + sync) + hops + step)
+    return p
+
+
+def _predict_sram(s: Setup, batch: int, input_len: int, output_len: int, w: float, notes: list[str]) -> Prediction:
+    """SRAM dataflow (Groq): weights and KV laid across chips' SRAM; a token is a pipeline through the chips
+    (see :func:`sram_pass`, :func:`sram_prefill`). No batching: sequences take turns."""
     m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
-    chips_per_dev = max(hw.chips, 1)
-    chips = chips_per_dev * s.devices
-    sram_chip = hw.sram_mb * 1e6 / chips_per_dev
-    bw_chip = hw.memory_gbps * 1e9 / chips_per_dev
-    peak_chip = peak_dev / chips_per_dev
+    chips, _, sram_chip, _, _ = _sram_layout(s)
     kv_seq = m.kv_bytes(input_len + output_len, pr.kv)
     resident = 1 if not hw.batching else batch
     need = w + resident * kv_seq
@@ -379,39 +504,23 @@ def _predict_sram(s: Setup, batch: int, input_len: int, output_len: int, peak_de
     mem = Memory(w, w / chips, m.kv_bytes_per_token(pr.kv), kv_seq, resident * kv_seq, need / chips,
                  usable_chip, chips_needed <= chips, int(max(chips * usable_chip - w, 0) // kv_seq) if kv_seq else 0,
                  chips_needed)
-    pred = Prediction(m.name, hw.key, s.devices, chips, 1, pr, batch, input_len, output_len, eff, mem, notes=notes)
+    pred = Prediction(m.name, hw.key, s.devices, chips, 1, pr, batch, input_len, output_len, eff, mem, notes=notes,
+                      engine=eff.engine or s.engine or "")
     if not mem.fits:
-        notes.append(f"needs {chips_needed} chips of {hw.sram_mb / chips_per_dev:.0f} MB SRAM; has {chips}")
+        notes.append(f"needs {chips_needed} chips of {hw.sram_mb / max(hw.chips, 1):.0f} MB SRAM; has {chips}")
         return pred
-    notes.append(f"SRAM pipeline over {chips} chips ({chips_needed} needed)")
+    notes.append(f"SRAM pipeline: the model laid over {chips_needed} of {chips} chips; {m.layers} stages of "
+                 f"{chips_needed / m.layers:.2f} chips")
     if not hw.batching and batch > 1:
-        notes.append(f"{hw.key} does not batch: {batch} sequences take turns, so TPOT grows {batch}×")
-    hop = hw.interconnect_latency_us * 1e-6
-    bw = bw_chip * eff.memory
-    fl = peak_chip * eff.compute
-    overhead = m.layers * eff.layer_overhead_us * 1e-6
-
-    def token_pass(ctx: float, tokens: float) -> Phase:
-        flops = decode_flops(m, tokens, ctx)
-        nbytes = w + tokens * m.kv_bytes(ctx, pr.kv)
-        # summed over the pipeline: every chip's stage once, then the hops between chips
-        return _phase(flops / fl, nbytes / bw, (chips - 1) * (hop + tokens * m.hidden * act_b / (hw.interconnect_gbps * 1e9)),
-                      overhead, flops, nbytes)
-
-    # prefill: prompt tokens stream through the pipeline; all chips busy once it is full
-    p_flops = prefill_flops(m, input_len, batch)
-    first = token_pass(input_len, 1)
-    fill = first.time_s
-    pc = p_flops / (fl * chips)
-    pm = (w + batch * m.kv_bytes(input_len, pr.kv)) / (bw * chips)
-    pred.prefill = _phase(pc, pm, first.comm_s, fill - first.comm_s, p_flops, w)
-    pred.ttft_s = pred.prefill.time_s
+        notes.append(f"{hw.key} does not batch: {batch} sequences take turns, so TTFT and TPOT grow {batch}×")
     turns = 1 if hw.batching else batch
-    b = 1 if not hw.batching else batch
+    pred.prefill = sram_prefill(s, input_len, turns)
+    pred.request_s = request_s(s)
+    pred.ttft_s = pred.request_s + pred.prefill.time_s
     c0, c1 = input_len + 1, max(input_len + output_len - 1, input_len + 1)
-    d0, d1 = token_pass(c0, b), token_pass(c1, b)
-    pred.decode_first, pred.decode_last = d0, d1
-    pred.tpot_s = turns * _mean_step(d0, d1, c0, c1)
+    pred.decode_first, pred.decode_last = sram_pass(s, c0, turns), sram_pass(s, c1, turns)
+    pred.tpot_s = _mean_decode(s, batch, c0, c1, pred.decode_first, pred.decode_last) if output_len > 1 \
+        else pred.decode_first.time_s
     return pred
 
 

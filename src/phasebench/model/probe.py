@@ -2,7 +2,9 @@
 
 Bandwidth: a STREAM-like copy (``b[:] = a``: read + write, 2 bytes moved per byte copied) and triad
 (``c = a + s*b``, 3 streams) on arrays far larger than the caches, one thread per core, best of several
-repeats. FLOP/s: float32 matrix multiplication through numpy's BLAS (2·n³ per n×n product), all cores.
+repeats. FLOP/s: float32 matrix multiplication through numpy's BLAS (2·n³ per n×n product), all cores; a bf16
+peak where torch is installed (with the CPU's AMX/AVX512-BF16 flags recorded), else a note saying why not, so
+that every MFU can say which peak it is against.
 """
 
 from __future__ import annotations
@@ -134,6 +136,36 @@ def torch_matmul(n: int = 4096, repeats: int = 10) -> dict[str, float]:
     return out
 
 
+def cpu_precision_flags() -> list[str]:
+    """The CPU's matrix/vector extensions for reduced precision (Linux /proc/cpuinfo): amx_bf16, avx512_bf16, ..."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return sorted(f for f in flags if f in {"amx_bf16", "amx_int8", "amx_tile", "amx_fp16", "avx512_bf16",
+                                                   "avx512_vnni", "avx512_fp16", "avx_vnni"})
+    return []
+
+
+def bf16_peak(extra: dict[str, Any], flags: list[str], fp32_gflops: float) -> dict[str, Any]:
+    """Which bf16 peak this machine has, and from where: torch's measured CPU bf16 matmul where torch is installed,
+    else a note saying why there is none (an MFU is then against the fp32 peak, and says so)."""
+    if extra.get("torch_cpu_bfloat16_gflops"):
+        unit = "AMX" if "amx_bf16" in flags else ("AVX512-BF16" if "avx512_bf16" in flags else "no bf16 units")
+        return {"matmul_gflops_bf16": extra["torch_cpu_bfloat16_gflops"],
+                "bf16_source": f"torch CPU bf16 matmul, measured ({unit})"}
+    have = [f for f in flags if "bf16" in f]
+    if have:
+        note = (f"this CPU has {', '.join(have)} but torch is not installed, so no bf16 matmul was probed: an "
+                f"engine computing in bf16 (vLLM CPU, oneDNN) can exceed the fp32 peak; pip install torch to probe it")
+    else:
+        note = "this CPU has no bf16 matrix units (no amx_bf16/avx512_bf16): bf16 runs at or below the fp32 peak"
+    return {"matmul_gflops_bf16": None, "bf16_note": note}
+
+
 def probe(array_mib: int = 256, quick: bool = False) -> ProbeResult:
     """Best of 10 repeats (5 with ``quick``): the best, not the mean, because on a shared machine noise only
     ever makes a run slower; best-of-10 repeated within a few percent here where best-of-3 did not."""
@@ -144,8 +176,18 @@ def probe(array_mib: int = 256, quick: bool = False) -> ProbeResult:
     flops = matmul_flops(n=2048, repeats=repeats + 2)
     r = ProbeResult(copy, triad, flops, threads, array_mib, time.perf_counter() - t0)
     r.extra = torch_matmul(repeats=repeats)
+    flags = cpu_precision_flags()
+    r.extra["cpu_precision_flags"] = flags   # type: ignore[assignment]
+    r.extra["torch_installed"] = _has_torch()   # type: ignore[assignment]
+    r.extra.update(bf16_peak(r.extra, flags, flops))
     r.seconds = time.perf_counter() - t0
     return r
+
+
+def _has_torch() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
 
 
 def probe_and_record(quick: bool = False) -> tuple[ProbeResult, Path]:

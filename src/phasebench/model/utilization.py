@@ -13,6 +13,8 @@ from typing import Any
 
 from ..metrics import mean_in_flight
 from .arch import ModelArch, load_model
+from .calibration import efficiency_for
+from .engines import canonical_engine
 from .errors import ModelError
 from .hardware import Hardware, load_hardware
 from .phases import (
@@ -24,6 +26,16 @@ from .phases import (
     prefill_flops,
     resolve_precision,
 )
+
+
+MBU_DEFINITION = ("decode MBU = (weights touched at the mean batch + mean batch × KV of the mean context "
+                  "(input + output/2)) ÷ median TPOT ÷ peak bandwidth")
+MFU_DEFINITION = "prefill MFU = prefill FLOPs of the mean prompt ÷ median TTFT from send ÷ peak FLOP/s (peak named)"
+
+
+def _step_name(manifest: dict[str, Any]) -> str | None:
+    out = (manifest.get("spec") or {}).get("out")
+    return Path(str(out)).name if out else None
 
 
 def run_model_ref(manifest: dict[str, Any]) -> str | None:
@@ -96,17 +108,26 @@ def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: 
     if got is None:
         return None
     model, hw, weights = got
-    from .calibrate import efficiency_for
-
     pr, note = resolve_precision(hw, weights)
-    eff, eff_note = efficiency_for(hw, calibration or engine_name(manifest))
+    engine = calibration or engine_name(manifest)
+    eng_note = None
+    if engine and calibration is None:
+        try:
+            canonical_engine(engine)
+        except ModelError:
+            eng_note = f"engine {engine!r} has no efficiency profile: the device's default engine's is used"
+            engine = None
+    eff, eff_note = efficiency_for(hw, engine)
     work = phase_work(model, pr, summary)
     tpot, ttft_sent, n_in, n_out, batch = (work[k] for k in ("tpot_ms", "ttft_sent_ms", "n_in", "n_out", "mean_batch"))
     out: dict[str, Any] = {
         "model": model.name, "hardware": hw.key, "precision": pr.label(), "mean_batch": batch,
         "weight_bytes": model.weight_bytes(pr.weights), "kv_bytes_per_token": model.kv_bytes_per_token(pr.kv),
         "peak_bandwidth_gbps": hw.memory_gbps, "peak_tflops": hw.peak_flops(pr.activations) / 1e12,
-        "notes": [n for n in (note, eff_note) if n],
+        "peak_flops_label": hw.peak_label(pr.activations),
+        "step": _step_name(manifest),
+        "definitions": {"mbu": MBU_DEFINITION, "mfu": MFU_DEFINITION},
+        "notes": [n for n in (note, eng_note, eff_note) if n],
     }
     if "decode_bytes_per_step" in work:
         step_bytes, step_flops = work["decode_bytes_per_step"], work["decode_flops_per_step"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
+from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..compare import Comparison
@@ -41,6 +41,8 @@ def print_comparison(c: Comparison, console: Console) -> None:
     console.print(t)
     console.print("significance: Mann-Whitney U on per-request samples (p < 0.01), a bootstrap 95% CI of the "
                   "median's change that excludes 0, and a change ≥ 1%; tested on medians only")
+    if any(r.metric == "quality score" for r in c.rows):
+        console.print("quality: exact paired sign-flip test on per-probe scores (p < 0.01 and a change ≥ 0.01)")
     for w in c.warnings:
         console.print(f"[yellow]warning:[/] {escape(w)}")
 

@@ -1,6 +1,6 @@
 """Self-contained reports: one HTML file (plots inline as data: URIs, no script, no external style or font),
 or Markdown with PNG plots beside it. Every piece of text that came from a dataset, a server or a spec is
-escaped (HTML entities, or Markdown's special characters).
+escaped (HTML entities, or Markdown's special characters), after ``textsafe.clean`` drops control characters.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..results import Run
+from ..textsafe import clean
 from . import plots as P
 
 SUMMARY_ROWS = (
@@ -28,9 +29,9 @@ SUMMARY_ROWS = (
     ("SLO attainment", lambda s: _pct(((s.get("phasebench") or {}).get("slo") or {}).get("attainment"))),
     ("decode MBU", lambda s: _pct(((s.get("phasebench") or {}).get("roofline") or {}).get("mbu"))),
     ("prefill MFU", lambda s: _pct(((s.get("phasebench") or {}).get("roofline") or {}).get("mfu"))),
-    ("$ per 1M output tokens", lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_output_tokens"))),
-    ("$ per 1M output tokens at the SLO",
-     lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_output_tokens_at_slo"))),
+    ("$ per 1M tokens (blended)", lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_tokens"))),
+    ("$ per 1M tokens at the SLO",
+     lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_tokens_at_slo"))),
     ("output tokens per joule", lambda s: _n(((s.get("phasebench") or {}).get("cost") or {}).get("output_tokens_per_joule"), 2)),
 )
 
@@ -109,7 +110,8 @@ code{background:#f3f3f3;padding:0 .2em}.env td{text-align:left}
 
 
 def _e(v: Any) -> str:
-    return html.escape(str(v), quote=True)
+    """Outside text as HTML: control characters and escape sequences removed, then entity-escaped."""
+    return html.escape(clean(v), quote=True)
 
 
 def to_html(runs: list[Run], names: list[str], plots: list[P.Plot]) -> str:
@@ -156,7 +158,7 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
 
 def md_escape(v: Any) -> str:
     """Escape Markdown syntax and raw HTML in text that came from outside."""
-    s = html.escape(str(v), quote=False).replace("\n", " ")
+    s = html.escape(clean(v), quote=False)
     return _MD_SPECIAL.sub(r"\\\1", s)
 
 
@@ -178,7 +180,8 @@ def to_markdown(runs: list[Run], names: list[str], plots: list[P.Plot], image_di
         md.append(f"| {md_escape(label)} | " + " | ".join(md_escape(fn(r.summary)) for r in heads) + " |")
     md.append("")
     for p in plots:
-        md += [f"## {p.title}", "", f"![{p.title}]({image_dir}/{p.key}.png)", "", f"*{p.caption}*", ""]
+        md += [f"## {md_escape(p.title)}", "", f"![{md_escape(p.title)}]({image_dir}/{p.key}.png)", "",
+               f"*{md_escape(p.caption)}*", ""]
     return "\n".join(md)
 
 

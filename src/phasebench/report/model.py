@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..model.arch import ModelArch
@@ -25,12 +25,15 @@ def _f(v: float | None, nd: int = 2) -> str:
 
 def print_predictions(preds: list[Prediction], console: Console) -> None:
     p0 = preds[0]
+    e = p0.efficiency
     console.print(f"[bold]{escape(p0.model)}[/] on {p0.devices}× [bold]{escape(p0.hardware)}[/] "
-                  f"(tp {p0.tp}, pp {p0.pp}), {escape(p0.precision.label())} · efficiency: memory "
-                  f"{p0.efficiency.memory:.0%}, compute {p0.efficiency.compute:.0%}, "
-                  f"{p0.efficiency.layer_overhead_us:g} µs/layer ({escape(p0.efficiency.source)})")
-    t = Table(title_justify="left", caption="bound: prefill/decode (mem = memory, comp = compute, comm = links, ovh = fixed overhead)")
-    for c in ("B", "in", "out", "TTFT ms", "TPOT ms", "E2E s", "out tok/s", "bound", "GB/dev", "max B"):
+                  f"(tp {p0.tp}, pp {p0.pp}), {escape(p0.precision.label())}, engine [bold]{escape(p0.engine or '-')}[/] · "
+                  f"efficiency: memory {e.memory:.0%}, compute {e.compute:.0%}, {e.layer_overhead_us:.3g} µs/layer, "
+                  f"{e.step_us:.3g} µs/step, {e.request_ms:.3g} ms/request ({escape(e.source)})")
+    t = Table(title_justify="left", caption="bound: prefill/decode (mem = memory, comp = compute, comm = links, ovh = fixed "
+              "overhead); (low–high): the 10th–90th percentile range from the corpus residuals of this engine and class")
+    for c in ("B", "in", "out", "TTFT ms (low–high)", "TPOT ms (low–high)", "E2E s", "out tok/s (low–high)", "bound",
+              "GB/dev", "max B"):
         t.add_column(c, justify="right")
     short = {"memory": "mem", "compute": "comp", "communication": "comm", "overhead": "ovh"}
     for p in preds:
@@ -39,9 +42,11 @@ def print_predictions(preds: list[Prediction], console: Console) -> None:
             t.add_row(str(p.batch), str(p.input_len), str(p.output_len), "[red]no fit[/]", "", "", "", "",
                       f"{mem.per_device / 1e9:.1f}>{mem.capacity / 1e9:.0f}", str(mem.max_batch))
             continue
-        t.add_row(str(p.batch), str(p.input_len), str(p.output_len), _f(p.ttft_s * 1e3), _f(p.tpot_s * 1e3, 3),
-                  _f(p.e2e_s, 3), _f(p.output_throughput, 1), f"{short[p.prefill.bound]}/{short[p.decode_last.bound]}",
-                  _f(mem.per_device / 1e9, 1), str(mem.max_batch))
+        r = p.range or {}
+        t.add_row(str(p.batch), str(p.input_len), str(p.output_len), _rng(p.ttft_s * 1e3, r.get("ttft_ms")),
+                  _rng(p.tpot_s * 1e3, r.get("tpot_ms"), 3), _f(p.e2e_s, 3),
+                  _rng(p.output_throughput, r.get("output_throughput"), 1),
+                  f"{short[p.prefill.bound]}/{short[p.decode_last.bound]}", _f(mem.per_device / 1e9, 1), str(mem.max_batch))
     console.print(t)
     m = p0.memory
     console.print(f"weights {m.weights_bytes / 1e9:.2f} GB ({m.per_device_weights / 1e9:.2f} GB per device), KV cache "
@@ -59,6 +64,12 @@ def print_predictions(preds: list[Prediction], console: Console) -> None:
         console.print(f"[red]does not fit:[/] needs {m.per_device / 1e9:.1f} GB per device "
                       f"(weights {m.per_device_weights / 1e9:.1f} GB + KV {p0.batch * m.kv_per_device_per_seq / 1e9:.2f} GB), "
                       f"{m.capacity / 1e9:.1f} GB usable; no time is predicted")
+
+
+def _rng(v: float | None, r: list[float] | None, nd: int = 2) -> str:
+    if v is None:
+        return "-"
+    return _f(v, nd) + (f" ({_f(r[0], nd)}–{_f(r[1], nd)})" if r else "")
 
 
 def print_hardware(hws: Iterable[Hardware], console: Console) -> None:
@@ -109,7 +120,16 @@ def print_probe(r, local: Hardware, near: list[tuple[Hardware, float]], path: Pa
                   f"({r.threads} threads, {r.array_mib} MiB arrays per thread, best of repeats)")
     console.print(f"matmul fp32 (numpy BLAS, all cores): {r.matmul_gflops_fp32:.0f} GFLOP/s")
     for k, v in r.extra.items():
+        if k in ("bf16_note", "bf16_source", "cpu_precision_flags", "torch_installed", "matmul_gflops_bf16"):
+            continue
         console.print(f"{k}: {v if isinstance(v, str) else f'{v:.1f}'}")
+    flags = r.extra.get("cpu_precision_flags") or []
+    console.print(f"reduced-precision CPU units: {', '.join(flags) if flags else 'none found (/proc/cpuinfo)'}")
+    if r.extra.get("matmul_gflops_bf16"):
+        console.print(f"matmul bf16: {r.extra['matmul_gflops_bf16']:.0f} GFLOP/s ({escape(str(r.extra.get('bf16_source')))})")
+    else:
+        console.print(f"matmul bf16: not probed — {escape(str(r.extra.get('bf16_note', '')))}; MFU in bf16 is against "
+                      "the fp32 peak and says so")
     console.print(f"ridge point: {r.matmul_gflops_fp32 / r.bandwidth_gbps:.1f} FLOP/byte (below it a kernel is memory-bound)")
     console.print(f"wrote the 'local' hardware record: {escape(str(path))}")
     t = Table(title="Nearest catalog devices", title_justify="left")
@@ -147,14 +167,16 @@ def roofline_lines(block: dict[str, Any] | None) -> list[str]:
     lines = []
     if block.get("error"):
         return [f"[yellow]roofline: {escape(block['error'])}[/]"]
-    head = f"roofline: {escape(block['model'])} on {escape(block['hardware'])} ({escape(block['precision'])})"
+    head = f"roofline: {escape(block['model'])} on {escape(block['hardware'])} ({escape(block['precision'])})" + \
+        (f", step {escape(block['step'])}" if block.get("step") else "")
     lines.append(head)
     if "mbu" in block:
         lines.append(f"  decode MBU {block['mbu']:.0%}: {block['decode_bytes_per_step'] / 1e6:,.0f} MB per step at mean batch "
                      f"{block['mean_batch']:.1f} → {block['decode_achieved_gbps']:.1f} of {block['peak_bandwidth_gbps']:.0f} GB/s")
     if "mfu" in block:
         lines.append(f"  prefill MFU {block['mfu']:.1%}: {block['prefill_achieved_tflops'] * 1e3:,.1f} GFLOP/s of "
-                     f"{block['peak_tflops'] * 1e3:,.0f}")
+                     f"{block['peak_tflops'] * 1e3:,.0f} — against the "
+                     f"{escape(block.get('peak_flops_label') or 'catalog peak')}")
     pr, me = block.get("predicted"), block.get("measured")
     if pr and me and pr.get("tpot_ms"):
         lines.append(f"  predicted TTFT {_f(pr['ttft_ms'])} ms / TPOT {_f(pr['tpot_ms'])} ms  vs measured p50 "

@@ -52,6 +52,11 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _discard(fig) -> None:  # noqa: ANN001 - a figure with nothing to show is closed, not left open
+    _mpl().close(fig)
+    return None
+
+
 def _fig(ncols: int = 1):
     plt = _mpl()
     fig, axes = plt.subplots(1, ncols, figsize=(6.4 * ncols if ncols > 1 else 7.5, 4.2))
@@ -87,7 +92,7 @@ def prefill(runs: list[Run], names: list[str]) -> Plot | None:
         ax.plot(ks, [float(np.median(by[k])) for k in ks], "-o", color=c, label=f"{name} (median)")
         drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes([ax], ("input tokens", "TTFT (ms)"))
     return Plot("prefill", "Prefill: TTFT against input length",
                 "Each dot is one request; the line joins medians. Prefill is compute-bound: TTFT grows with the prompt.",
@@ -133,7 +138,7 @@ def decode(runs: list[Run], names: list[str]) -> Plot | None:
             ax[1].plot([p[0] for p in opn], [p[2] for p in opn], "x", ms=9, color=c, label=f"{name} (open loop)")
             drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes(ax, ("concurrency (requests in flight)", "TPOT p50 (ms)"), ("concurrency (requests in flight)", "output tokens/s"))
     return Plot("decode", "Decode: TPOT and throughput against concurrency",
                 "Decode is memory-bound: batching shares each weight read among sequences, so throughput rises "
@@ -164,7 +169,7 @@ def tradeoff(runs: list[Run], names: list[str]) -> Plot | None:
         ax.plot([p[0] for p in f], [p[1] for p in f], "--", color=c, label=f"{name}: Pareto front")
         drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes([ax], ("TPOT p50 (ms)  — latency", "output tokens/s  — throughput"))
     return Plot("tradeoff", "Throughput against latency across the sweep",
                 "Up and left is better; the dashed line is the Pareto front: no other point is both faster and "
@@ -184,7 +189,7 @@ def cdfs(runs: list[Run], names: list[str]) -> Plot | None:
                 a.set_xlabel(label)
                 drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     ax[0].set_ylabel("fraction of requests ≤ x")
     for a in ax:
         a.grid(alpha=0.3)
@@ -225,7 +230,7 @@ def timeline(runs: list[Run], names: list[str]) -> Plot | None:
             ax[1].step(bins[:-1], h / width, where="post", color=c, label=name)
         drawn = True
     if not drawn:
-        return None
+        return _discard(fig)
     _axes(ax, ("time (s)", "requests in flight"), ("time (s)", "output tokens/s"))
     return Plot("timeline", "Load over time", "In-flight requests and the token rate the client saw, second by second.",
                 _png(fig))
@@ -267,6 +272,48 @@ def roofline(runs: list[Run], names: list[str]) -> Plot | None:
                 _png(fig))
 
 
+def server_timeline(runs: list[Run], names: list[str]) -> Plot | None:
+    """The engine's own view over time (``server_metrics.jsonl``): its running and waiting requests beside the
+    client's in-flight count, and its KV-cache usage and preemptions."""
+    import orjson
+
+    fig, ax = _fig(2)
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        ls = run.leaves()
+        leaf = next((x for x in ls if x.path and x.path.name == "server"), None) or \
+            max(ls, key=lambda x: x.summary.get("duration") or 0)
+        f = leaf.path / "server_metrics.jsonl" if leaf.path else None
+        if f is None or not f.is_file():
+            continue
+        rows = [orjson.loads(x) for x in f.read_bytes().splitlines() if x.strip()]
+        if not rows:
+            continue
+        name = f"{name}: {leaf.path.name}" if len(ls) > 1 else name
+        c = COLORS[i % len(COLORS)]
+        t = [r["t_s"] for r in rows]
+        if any("running" in r for r in rows):
+            ax[0].step(t, [r.get("running", 0) for r in rows], where="post", color=c, label=f"{name} running (server)")
+        if any("waiting" in r for r in rows):
+            ax[0].step(t, [r.get("waiting", 0) for r in rows], where="post", color=c, ls="--", label=f"{name} waiting (server)")
+        recs = [r for r in leaf.records if r.sent_ns and r.end_ns]
+        if recs:  # client in flight sampled at the scrape times (the same run clock)
+            inflight = [sum(1 for r in recs if r.sent_ns <= x * 1e9 <= r.end_ns) for x in t]
+            ax[0].plot(t, inflight, color=c, ls=":", marker=".", label=f"{name} in flight (client)")
+        if any("kv_usage" in r for r in rows):
+            ax[1].plot(t, [100 * r.get("kv_usage", 0) for r in rows], color=c, label=f"{name} KV cache used %")
+        if any("preemptions" in r for r in rows):
+            ax[1].step(t, [r.get("preemptions", 0) for r in rows], where="post", color=c, ls="--",
+                       label=f"{name} preemptions (cumulative)")
+        drawn = True
+    if not drawn:
+        return None
+    _axes(ax, ("time (s)", "requests"), ("time (s)", "% / count"))
+    return Plot("server_timeline", "The engine over time (its own metrics)",
+                "From the engine's Prometheus metrics, scraped about once a second: its running and waiting "
+                "requests beside the client's in-flight count, its KV-cache usage and preemptions.", _png(fig))
+
+
 def prefill_new(runs: list[Run], names: list[str]) -> Plot | None:
     """TTFT against the *new* (uncached) prompt tokens beside TTFT against the whole prompt, for runs whose server
     reported cached tokens (multi-turn conversations, traces with shared prefixes)."""
@@ -291,4 +338,4 @@ def prefill_new(runs: list[Run], names: list[str]) -> Plot | None:
                 "(prompt − cached, as the server reported), not the prompt length.", _png(fig))
 
 
-ALL = (prefill, prefill_new, decode, tradeoff, cdfs, timeline, roofline)
+ALL = (prefill, prefill_new, decode, tradeoff, cdfs, timeline, roofline, server_timeline)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
+from ..textsafe import markup as escape
 from rich.table import Table
 
 

@@ -1,6 +1,7 @@
 """The terminal summary of a run or a sweep: rich tables, which print plainly when output is not a TTY.
 
-Any text that came from a server or a dataset is passed through ``escape`` so it cannot inject rich markup.
+Any text that came from a server, a dataset or a run folder is passed through ``textsafe.markup``: no rich
+markup, no terminal escape sequences, no control characters.
 """
 
 from __future__ import annotations
@@ -8,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..results import Run
+from ..spec import redact_url
+from ..textsafe import markup as escape
 
 ROWS = (
     ("TTFT (from schedule)", "ttft_ms"),
@@ -30,7 +32,7 @@ def _f(v: Any, nd: int = 2) -> str:
         return "-"
     if isinstance(v, float):
         return f"{v:,.{nd}f}"
-    return str(v)
+    return escape(str(v))
 
 
 def latency_table(summary: dict[str, Any]) -> Table:
@@ -44,7 +46,8 @@ def latency_table(summary: dict[str, Any]) -> Table:
             continue
         ci = s.get("p99_ci95")
         ci_txt = "-" if not ci else f"{ci[0]:.1f}–{'∞' if ci[1] is None else f'{ci[1]:.1f}'}"
-        t.add_row(label, str(s["count"]), _f(s["mean"]), _f(s["p50"]), _f(s["p90"]), _f(s["p99"]), ci_txt, _f(s["max"]))
+        t.add_row(label, _f(s.get("count")), _f(s.get("mean")), _f(s.get("p50")), _f(s.get("p90")), _f(s.get("p99")),
+                  ci_txt, _f(s.get("max")))
     return t
 
 
@@ -102,7 +105,7 @@ def sweep_table(run: Run) -> Table:
         t.add_column(c, justify="right" if c != "point" else "left")
     for row in run.summary.get("points", []):
         t.add_row(
-            row["point"], _f(row.get("max_concurrency")), _f(row.get("request_rate")),
+            _f(row.get("point")), _f(row.get("max_concurrency")), _f(row.get("request_rate")),
             f"{row.get('completed')}/{row.get('failed')}", _f(row.get("request_throughput")),
             _f(row.get("output_throughput"), 1), _f(row.get("median_ttft_ms"), 1), _f(row.get("p99_ttft_ms"), 1),
             _f(row.get("median_tpot_ms"), 1), _f(row.get("p99_tpot_ms"), 1), _f(row.get("request_goodput")),
@@ -117,13 +120,15 @@ def print_run(run: Run, console: Console | None = None) -> None:
     target = m.get("target") or {}
     head = f"[bold]{escape(str(m.get('spec', {}).get('scenario', m.get('kind'))))}[/]"
     if target:
-        head += f" · {escape(str(target.get('model')))} @ {escape(str(target.get('url')))}"
+        head += f" · {escape(str(target.get('model')))} @ {escape(str(redact_url(str(target.get('url') or '')) or '-'))}"
     if m.get("simulated"):
         head += " · [magenta]simulated[/]"
     if run.path:
         head += f" · {escape(str(run.path))}"
     console.print(head)
-    if run.skipped_lines:
+    for w in run.load_warnings:
+        console.print(f"[yellow]! {escape(w)}[/]", soft_wrap=True)
+    if run.skipped_lines and not run.load_warnings:
         console.print(f"[yellow]! {run.skipped_lines} unreadable lines in requests.jsonl were skipped[/]")
     if run.is_sweep:
         console.print(sweep_table(run))
@@ -140,10 +145,14 @@ def print_run(run: Run, console: Console | None = None) -> None:
 
     for line in roofline_lines(run.summary.get("phasebench", {}).get("roofline")):
         console.print(line)
+    from ..serverview.view import summary_lines
+
+    for line in summary_lines(run.summary.get("phasebench", {}).get("server_view") or {}):
+        console.print(escape(line))
     c = run.summary.get("phasebench", {}).get("cost")
-    if c and c.get("usd_per_1m_output_tokens"):
-        slo = c.get("usd_per_1m_output_tokens_at_slo")
-        console.print(f"cost: ${c['usd_per_1m_output_tokens']:,.3f} per 1M output tokens on {c['devices']}× "
+    if c and c.get("usd_per_1m_tokens"):
+        slo = c.get("usd_per_1m_tokens_at_slo")
+        console.print(f"cost: ${c['usd_per_1m_tokens']:,.3f} per 1M tokens (input + output, blended) on {c['devices']}× "
                       f"{escape(c['hardware'])} at ${c['price_per_hour']}/h"
                       + (f", ${slo:,.3f} counting only requests that met the SLO" if slo else "")
                       + (f"; {c['output_tokens_per_joule']:.2f} output tokens/J ({escape(c['power_source'])})"

@@ -10,15 +10,15 @@ the prefill part plus the decode part's variable terms (the weights are read onc
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from ..model.arch import precision_bytes
+from ..model import phases
 from ..model.errors import ModelError
-from ..model.phases import Setup, _comm, _moe_weight_bytes, kv_heads_per_rank
+from ..model.phases import Setup
 
 
 class Profile(Protocol):
@@ -28,44 +28,45 @@ class Profile(Protocol):
 
 
 class AnalyticProfile:
-    """Iteration time from the roofline phase model of a (model, hardware, devices, precision) setup."""
+    """Iteration time from the roofline phase model of a (model, hardware, devices, precision, engine) setup.
 
-    def __init__(self, setup: Setup) -> None:
+    It calls the same cost functions as ``predict`` (``phases.forward`` for HBM devices, ``phases.sram_pass`` /
+    ``sram_prefill`` for SRAM pipelines), so a simulated request alone on the replica takes what ``predict``
+    says (tested within 2% on every catalog device). An iteration that finishes a prompt pays the engine's fixed
+    per-request cost (``request_s``) once: exact for one request at a time, and under load it stands for the
+    engine's serialised per-request work (tokenisation, scheduling, sampling)."""
+
+    def __init__(self, setup: Setup, engine: str | None = None) -> None:
+        if engine is not None:
+            from ..model.calibration import efficiency_for
+
+            eff, _ = efficiency_for(setup.hardware, engine)
+            setup = replace(setup, efficiency=eff, engine=eff.engine or engine)
         s = setup.resolved()
         self.s = s
-        m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
-        self.w = m.weight_bytes(pr.weights)
+        m, pr = s.model, s.precision
         self.kv_tok = m.kv_bytes_per_token(pr.kv)
-        self.heads_share = kv_heads_per_rank(m, s.tp) / m.kv_heads
-        self.flop_rate = s.tp * hw.peak_flops(pr.activations) * eff.compute
-        self.bw = hw.bandwidth * eff.memory
-        self.overhead = m.layers * eff.layer_overhead_us * 1e-6
-        self.cparams = 2.0 * m.compute_params
         self.attn = 4.0 * m.q_dim * m.layers
-        self.act_b = precision_bytes(pr.activations)
-        if hw.kind == "sram-dataflow" and hw.memory_gb * 1000 <= hw.sram_mb * 1.0001:
-            # an SRAM pipeline: a token's pass is the whole model at one chip's bandwidth plus hops
-            chips = max(hw.chips, 1) * s.devices
-            self.bw = hw.bandwidth / max(hw.chips, 1) * eff.memory
-            self.flop_rate = hw.peak_flops(pr.activations) / max(hw.chips, 1) * eff.compute
-            self.overhead += (chips - 1) * hw.interconnect_latency_us * 1e-6
-            self.sram_chips = chips
-        else:
-            self.sram_chips = 0
+        self.request_s = phases.request_s(s)
+        self.sram = phases._sram_only(s.hardware)
 
     def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float:
-        tokens = sum_n + batch
-        flops = self.cparams * tokens + self.attn * (sum_n2 / 2 + sum_ctx)
-        nbytes = _moe_weight_bytes(self.s.model, self.w, max(tokens, 1)) / self.s.tp \
-            + self.kv_tok * self.heads_share * (sum_ctx + sum_n)
-        if self.sram_chips:
-            return max(flops / self.flop_rate, nbytes / self.bw) + self.overhead
-        return max(flops / self.flop_rate, nbytes / self.bw) + _comm(self.s, tokens, self.act_b) + self.overhead
+        s = self.s
+        if self.sram:   # one sequence at a time: a prompt, or one decode token at its context
+            t = phases.sram_prefill(s, max(int(sum_n), 1)).time_s if sum_n else 0.0
+            if batch:
+                t += batch * phases.sram_pass(s, sum_ctx / batch).time_s
+            return t + (self.request_s if sum_n else 0.0)
+        lm = batch + (1 if sum_n else 0)   # one LM-head row per decoding sequence and per finishing prompt
+        t = phases.forward(s, sum_n + batch, self.attn * (sum_n2 / 2 + sum_ctx), self.kv_tok * (sum_ctx + sum_n),
+                           lm).time_s
+        return t + (self.request_s if sum_n else 0.0)
 
     def describe(self) -> dict[str, Any]:
         s = self.s
         return {"kind": "analytic", "model": s.model.name, "hardware": s.hardware.key, "devices": s.devices,
-                "tp": s.tp, "pp": s.pp, "precision": asdict(s.precision), "efficiency": s.efficiency.to_dict()}
+                "tp": s.tp, "pp": s.pp, "precision": asdict(s.precision), "engine": s.engine,
+                "efficiency": s.efficiency.to_dict()}
 
 
 @dataclass

@@ -62,12 +62,8 @@ def scheduler_for(setup: Setup | None, max_seqs: int = 256, max_batched_tokens: 
 
 
 def analytic_profile(setup: Setup, engine: str | None = None) -> AnalyticProfile:
-    """``AnalyticProfile(setup)``, with ``engine`` passed on where the profile takes one."""
-    import inspect
-
-    if engine is not None and "engine" in inspect.signature(AnalyticProfile).parameters:
-        return AnalyticProfile(setup, engine=engine)  # type: ignore[call-arg]
-    return AnalyticProfile(setup)
+    """The phase model's profile of ``setup`` under ``engine`` (its efficiency profile; None = the default)."""
+    return AnalyticProfile(setup, engine=engine)
 
 
 def workload(spec: RunSpec, n: int) -> tuple[list[int], list[int]]:

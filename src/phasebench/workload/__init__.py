@@ -30,4 +30,5 @@ async def build_prompts(spec: RunSpec, tok: Tokenizer, n: int, seed_offset: int 
     if spec.preset:
         p = get_preset(spec.preset)
         ins, outs = p.input_tokens, p.output_tokens
-    return await synthetic_prompts(tok, n, ins, outs, spec.seed + seed_offset)
+    return await synthetic_prompts(tok, n, ins, outs, spec.seed + seed_offset, nonce=spec.nonce or "",
+                                   prefix_tokens=spec.prefix_tokens, prefix_groups=spec.prefix_groups)

@@ -1,7 +1,10 @@
 """Synthetic prompts of exact token length.
 
-Text is drawn from a fixed English word list with a seeded generator, so every prompt differs (no
-accidental prefix-cache hits) and nothing is downloaded. With an exact tokenizer, each prompt is cut to
+Text is drawn from a fixed English word list with a seeded generator, so every prompt of a run differs and
+nothing is downloaded. The same seed gives the same prompts, so a second run of the same command would be
+served from the engine's prefix cache: unless a seed is given, each run draws a fresh ``nonce`` (recorded in
+the manifest's spec) and every prompt starts with a marker derived from it and the prompt's index. Shared-prefix workloads (``prefix_tokens``,
+``prefix_groups``) measure caching on purpose: prompt i starts with prefix i mod K of exactly N tokens. With an exact tokenizer, each prompt is cut to
 the wanted number of tokens and checked by re-encoding (decode/encode does not always round-trip, so it
 retries a few times and records the length it really got).
 """
@@ -43,9 +46,26 @@ def sample_lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> list[i
     return [max(1, int(round(v))) for v in vals]
 
 
-async def exact_prompt(tok: Tokenizer, rng: np.random.Generator, n_tokens: int) -> tuple[str, int]:
-    """A prompt of ``n_tokens`` tokens by ``tok``; returns (text, tokens it really has)."""
-    text = random_text(rng, max(1, int(n_tokens * 1.1) + 4))
+def new_nonce() -> str:
+    """A short per-run marker for the start of every prompt (a few tokens in any tokenizer)."""
+    import secrets
+
+    return f"[{secrets.token_hex(3)}]"
+
+
+def prompt_head(nonce: str, key: object) -> str:
+    """The marker at the start of one prompt: derived from the run's nonce and the prompt's index, so prompts
+    share no leading tokens with each other either (a common marker would look like a small cache hit)."""
+    if not nonce:
+        return ""
+    import hashlib
+
+    return "[" + hashlib.sha256(f"{nonce}/{key}".encode()).hexdigest()[:6] + "]"
+
+
+async def exact_prompt(tok: Tokenizer, rng: np.random.Generator, n_tokens: int, head: str = "") -> tuple[str, int]:
+    """A prompt of ``n_tokens`` tokens by ``tok`` that starts with ``head``; returns (text, tokens it has)."""
+    text = (head + " " if head else "") + random_text(rng, max(1, int(n_tokens * 1.1) + 4))
     ids = await tok.encode(text)
     while len(ids) < n_tokens:
         text += " " + random_text(rng, n_tokens - len(ids) + 4)
@@ -66,13 +86,24 @@ async def exact_prompt(tok: Tokenizer, rng: np.random.Generator, n_tokens: int) 
 
 
 async def synthetic_prompts(
-    tok: Tokenizer, n: int, input_len: LengthDist, output_len: LengthDist, seed: int
+    tok: Tokenizer, n: int, input_len: LengthDist, output_len: LengthDist, seed: int,
+    nonce: str = "", prefix_tokens: int = 0, prefix_groups: int = 1,
 ) -> list[Prompt]:
     rng = np.random.default_rng(seed)
     ins = sample_lengths(input_len, n, rng)
     outs = sample_lengths(output_len, n, rng)
+    prefixes: list[str] = []
+    if prefix_tokens:
+        prng = np.random.default_rng(seed + 7_919)
+        for _ in range(max(1, prefix_groups)):
+            text, _ = await exact_prompt(tok, prng, prefix_tokens, prompt_head(nonce, f"{seed}/group{len(prefixes)}"))
+            prefixes.append(text)
     prompts = []
-    for i_len, o_len in zip(ins, outs):
-        text, got = await exact_prompt(tok, rng, i_len)
+    for i, (i_len, o_len) in enumerate(zip(ins, outs)):
+        if prefixes:
+            head = prefixes[i % len(prefixes)]
+            text, got = await exact_prompt(tok, rng, max(i_len, prefix_tokens + 1), head)
+        else:
+            text, got = await exact_prompt(tok, rng, i_len, prompt_head(nonce, f"{seed}/{i}"))
         prompts.append(Prompt(text=text, input_tokens=got if tok.exact else None, output_tokens=o_len))
     return prompts

@@ -51,11 +51,18 @@ class ApproxTokenizer:
 
 
 class HFTokenizer:
-    """A local ``tokenizer.json`` file, read with the ``tokenizers`` library (extra: ``phasebench[tokenizers]``)."""
+    """A local ``tokenizer.json`` file, or a Hugging Face model folder holding one, read with the
+    ``tokenizers`` library (extra: ``phasebench[tokenizers]``)."""
 
     exact = True
 
     def __init__(self, path: str) -> None:
+        from pathlib import Path
+
+        if Path(path).is_dir():
+            if not (Path(path) / "tokenizer.json").is_file():
+                raise SpecError(f"--tokenizer {path}: the folder has no tokenizer.json")
+            path = str(Path(path) / "tokenizer.json")
         try:
             from tokenizers import Tokenizer as _T
         except ImportError:

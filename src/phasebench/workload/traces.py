@@ -338,10 +338,11 @@ def _stable(key: Any) -> int:
     return zlib.crc32(repr(key).encode()) & 0x7FFFFFFF
 
 
-async def trace_prompts(trace: Trace, tok: Tokenizer, seed: int = 0) -> list[Prompt]:
+async def trace_prompts(trace: Trace, tok: Tokenizer, seed: int = 0, nonce: str = "") -> list[Prompt]:
     """One prompt per row. Mooncake: the text of block ``h`` is the same wherever ``h`` appears (the last block
     cut to the row's length); plain: a shared prefix per ``prefix_id``, a conversation's row extends the previous
-    row's prompt; otherwise (Azure) every prompt is its own text."""
+    row's prompt; otherwise (Azure) every prompt is its own text. ``nonce`` (the run's, the same for every row)
+    starts every prompt, so the rows share with each other what the trace says and nothing with an earlier run."""
     texts = _Texts(tok, seed)
     prompts: list[Prompt] = []
     conv_prompt: dict[str, tuple[str, int]] = {}
@@ -376,6 +377,8 @@ async def trace_prompts(trace: Trace, tok: Tokenizer, seed: int = 0) -> list[Pro
                 text += "\n" + await texts.text("row", i, r.input_tokens - shared)
         else:
             text = await texts.text("row", i, r.input_tokens)
+        if nonce:
+            text = nonce + " " + text
         prompts.append(Prompt(text=text, input_tokens=r.input_tokens, output_tokens=r.output_tokens,
                               conversation=conversation, turn=turn))
     return prompts

@@ -1,0 +1,81 @@
+"""How well `predict` agrees with published measurements: median |error| on the corpus (src/phasebench/data/corpus.csv).
+
+Three columns per line: the priors alone (data/engines.yaml, no fit), the fit scored on the rows it was fitted on
+(in-sample), and leave-one-source-out (each source scored by a fit on all the other sources: the honest figure).
+Lines: overall, per phase group (prefill = TTFT, decode = TPOT / a stream's tok/s, e2e, throughput), per source,
+per engine|device class. |error| = |predicted / measured − 1|.
+
+    PYTHONPATH=src python benchmarks/predict_accuracy.py            # full fit (a few CPU-minutes)
+    PYTHONPATH=src python benchmarks/predict_accuracy.py --quick    # fewer fit iterations, for checking
+    PYTHONPATH=src python benchmarks/predict_accuracy.py --write    # also regenerate data/engines_fit.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from phasebench.model import fit as F  # noqa: E402
+from phasebench.model.corpus import load  # noqa: E402
+
+
+def _med(xs: list[float]) -> str:
+    return f"{np.median(xs):.1f}%" if xs else "-"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="10 fit evaluations instead of 60 (for checking)")
+    ap.add_argument("--write", action="store_true", help="write src/phasebench/data/engines_fit.yaml from this fit")
+    ap.add_argument("--corpus", type=Path, default=None)
+    ap.add_argument("--worst", type=int, default=15, help="list the N worst rows leave-one-source-out")
+    a = ap.parse_args()
+    nfev = 10 if a.quick else 60
+    t0 = time.process_time()
+    rows, skipped = load(a.corpus)
+    prior = F.score(rows, {})
+    fitted = F.fit(rows, max_nfev=nfev)
+    loso = F.leave_one_source_out(rows, max_nfev=nfev)
+    cpu = time.process_time() - t0
+    print(f"corpus: {len(rows)} rows scored from {len({r.source for r in rows})} sources; {len(skipped)} rows not "
+          f"predictable ({'; '.join(sorted({why.split(':')[0][:70] for _, why in skipped}))})")
+    print(f"fit: {len(fitted.keys)} parameters, {fitted.nfev} evaluations, {cpu:.0f} CPU-s in all"
+          f"{' (--quick)' if a.quick else ''}\n")
+    print("| rows | n | priors only | fitted (in-sample) | leave-one-source-out |")
+    print("|---|---:|---:|---:|---:|")
+
+    def line(name: str, ids: list[str]) -> None:
+        p = [F.abs_pct(prior[i]) for i in ids if i in prior]
+        f = [F.abs_pct(fitted.residuals[i]) for i in ids if i in fitted.residuals]
+        lo = [F.abs_pct(loso[i]) for i in ids if i in loso]
+        print(f"| {name} | {len(lo)} | {_med(p)} | {_med(f)} | {_med(lo)} |")
+
+    line("**overall**", [r.id for r in rows])
+    for label, keyf in (("group", lambda r: r.group), ("source", lambda r: r.source), ("engine|class", lambda r: r.key)):
+        groups = defaultdict(list)
+        for r in rows:
+            groups[keyf(r)].append(r.id)
+        for k in sorted(groups):
+            line(f"{label}: {k}", groups[k])
+    worst = sorted((r for r in rows if r.id in loso), key=lambda r: -abs(loso[r.id]))[: a.worst]
+    if worst:
+        print(f"\nworst {len(worst)} rows leave-one-source-out (predicted ÷ measured, as time):")
+        for r in worst:
+            s = r.setup
+            print(f"  #{r.id} {r.source}: {r.engine} on {s.devices}× {r.hardware}, {s.model.name} {s.precision.label()}, "
+                  f"B={r.batch} {r.input_len}/{r.output_len} {r.metric}={r.value:g} → ×{np.exp(loso[r.id]):.2f}")
+    print("\nfitted parameters:", ", ".join(f"{k}={v:.4g}" for k, v in fitted.parameters.items()))
+    if a.write:
+        print(f"wrote {F.write(F.document(rows, skipped, fitted, loso, a.corpus or F.corpus_path()))}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""The serving engine as a dimension of the phase model: names, aliases, defaults and efficiency profiles.
+
+An :class:`Efficiency` says how far a (device, engine) pair sits below the roofline: the achievable fractions of
+peak bandwidth and FLOP/s, a fixed cost per request (tokenisation, scheduling, sampling, HTTP), a fixed cost per
+forward pass and per layer, and the latency floor of a tensor-parallel all-reduce. ``data/engines.yaml`` holds
+the engines and the priors (each with its sources); ``data/engines_fit.yaml`` holds the values fitted on the
+published-measurement corpus (``phasebench.model.fit``; docs/model.md). Lookup order for a pair: a user's
+calibration (``model/calibration.py``) > the fitted value for (device class, engine) > the prior.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from .errors import ModelError, unknown
+from .hardware import Hardware
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """How far real stacks sit below the roofline: achievable fractions of peak, and fixed costs."""
+    memory: float = 0.70            # fraction of peak bandwidth reached by decode GEMVs
+    compute: float = 0.60           # fraction of peak FLOP/s reached by long prefills
+    layer_overhead_us: float = 4.0  # per layer per forward pass: kernel launches, scheduling
+    allreduce_us: float = 15.0      # latency floor of one all-reduce (two per layer under tensor parallel)
+    source: str = "default"
+    request_ms: float = 0.0         # fixed per request, on TTFT: tokenisation, scheduling, sampling, HTTP
+    step_us: float = 0.0            # fixed per forward pass (engine step): scheduler, sampling, host sync
+    sharpness: float = 0.0          # roofline knee: time = (c^k + m^k)^(1/k); 0 = the hard max(c, m)
+    kv_memory: float = 1.0          # KV-cache reads (attention) reach this fraction of the weights' bandwidth
+    gemm_half_rows: float = 0.0     # GEMM rows (tokens per expert) at which matmuls reach half of ``compute``
+    link: float = 1.0               # fraction of the interconnect's bandwidth a ring all-reduce reaches
+    moe_compute: float = 1.0        # MoE expert GEMMs (grouped, routed) reach this fraction of ``compute``
+    engine: str = ""
+    device_class: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Priors per device kind (the roofline defaults before any fit); docs/model.md gives the sources.
+DEFAULT_EFFICIENCY = {
+    "gpu": Efficiency(0.70, 0.60, 4.0, 15.0, "default (gpu)"),
+    "tpu": Efficiency(0.70, 0.60, 2.0, 10.0, "default (tpu)"),
+    "accelerator": Efficiency(0.60, 0.50, 6.0, 20.0, "default (accelerator)"),
+    "sram-dataflow": Efficiency(0.75, 0.60, 0.0, 2.0, "default (sram-dataflow)"),
+    "cpu": Efficiency(0.60, 0.50, 20.0, 5.0, "default (cpu)"),
+}
+
+PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness", "kv_memory", "gemm_half_rows", "link", "moe_compute")
+
+
+@cache
+def _data() -> dict[str, Any]:
+    return yaml.safe_load(resources.files("phasebench").joinpath("data/engines.yaml").read_text())
+
+
+@cache
+def fitted() -> dict[str, Any]:
+    """The fitted block (``data/engines_fit.yaml``): parameters, residual ranges per class, corpus coverage."""
+    f = resources.files("phasebench").joinpath("data/engines_fit.yaml")
+    if not f.is_file():
+        return {}
+    return yaml.safe_load(f.read_text()) or {}
+
+
+def engines() -> dict[str, dict[str, Any]]:
+    return _data()["engines"]
+
+
+@cache
+def _aliases() -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, e in engines().items():
+        for a in [name, *e.get("aliases", [])]:
+            out[_norm(a)] = name
+    return out
+
+
+def _norm(s: str) -> str:
+    return s.strip().lower().replace("_", "-").replace(" ", "-")
+
+
+def canonical_engine(name: str) -> str:
+    """The engine's canonical name from any accepted spelling (``tensorrt-llm`` → ``trt-llm``)."""
+    al = _aliases()
+    n = _norm(name)
+    if n in al:
+        return al[n]
+    if n.replace("-", "") in {k.replace("-", "") for k in al}:
+        return next(v for k, v in al.items() if k.replace("-", "") == n.replace("-", ""))
+    raise unknown("engine", name, engines())
+
+
+def device_class(hw: Hardware) -> str:
+    """The device class profiles and residual ranges are kept per: vendor family within a kind."""
+    if hw.extra.get("device_class"):
+        return str(hw.extra["device_class"])
+    key, name = hw.key.lower(), hw.name.lower()
+    if hw.kind == "gpu":
+        return "amd-gpu" if ("amd" in name or key.startswith("mi")) else "nvidia-gpu"
+    if hw.kind == "accelerator":
+        return "gaudi" if "gaudi" in key else ("inferentia" if ("inferentia" in key or "trainium" in key) else "accelerator")
+    if hw.kind == "sram-dataflow":
+        return "groq" if "groq" in key else "sram-dataflow"
+    return hw.kind
+
+
+def default_engine(hw: Hardware) -> str:
+    """The engine assumed when none is named: the device's own default, else its class's, else its kind's."""
+    d = _data()["defaults"]
+    return hw.extra.get("default_engine") or d.get(hw.key) or d.get(device_class(hw)) or d[hw.kind]
+
+
+def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | None = None) -> Efficiency:
+    """The efficiency profile of ``engine`` (default: the device's default engine) on ``hw``.
+
+    Composed parameter by parameter: the device class's base fractions of peak × the engine's multipliers, and
+    the engine's fixed costs; each from the corpus fit where it has the parameter, else from the prior.
+    ``fit`` replaces the installed fitted parameters (the fitter passes its trial values)."""
+    eng = canonical_engine(engine) if engine else default_engine(hw)
+    cls = device_class(hw)
+    data = _data()
+    pri = data.get("priors", {})
+    base = {k: getattr(DEFAULT_EFFICIENCY[hw.kind], k) for k in PARAMS}
+    for layer in (pri.get(hw.kind), pri.get(cls)):
+        base.update({k: v for k, v in (layer or {}).items() if k in PARAMS})
+    eng_prior = dict(data["engines"][eng].get("prior", {}))
+    for layer in (pri.get(f"{cls}/{eng}"), pri.get(f"{hw.key}/{eng}")):
+        eng_prior.update(layer or {})
+    if fit is None:
+        fit = fitted().get("parameters", {})
+    used_fit = False
+
+    def get(key: str, default: float) -> float:
+        nonlocal used_fit
+        if key in fit:
+            used_fit = True
+            return float(fit[key])
+        return float(default)
+
+    vals: dict[str, float] = {}
+    for k in ("memory", "compute"):
+        b = get(f"{k}|{cls}", base[k])
+        m = get(f"{k}@{eng}", eng_prior.get(f"{k}_mult", 1.0))
+        vals[k] = min(b * m, 1.0)
+    for k in ("request_ms", "step_us"):
+        vals[k] = get(f"{k}@{eng}", eng_prior.get(k, base[k]))
+    vals["layer_overhead_us"] = get(f"layer_overhead_us|{cls}", eng_prior.get("layer_overhead_us", base["layer_overhead_us"]))
+    vals["allreduce_us"] = get(f"allreduce_us|{hw.kind}", base["allreduce_us"])
+    vals["sharpness"] = get("sharpness", base["sharpness"])
+    vals["kv_memory"] = min(get("kv_memory", base["kv_memory"]), 1.0)
+    vals["gemm_half_rows"] = get("gemm_half_rows", base["gemm_half_rows"])
+    vals["link"] = min(get(f"link|{hw.kind}", base["link"]), 1.0)
+    vals["moe_compute"] = min(get("moe_compute", base["moe_compute"]), 1.0)
+    src = f"fitted on the corpus ({fitted().get('corpus', {}).get('rows', '?')} rows)" if used_fit else "prior"
+    return Efficiency(**vals, source=f"{eng} on {cls}: {src}", engine=eng, device_class=cls)
+
+
+def with_engine(eff: Efficiency, engine: str) -> Efficiency:
+    return replace(eff, engine=engine)
+
+
+def listing() -> list[dict[str, Any]]:
+    """Every engine with its aliases and where the corpus covers it (for ``phasebench engines`` and docs)."""
+    cov = fitted().get("coverage", {})
+    return [{"engine": k, "name": v.get("name", k), "aliases": v.get("aliases", []),
+             "corpus_rows": sum(n for c, n in cov.items() if c.split("|")[0] == k)} for k, v in engines().items()]
+
+
+def covered(hw: Hardware, engine: str) -> tuple[bool, str | None]:
+    """Whether the corpus has rows for (engine, device class); a note saying what falls outside otherwise."""
+    cov = fitted().get("coverage")
+    if cov is None:
+        return False, "no corpus fit is installed (data/engines_fit.yaml): no range"
+    cls = device_class(hw)
+    if cov.get(f"{engine}|{cls}"):
+        return True, None
+    if hw.kind == "sram-dataflow" and cls == "groq":
+        return True, None
+    have_e = any(k.split("|")[0] == engine for k in cov)
+    have_c = any(k.split("|")[1] == cls for k in cov)
+    more = ("" if have_e else f", nor of {engine} on any device") + ("" if have_c else f", nor of any engine on {cls}")
+    return False, f"outside the corpus: no published measurement of {engine} on {cls}{more}; the range is widened"
+
+
+__all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "ModelError", "canonical_engine", "default_engine", "profile",
+           "device_class", "covered", "listing"]

@@ -1,0 +1,85 @@
+"""The scraper around one run: ``open_scraper`` before the measured window, ``close_scraper`` after it.
+
+Two calls from ``runner.run_one``; a metrics endpoint that is missing or broken never stops a run: the
+server view then says why it is empty.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..records import RequestRecord
+from ..spec import RunSpec
+from .scrape import Scraper
+from .view import build_view, engine_of, series_row
+
+SERIES_FILE = "server_metrics.jsonl"
+
+
+def metrics_url(spec: RunSpec, base_url: str) -> str | None:
+    from ..workload.tokens import server_root
+
+    if spec.metrics_url in ("off", "none", ""):
+        return None
+    return spec.metrics_url or server_root(base_url) + "/metrics"
+
+
+def _without_credentials(url: str) -> tuple[str, str | None]:
+    """The URL without ``user:password@``, and those credentials as a Basic Authorization header."""
+    import base64
+
+    from yarl import URL
+
+    try:
+        u = URL(url)
+    except ValueError:
+        return url, None
+    if u.user is None and u.password is None:
+        return url, None
+    token = base64.b64encode(f"{u.user or ''}:{u.password or ''}".encode()).decode()
+    return str(u.with_user(None)), f"Basic {token}"
+
+
+async def open_scraper(spec: RunSpec, base_url: str, run_dir: Path | None, api_key: str | None) -> Scraper | None:
+    """The 'before' scrape (in a thread: a slow endpoint must not hold the loop). None when scraping is off."""
+    url = metrics_url(spec, base_url)
+    if url is None:
+        return None
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    url, basic = _without_credentials(url)  # user:password@ goes into a header, never into a stored message
+    if basic and not api_key:
+        headers["Authorization"] = basic
+    scraper = Scraper(url, run_dir / SERIES_FILE if run_dir else None, headers=headers)
+    if await asyncio.to_thread(scraper.begin):
+        assert scraper.before is not None
+        scraper.engine = engine_of(scraper.before)
+        scraper.row = series_row(scraper.engine)
+    return scraper
+
+
+async def close_scraper(scraper: Scraper | None, spec: RunSpec, records: Sequence[RequestRecord],
+                        summary: dict[str, Any]) -> dict[str, Any] | None:
+    """Stop scraping, take the 'after' scrape, and return the ``server_view`` block (warnings go into the
+    summary's warnings too)."""
+    if scraper is None:
+        return None
+    if scraper.before is None:
+        return {"available": False, "source": scraper.url, "reason": scraper.error}
+    await asyncio.to_thread(scraper.finish)  # already done in run_one's finally, unless it failed there
+    if scraper.after is None:
+        return {"available": False, "source": scraper.url, "reason": scraper.error}
+    ok = [r for r in records if r.ok and not r.warmup]
+    cached = [getattr(r, "cached_tokens", None) for r in ok]
+    cached_known = [c for c in cached if c is not None]
+    prompt = sum(r.prompt_tokens or 0 for r in ok)
+    ttft = (summary.get("phasebench", {}).get("metrics", {}).get("ttft_ms") or {}).get("mean")
+    view = build_view(scraper, scraper.engine, ttft, len(ok),
+                      sum(cached_known) if cached_known else None, prompt or None,
+                      deliberate_prefix=bool(spec.prefix_tokens))
+    if scraper.series_path is not None and scraper.series:
+        view.series_file = scraper.series_path.name
+    warnings = summary.get("phasebench", {}).setdefault("warnings", [])
+    warnings.extend(w for w in view.warnings if w not in warnings)
+    return {"available": True, **view.to_dict()}
