@@ -56,7 +56,7 @@ def run(
     url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (…/v1). Omit to start the embedded engine."),
     model: Optional[str] = typer.Option(None, help="Model name to request (default: the first of /v1/models)."),
     endpoint: Optional[Endpoint] = typer.Option(None, help="completions or chat."),
-    scenario: Optional[Scenario] = typer.Option(None, help="single-stream | concurrency | server | offline | sweep."),
+    scenario: Optional[Scenario] = typer.Option(None, help="single-stream | concurrency | server | offline | sweep | trace."),
     concurrency: Optional[str] = typer.Option(None, help="Closed-loop slots; a list (1,2,4) for a sweep."),
     rate: Optional[str] = typer.Option(None, help="Requests/s for 'server'; a list for a sweep."),
     burstiness: Optional[float] = typer.Option(None, help="Gamma shape of arrivals: 1 = Poisson, <1 burstier."),
@@ -101,6 +101,11 @@ def run(
     workers: Optional[str] = typer.Option(None, help="Client worker processes: N or auto (default: one per spare core when the load needs it)."),
     ray: Optional[str] = typer.Option(None, help="Run the client workers as Ray actors: auto or a cluster ADDRESS (extra phasebench[ray])."),
     transport: Optional[str] = typer.Option(None, help="auto (raw sockets with kernel receive timestamps for http:// on Linux), raw or aiohttp."),
+    trace: Optional[Path] = typer.Option(None, help="Replay a recorded trace at its timestamps: Mooncake JSONL, Azure CSV or plain JSONL."),
+    trace_speed: Optional[float] = typer.Option(None, help="Trace time scale: 2 replays twice as fast."),
+    trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
+    turns: Optional[str] = typer.Option(None, help="Multi-turn conversations: N or N:stddev turns each (--requests counts conversations)."),
+    think_time: Optional[str] = typer.Option(None, help="Seconds between an answer and the next turn: S or S:stddev."),
     max_event_bytes: Optional[int] = typer.Option(None, help="A streamed event larger than this fails its request (default 4 MiB)."),
 ) -> None:
     """Benchmark a server (or, with no --url, the embedded engine) and write a run folder.
@@ -137,6 +142,7 @@ def run(
             metrics_url=metrics_url, prefix_tokens=prefix_tokens, prefix_groups=prefix_groups,
             quality=quality, quality_alone=quality_alone, quality_set=quality_set, quality_ref=quality_ref,
             quality_threshold=quality_threshold,
+            trace=trace, trace_speed=trace_speed, trace_window=trace_window, turns=turns, think_time=think_time,
         )
         if plan:
             from .plan_any import run_url_plan

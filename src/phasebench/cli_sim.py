@@ -53,7 +53,9 @@ def simulate(
     input_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
     output_tokens: Optional[str] = typer.Option(None, help="N or N:stddev."),
     preset: Optional[str] = typer.Option(None, help="Use case: chat, code, rag, summarize."),
-    trace: Optional[Path] = typer.Option(None, help="JSONL trace: arrival_s, input_tokens, output_tokens per line."),
+    trace: Optional[Path] = typer.Option(None, help="Trace to replay: Mooncake JSONL, Azure CSV or plain JSONL (t, input_tokens, output_tokens)."),
+    trace_speed: float = typer.Option(1.0, help="Trace time scale: 2 replays twice as fast."),
+    trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
     warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
     cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
     slo: Optional[str] = typer.Option(None, help="ttft=..,tpot=.. or an MLPerf preset."),
@@ -65,6 +67,8 @@ def simulate(
     static_batching: bool = typer.Option(False, help="Static batching (the baseline continuous batching beats)."),
     block_size: int = typer.Option(16, help="KV block size (tokens)."),
     kv_blocks: Optional[int] = typer.Option(None, help="KV blocks (default: what the device memory leaves)."),
+    prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
+                                      help="Trace replay: reuse the cached prompt blocks the trace's rows share (LRU, in free KV)."),
     summary_only: bool = typer.Option(False, "--summary-only",
                                       help="Write manifest and summary only (no requests.jsonl): the fast mode."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
@@ -84,13 +88,15 @@ def simulate(
         setup = _setup(model, hardware, devices, precision, engine) if model and hardware else None
         prof = FittedProfile.load(profile) if profile else analytic_profile(setup, engine)
         cfg = _scheduler(setup, max_seqs, max_batched_tokens, chunked_prefill, block_size, kv_blocks, static_batching)
+        cfg.prefix_cache = prefix_cache
         spec = build_spec(None, url="http://simulated.invalid/v1", scenario=scenario,
-                          concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else None,
+                          concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else ("1" if trace else None),  # a trace has its own arrivals
                           burstiness=burstiness, requests=requests, duration=duration, input_tokens=input_tokens,
                           output_tokens=output_tokens, preset=preset, slo=slo, seed=seed, warmup=warmup, cooldown=cooldown,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
-        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only)
+        result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only,
+                              trace_speed=trace_speed, trace_window=trace_window)
     except (ModelError, SpecError, NeverFits, FileExistsError, ValueError) as e:
         fail(str(e))
     _print(result, json_out)

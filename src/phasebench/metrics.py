@@ -117,6 +117,53 @@ def prefill_tps(r: RequestRecord) -> float | None:
     return None if not t or not n else n / (t / 1000)
 
 
+def new_prompt_tokens(r: RequestRecord) -> int | None:
+    """Prompt tokens the server had to prefill: prompt − what it served from its prefix cache (None: no report)."""
+    n = r.prompt_tokens or r.input_tokens
+    return None if n is None or r.cached_tokens is None else max(n - r.cached_tokens, 0)
+
+
+def prefill_new_tps(r: RequestRecord) -> float | None:
+    """Prefill throughput over the *new* (uncached) prompt tokens / TTFT from the actual send (tokens/s)."""
+    t, n = ttft_sent_ms(r), new_prompt_tokens(r)
+    return None if not t or not n else n / (t / 1000)
+
+
+def workload_block(ok: Sequence[RequestRecord]) -> dict[str, Any]:
+    """Per-turn TTFT/TPOT (multi-turn conversations, traces with conversations) and the prompt split into cached
+    and new tokens (where the server reports cached tokens); each part None when no record carries it."""
+    turns: dict[int, list[RequestRecord]] = {}
+    for r in ok:
+        if r.turn is not None:
+            turns.setdefault(r.turn, []).append(r)
+    by_turn = {
+        str(k): {
+            "requests": len(rs),
+            "ttft_ms": describe(ttft_ms(r) for r in rs),
+            "tpot_ms": describe(tpot_ms(r) for r in rs),
+            "prompt_tokens": describe(float(r.prompt_tokens or r.input_tokens or 0) for r in rs),
+            "cached_tokens": describe(None if r.cached_tokens is None else float(r.cached_tokens) for r in rs),
+        }
+        for k, rs in sorted(turns.items())
+    } or None
+    rep = [r for r in ok if r.cached_tokens is not None and (r.prompt_tokens or r.input_tokens)]
+    cache = None
+    if rep:
+        total = sum(int(r.prompt_tokens or r.input_tokens or 0) for r in rep)
+        cached = sum(min(int(r.cached_tokens or 0), int(r.prompt_tokens or r.input_tokens or 0)) for r in rep)
+        cache = {
+            "requests_reporting": len(rep),
+            "requests_not_reporting": len(ok) - len(rep),
+            "prompt_tokens": total,
+            "cached_tokens": cached,
+            "new_tokens": total - cached,
+            "cached_fraction": cached / total if total else None,
+            "new_tokens_per_request": describe(float(new_prompt_tokens(r) or 0) for r in rep),
+            "prefill_new_tps": describe(prefill_new_tps(r) for r in rep),
+        }
+    return {"by_turn": by_turn, "prompt_cache": cache}
+
+
 def decode_tps(r: RequestRecord) -> float | None:
     """Decode rate of one request: 1 / TPOT (tokens/s)."""
     t = tpot_ms(r)
@@ -423,6 +470,7 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
             "prompt_ms": describe(server_prompt_ms),
             "tpot_ms": describe(server_tpot),
         },
+        "workload": workload_block(ok),
     }
     return summary
 
@@ -467,7 +515,7 @@ def check_validity(
     if n == 0:
         reasons.append("no requests in the measurement window")
     lag = m["send_lag_ms"].get("p99")
-    if ctx.scenario == "server" and lag is not None and lag > SEND_LAG_P99_LIMIT_MS:
+    if ctx.scenario in ("server", "trace") and lag is not None and lag > SEND_LAG_P99_LIMIT_MS:
         reasons.append(
             f"client fell behind its schedule: send-lag p99 {lag:.1f} ms > {SEND_LAG_P99_LIMIT_MS:g} ms"
         )

@@ -10,7 +10,10 @@ an event of valid JSON but the wrong shape (``shape``), a huge event written in 
 CR-only line ends, gzip/deflate bodies (``compress``, optionally only when the request asks for it), error
 texts that echo the request's ``Authorization`` header, ANSI/OSC escapes in the served model id.
 ``garbage`` makes it answer like a broken model (random words, empty or non-text answers) for the quality
-checks. ``POST /_mock/config`` reprograms it while running.
+checks. ``POST /_mock/config`` reprograms it while running. For multi-turn and prefix-cache tests: ``prefix_cache``
+(a block-granular cache of earlier prompts: ``usage.prompt_tokens_details.cached_tokens``, and the per-token
+TTFT part counts only the new tokens), ``tag_answers`` (request n's answer starts with `` a<n>``) and
+``keep_prompts`` (``GET /_mock/prompts``: what each request sent).
 
 With ``stamp`` on, each chunk carries ``pb_ns``: the server's ``perf_counter_ns`` just before the write
 (the same CLOCK_MONOTONIC as the client's on one machine), so a benchmark can measure the client's own
@@ -63,6 +66,12 @@ class MockConfig:
     stamp: bool = False
     seed: int = 0
     garbage: str = "none"  # a broken model's answers: none (" tk" tokens) | random (words) | empty | bytes
+    # multi-turn and prefix-cache tests: a block-granular prefix cache (cached tokens reported in usage, TTFT's
+    # per-token part counts only the new tokens), answers tagged with the request's number, received prompts kept
+    prefix_cache: bool = False
+    cache_block: int = 16
+    tag_answers: bool = False  # the first token of request n's answer is " a<n>"
+    keep_prompts: bool = False  # GET /_mock/prompts: the prompt (or messages) of each request, in arrival order
 
 
 TOKEN = " tk"  # every generated token is the same 3 characters
@@ -133,6 +142,8 @@ class MockServer:
         self.last_accept_encoding: str | None = None
         self._vocab: dict[str, int] = {}
         self._inv: list[str] = []
+        self._blocks: set[int] = set()  # prefix cache: hashes of every cached prefix, one per whole block
+        self.prompts: list[Any] = []
 
     # ---- tokenization: whitespace words ----
     def encode(self, text: str) -> list[int]:
@@ -163,6 +174,7 @@ class MockServer:
         app.router.add_get("/_mock/config", self.get_config)
         app.router.add_post("/_mock/config", self.set_config)
         app.router.add_get("/_mock/stats", self.stats)
+        app.router.add_get("/_mock/prompts", self.get_prompts)
         add_metrics_route(app, self)
         return app
 
@@ -207,8 +219,26 @@ class MockServer:
             setattr(self.cfg, k, v)
         self.count = 0
         self.max_in_flight = 0
+        self._blocks.clear()
+        self.prompts.clear()
         self.rng = random.Random(self.cfg.seed)
         return web.json_response(asdict(self.cfg))
+
+    async def get_prompts(self, request: web.Request) -> web.Response:
+        return web.json_response(self.prompts)
+
+    def cached_prefix(self, ids: list[int]) -> int:
+        """Tokens of ``ids`` already cached (whole blocks, as vLLM/SGLang count them); then caches all of ``ids``."""
+        b = max(1, self.cfg.cache_block)
+        h, hit, missed = 0, 0, False
+        for k in range(b, len(ids) + 1, b):
+            h = hash((h, tuple(ids[k - b:k])))
+            if not missed and h in self._blocks:
+                hit = k
+            else:
+                missed = True
+                self._blocks.add(h)
+        return min(hit, max(len(ids) - 1, 0))  # the last token is always computed
 
     async def stats(self, request: web.Request) -> web.Response:
         return web.json_response({"count": self.count, "in_flight": self.in_flight, "max_in_flight": self.max_in_flight,
@@ -264,7 +294,12 @@ class MockServer:
             prompt = "\n".join(str(m.get("content", "")) for m in body["messages"])
         else:
             prompt = body.get("prompt", "")
-        n_in = len(self.encode(prompt))
+        ids = self.encode(prompt)
+        n_in = len(ids)
+        if c.keep_prompts:
+            self.prompts.append(body["messages"] if chat else prompt)
+        n_cached = self.cached_prefix(ids) if c.prefix_cache else None
+        n_new = n_in - (n_cached or 0)
         max_tokens = int(body.get("max_tokens") or body.get("n_predict") or 16)
         forced = bool(body.get("ignore_eos")) or bool(body.get("min_tokens"))
         n_out = max_tokens if (forced or c.natural_output_tokens is None) else min(max_tokens, c.natural_output_tokens)
@@ -274,9 +309,9 @@ class MockServer:
         if fault == "429":
             return self._error(request, 429, "injected rate limit")
         if not body.get("stream"):
-            await _sleep_until(t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_in) * 1e6))
+            await _sleep_until(t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_new) * 1e6))
             await asyncio.sleep(c.itl_ms * max(n_out - 1, 0) / c.tokens_per_chunk / 1000)
-            return web.json_response(_final_object(chat, self.served_id, self.text(n_out), n_in, n_out))
+            return web.json_response(_final_object(chat, self.served_id, self.text(n_out), n_in, n_out, n_cached))
         coding = c.compress if c.compress != "none" else None
         if coding and c.compress_if_asked and not _accepts(request.headers.get("Accept-Encoding", ""), coding):
             coding = None
@@ -308,7 +343,7 @@ class MockServer:
                 "model": self.served_id}
         if chat:
             await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]})
-        t_first = t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_in) * 1e6)
+        t_first = t_req + int((c.ttft_ms + c.ttft_per_input_token_ms * n_new) * 1e6)
         sent = 0
         k = 0
         itl_ns = int(c.itl_ms * 1e6)
@@ -350,6 +385,8 @@ class MockServer:
             take = min(c.tokens_per_chunk, n_out - sent)
             reasoning = chat and sent < c.reasoning_tokens
             text = self.text(take)
+            if c.tag_answers and sent == 0:
+                text = f" a{n}" + self.text(take - 1)
             last = sent + take >= n_out
             finish = ("length" if forced or n_out == max_tokens else "stop") if last else None
             if chat:
@@ -358,7 +395,7 @@ class MockServer:
             else:
                 obj = {**base, "choices": [{"index": 0, "text": text, "finish_reason": finish}]}
             if last and c.usage == "last":
-                obj["usage"] = _usage(n_in, n_out)
+                obj["usage"] = _usage(n_in, n_out, n_cached)
             if last and c.timings:
                 obj["timings"] = {"prompt_n": n_in, "prompt_ms": (t_first - t_req) / 1e6, "predicted_n": n_out,
                                   "predicted_ms": k * c.itl_ms}
@@ -366,24 +403,27 @@ class MockServer:
             sent += take
             k += 1
         if c.usage == "separate":
-            await send({**base, "choices": [], "usage": _usage(n_in, n_out)})
+            await send({**base, "choices": [], "usage": _usage(n_in, n_out, n_cached)})
         self._done(request)
         await wire.write(b"data: [DONE]\n\n")
         await wire.eof()
         return resp
 
 
-def _usage(n_in: int, n_out: int) -> dict[str, int]:
-    return {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+def _usage(n_in: int, n_out: int, n_cached: int | None = None) -> dict[str, Any]:
+    u: dict[str, Any] = {"prompt_tokens": n_in, "completion_tokens": n_out, "total_tokens": n_in + n_out}
+    if n_cached is not None:
+        u["prompt_tokens_details"] = {"cached_tokens": n_cached}
+    return u
 
 
-def _final_object(chat: bool, model: str, text: str, n_in: int, n_out: int) -> dict[str, Any]:
+def _final_object(chat: bool, model: str, text: str, n_in: int, n_out: int, n_cached: int | None = None) -> dict[str, Any]:
     choice: dict[str, Any] = {"index": 0, "finish_reason": "length"}
     if chat:
         choice["message"] = {"role": "assistant", "content": text}
     else:
         choice["text"] = text
-    return {"id": "cmpl", "model": model, "choices": [choice], "usage": _usage(n_in, n_out)}
+    return {"id": "cmpl", "model": model, "choices": [choice], "usage": _usage(n_in, n_out, n_cached)}
 
 
 def _error(status: int, message: str) -> web.Response:

@@ -77,6 +77,9 @@ class RequestRecord:
     probe: str | None = None
     text: str | None = None
     logprobs: list[Any] | None = None
+    # multi-turn conversations and traces: the conversation this request belongs to and its turn (0-based)
+    conversation: int | None = None
+    turn: int | None = None
 
     @property
     def ok(self) -> bool:

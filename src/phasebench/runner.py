@@ -23,12 +23,13 @@ from . import env as envmod
 from .client.raw import choose_transport, make_client
 from .client.transport import ClientConfig
 from .client.workers import auto_workers
+from .conversation import build_conversations, run_conversations
 from .dispatch import NoProgress, Progress, execute, sleep_until, warm_up  # noqa: F401 - re-exported
 from .metrics import RunContext, summarize
 from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
-from .schedule import Schedule, make_schedule
+from .schedule import Schedule, make_schedule, trace_schedule
 from .serverview.session import close_scraper, open_scraper
 from .spec import LengthDist, RunSpec, Scenario, SpecError, url_hint
 from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too
@@ -45,6 +46,7 @@ from .stops import (  # noqa: F401 - re-exported: the public names live on phase
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
 from .workload.synthetic import new_nonce
 from .workload.tokens import server_root
+from .workload.traces import load_spec_trace, trace_prompts
 
 now_ns = time.perf_counter_ns
 
@@ -209,7 +211,8 @@ async def run_one(
     key = api_key(spec)
     if spec.url is None:
         raise SpecError("no --url given (phasebench run without --url starts the embedded engine)")
-    schedule = make_schedule(spec)
+    trace = load_spec_trace(spec) if spec.trace is not None else None
+    schedule = trace_schedule(trace.offsets_ns) if trace is not None else make_schedule(spec)
     if spec.nonce is None:  # fresh prompts each run unless a seed was given (no accidental prefix-cache hits)
         spec = spec.model_copy(update={"nonce": new_nonce()})
     check_roofline_inputs(spec, extra_manifest or {})
@@ -221,7 +224,14 @@ async def run_one(
     async with aiohttp.ClientSession() as meta_session:
         target = await discover(spec, meta_session, key)
         tok = await make_tokenizer(spec, meta_session, target)
-        prompts = await build_prompts(spec, tok, request_count(schedule))
+        conversations = None
+        if trace is not None:
+            prompts = await trace_prompts(trace, tok, spec.seed, spec.nonce or "")
+        elif spec.turns is not None:  # multi-turn: the conversation driver sends them (conversation.py)
+            conversations = await build_conversations(spec, tok, request_count(schedule))
+            prompts = [c.first_prompt() for c in conversations]
+        else:
+            prompts = await build_prompts(spec, tok, request_count(schedule))
         n_warm, warm_spec = warmup_plan(spec, schedule)
         warm_prompts = await build_prompts(warm_spec, tok, min(n_warm, 8), seed_offset=10_000) if n_warm else []
     if quality:  # the probes join the load at seeded places (phasebench.quality.mix)
@@ -244,13 +254,21 @@ async def run_one(
         transport=_transport(spec, target),
         max_event_bytes=spec.max_event_bytes,
         engine=(target.extra_manifest.get("server_engine") or {}).get("name") or "unknown",
+        collect_text=conversations is not None,  # the next turn carries the server's real answer
     )
     created = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})
+    if trace is not None:
+        manifest["trace"] = trace.manifest()
     proc = psutil.Process()
     host = HostLoad(exclude=_serving_pids(target))
     lag = LoopLag()
     n_workers = spec.workers or auto_workers(schedule.concurrency or min(len(prompts), max_conn))
+    if conversations is not None:
+        if spec.ray or (spec.workers or 1) > 1:
+            raise SpecError("--turns runs in one client process (a conversation's turns depend on each other); "
+                            "drop --workers/--ray")
+        n_workers = 1
     async with make_client(cfg) as client:
         if n_workers == 1 and not spec.ray:  # workers warm their own connections
             await warm_up(client, warm_prompts, n_warm, n_warm if spec.warmup_requests is None else (schedule.concurrency or 4))
@@ -288,6 +306,9 @@ async def run_one(
                 died = [w.died for w in workers if w.died]
                 if died:
                     worker_died = "; ".join(died) + " (its finished records are on disk)"
+            elif conversations is not None:
+                records, interrupted, gone = await run_conversations(client, schedule, conversations, spec, writer,
+                                                                     progress, t0)
             else:
                 records, interrupted, gone = await execute(client, schedule, prompts, writer, progress, t0)
         finally:

@@ -70,8 +70,17 @@ def arrivals(rate: float, burstiness: float, seed: int, count: int | None, durat
     return (t * 1e9).astype(np.int64)
 
 
+def trace_schedule(offsets_ns: np.ndarray) -> Schedule:
+    """A recorded trace: open loop at the trace's own (scaled) send times."""
+    return Schedule("open", None, offsets_ns, len(offsets_ns), None, None)
+
+
 def make_schedule(spec: RunSpec) -> Schedule:
     sc = spec.scenario
+    if sc == Scenario.trace:
+        from .workload.traces import load_spec_trace
+
+        return trace_schedule(load_spec_trace(spec).offsets_ns)
     if sc == Scenario.sweep:
         raise ValueError("a sweep is run point by point: use spec.sweep_points()")
     if sc == Scenario.server:

@@ -5,6 +5,7 @@ This is the edge of the program; everything inside works on these validated valu
 
 from __future__ import annotations
 
+import math
 import re
 from enum import Enum
 from pathlib import Path
@@ -24,6 +25,7 @@ class Scenario(str, Enum):
     server = "server"
     offline = "offline"
     sweep = "sweep"
+    trace = "trace"  # a recorded workload replayed at its timestamps (--trace FILE)
 
 
 class Endpoint(str, Enum):
@@ -68,6 +70,30 @@ class LengthDist(BaseModel):
 
     def __str__(self) -> str:
         return f"{self.mean}" if not self.stddev else f"{self.mean}:{self.stddev:g}"
+
+
+class TimeDist(BaseModel):
+    """A time in seconds: ``2`` (fixed) or ``2:0.5`` (normal, mean:stddev, clipped to >= 0)."""
+
+    model_config = ConfigDict(frozen=True)
+    mean: float = Field(ge=0)
+    stddev: float = Field(default=0.0, ge=0)
+
+    @classmethod
+    def parse(cls, value: Any) -> "TimeDist":
+        if isinstance(value, TimeDist):
+            return value
+        if isinstance(value, dict):
+            return cls(**value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value) or value < 0:
+                raise SpecError(f"bad time {value!r}: use S or S:stddev seconds, e.g. 2 or 2:0.5")
+            return cls(mean=float(value))
+        text = str(value).strip()
+        m = re.fullmatch(r"(\d+(?:\.\d*)?)(?::(\d+(?:\.\d*)?))?", text)
+        if not m:
+            raise SpecError(f"bad time {text!r}: use S or S:stddev seconds, e.g. 2 or 2:0.5")
+        return cls(mean=float(m.group(1)), stddev=float(m.group(2) or 0))
 
 
 class SLO(BaseModel):
@@ -253,11 +279,29 @@ class RunSpec(BaseModel):
     quality_set: Path | None = Field(default=None, description="your own probe set, JSONL (implies quality)")
     quality_ref: Path | None = Field(default=None, description="a reference from `phasebench quality reference` (implies quality)")
     quality_threshold: float = Field(default=0.99, gt=0, le=1.0, description="pass if score >= this x the reference's")
+    # workloads as they arrive (docs/workloads.md)
+    trace: Path | None = Field(default=None, description="replay a recorded trace (Mooncake JSONL, Azure CSV, plain JSONL)")
+    trace_speed: float = Field(default=1.0, gt=0, description="trace time scale: 2 replays twice as fast")
+    trace_window: str | None = Field(default=None, description="A:B seconds of the trace to replay")
+    turns: LengthDist | None = Field(default=None, description="turns per conversation (N or N:stddev); with "
+                                     "--dataset, the most turns replayed per conversation")
+    think_time: TimeDist = Field(default_factory=lambda: TimeDist(mean=0.0),
+                                 description="seconds between a turn's answer and the next turn (S or S:stddev)")
 
     @field_validator("input_tokens", "output_tokens", mode="before")
     @classmethod
     def _len(cls, v: Any) -> LengthDist:
         return LengthDist.parse(v)
+
+    @field_validator("turns", mode="before")
+    @classmethod
+    def _turns(cls, v: Any) -> LengthDist | None:
+        return None if v is None else LengthDist.parse(v)
+
+    @field_validator("think_time", mode="before")
+    @classmethod
+    def _think(cls, v: Any) -> TimeDist:
+        return TimeDist(mean=0.0) if v is None else TimeDist.parse(v)
 
     @field_validator("slo", mode="before")
     @classmethod
@@ -318,6 +362,21 @@ class RunSpec(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> "RunSpec":
+        if self.trace is not None:
+            if self.scenario == Scenario.concurrency:  # the default: a trace brings its own arrivals
+                self.scenario = Scenario.trace
+            if self.scenario != Scenario.trace:
+                raise ValueError(f"--trace replays the trace's own arrivals; it does not combine with scenario "
+                                 f"'{self.scenario.value}'")
+            if self.turns is not None:
+                raise ValueError("--trace and --turns do not combine (a trace's conversations are in the trace)")
+        elif self.scenario == Scenario.trace:
+            raise ValueError("scenario 'trace' needs --trace FILE")
+        if self.turns is not None and (self.quality or self.quality_alone or self.quality_set or self.quality_ref):
+            raise ValueError("--quality mixes probes into single requests; it does not combine with --turns")
+        if self.turns is not None and self.scenario in (Scenario.offline, Scenario.sweep):
+            raise ValueError(f"--turns runs conversations closed-loop (--concurrency) or open-loop (--scenario server "
+                             f"--rate); not scenario '{self.scenario.value}'")
         if self.scenario == Scenario.server and not self.rate:
             raise ValueError("scenario 'server' needs --rate (requests per second)")
         if self.scenario == Scenario.server and len(self.rate) > 1:
@@ -333,7 +392,7 @@ class RunSpec(BaseModel):
             raise ValueError(f"--prefix-tokens {self.prefix_tokens} must be below --input-tokens {self.input_tokens.mean}")
         if self.quality_alone or self.quality_set or self.quality_ref:
             self.quality = True
-        if self.requests is None and self.duration is None:
+        if self.requests is None and self.duration is None and self.trace is None:
             self.requests = 100 if self.scenario != Scenario.single_stream else 20
         return self
 

@@ -31,6 +31,8 @@ class Prompt:
     output_tokens: int = 64
     probe: str | None = None  # a quality probe (phasebench.quality): its answer text is kept, never length-forced
     logprobs: int = 0  # ask for this many top logprobs per generated token (quality probes)
+    conversation: int | None = None  # multi-turn workloads and traces: which conversation, which turn (0-based)
+    turn: int | None = None
 
 
 def request_body(

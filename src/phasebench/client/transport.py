@@ -46,6 +46,7 @@ class ClientConfig:
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # one SSE event larger than this fails its request ("oversize")
     transport: str = "aiohttp"  # "aiohttp" (this module) or "raw" (client/raw.py: kernel receive timestamps)
     engine: str = "unknown"  # the detected engine (client/engines.py): which exact-length knobs it is sent
+    collect_text: bool = False  # keep each answer's text (Client.take_text): multi-turn conversations need it
 
 
 # Idle pooled connections are dropped after this long: below the 5 s keep-alive of llama.cpp's httplib and
@@ -75,6 +76,8 @@ class Client:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
         self._secret = secrets_of(cfg)
         self._session: aiohttp.ClientSession | None = None
+        # request_id -> the answer's text pieces; None (the default) costs one test per token-bearing event
+        self.texts: dict[str, list[str]] | None = {} if cfg.collect_text else None
 
     async def __aenter__(self) -> "Client":
         timeout = aiohttp.ClientTimeout(total=self.cfg.timeout, sock_read=self.cfg.stall_timeout, sock_connect=30)
@@ -99,7 +102,13 @@ class Client:
             input_tokens=prompt.input_tokens,
             expected_output_tokens=prompt.output_tokens,
             probe=prompt.probe,
+            conversation=prompt.conversation,
+            turn=prompt.turn,
         )
+
+    def take_text(self, rec: RequestRecord) -> str:
+        """The answer text of ``rec`` as the server sent it (``collect_text`` only), forgotten once taken."""
+        return "".join(self.texts.pop(rec.request_id, ())) if self.texts is not None else ""
 
     async def send(self, rec: RequestRecord, prompt: Prompt) -> RequestRecord:
         """Stream one request, filling ``rec`` in place. Raises nothing but ``CancelledError``.
@@ -256,6 +265,8 @@ class Client:
                         rec.server_stamps = []
                     rec.server_stamps.append(d.stamp - self.t0)
                 rec.last_token_ns = t
+                if d.text and self.texts is not None:
+                    self.texts.setdefault(rec.request_id, []).append(d.text)
             if rec.probe is not None:  # a quality probe: its text and logprobs are kept (short answers)
                 rec.text = (rec.text or "") + d.text
                 if d.logprobs:

@@ -314,4 +314,28 @@ def server_timeline(runs: list[Run], names: list[str]) -> Plot | None:
                 "requests beside the client's in-flight count, its KV-cache usage and preemptions.", _png(fig))
 
 
-ALL = (prefill, decode, tradeoff, cdfs, timeline, roofline, server_timeline)
+def prefill_new(runs: list[Run], names: list[str]) -> Plot | None:
+    """TTFT against the *new* (uncached) prompt tokens beside TTFT against the whole prompt, for runs whose server
+    reported cached tokens (multi-turn conversations, traces with shared prefixes)."""
+    fig, axes = _fig(2)
+    drawn = False
+    for i, (run, name) in enumerate(zip(runs, names)):
+        recs = [r for r in ok_records(run) if r.cached_tokens is not None]
+        pts = [(r.prompt_tokens or r.input_tokens, M.new_prompt_tokens(r), M.ttft_ms(r)) for r in recs]
+        pts = [(a, b, y) for a, b, y in pts if a and b is not None and y is not None]
+        if len(pts) < 2 or not any(a != b for a, b, _ in pts):
+            continue
+        c = COLORS[i % len(COLORS)]
+        axes[0].scatter([a for a, _, _ in pts], [y for *_, y in pts], s=8, alpha=0.4, color=c, label=name)
+        axes[1].scatter([b for _, b, _ in pts], [y for *_, y in pts], s=8, alpha=0.4, color=c, label=name)
+        drawn = True
+    if not drawn:
+        _mpl().close(fig)
+        return None
+    _axes(axes, ("prompt tokens", "TTFT (ms)"), ("new (uncached) prompt tokens", "TTFT (ms)"))
+    return Plot("prefill_new", "Prefill: TTFT against prompt length and against the new tokens",
+                "Each dot is one request. With a prefix cache, TTFT follows the tokens the server had to prefill "
+                "(prompt − cached, as the server reported), not the prompt length.", _png(fig))
+
+
+ALL = (prefill, prefill_new, decode, tradeoff, cdfs, timeline, roofline, server_timeline)

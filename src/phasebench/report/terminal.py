@@ -139,6 +139,8 @@ def print_run(run: Run, console: Console | None = None) -> None:
     console.print(throughput_table(run.summary))
     for line in verdict_lines(run.summary):
         console.print(line)
+    for line in workload_lines(run.summary.get("phasebench", {}).get("workload")):
+        console.print(line)
     from .model import roofline_lines
 
     for line in roofline_lines(run.summary.get("phasebench", {}).get("roofline")):
@@ -157,3 +159,32 @@ def print_run(run: Run, console: Console | None = None) -> None:
                          if c.get("output_tokens_per_joule") else ""))
     elif c and c.get("note"):
         console.print(f"cost: {escape(c['note'])}")
+
+
+def workload_lines(w: dict | None) -> list[str]:
+    """The prompt's cached/new split and TTFT by turn (multi-turn runs, traces), when the run has them."""
+    if not w:
+        return []
+    out = []
+    pc = w.get("prompt_cache")
+    if pc and pc.get("prompt_tokens"):
+        tps = (pc.get("prefill_new_tps") or {}).get("p50")
+        out.append(f"prompt cache: {pc['cached_fraction']:.0%} of {pc['prompt_tokens']:,} prompt tokens cached, "
+                   f"{pc['new_tokens']:,} new" + (f"; prefill {tps:,.0f} new tokens/s (p50)" if tps else "")
+                   + (f" ({pc['requests_not_reporting']} requests without a cache report)"
+                      if pc.get("requests_not_reporting") else ""))
+    turns = w.get("by_turn")
+    if turns:
+        shown = list(turns.items())[:8]
+        parts = []
+        for k, v in shown:
+            t = (v.get("ttft_ms") or {}).get("p50")
+            c = (v.get("cached_tokens") or {}).get("mean")
+            n = (v.get("prompt_tokens") or {}).get("mean")
+            parts.append(f"{k}: {t:,.0f} ms" if t is not None else f"{k}: –")
+            if n is not None:
+                parts[-1] += f" ({n:,.0f} tok" + (f", {c:,.0f} cached)" if c is not None else ")")
+        more = f" … {len(turns) - len(shown)} more" if len(turns) > len(shown) else ""
+        out.append("TTFT p50 by turn: " + " · ".join(parts) + more)
+    return out
+

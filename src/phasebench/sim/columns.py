@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci
+from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, workload_block
 from ..records import RequestRecord
 from .replica import SimResult, token_times
 
@@ -64,6 +64,7 @@ class Columns:
     dec_groups: list[np.ndarray] = field(default_factory=list)
     explicit: dict[int, np.ndarray] = field(default_factory=dict)   # row -> all its token times
     error: str = "not served"
+    cached: np.ndarray | None = None  # prompt tokens from the prefix cache (a simulation with one), else None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -126,9 +127,10 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
         n_tok[k] = len(ts)
         last[k] = ts[-1] if len(ts) else -1
     idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
+    cached = np.fromiter((r.cached for r in reqs), np.int64, n) if res.prefix_cache else None
     return Columns(idx, sched, n_in, n_out, first, end, served, n_tok, last, lo, hi, dec_ns, np.zeros(n, dtype=np.int64),
                    [dec_ns], explicit, error or ("not served: the simulation stopped (over capacity)"
-                                                 if res.over_capacity else "not served"))
+                                                 if res.over_capacity else "not served"), cached)
 
 
 def unserved(index: np.ndarray, sched_s: np.ndarray, n_in: np.ndarray, n_out: np.ndarray, error: str) -> Columns:
@@ -161,12 +163,16 @@ def concat(parts: list[Columns]) -> Columns:
     c = Columns(cat("index"), cat("sched"), cat("n_in"), cat("n_out"), cat("first"), cat("end"), cat("served"),
                 cat("n_tok"), cat("last"), cat("lo"), cat("hi"), np.empty(0, np.int64), np.concatenate(group),
                 groups, explicit, parts[0].error)
+    if all(p.cached is not None for p in parts):
+        c.cached = cat("cached")
     order = np.argsort(c.index, kind="stable")
     inv = np.empty_like(order)
     inv[order] = np.arange(len(order))
     for name in ("index", "sched", "n_in", "n_out", "first", "end", "served", "n_tok", "last", "lo", "hi", "group"):
         setattr(c, name, getattr(c, name)[order])
     c.explicit = {int(inv[k]): v for k, v in explicit.items()}
+    if c.cached is not None:
+        c.cached = c.cached[order]
     return c
 
 
@@ -177,6 +183,7 @@ def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, An
     idx, sched, n_in, n_out = c.index.tolist(), c.sched.tolist(), c.n_in.tolist(), c.n_out.tolist()
     first, end, last, served, n_tok = c.first.tolist(), c.end.tolist(), c.last.tolist(), c.served.tolist(), c.n_tok.tolist()
     ones = np.ones(int(c.n_tok.max()) if len(c) else 0, dtype=np.int64)
+    cached = c.cached.tolist() if c.cached is not None else None
     for k in range(len(c)):
         d: dict[str, Any] = {"index": idx[k], "request_id": f"{prefix}{idx[k]:012x}", "scheduled_ns": sched[k],
                              "sent_ns": sched[k]}
@@ -195,6 +202,8 @@ def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, An
                      output_tokens_client=None, output_tokens_source=None, length_met=None, finish_reason=None,
                      status=None, error=c.error, error_type="cancelled")
         d.update(server_timing=None, server_stamps=None, retries=0, warmup=False, simulated=True)
+        if cached is not None and served[k]:
+            d["cached_tokens"] = cached[k]
         yield d
 
 
@@ -361,7 +370,7 @@ def _rate(times: np.ndarray) -> float | None:
     if len(times) < 2:
         return None
     span = (times.max() - times.min()) / 1e9
-    return (len(times) - 1) / (span or 1e-9)
+    return float((len(times) - 1) / (span or 1e-9))  # a Python float: summary.json goes through orjson
 
 
 def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
@@ -469,8 +478,18 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
         "streams": streams, "tokens": {"usage_minus_client": describe([]), "length_mismatch": length_mismatch,
                    "output_tokens_source": {"simulated": len(ok)} if len(ok) else {}},
         "server_timing": {"prompt_ms": describe([]), "tpot_ms": describe([])},
+        "workload": _workload(c, ok),
     }
     return summary
+
+
+def _workload(c: Columns, ok: np.ndarray) -> dict[str, Any]:
+    """``metrics.workload_block``: a simulated request has no turn; cached tokens only from a simulation with a
+    prefix cache (then from its records, the same function the measured summary uses)."""
+    if c.cached is None:
+        return workload_block([])
+    recs = to_records(c)
+    return workload_block([recs[k] for k in ok.tolist()])
 
 
 def _copy(d: dict[str, Any]) -> dict[str, Any]:

@@ -10,6 +10,9 @@ Each iteration the scheduler builds a batch from the running sequences and the w
 - KV cache: ``kv_blocks`` blocks of ``block_size`` tokens. A request is admitted only if its prompt's blocks
   fit; when a decode step would run out, the most recently admitted sequence is preempted (its blocks freed,
   its work recomputed later as a prompt of prompt + generated tokens), as vLLM's recompute preemption does;
+- ``prefix_cache`` (with each request's prompt block keys, ``prefix_keys``): a block-granular prefix cache
+  (vLLM's automatic prefix caching): a prompt's leading whole blocks already cached are not prefilled; cached
+  blocks live in the KV memory the running sequences leave free, evicted least recently used first;
 - ``batching=False`` (SRAM pipelines such as Groq's): one sequence at a time, start to finish;
 - ``static=True``: static batching, the comparison baseline: a batch is admitted only when the last one
   has finished entirely.
@@ -49,6 +52,7 @@ class SchedulerConfig:
     static: bool = False
     max_queue: int = 2048             # waiting requests (while arrivals continue) that declare it over capacity
     max_sim_seconds: float = 86_400.0
+    prefix_cache: bool = False        # reuse cached prompt blocks (needs prefix_keys)
 
 
 @dataclass(slots=True)
@@ -70,6 +74,39 @@ class Req:
     segments: list[tuple[int, int]] = field(default_factory=list)   # decode iteration ranges [a, b]
     extra: list[float] = field(default_factory=list)                # token times not from decode steps
     preemptions: int = 0
+    cached: int = 0                   # prompt tokens served from the prefix cache at first admission
+
+
+class PrefixCache:
+    """Block keys in LRU order; ``match`` counts the leading keys present (and refreshes them)."""
+
+    __slots__ = ("_keys",)
+
+    def __init__(self) -> None:
+        from collections import OrderedDict
+
+        self._keys: "OrderedDict[int, None]" = OrderedDict()
+
+    def match(self, keys: list[int]) -> int:
+        k = 0
+        d = self._keys
+        for key in keys:
+            if key not in d:
+                break
+            d.move_to_end(key)
+            k += 1
+        return k
+
+    def insert(self, keys: list[int], capacity: int) -> None:
+        d = self._keys
+        for key in keys:
+            d[key] = None
+            d.move_to_end(key)
+        while len(d) > max(capacity, 0):
+            d.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._keys)
 
 
 @dataclass
@@ -82,10 +119,12 @@ class SimResult:
     over_capacity: bool
     sim_seconds: float
     notes: list[str]
+    prefix_cache: bool = False
 
 
 def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[int], profile: Profile,
-             cfg: SchedulerConfig, closed_concurrency: int | None = None, decode_only: bool = False) -> SimResult:
+             cfg: SchedulerConfig, closed_concurrency: int | None = None, decode_only: bool = False,
+             prefix_keys: list[list[int]] | None = None) -> SimResult:
     """Serve the requests. Open loop: ``arrivals`` are times (s). Closed loop (``closed_concurrency``): the
     first N arrive at 0 and each completion releases the next request at that moment.
 
@@ -134,6 +173,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     over = False
     notes: list[str] = []
     static_open = True
+    pc = PrefixCache() if cfg.prefix_cache and prefix_keys is not None and not decode_only else None
+    n_blocks = cfg.kv_blocks
 
     closed = bool(closed_concurrency)
     chunked = cfg.chunked_prefill
@@ -222,9 +263,18 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 r = reqs[waiting[0]]
                 if kv_tokens + r.prompt + grow + (len(decoding) + len(prefilling) + 1) * slack > cap:   # kv_ok
                     break
-                take = min(r.prompt, tokens_left) if chunked else r.prompt
+                if pc is not None:
+                    keys = prefix_keys[r.idx]      # type: ignore[index]
+                    hit = min(pc.match(keys) * bs, r.prompt - 1)
+                    r.prefilled = max(hit, 0)
+                    if r.preemptions == 0:
+                        r.cached = r.prefilled
+                take = min(r.prompt - r.prefilled, tokens_left) if chunked else r.prompt - r.prefilled
                 if not chunked and take > tokens_left and chunks:
+                    r.prefilled = 0
                     break
+                if pc is not None:
+                    pc.insert(keys, n_blocks - (kv_tokens + r.prompt) // bs)
                 waiting.popleft()
                 order += 1
                 r.order = order
@@ -337,7 +387,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             heappush(heap, (r.target, i))
         if static and not static_open and not prefilling and not decoding:
             static_open = True
-    return SimResult(reqs, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes)
+    return SimResult(reqs, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes,
+                     pc is not None)
 
 
 def _preempt(reqs: list[Req], decoding: set[int], prefilling: list[int], waiting: deque[int], n_iter: int, D: int,

@@ -5,7 +5,6 @@ database treat both alike."""
 from __future__ import annotations
 
 import datetime as dt
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -72,33 +71,31 @@ def workload(spec: RunSpec, n: int) -> tuple[list[int], list[int]]:
     return _lengths(spec.input_tokens, n, rng), _lengths(spec.output_tokens, n, rng)
 
 
-def load_trace(path: Path) -> tuple[list[float], list[int], list[int]]:
-    """A JSONL trace: one request per line with ``arrival_s`` (or ``timestamp``), ``input_tokens``, ``output_tokens``."""
-    arr, ins, outs = [], [], []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError as e:
-        raise SpecError(f"cannot read trace {path}: {e}") from None
-    for k, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-            arr.append(float(d.get("arrival_s", d.get("timestamp"))))
-            ins.append(int(d["input_tokens"]))
-            outs.append(int(d["output_tokens"]))
-        except (ValueError, KeyError, TypeError) as e:
-            raise SpecError(f"{path}:{k}: a trace line needs arrival_s, input_tokens, output_tokens ({e})") from None
-    if not arr:
-        raise SpecError(f"{path}: empty trace")
-    t0 = min(arr)
-    return [a - t0 for a in arr], ins, outs
+def load_trace(path: Path, speed: float = 1.0, window: str | None = None) -> tuple[list[float], list[int], list[int]]:
+    """A trace in any format :mod:`phasebench.workload.traces` reads (Mooncake, Azure CSV, plain JSONL): arrival
+    times (s, from the first kept row, scaled by ``speed``), input and output lengths."""
+    from ..workload.traces import load_trace as read_trace
+    from ..workload.traces import parse_window
+
+    tr = read_trace(path, speed, parse_window(window))
+    return (tr.offsets_ns / 1e9).tolist(), [r.input_tokens for r in tr.rows], [r.output_tokens for r in tr.rows]
 
 
-def _requests(spec: RunSpec, trace: Path | None) -> tuple[np.ndarray | None, list[int], list[int], int | None, float | None]:
+def trace_block_keys(path: Path, speed: float, window: str | None, block_size: int) -> list[list[int]]:
+    """Each trace row's prompt block keys (for the simulator's prefix cache): shared Mooncake blocks, plain
+    ``prefix_id``s and conversations share keys where the replayed prompts share text."""
+    from ..workload.traces import block_keys, parse_window, prompt_segments
+    from ..workload.traces import load_trace as read_trace
+
+    tr = read_trace(path, speed, parse_window(window))
+    return [block_keys(s, block_size) for s in prompt_segments(tr)]
+
+
+def _requests(spec: RunSpec, trace: Path | None, speed: float = 1.0, window: str | None = None,
+              ) -> tuple[np.ndarray | None, list[int], list[int], int | None, float | None]:
     """(arrival times, input lengths, output lengths, closed-loop concurrency, target rate)."""
     if trace:
-        a, i, o = load_trace(trace)
+        a, i, o = load_trace(trace, speed, window)
         return np.array(a), i, o, None, None
     if spec.scenario == Scenario.server and (not spec.rate or spec.rate[0] <= 0):
         raise SpecError("the server scenario needs a rate > 0")
@@ -121,7 +118,8 @@ def records_from(res: SimResult, offset: int = 0) -> list[RequestRecord]:
 
 def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas: int = 1,
                  trace: Path | None = None, extra_manifest: dict[str, Any] | None = None,
-                 summary_only: bool = False, record: bool = True, keep_records: bool = True) -> Run:
+                 summary_only: bool = False, record: bool = True, keep_records: bool = True,
+                 trace_speed: float = 1.0, trace_window: str | None = None) -> Run:
     """Simulate ``spec`` (any scenario but sweep) on ``replicas`` identical replicas; write the run folder.
 
     The requests go from the simulator to arrays (:mod:`.columns`); the summary is computed from those and
@@ -135,8 +133,9 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         raise SpecError("replicas must be ≥ 1")
     t_wall = time.perf_counter()
     cpu0 = time.process_time()
-    arr, ins, outs, conc, rate = _requests(spec, trace)
+    arr, ins, outs, conc, rate = _requests(spec, trace, trace_speed, trace_window)
     n = len(ins)
+    keys = trace_block_keys(trace, trace_speed, trace_window, cfg.block_size) if trace and cfg.prefix_cache else None
     results: list[SimResult] = []
     parts = []
     for k in range(replicas):  # requests go round-robin to replicas
@@ -145,7 +144,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
             continue
         sub_conc = None if conc is None else max(1, conc // replicas + (1 if k < conc % replicas else 0))
         res = simulate(None if arr is None else arr[idx], ins[k::replicas], outs[k::replicas], profile, cfg,
-                       closed_concurrency=sub_conc)
+                       closed_concurrency=sub_conc, prefix_keys=None if keys is None else keys[k::replicas])
         results.append(res)
         parts.append(from_result(res, idx))
     cols = concat(parts)
@@ -160,7 +159,8 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         "profile": d, "scheduler": asdict(cfg), "replicas": replicas,
         "iterations": sum(r.iterations for r in results), "preemptions": sum(r.preemptions for r in results),
         "over_capacity": over, "simulated_seconds": max((r.sim_seconds for r in results), default=0.0),
-        "requests": n, "trace": str(trace) if trace else None, "summary_only": summary_only,
+        "requests": n, "trace": str(trace) if trace else None,
+        "trace_speed": trace_speed if trace else None, "trace_window": trace_window if trace else None, "summary_only": summary_only,
         "hardware": d.get("hardware"), "devices": d.get("devices", 1) * replicas,
     }
     if over:
