@@ -131,7 +131,7 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     console.print("[bold]3/4 decode sweep[/]: TPOT and throughput against concurrency")
     for c in shape.decode_concurrency:
         await step(f"decode-c{c}", _spec(eng, nonce, folder.path / f"decode-c{c}", scenario=Scenario.concurrency,
-                                         concurrency=[c], requests=max(2 * c, 3), input_tokens=shape.decode_input,
+                                         concurrency=[c], requests=max(4 * c, 3), input_tokens=shape.decode_input,
                                          output_tokens=shape.decode_output, seed=100 + c))
     best = max(children[-len(shape.decode_concurrency):], key=lambda r: r.summary.get("request_throughput") or 0)
     capacity = best.summary.get("request_throughput") or 0.5
