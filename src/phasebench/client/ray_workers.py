@@ -27,7 +27,7 @@ import orjson
 from ..records import RequestRecord
 from .openai import Prompt
 from .transport import ClientConfig
-from .workers import GO_MARGIN_NS, WorkerJob, WorkerStats
+from .workers import GO_MARGIN_NS, Collector, WorkerJob, WorkerStats
 
 now_ns = time.perf_counter_ns
 
@@ -153,8 +153,8 @@ async def run_on_ray(
     Actor = ray.remote(num_cpus=0)(_Actor)
     actors = [Actor.remote() for _ in range(n_workers)]
     stats = [WorkerStats(w, None) for w in range(n_workers)]
-    records: list[RequestRecord] = []
-    finished: set[int] = set()
+    collect = Collector(stats, writer, progress)
+    records, finished = collect.records, collect.finished
     stopper = STOPPER.get()
     interrupted = False
     per_warm = max(1, math.ceil(warm_n / n_workers)) if warm_n else 0
@@ -166,27 +166,11 @@ async def run_on_ray(
             await asyncio.to_thread(ray.get, a.start.remote(job))
         if stopper is not None:
             stopper.phase = "executing"
-        ready: set[int] = set()
+        ready = collect.ready
 
         def take(w: int, msgs: list[bytes]) -> None:
             for msg in msgs:
-                kind = msg[:1]
-                if kind == b"R":
-                    rec = RequestRecord.from_dict(orjson.loads(msg[1:]))
-                    records.append(rec)
-                    writer.write(rec)
-                    progress.advance(rec)
-                    stats[w].records += 1
-                elif kind == b"W":
-                    ready.add(w)
-                elif kind == b"F":
-                    fin = orjson.loads(msg[1:])
-                    st = stats[w]
-                    st.pid, st.cpu_s, st.lag_ms = fin.get("pid"), fin.get("cpu_s", 0.0), fin.get("lag_ms", [])
-                    st.interrupted, st.gone = bool(fin.get("interrupted")), fin.get("gone")
-                    if fin.get("error"):
-                        st.died = f"worker {w} failed: {fin['error']}"
-                    finished.add(w)
+                collect.take(w, msg)
 
         async def drain() -> None:
             refs = {w: a.drain.remote() for w, a in enumerate(actors) if w not in finished}

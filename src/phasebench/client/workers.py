@@ -166,6 +166,41 @@ def _process_main(job: WorkerJob, conn: Connection) -> None:
 # ---- in the parent -------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Collector:
+    """The parent's side of the protocol, for local and Ray workers alike: each record to the writer as it comes,
+    the workers that are ready and those that have finished (with their final stats)."""
+
+    stats: list[WorkerStats]
+    writer: Any
+    progress: Any
+    records: list[RequestRecord] = field(default_factory=list)
+    ready: set[int] = field(default_factory=set)
+    finished: set[int] = field(default_factory=set)
+
+    def take(self, w: int, msg: bytes) -> bytes:
+        """Apply one message from worker ``w``; returns its kind (``b"R"``, ``b"W"``, ``b"F"``)."""
+        kind = msg[:1]
+        if kind == b"R":
+            rec = RequestRecord.from_dict(orjson.loads(msg[1:]))
+            self.records.append(rec)
+            self.writer.write(rec)
+            self.progress.advance(rec)
+            self.stats[w].records += 1
+        elif kind == b"W":
+            self.ready.add(w)
+        elif kind == b"F":
+            fin = orjson.loads(msg[1:])
+            st = self.stats[w]
+            st.pid = fin.get("pid", st.pid)
+            st.cpu_s, st.lag_ms = fin.get("cpu_s", 0.0), fin.get("lag_ms", [])
+            st.interrupted, st.gone = bool(fin.get("interrupted")), fin.get("gone")
+            if fin.get("error"):
+                st.died = f"worker {w} failed: {fin['error']}"
+            self.finished.add(w)
+        return kind
+
+
 async def run_sharded(
     cfg: ClientConfig,
     schedule: Any,
@@ -194,36 +229,17 @@ async def run_sharded(
         procs.append(p)
         stats[w].pid = p.pid
     loop = asyncio.get_running_loop()
-    records: list[RequestRecord] = []
-    ready: set[int] = set()
-    finished: set[int] = set()
     all_ready = loop.create_future()
     all_done = loop.create_future()
+
+    collect = Collector(stats, writer, progress)
+    records, ready, finished = collect.records, collect.ready, collect.finished
 
     def on_readable(w: int) -> None:
         conn = conns[w]
         try:
             while conn.poll():
-                msg = conn.recv_bytes()
-                kind = msg[:1]
-                if kind == b"R":
-                    rec = RequestRecord.from_dict(orjson.loads(msg[1:]))
-                    records.append(rec)
-                    writer.write(rec)
-                    progress.advance(rec)
-                    stats[w].records += 1
-                elif kind == b"W":
-                    ready.add(w)
-                elif kind == b"F":
-                    fin = orjson.loads(msg[1:])
-                    st = stats[w]
-                    st.cpu_s = fin.get("cpu_s", 0.0)
-                    st.lag_ms = fin.get("lag_ms", [])
-                    st.interrupted = bool(fin.get("interrupted"))
-                    st.gone = fin.get("gone")
-                    if fin.get("error"):
-                        st.died = f"worker {w} failed: {fin['error']}"
-                    finished.add(w)
+                if collect.take(w, conn.recv_bytes()) == b"F":
                     loop.remove_reader(conn.fileno())
                     break
         except (EOFError, OSError):
