@@ -12,7 +12,7 @@ import typer
 from .textsafe import markup as escape
 from rich.table import Table
 
-from .cli import err, fail, out, warn
+from .cli_common import PANEL_RESULTS, err, fail, out, warn
 from .results import NotARunError, Run
 from .store import StoreError
 
@@ -20,11 +20,11 @@ DB_HELP = "Results database (default $PHASEBENCH_DB or ~/.phasebench/results.db)
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(history)
-    app.command("import")(import_runs)
-    app.command()(export)
-    app.command()(compare)
-    app.command()(report)
+    app.command(rich_help_panel=PANEL_RESULTS)(history)
+    app.command("import", rich_help_panel=PANEL_RESULTS)(import_runs)
+    app.command(rich_help_panel=PANEL_RESULTS)(export)
+    app.command(rich_help_panel=PANEL_RESULTS)(compare)
+    app.command(rich_help_panel=PANEL_RESULTS)(report)
 
 
 def _store(db: Optional[Path]):

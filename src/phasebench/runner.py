@@ -120,7 +120,7 @@ def _scrubbed(answer: Any, spec: RunSpec, key: str | None) -> Any:
     replaced by ***."""
     from .client.transport import ClientConfig, scrub, secrets_of
 
-    secrets = secrets_of(ClientConfig(base_url=spec.url or "", model="", api_key=key))
+    secrets = secrets_of(ClientConfig(base_url=spec.url or "", model="", api_key=key, headers=spec.headers))
     if not secrets or answer is None:
         return answer
     import orjson
@@ -221,7 +221,7 @@ async def run_one(
     quality = options_for(spec)
     if spec.out and (Path(spec.out) / MANIFEST).exists():
         raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
-    async with aiohttp.ClientSession() as meta_session:
+    async with aiohttp.ClientSession(headers=spec.headers) as meta_session:  # --header on /models, /tokenize too
         target = await discover(spec, meta_session, key)
         tok = await make_tokenizer(spec, meta_session, target)
         conversations = None
@@ -248,6 +248,8 @@ async def run_one(
         api_key=key,
         exact_output=spec.exact_output,
         temperature=spec.temperature,
+        extra_body=spec.extra_body,
+        headers=spec.headers,
         timeout=spec.timeout,
         stall_timeout=spec.stall_timeout,
         max_connections=max_conn,

@@ -47,7 +47,7 @@ async def open_scraper(spec: RunSpec, base_url: str, run_dir: Path | None, api_k
     url = metrics_url(spec, base_url)
     if url is None:
         return None
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {**spec.headers, **({"Authorization": f"Bearer {api_key}"} if api_key else {})}  # --header too
     url, basic = _without_credentials(url)  # user:password@ goes into a header, never into a stored message
     if basic and not api_key:
         headers["Authorization"] = basic
