@@ -231,7 +231,7 @@ def run(
             given = [f for f, v in (("--tag", tag), ("--header", header), ("--temperature", temperature),
                                     ("--extra-body", extra_body)) if v]
             if given:
-                raise SpecError(f"{'/'.join(given)} need --url (the embedded engine's plan shapes its own requests)")
+                raise SpecError(f"{'/'.join(given)} {'needs' if len(given) == 1 else 'need'} --url (the embedded engine's plan shapes its own requests)")
 
             result = run_default_plan(
                 quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out,
@@ -485,7 +485,7 @@ def main() -> None:
 
     usage_error, no_args, click_error = _click_errors()
     try:
-        rc = app(standalone_mode=False)
+        rc = app(prog_name="phasebench", standalone_mode=False)
     except no_args as e:  # bare `phasebench` / `phasebench engine`: the help text
         ctx = getattr(e, "ctx", None)
         sys.stdout.write((ctx.get_help() + "\n") if ctx is not None else "")

@@ -80,6 +80,8 @@ def history(
     target: Optional[str] = typer.Option(None, help="Filter: target URL contains."),
     hardware: Optional[str] = typer.Option(None, help="Filter: hardware."),
     scenario: Optional[str] = typer.Option(None, help="Filter: scenario."),
+    tag: Optional[list[str]] = typer.Option(None, metavar="K=V", help="Filter: runs tagged key=value (`run --tag`); "
+                                            "repeat for all of several."),
     since: Optional[str] = typer.Option(None, help="Filter: created on or after: an ISO date/date-time, or an age (7d, 12h)."),
     until: Optional[str] = typer.Option(None, help="Filter: created on or before: an ISO date/date-time, or an age."),
     all_runs: bool = typer.Option(False, "--all", help="Include the steps of sweeps and plans."),
@@ -91,24 +93,31 @@ def history(
     since, until = parse_when(since, "--since"), parse_when(until, "--until", end_of_day=True)
     if limit < 1:
         fail(f"--limit {limit}: must be at least 1")
+    from .spec import SpecError, parse_tags
+
     try:
+        tags = parse_tags(tag or [])
         with _store(db) as st:
-            rows = st.history(model, target, hardware, scenario, since, until, top_only=not all_runs, limit=limit)
-    except StoreError as e:
+            rows = st.history(model, target, hardware, scenario, since, until, top_only=not all_runs, limit=limit,
+                              tags=tags)
+    except (StoreError, SpecError) as e:
         fail(str(e))
     if json_out:
         _json(rows)
         return
     t = Table(title=f"{len(rows)} run(s)", title_justify="left")
+    show_tags = any(r["tags"] for r in rows)
     for c in ("id", "created", "kind", "scenario", "model", "hardware", "valid", "done/failed", "TTFT p50", "TPOT p50",
-              "out tok/s", "path"):
+              "out tok/s", *(("tags",) if show_tags else ()), "path"):
         t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(escape(str(r["id"])[:10]), escape(str(r["created"] or "")[:19]),
                   escape(str(r["kind"]) + (" (sim)" if r["simulated"] else "")),
                   escape(str(r["scenario"] or "-")), escape(str(r["model"] or "-")), escape(str(r["hardware"] or "-")),
                   "yes" if r["valid"] else "[red]no[/]", escape(f"{r['completed']}/{r['failed']}"),
-                  _f(r["median_ttft_ms"]), _f(r["median_tpot_ms"]), _f(r["output_throughput"]), escape(str(r["path"] or "")))
+                  _f(r["median_ttft_ms"]), _f(r["median_tpot_ms"]), _f(r["output_throughput"]),
+                  *((escape(" ".join(f"{k}={v}" for k, v in r["tags"].items())),) if show_tags else ()),
+                  escape(str(r["path"] or "")))
     out.print(t)
 
 
