@@ -10,6 +10,8 @@ import json
 import os
 import pkgutil
 import sqlite3
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -22,6 +24,12 @@ from .conftest import ENV, spec
 from .test_cli import cli
 
 SRC = Path(phasebench.__file__).resolve().parent
+
+
+def pb(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """``phasebench ARGS`` in a subprocess with extra environment variables."""
+    return subprocess.run([sys.executable, "-m", "phasebench.cli", *args], capture_output=True, text=True,
+                          env={**ENV, **env}, timeout=120, check=False)
 
 
 def mock_requests(server) -> list[dict]:
@@ -54,9 +62,9 @@ def test_every_module_imports_and_cli_modules_form_no_cycle():
                 deps.update(a.name.split(".")[1] for a in node.names
                             if a.name.startswith("phasebench.cli"))
     assert "cli_common" in graph and graph["cli_common"] == set()
-    for mod in graph:  # the sub-modules import only the shared helpers
+    for mod, deps in graph.items():  # the sub-modules import only the shared helpers
         if mod not in ("cli", "cli_common"):
-            assert graph[mod] <= {"cli_common"}, (mod, graph[mod])
+            assert deps <= {"cli_common"}, (mod, deps)
     state: dict[str, int] = {}
 
     def visit(n: str, trail: list[str]) -> None:
@@ -77,28 +85,17 @@ def test_completion_is_on():
     assert "--install-completion" in p.stdout and "--show-completion" in p.stdout
     p = cli("--show-completion", "bash")
     assert p.returncode == 0 and "complete -o default -F _phasebench_completion phasebench" in p.stdout
-    env = {**ENV, "_PHASEBENCH_COMPLETE": "complete_bash", "COMP_WORDS": "phasebench run --temp", "COMP_CWORD": "2"}
-    import subprocess
-    import sys
-
-    p = subprocess.run([sys.executable, "-m", "phasebench.cli"], capture_output=True, text=True, env=env, timeout=60)
+    p = pb(_PHASEBENCH_COMPLETE="complete_bash", COMP_WORDS="phasebench run --temp", COMP_CWORD="2")
     assert p.stdout.split() == ["--temperature"], p.stdout + p.stderr
 
 
 def test_help_panels_defaults_examples_at_80_columns():
-    env = {**ENV, "COLUMNS": "80"}
-    import subprocess
-    import sys
-
-    top = subprocess.run([sys.executable, "-m", "phasebench.cli", "--help"], capture_output=True, text=True, env=env,
-                         timeout=60).stdout
+    top = pb("--help", COLUMNS="80").stdout
     for panel in ("Measure", "Results", "Model and predict", "Simulate", "Quality", "Engines and test servers"):
         assert f"─ {panel} ─" in top, panel
     assert "Examples:" in top and "Usage: phasebench" in top
     assert top.index("─ Measure ─") < top.index("─ Results ─") < top.index("─ Engines and test servers ─")
-    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--help"], capture_output=True, text=True,
-                       env=env, timeout=60)
-    text = p.stdout
+    text = pb("run", "--help", COLUMNS="80").stdout
     for panel in ("Target", "Load", "Workload and requests", "SLO and validity", "Model and hardware", "Quality",
                   "Transport and scale", "Output"):
         assert f"─ {panel}" in text, panel
@@ -107,7 +104,9 @@ def test_help_panels_defaults_examples_at_80_columns():
     slo = text[text.index("--slo"):text.index("--mlperf")]
     assert "ttft=2000,tpot=200" in slo and "…" not in slo and "mlperf-llama2-70b-server" in slo
     d = RunSpec()
-    block = lambda flag: text[text.index(flag):].split("│ --", 2)[0]  # noqa: E731
+    def block(flag: str) -> str:  # the rows of one option
+        return text[text.index(flag):].split("│ --", 2)[0]
+
     assert f"({d.input_tokens})" in block("--input-tokens") and f"({d.output_tokens})" in block("--output-tokens")
     assert f"{d.timeout:g}" in block("--timeout") and f"{d.stall_timeout:g}" in block("--stall-timeout")
     assert d.scenario.value in block("--scenario") and f"{d.requests}" in block("--requests")
@@ -181,14 +180,10 @@ def test_header_value_scrubbed_from_server_error_texts(server, tmp_path, transpo
 
 
 def test_tags_in_show_history_and_filter(server, tmp_path):
-    db = tmp_path / "results.db"
-    env = {**ENV, "PHASEBENCH_DB": str(db)}
-    import subprocess
-    import sys
+    db = str(tmp_path / "results.db")
 
     def run_cli(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "phasebench.cli", *args], capture_output=True, text=True,
-                              env=env, timeout=120)
+        return pb(*args, PHASEBENCH_DB=db)
 
     for name, gpu in (("a", "h100"), ("b", "a100")):
         p = run_cli("run", "--url", server.url, "--requests", "2", "--input-tokens", "8", "--output-tokens", "4",

@@ -134,7 +134,7 @@ def run(
     model: Optional[str] = opt("model", P_TARGET, "Model name to request (default: the first of /v1/models)."),
     endpoint: Optional[Endpoint] = opt("endpoint", P_TARGET, "completions or chat."),
     api_key_env: Optional[str] = opt("api_key_env", P_TARGET, "Name of the env var holding the API key.", metavar="VAR"),
-    header: Optional[list[str]] = opt(
+    header: list[str] | None = opt(
         "headers", P_TARGET, "Extra HTTP header 'Name: value' on every request (repeatable). Values are secrets: "
         "scrubbed from stored text; the manifest keeps the names only.", metavar="'K: V'"),
     metrics_url: Optional[str] = opt("metrics_url", P_TARGET, "Engine's Prometheus endpoint (default <server>/metrics; 'off')."),
@@ -170,9 +170,9 @@ def run(
     seed: Optional[int] = opt("seed", P_WORKLOAD, "Seed for prompts and arrivals."),
     exact_output: Optional[bool] = opt("exact_output", P_WORKLOAD, "Force exact output length.",
                                        "--exact-output/--no-exact-output"),
-    temperature: Optional[float] = opt("temperature", P_WORKLOAD, "Sampling temperature sent in each request (quality "
+    temperature: float | None = opt("temperature", P_WORKLOAD, "Sampling temperature sent in each request (quality "
                                        "probes stay greedy)."),
-    extra_body: Optional[str] = opt("extra_body", P_WORKLOAD, "A JSON object merged into every request body, e.g. "
+    extra_body: str | None = opt("extra_body", P_WORKLOAD, "A JSON object merged into every request body, e.g. "
                                     "'{\"top_p\": 0.9}'.", metavar="JSON"),
     slo: Optional[str] = opt(
         "slo", P_SLO, "Per-request objectives in ms: ttft=2000,tpot=200 (also e2e=, itl=, and p=99 for the "
@@ -211,7 +211,7 @@ def run(
                                                  rich_help_panel=P_PLAN),
     engine_model: Optional[Path] = typer.Option(None, help="Embedded engine: any GGUF model file.", rich_help_panel=P_PLAN),
     out_dir: Optional[Path] = opt("out", P_OUTPUT, "Run folder to write (default runs/<time>).", "--out"),
-    tag: Optional[list[str]] = opt("tags", P_OUTPUT, "Label the run key=value (repeatable): stored in the manifest and "
+    tag: list[str] | None = opt("tags", P_OUTPUT, "Label the run key=value (repeatable): stored in the manifest and "
                                    "the results database; `history --tag` filters on it.", metavar="K=V"),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of tables.", rich_help_panel=P_OUTPUT),
 ) -> None:
@@ -231,7 +231,8 @@ def run(
             given = [f for f, v in (("--tag", tag), ("--header", header), ("--temperature", temperature),
                                     ("--extra-body", extra_body)) if v]
             if given:
-                raise SpecError(f"{'/'.join(given)} {'needs' if len(given) == 1 else 'need'} --url (the embedded engine's plan shapes its own requests)")
+                verb = "needs" if len(given) == 1 else "need"
+                raise SpecError(f"{'/'.join(given)} {verb} --url (the embedded engine's plan shapes its own requests)")
 
             result = run_default_plan(
                 quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out,

@@ -80,7 +80,7 @@ def history(
     target: Optional[str] = typer.Option(None, help="Filter: target URL contains."),
     hardware: Optional[str] = typer.Option(None, help="Filter: hardware."),
     scenario: Optional[str] = typer.Option(None, help="Filter: scenario."),
-    tag: Optional[list[str]] = typer.Option(None, metavar="K=V", help="Filter: runs tagged key=value (`run --tag`); "
+    tag: list[str] | None = typer.Option(None, metavar="K=V", help="Filter: runs tagged key=value (`run --tag`); "
                                             "repeat for all of several."),
     since: Optional[str] = typer.Option(None, help="Filter: created on or after: an ISO date/date-time, or an age (7d, 12h)."),
     until: Optional[str] = typer.Option(None, help="Filter: created on or before: an ISO date/date-time, or an age."),

@@ -41,7 +41,7 @@ class DurationState:
 
 
 def _clock(seconds: float) -> str:
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
@@ -75,7 +75,7 @@ class RateMeter:
 class _DurationColumns(ProgressColumn):
     """The bar (filled by time) and the line, both computed at render time: they move between completions."""
 
-    def __init__(self, progress: "RichProgress", part: str) -> None:
+    def __init__(self, progress: RichProgress, part: str) -> None:
         super().__init__()
         self.progress, self.part = progress, part
 
