@@ -228,3 +228,9 @@ def test_store_migrates_a_version_2_database_and_backfills_tags(tmp_path):
         assert {r["id"]: r["tags"] for r in st.history()} == {"r1": {"gpu": "h100"}, "r2": {}}
         assert st.history(tags={"gpu": "a100"}) == []
     assert os.path.getsize(db) > 0
+
+
+def test_bare_group_prints_its_help_once():
+    for args in ((), ("engine",)):
+        p = pb(*args)
+        assert p.returncode == 0 and p.stdout.count("Usage: phasebench") == 1, (args, p.stdout)

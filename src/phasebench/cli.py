@@ -488,8 +488,8 @@ def main() -> None:
     try:
         rc = app(prog_name="phasebench", standalone_mode=False)
     except no_args as e:  # bare `phasebench` / `phasebench engine`: the help text
-        ctx = getattr(e, "ctx", None)
-        sys.stdout.write((ctx.get_help() + "\n") if ctx is not None else "")
+        text = e.format_message()  # ctx.get_help(): rich mode has printed it already and returns ""
+        sys.stdout.write(text + "\n" if text.strip() else "")
         sys.exit(0)
     except usage_error as e:  # a bad flag or value, in one line naming it (not a traceback or a box)
         ctx = getattr(e, "ctx", None)

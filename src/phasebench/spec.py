@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class SpecError(ValueError):
@@ -308,20 +316,12 @@ class RunSpec(BaseModel):
     def _think(cls, v: Any) -> TimeDist:
         return TimeDist(mean=0.0) if v is None else TimeDist.parse(v)
 
-    @field_validator("tags", mode="before")
+    @field_validator("tags", "headers", "extra_body", mode="before")
     @classmethod
-    def _tags(cls, v: Any) -> dict[str, str]:
-        return parse_tags(v)
-
-    @field_validator("headers", mode="before")
-    @classmethod
-    def _headers(cls, v: Any) -> dict[str, str]:
-        return parse_headers(v)
-
-    @field_validator("extra_body", mode="before")
-    @classmethod
-    def _extra_body(cls, v: Any) -> dict[str, Any]:
-        return parse_extra_body(v)
+    def _mapping(cls, v: Any, info: ValidationInfo) -> dict[str, Any]:
+        """--tag k=v, --header 'K: V' (repeatable) and --extra-body JSON, or mappings from a spec file."""
+        parse = {"tags": parse_tags, "headers": parse_headers, "extra_body": parse_extra_body}[info.field_name]
+        return parse(v)
 
     @field_validator("slo", mode="before")
     @classmethod
