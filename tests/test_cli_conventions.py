@@ -83,8 +83,10 @@ def test_every_module_imports_and_cli_modules_form_no_cycle():
 def test_completion_is_on():
     p = cli("--help")
     assert "--install-completion" in p.stdout and "--show-completion" in p.stdout
-    p = cli("--show-completion", "bash")
-    assert p.returncode == 0 and "complete -o default -F _phasebench_completion phasebench" in p.stdout
+    # typer detects the shell from the process tree (shellingham): run it under bash (`; exit` keeps bash the parent)
+    p = subprocess.run(["bash", "-c", f"{sys.executable} -m phasebench.cli --show-completion; exit $?"],
+                       capture_output=True, text=True, env=ENV, timeout=120, check=False)
+    assert p.returncode == 0 and "complete -o default -F _phasebench_completion phasebench" in p.stdout, p.stderr
     p = pb(_PHASEBENCH_COMPLETE="complete_bash", COMP_WORDS="phasebench run --temp", COMP_CWORD="2")
     assert p.stdout.split() == ["--temperature"], p.stdout + p.stderr
 
