@@ -280,7 +280,7 @@ class RunSpec(BaseModel):
     mlperf: bool = Field(default=False, description="apply MLPerf validity rules (>= 600 s, min queries)")
     tags: dict[str, str] = Field(default_factory=dict, description="labels key=value (--tag, repeatable): in the "
                                  "manifest and the results database (`history --tag`)")
-    headers: dict[str, str] = Field(default_factory=dict, description="extra HTTP headers on every request (--header "
+    headers: dict[str, str] = Field(default_factory=dict, repr=False, description="extra HTTP headers on every request (--header "
                                     "'Name: value'); the values are secrets: only the names are stored")
     extra_body: dict[str, Any] = Field(default_factory=dict, description="a JSON object merged into every request body")
     metrics_url: str | None = Field(default=None, description="Prometheus endpoint to scrape (default: <server>/metrics; 'off' to skip)")

@@ -43,7 +43,7 @@ class ClientConfig:
     stall_timeout: float = 60.0
     max_connections: int = 256
     extra_body: dict[str, Any] = field(default_factory=dict)  # merged into every request body (--extra-body)
-    headers: dict[str, str] = field(default_factory=dict)  # sent on every request (--header); values are secrets
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # sent on every request (--header); secrets
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # one SSE event larger than this fails its request ("oversize")
     transport: str = "aiohttp"  # "aiohttp" (this module) or "raw" (client/raw.py: kernel receive timestamps)
     engine: str = "unknown"  # the detected engine (client/engines.py): which exact-length knobs it is sent
