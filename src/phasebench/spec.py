@@ -448,28 +448,32 @@ RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "co
 RESERVED_BODY = frozenset({"stream", "prompt", "messages", "model"})
 
 
+def _pairs(value: Any, sep: str, flag: str, form: str, echo: bool) -> list[tuple[str, str]]:
+    """A repeatable ``KEY<sep>VALUE`` flag (or a mapping from a spec file) as stripped (key, value) pairs. With
+    ``echo`` off an item without ``sep`` is not quoted back (it may be a bare credential)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [(str(k), "" if v is None else str(v)) for k, v in value.items()]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"{flag}: repeat it for several; use {form}, or a mapping in the spec file")
+    pairs = []
+    for n, item in enumerate(value, 1):
+        key, found, val = str(item).partition(sep)
+        if not found:
+            shown = f"{str(item)[:80]!r}:" if echo else f"(number {n}) has no {sep!r};"
+            raise SpecError(f"{flag} {shown} use {form}")
+        pairs.append((key.strip(), val.strip()))
+    return pairs
+
+
 def parse_tags(value: Any) -> dict[str, str]:
     """``--tag k=v`` (repeatable) or a mapping (YAML): keys of letters, digits and ``_ . : / -``, values of
     printable text up to 256 characters."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        value = [value]
-    pairs: list[tuple[Any, Any]] = []
-    if isinstance(value, dict):
-        pairs = list(value.items())
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            key, sep, val = str(item).partition("=")
-            if not sep:
-                raise SpecError(f"--tag {str(item)[:80]!r}: use key=value, e.g. --tag gpu=h100")
-            pairs.append((key.strip(), val.strip()))
-    else:
-        raise SpecError("--tag: use key=value (repeatable), or a mapping in the spec file")
     tags: dict[str, str] = {}
-    for key, val in pairs:
-        key = str(key)
-        val = "" if val is None else str(val)
+    for key, val in _pairs(value, "=", "--tag", "key=value, e.g. --tag gpu=h100", echo=True):
         if not TAG_KEY.fullmatch(key):
             raise SpecError(f"--tag {key[:80]!r}={val[:40]!r}: the key must be 1-64 letters, digits or _ . : / - "
                             "(starting with a letter or digit)")
@@ -482,21 +486,7 @@ def parse_tags(value: Any) -> dict[str, str]:
 def parse_headers(value: Any) -> dict[str, str]:
     """``--header 'Name: value'`` (repeatable) or a mapping. An error names the header, never its value (a
     header may carry a credential)."""
-    if value is None:
-        return {}
-    if isinstance(value, str):
-        value = [value]
-    pairs: list[tuple[str, str]] = []
-    if isinstance(value, dict):
-        pairs = [(str(k), "" if v is None else str(v)) for k, v in value.items()]
-    elif isinstance(value, (list, tuple)):
-        for n, item in enumerate(value, 1):
-            name, sep, val = str(item).partition(":")
-            if not sep:  # not echoed: it may be a bare credential
-                raise SpecError(f"--header (number {n}) has no ':'; use 'Name: value', e.g. --header 'X-Tenant: bench'")
-            pairs.append((name.strip(), val.strip()))
-    else:
-        raise SpecError("--header: use 'Name: value' (repeatable), or a mapping in the spec file")
+    pairs = _pairs(value, ":", "--header", "'Name: value', e.g. --header 'X-Tenant: bench'", echo=False)
     headers: dict[str, str] = {}
     for name, val in pairs:
         if not HEADER_NAME.fullmatch(name):  # not echoed either: a value typed in the wrong place
