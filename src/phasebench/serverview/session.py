@@ -77,7 +77,7 @@ async def close_scraper(scraper: Scraper | None, spec: RunSpec, records: Sequenc
     ttft = (summary.get("phasebench", {}).get("metrics", {}).get("ttft_ms") or {}).get("mean")
     view = build_view(scraper, scraper.engine, ttft, len(ok),
                       sum(cached_known) if cached_known else None, prompt or None,
-                      deliberate_prefix=bool(spec.prefix_tokens))
+                      deliberate_prefix=bool(spec.prefix_tokens) or spec.turns is not None or spec.trace is not None)
     if scraper.series_path is not None and scraper.series:
         view.series_file = scraper.series_path.name
     warnings = summary.get("phasebench", {}).setdefault("warnings", [])
