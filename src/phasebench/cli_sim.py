@@ -56,6 +56,9 @@ def simulate(
     trace: Optional[Path] = typer.Option(None, help="Trace to replay: Mooncake JSONL, Azure CSV or plain JSONL (t, input_tokens, output_tokens)."),
     trace_speed: float = typer.Option(1.0, help="Trace time scale: 2 replays twice as fast."),
     trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
+    turns: str | None = typer.Option(None, help="Multi-turn conversations: N or N:stddev turns each; a turn's "
+                                                   "prompt is the history + --input-tokens new tokens."),
+    think_time: str | None = typer.Option(None, help="Seconds (S or S:stddev) from an answer to the next turn."),
     warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
     cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
     slo: Optional[str] = typer.Option(None, help="ttft=..,tpot=.. or an MLPerf preset."),
@@ -68,7 +71,8 @@ def simulate(
     block_size: int = typer.Option(16, help="KV block size (tokens)."),
     kv_blocks: Optional[int] = typer.Option(None, help="KV blocks (default: what the device memory leaves)."),
     prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
-                                      help="Trace replay: reuse the cached prompt blocks the trace's rows share (LRU, in free KV)."),
+                                      help="Trace replay and --turns: reuse the cached prompt blocks the requests "
+                                           "share (LRU, in free KV)."),
     summary_only: bool = typer.Option(False, "--summary-only",
                                       help="Write manifest and summary only (no requests.jsonl): the fast mode."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
@@ -93,6 +97,7 @@ def simulate(
                           concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else ("1" if trace else None),  # a trace has its own arrivals
                           burstiness=burstiness, requests=requests, duration=duration, input_tokens=input_tokens,
                           output_tokens=output_tokens, preset=preset, slo=slo, seed=seed, warmup=warmup, cooldown=cooldown,
+                          turns=turns, think_time=think_time,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
         result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only,
