@@ -100,6 +100,15 @@ class PrefixCache:
             k += 1
         return k
 
+    def peek(self, keys: list[int]) -> int:
+        """``match`` without refreshing anything (to compare caches before choosing one)."""
+        k = 0
+        for key in keys:
+            if key not in self._keys:
+                break
+            k += 1
+        return k
+
     def insert(self, keys: list[int], capacity: int) -> None:
         d = self._keys
         for key in keys:
