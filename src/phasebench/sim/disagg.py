@@ -417,7 +417,9 @@ def conversations_side_by_side(spec: RunSpec, prefill: Setup, decode: Setup, col
     arr0, _, rate, convs = conversation_requests(spec)
     if arr0 is None:
         raise ModelError("disaggregation is simulated for open-loop scenarios: --turns with --scenario server --rate")
-    cached_cfg = lambda st: replace(cfg_for(st), prefix_cache=True)  # noqa: E731
+    def cached_cfg(st: Setup) -> SchedulerConfig:
+        return replace(cfg_for(st), prefix_cache=True)
+
     col = simulate_run(spec.model_copy(update={"out": None}), AnalyticProfile(colocated), cached_cfg(colocated),
                        replicas=colocated_replicas, record=False)
     s = col.summary

@@ -137,6 +137,9 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     if spec.turns is not None:  # multi-turn conversations: a turn arrives after the previous turn's answer
         from .conversations import conversation_requests
 
+        if trace:
+            raise SpecError("--trace and --turns do not combine (a trace's conversations are in the trace)")
+
         arr, conc, rate, convs = conversation_requests(spec)
         ins, outs = convs.n_in, convs.n_out
         keys = convs.keys(cfg.block_size) if cfg.prefix_cache else None
