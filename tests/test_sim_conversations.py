@@ -81,3 +81,16 @@ def test_users_hold_their_slot_and_open_loop_conversations_start_by_the_schedule
     # on two replicas each conversation stays on one (round-robin by conversation): its history is still cached
     later = [x for x in opened.records if x.turn == 1]
     assert len(later) == 6 and all(x.cached_tokens == 32 for x in later)
+
+
+def test_turns_do_not_combine_with_a_trace_or_a_dataset(tmp_path):
+    from phasebench.spec import SpecError
+    from phasebench.workload.sample_traces import SAMPLES_DIR
+
+    cfg = SchedulerConfig(prefix_cache=True)
+    with pytest.raises(SpecError, match="do not combine"):
+        simulate_run(_spec(), PROFILE, cfg, trace=SAMPLES_DIR / "plain_sample.jsonl")
+    ds = tmp_path / "d.jsonl"
+    ds.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(SpecError, match="synthetic conversations"):
+        simulate_run(_spec(dataset=ds), PROFILE, cfg)
