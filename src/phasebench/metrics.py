@@ -152,6 +152,7 @@ def workload_block(ok: Sequence[RequestRecord]) -> dict[str, Any]:
         total = sum(int(r.prompt_tokens or r.input_tokens or 0) for r in rep)
         cached = sum(min(int(r.cached_tokens or 0), int(r.prompt_tokens or r.input_tokens or 0)) for r in rep)
         cache = {
+            "source": "per-request",
             "requests_reporting": len(rep),
             "requests_not_reporting": len(ok) - len(rep),
             "prompt_tokens": total,

@@ -169,10 +169,12 @@ def workload_lines(w: dict | None) -> list[str]:
     pc = w.get("prompt_cache")
     if pc and pc.get("prompt_tokens"):
         tps = (pc.get("prefill_new_tps") or {}).get("p50")
-        out.append(f"prompt cache: {pc['cached_fraction']:.0%} of {pc['prompt_tokens']:,} prompt tokens cached, "
+        counters = pc.get("source") == "server counters"
+        out.append(("prompt cache (server counters): " if counters else "prompt cache: ")
+                   + f"{pc['cached_fraction']:.0%} of {pc['prompt_tokens']:,} prompt tokens cached, "
                    f"{pc['new_tokens']:,} new" + (f"; prefill {tps:,.0f} new tokens/s (p50)" if tps else "")
                    + (f" ({pc['requests_not_reporting']} requests without a cache report)"
-                      if pc.get("requests_not_reporting") else ""))
+                      if pc.get("requests_not_reporting") and not counters else ""))
     turns = w.get("by_turn")
     if turns:
         shown = list(turns.items())[:8]
