@@ -234,7 +234,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
         "verdicts": verdicts(prefill, decode, wall),
         "phasebench": {"valid": all(c.valid for c in children), "partial": False,
                        "reasons": [f"{n}: {r}" for n, c in by.items() for r in c.summary["phasebench"]["reasons"]],
-                       "warnings": []},
+                       "warnings": [f"{n}: {w}" for n, c in by.items() for w in c.summary["phasebench"]["warnings"]]},
     }
 
 
@@ -324,7 +324,7 @@ def print_plan(run: Run, console: Console) -> None:
     console.print("[bold]Where the phases sit[/]")
     for v in s["verdicts"]:
         console.print(f"  • {escape(v)}")
-    for r in s["phasebench"]["reasons"]:
+    for r in s["phasebench"]["reasons"] + s["phasebench"].get("warnings", []):
         console.print(f"[yellow]  ! {escape(r)}[/]")
     state = "[green]VALID[/]" if run.valid else "[red]INVALID[/] (exit code 3; the reasons are above)"
     console.print(f"plan: {state}")
