@@ -196,7 +196,7 @@ def compare(runs: list[Run], names: list[str] | None = None) -> Comparison:
     samples = {m: [np.sort(_samples(r, m)) for r in runs] for m in SAMPLED}
     for m_i, metric in enumerate(SAMPLED):
         for stat, q in STATS:
-            rows.append(_percentile_row(metric, stat, q, samples[metric], seed=[SEED, m_i, int(q * 10)]))
+            rows.append(percentile_row(metric, stat, q, samples[metric], seed=[SEED, m_i, int(q * 10)]))
     for key in PER_RUN:
         vals = [r.summary.get(key) for r in runs]
         rows.append(Row(key, "", vals, _changes(vals), ["" if i == 0 else "one value per run" for i in range(len(runs))]))
@@ -219,7 +219,7 @@ def compare(runs: list[Run], names: list[str] | None = None) -> Comparison:
     return Comparison(names, rows, comparable(runs))
 
 
-def _percentile_row(metric: str, stat: str, q: float, samples: list[np.ndarray], seed: list[int]) -> Row:
+def percentile_row(metric: str, stat: str, q: float, samples: list[np.ndarray], seed: list[int]) -> Row:
     """One percentile of one metric across the runs, each run's change against the first tested (or untested)."""
     vals = [float(np.percentile(s, q)) if len(s) else None for s in samples]
     row = Row(metric, stat, vals, _changes(vals), counts=[len(s) for s in samples])
