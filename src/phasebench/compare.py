@@ -40,7 +40,7 @@ SAMPLED = {
     "e2e_ms": lambda rs: [M.e2e_ms(r) for r in rs],
 }
 PER_RUN = ("request_throughput", "output_throughput", "total_token_throughput", "request_goodput")
-TESTED = ("significant", "not significant")
+UNTESTED = ("untested", "n/a")   # n/a: the quality test's word for a test it could not run
 
 
 @dataclass
@@ -74,7 +74,7 @@ class Comparison:
                     t["better" if better else "worse"] += 1
                 elif v == "not significant":
                     t["not_significant"] += 1
-                elif v == "untested":
+                elif v in UNTESTED:
                     t["untested"] += 1
                 elif r.changes[i] is not None:
                     t["per_run"] += 1

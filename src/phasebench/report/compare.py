@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
-from ..compare import ALPHA, MIN_EFFECT, STATS, Comparison, Row, lower_is_better
+from ..compare import ALPHA, MIN_EFFECT, STATS, UNTESTED, Comparison, Row, lower_is_better
 from ..metrics import min_samples
 from ..textsafe import markup as escape
 from .terminal import flag_percentile, small_sample_footnote
@@ -44,7 +44,7 @@ def cell(r: Row, i: int, flagged: set[str] | None = None) -> Cell:
     change = r.changes[i]
     if i == 0:
         return Cell(value)
-    if verdict == "untested":
+    if verdict in UNTESTED:
         return Cell(value, "untested")
     if change is None:
         return Cell(value)
