@@ -13,8 +13,14 @@ import pytest
 import yaml
 from rich.console import Console
 
-from phasebench.compare import (BOOTSTRAP, Comparison, bootstrap_change, bootstrap_percentile, compare,
-                                percentile_row)
+from phasebench.compare import (
+    BOOTSTRAP,
+    Comparison,
+    bootstrap_change,
+    bootstrap_percentile,
+    compare,
+    percentile_row,
+)
 from phasebench.metrics import describe, min_samples, small_rate_warning, too_few_for
 from phasebench.model.fitcheck import MAX_FIT_ERROR, FitRefused, median_abs
 from phasebench.report.compare import print_comparison
@@ -28,7 +34,7 @@ from .conftest import ENV, spec
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "phasebench.cli", *args], capture_output=True, text=True,
-                          env=env or ENV, timeout=120)
+                          env=env or ENV, timeout=120, check=False)
 
 
 # --- the sample-size rule ------------------------------------------------------------------------------------
