@@ -11,6 +11,7 @@ from .textsafe import markup as escape
 
 from .cli import fail, out
 from .model.errors import ModelError
+from .model.fitcheck import MAX_FIT_ERROR
 from .spec import Scenario, SpecError
 
 profile_app = typer.Typer(no_args_is_help=True, help="Phase profiles: iteration cost models fitted to measured runs.")
@@ -117,23 +118,28 @@ def simulate(
 def profile_fit(
     runs: list[Path] = typer.Argument(..., help="Measured run folders (plans and sweeps count all their steps)."),
     output: Path = typer.Option(Path("profile.json"), "-o", "--output", help="Where to write the profile."),
+    force: bool = typer.Option(False, "--force", help="Write the profile even when its median |error| on its own "
+                               f"points is above {MAX_FIT_ERROR:.0%}; it is marked as forced and simulate says so."),
 ) -> None:
-    """Fit prefill = a + b·Σn + c·Σn² and decode = a + b·Σctx + c·batch to measured runs; print the error."""
+    """Fit prefill = a + b·Σn + c·Σn² and decode = a + b·Σctx + c·batch to measured runs; print the error.
+    A fit whose median |error| on its own points is above the limit is refused unless --force."""
     from .results import NotARunError, Run
     from .sim.profile import fit_profile
 
     try:
         p = fit_profile([Run.load(r) for r in runs])
+        p.save(output, force=force)
     except (ModelError, NotARunError) as e:
         fail(str(e))
-    p.save(output)
     a, b, c = p.prefill
     out.print(f"prefill: {a * 1e3:.3f} ms + {b * 1e3:.4f} ms/token + {c * 1e6:.5f} µs/token²  "
-              f"({p.points['prefill']} points, mean |error| {p.error['prefill_mean_abs']:.1%}, max {p.error['prefill_max_abs']:.1%})")
+              f"({p.points['prefill']} points, median |error| {p.error['prefill_median_abs']:.1%}, mean "
+              f"{p.error['prefill_mean_abs']:.1%}, max {p.error['prefill_max_abs']:.1%})")
     a, b, c = p.decode
     out.print(f"decode : {a * 1e3:.3f} ms + {b * 1e6:.4f} µs/context token + {c * 1e3:.4f} ms/sequence  "
-              f"({p.points['decode']} points, mean |error| {p.error['decode_mean_abs']:.1%}, max {p.error['decode_max_abs']:.1%})")
-    for w in p.warnings:
+              f"({p.points['decode']} points, median |error| {p.error['decode_median_abs']:.1%}, mean "
+              f"{p.error['decode_mean_abs']:.1%}, max {p.error['decode_max_abs']:.1%})")
+    for w in [*p.warnings, *filter(None, [p.forced_note()])]:
         out.print(f"[yellow]warning:[/] {escape(w)}")
     out.print(f"wrote {escape(str(output))}")
 

@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, workload_block
+from ..metrics import (BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, too_few_for,
+                       workload_block)
 from ..records import RequestRecord
 from .replica import SimResult, token_times
 
@@ -278,6 +279,7 @@ def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> di
         out[f"p{p:g}"] = float(x)
     ci = _quantile_ci(v, cum, n, 0.99)
     out["p99_ci95"] = list(ci) if ci else None
+    out["too_few_for"] = too_few_for(n)
     return out
 
 
@@ -464,7 +466,7 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
     buf = four & ((ntok <= 1) | ((c.last[ok] - c.first[ok]) < BUFFERED_NS_PER_TOKEN * (ntok - 1)))
     streams = {"buffered": int(buf.sum()), "eligible": int(four.sum())}
     valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, total_in_win, span_s, ctx, slo_block,
-                                              streams)
+                                              streams, completed=int(done_m.sum()))
     summary: dict[str, Any] = {
         "completed": len(ok), "failed": failed, "duration": span_s, "max_concurrency": ctx.concurrency,
         "request_rate": ctx.target_rate if ctx.target_rate is not None else "inf", "burstiness": ctx.burstiness,

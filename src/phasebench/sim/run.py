@@ -165,6 +165,8 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         cols.conversation, cols.turn = convs.conversation[cols.index], convs.turn[cols.index]
     over = any(r.over_capacity for r in results)
     notes = [x for r in results for x in r.notes]
+    if forced := profile.forced_note():
+        notes.insert(0, forced)
     ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, warmup_s=spec.warmup, cooldown_s=spec.cooldown,
                      target_rate=rate, burstiness=spec.burstiness if spec.scenario == Scenario.server else None,
                      concurrency=conc, exact_output=True, mlperf=spec.mlperf, extra_warnings=list(notes))
