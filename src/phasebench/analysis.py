@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import datetime as dt
 import traceback
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .metrics import RunContext, summarize
 from .records import RequestRecord
@@ -30,14 +31,14 @@ if TYPE_CHECKING:
 class Measured:
     """What only a measured run knows: its prompts, tokenizer, server, warm-up, scraper, quality probes."""
 
-    prompts: Sequence["Prompt"]
+    prompts: Sequence[Prompt]
     tokenizer: str
     models_answer: Any
     model: str
     warmup_requests: int
     warmup_kind: str  # "connections" (the default short requests) or "requests" (--warmup-requests N)
-    scraper: "Scraper | None" = None
-    quality: "QualityOptions | None" = None
+    scraper: Scraper | None = None
+    quality: QualityOptions | None = None
     probe_records: Sequence[RequestRecord] = ()
     alone: Sequence[RequestRecord] | None = None
 
@@ -46,7 +47,7 @@ class Measured:
 class Simulated:
     """What only a simulated run knows: its requests as arrays, whether it went over capacity, its hardware."""
 
-    columns: "Columns"
+    columns: Columns
     over_capacity: bool
     hardware: str | None
     devices: int
@@ -116,7 +117,7 @@ def capacity_step(a: RunAnalysis) -> Any:
 def vllm_step(a: RunAnalysis) -> dict[str, Any]:
     """The keys ``vllm bench serve --save-result`` writes besides the metrics it shares (docs/formats.md)."""
     created = a.manifest.get("created")
-    when = dt.datetime.fromisoformat(created) if isinstance(created, str) else dt.datetime.now(dt.timezone.utc)
+    when = dt.datetime.fromisoformat(created) if isinstance(created, str) else dt.datetime.now(dt.UTC)
     backend = ("simulated" if a.simulated is not None else
                "openai-chat" if a.spec.endpoint.value == "chat" else "openai")
     m = a.measured
@@ -260,7 +261,7 @@ def analyse(a: RunAnalysis, steps: Sequence[Step] = STEPS) -> dict[str, Any]:
     return a.summary
 
 
-def write_run(folder: "RunFolder", manifest: dict[str, Any], summary: dict[str, Any]) -> None:
+def write_run(folder: RunFolder, manifest: dict[str, Any], summary: dict[str, Any]) -> None:
     """A finished run's files: the manifest, ``summary.json``, and the same figures in MLPerf LoadGen's
     ``mlperf_log_summary.txt`` (``loadgen.py``)."""
     from .loadgen import LOG_SUMMARY, log_summary

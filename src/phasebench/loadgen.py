@@ -39,7 +39,7 @@ def stream(x: float | None) -> str:
 
 def ns(ms: float | None) -> str | None:
     """A latency in integer nanoseconds (LoadGen's ``QuerySampleLatency``), from phasebench's milliseconds."""
-    return None if ms is None else str(int(round(ms * 1e6)))
+    return None if ms is None else str(round(ms * 1e6))
 
 
 def _constraints(pb: dict[str, Any]) -> list[dict[str, Any]]:
