@@ -132,6 +132,7 @@ def test_openmetrics_export_parses_back_with_the_runs_figures(server, tmp_path):
     assert len(ttft) == 3  # run a and the sweep's two steps
     mine = next(x for x in ttft if x.labels["step"] == "")
     assert mine.labels["model"] == a.manifest["target"]["model"] == "m\"od\\el\nx"  # escaped, and read back whole
+    assert parse_log_summary(tmp_path / "a" / "run" / LOG_SUMMARY)["SUT name"] == 'm"od\\el x (phasebench)'  # one line
     assert mine.labels["scenario"] == "concurrency" and mine.labels["concurrency"] == "2"
     assert mine.value == pytest.approx(a.summary["phasebench"]["metrics"]["ttft_ms"]["p99"] / 1e3)
     steps = sorted(x.labels["step"] for x in ttft if x.labels["step"])

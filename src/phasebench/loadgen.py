@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from .metrics import MLPERF_MIN_DURATION_S, MLPERF_MIN_QUERIES
+from .textsafe import clean
 
 LOG_SUMMARY = "mlperf_log_summary.txt"
 RULE = "================================================"
@@ -68,7 +69,8 @@ def log_summary(manifest: dict[str, Any], summary: dict[str, Any]) -> str:
     spec = manifest.get("spec") or {}
     scen = pb.get("scenario") or spec.get("scenario") or "?"
     name = SCENARIOS.get(scen, str(scen))
-    model = ((manifest.get("target") or {}).get("model") or (manifest.get("model_file") or {}).get("name") or "-")
+    # outside text on one line, without escapes: a model id must not break a key : value line or the terminal
+    model = clean((manifest.get("target") or {}).get("model") or (manifest.get("model_file") or {}).get("name") or "-")
     sut = f"{model} (simulated by phasebench)" if manifest.get("simulated") else f"{model} (phasebench)"
     e2e, ttft, tpot = m.get("e2e_ms") or {}, m.get("ttft_ms") or {}, m.get("tpot_ms") or {}
     rps, tps = summary.get("request_throughput"), summary.get("output_throughput")
@@ -106,7 +108,7 @@ def log_summary(manifest: dict[str, Any], summary: dict[str, Any]) -> str:
             lines.append(f" * The run lasted {duration:.1f} s; MLPerf asks for at least {MLPERF_MIN_DURATION_S:.0f} s.")
         if not queries_ok:
             lines.append(f" * {queries} queries were measured; MLPerf asks for at least {MLPERF_MIN_QUERIES}.")
-        lines += [f" * phasebench: {r}" for r in own]
+        lines += [f" * phasebench: {clean(r)}" for r in own]
     if name in ("SingleStream", "Server") or name.startswith("Server"):
         n = ttft.get("count", 0)
         for what, key in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms")):
