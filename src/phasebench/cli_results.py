@@ -159,6 +159,8 @@ def export(
     if fmt == "openmetrics":
         _export_openmetrics(runs or [], output, db)
         return
+    if fmt not in ("csv", "jsonl", "parquet"):
+        fail(f"unknown export format {fmt!r} (csv, jsonl, parquet, openmetrics)")
     if output is None:
         fail(f"--format {fmt}: give the file to write with -o/--output")
     try:
