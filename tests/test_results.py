@@ -282,6 +282,7 @@ def test_vllm_bench_save_result_imports_as_a_run(tmp_path):
     assert p.returncode == 0, p.stderr
     run = Run.load(tmp_path / "vllm-result")
     assert run.manifest["imported_from"]["tool"] == "vllm bench serve"
+    assert "SUT name : meta-llama/Llama-3.1-8B (imported from vllm bench serve)" in (tmp_path / "vllm-result" / "mlperf_log_summary.txt").read_text()
     assert run.summary["completed"] == 4 and run.summary["failed"] == 1
     assert run.summary["median_ttft_ms"] == pytest.approx(57.5, abs=1e-6)  # recomputed: median of 50, 55, 60, 70
     assert run.summary["median_tpot_ms"] == pytest.approx(10.5, abs=1e-6)  # 7 gaps over 7 tokens after the first

@@ -71,7 +71,9 @@ def log_summary(manifest: dict[str, Any], summary: dict[str, Any]) -> str:
     name = SCENARIOS.get(scen, str(scen))
     # outside text on one line, without escapes: a model id must not break a key : value line or the terminal
     model = clean((manifest.get("target") or {}).get("model") or (manifest.get("model_file") or {}).get("name") or "-")
-    sut = f"{model} (simulated by phasebench)" if manifest.get("simulated") else f"{model} (phasebench)"
+    imported = (manifest.get("imported_from") or {}).get("tool")
+    sut = (f"{model} (simulated by phasebench)" if manifest.get("simulated") else
+           f"{model} (imported from {clean(imported)})" if imported else f"{model} (phasebench)")
     e2e, ttft, tpot = m.get("e2e_ms") or {}, m.get("ttft_ms") or {}, m.get("tpot_ms") or {}
     rps, tps = summary.get("request_throughput"), summary.get("output_throughput")
 
