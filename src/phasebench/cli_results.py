@@ -153,24 +153,32 @@ def import_runs(
 
 
 def export(
-    run: Optional[str] = typer.Argument(None, help="Run folder or id: export its requests. Omit with --summaries."),
+    runs: Optional[list[str]] = typer.Argument(None, help="Run folders or ids: export their requests (or, with "
+                                               "--format openmetrics, their summaries). Omit with --summaries."),
     summaries: bool = typer.Option(False, help="Export a table of run summaries (filtered like history)."),
-    fmt: str = typer.Option("csv", "--format", help="csv | jsonl | parquet."),
-    output: Path = typer.Option(..., "-o", "--output", help="File to write."),
+    fmt: str = typer.Option("csv", "--format", help="csv | jsonl | parquet | openmetrics (the runs' summaries as "
+                            "OpenMetrics text, for a Pushgateway or a textfile collector)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (openmetrics: stdout if omitted)."),
     model: Optional[str] = typer.Option(None, help="With --summaries: model contains."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
 ) -> None:
-    """Write a run's per-request table, or a table of recorded runs' summaries."""
+    """Write runs' per-request table, a table of recorded runs' summaries, or runs' summaries as OpenMetrics."""
     from .store import REQUEST_COLUMNS, SUMMARY_COLUMNS, request_table, write_table
 
+    if fmt == "openmetrics":
+        _export_openmetrics(runs or [], output, db)
+        return
+    if fmt not in ("csv", "jsonl", "parquet"):
+        fail(f"unknown export format {fmt!r} (csv, jsonl, parquet, openmetrics)")
+    if output is None:
+        fail(f"--format {fmt}: give the file to write with -o/--output")
     try:
         if summaries:
             with _store(db) as st:
                 rows = st.history(model=model, top_only=False, limit=1_000_000)
             write_table(rows, SUMMARY_COLUMNS, output, fmt)
-        elif run:
-            r = _load(run, db)
-            recs = [x for leaf in r.leaves() for x in leaf.records]
+        elif runs:
+            recs = [x for ref in runs for leaf in _load(ref, db).leaves() for x in leaf.records]
             rows = request_table(recs)
             write_table(rows, REQUEST_COLUMNS, output, fmt)
         else:
@@ -178,6 +186,28 @@ def export(
     except (StoreError, NotARunError) as e:
         fail(str(e))
     out.print(f"wrote {len(rows)} rows to {escape(str(output))}")
+
+
+def _export_openmetrics(runs: list[str], output: Optional[Path], db: Optional[Path]) -> None:
+    import sys
+
+    from .openmetrics import exposition
+
+    if not runs:
+        fail("--format openmetrics: give the runs to export (folders or ids)")
+    try:
+        text = exposition([_load(r, db) for r in runs])
+    except (StoreError, NotARunError) as e:
+        fail(str(e))
+    if output is None:
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        output.write_bytes(text)
+    except OSError as e:
+        fail(f"{output}: cannot be written ({e.strerror or e})")
+    out.print(f"wrote the OpenMetrics text of {len(runs)} run(s) to {escape(str(output))}")
 
 
 def compare(

@@ -3,9 +3,10 @@
 A conversation is a list of user messages (synthetic, of ``--input-tokens`` each, or a dataset's real turns) and
 an output length per turn. Turn k's request is the history — the system prompt if any, every earlier user turn
 and the answer the server really gave to it, as it came back — plus user message k; the chat endpoint gets it as
-``messages``, the completions endpoint as one text with role labels (each turn's text extends the previous
-turn's text exactly, so a prefix cache can serve it). After an answer the user "thinks" ``--think-time``
-seconds before the next turn.
+``messages``, the completions endpoint as one text made by the model's chat template (the server's, a local
+tokenizer folder's, or plain role labels: :mod:`phasebench.workload.templates`; each turn's text extends the
+previous turn's text and its answer, so a prefix cache can serve it). After an answer the user "thinks"
+``--think-time`` seconds before the next turn (the next turn's text is rendered meanwhile).
 
 Closed loop (``--concurrency C``): C users, each holding its slot for the whole of a conversation, then taking
 the next one. Open loop (``--scenario server --rate R``): conversations *start* by the schedule's gamma/Poisson
@@ -18,28 +19,26 @@ and a signal (the ``Stopper``) cancels what is in flight, recorded as cancelled.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from .client.openai import Prompt
 from .client.transport import Client
-from .dispatch import Health, Progress, sleep_until
+from .dispatch import Dispatcher, Progress, sleep_until
 from .records import RecordWriter, RequestRecord
 from .schedule import Schedule
 from .spec import Endpoint, RunSpec, SpecError, TimeDist
-from .stops import STOPPER
 from .workload.files import load_dataset
 from .workload.synthetic import exact_prompt, prompt_head, sample_lengths
-from .workload.tokens import Tokenizer
+from .workload.templates import ChatTemplate, TemplateError, choose_template, flatten
+from .workload.tokens import Tokenizer, server_root
 
 now_ns = time.perf_counter_ns
-
-ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
 @dataclass
@@ -49,6 +48,11 @@ class Conversation:
     output_tokens: list[int]
     user_tokens: list[int | None] = field(default_factory=list)  # each new user message's tokens (None: unknown)
     system: str | None = None
+    first_text: str | None = None  # completions: turn 0 rendered by the chat template before the run
+
+    def first_history(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, {"role": "user", "content": self.user_turns[0]}]
 
     def first_prompt(self) -> Prompt:
         """Turn 0 alone (what the runner uses to size its connections and warm-up)."""
@@ -57,34 +61,46 @@ class Conversation:
 
 
 def turn_prompt(conv: Conversation, k: int, history: list[dict[str, str]], endpoint: Endpoint,
-                known_tokens: int | None) -> Prompt:
+                known_tokens: int | None, text: str | None = None) -> Prompt:
     """Turn ``k``'s request: ``history`` already holds the system prompt, the earlier turns and their answers, and
-    user message k. Completions: the messages as one text with role labels, ending where the answer goes."""
+    user message k. Completions: ``text``, the history rendered by the chat template (default: role labels,
+    :func:`~phasebench.workload.templates.flatten`), ending where the answer goes."""
     if endpoint == Endpoint.chat:
         return Prompt(messages=[dict(m) for m in history], input_tokens=known_tokens,
                       output_tokens=conv.output_tokens[k], conversation=conv.id, turn=k)
-    return Prompt(text=flatten(history), input_tokens=known_tokens, output_tokens=conv.output_tokens[k],
-                  conversation=conv.id, turn=k)
-
-
-def flatten(history: list[dict[str, str]]) -> str:
-    """``System: …\\n\\nUser: …\\n\\nAssistant:<answer>\\n\\nUser: …\\n\\nAssistant:`` — turn k+1's text starts with
-    turn k's text followed by its answer, byte for byte."""
-    parts = []
-    for m in history:
-        label = ROLE_LABEL.get(m["role"], m["role"].capitalize())
-        parts.append(f"{label}:{m['content']}" if m["role"] == "assistant" else f"{label}: {m['content']}\n\n")
-        if m["role"] == "assistant":
-            parts.append("\n\n")
-    return "".join(parts) + "Assistant:"
+    return Prompt(text=flatten(history) if text is None else text, input_tokens=known_tokens,
+                  output_tokens=conv.output_tokens[k], conversation=conv.id, turn=k)
 
 
 # ---- building conversations ------------------------------------------------------------------------------
 
 
-async def build_conversations(spec: RunSpec, tok: Tokenizer, n: int) -> list[Conversation]:
+async def completions_template(spec: RunSpec, session: aiohttp.ClientSession, base_url: str,
+                               key: str | None) -> ChatTemplate | None:
+    """Completions-endpoint conversations: the chat template their history is flattened with (None: chat)."""
+    if spec.endpoint != Endpoint.completions:
+        return None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return await choose_template(spec.tokenizer, session, server_root(base_url), headers)
+
+
+async def build_conversations(spec: RunSpec, tok: Tokenizer, n: int, template: ChatTemplate | None = None,
+                              session: aiohttp.ClientSession | None = None) -> list[Conversation]:
     """``n`` conversations: the dataset's own (turn by turn, at most ``--turns`` each, reused in order to reach
-    ``n``) or synthetic ones with ``--turns`` turns of ``--input-tokens`` new user tokens each."""
+    ``n``) or synthetic ones with ``--turns`` turns of ``--input-tokens`` new user tokens each. With a chat
+    ``template`` (completions), each conversation's first turn is rendered now, before any traffic."""
+    convs = await _conversations(spec, tok, n)
+    if template is not None:
+        assert session is not None
+        for c in convs:
+            try:
+                c.first_text = await template.render(c.first_history(), session)
+            except TemplateError as e:
+                raise SpecError(f"the chat template ({template.source}) cannot render the first turn: {e}") from None
+    return convs
+
+
+async def _conversations(spec: RunSpec, tok: Tokenizer, n: int) -> list[Conversation]:
     assert spec.turns is not None
     if spec.dataset is not None:
         convs = await dataset_conversations(spec, tok, spec.turns.mean)
@@ -183,52 +199,61 @@ async def run_conversations(
     writer: RecordWriter,
     progress: Progress,
     t0: int,
+    template: ChatTemplate | None = None,
 ) -> tuple[list[RequestRecord], bool, str | None]:
     """Every conversation turn by turn; returns (records, interrupted, gone) as ``dispatch.execute`` does.
 
-    A turn that fails ends its conversation (the next turn would need its answer)."""
-    records: list[RequestRecord] = []
-    tasks: set[asyncio.Task] = set()
-    deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
-    health = Health(now_ns())
-    stop = asyncio.Event()
-    stopper = STOPPER.get()
-    signalled = False
+    A turn that fails ends its conversation (the next turn would need its answer); so does a turn the chat
+    ``template`` cannot render (noted in ``template.failures``)."""
+    if template is None:
+        return await _run(client, schedule, conversations, spec, writer, progress, t0, None, None)
+    async with aiohttp.ClientSession() as session:  # the server's /apply-template, between turns
+        return await _run(client, schedule, conversations, spec, writer, progress, t0, template, session)
+
+
+async def _run(client: Client, schedule: Schedule, conversations: list[Conversation], spec: RunSpec,
+               writer: RecordWriter, progress: Progress, t0: int, template: ChatTemplate | None,
+               session: aiohttp.ClientSession | None) -> tuple[list[RequestRecord], bool, str | None]:
+    d = Dispatcher(client, schedule, writer, progress, t0)
     index = itertools.count()
     rng = np.random.default_rng([spec.seed, 104729])
     if client.texts is not None:
         client.texts.clear()  # the warm-up's answers
 
-    def over() -> bool:
-        return stop.is_set() or (deadline_ns is not None and now_ns() >= deadline_ns)
-
     async def one(prompt: Prompt, scheduled_rel: int) -> RequestRecord:
-        rec = client.new_record(next(index), scheduled_rel, prompt)
+        return await d.send(client.new_record(next(index), scheduled_rel, prompt), prompt)
+
+    async def render(history: list[dict[str, str]]) -> str | None:
+        assert template is not None and session is not None
         try:
-            await client.send(rec, prompt)
-        finally:
-            records.append(rec)
-            writer.write(rec)
-            progress.advance(rec)
-            health.note(rec)
-            if health.gone:
-                stop.set()
-        return rec
+            return await template.render(history, session)
+        except TemplateError as e:
+            template.failures.append(str(e))
+            return None
 
     async def converse(conv: Conversation, start_ns: int) -> None:
         history: list[dict[str, str]] = [{"role": "system", "content": conv.system}] if conv.system else []
         known: int | None = 0
         due = start_ns
+        text = conv.first_text
         for k, user in enumerate(conv.user_turns):
+            history.append({"role": "user", "content": user})
             if k:
                 due = now_ns() + int(_seconds(spec.think_time, rng) * 1e9)
+                if template is not None:  # rendered while the user thinks
+                    text = await render(history)
+                    if text is None:
+                        return
                 await sleep_until(due)
-                if over():
+                if d.over():
                     return
-            history.append({"role": "user", "content": user})
+            elif template is not None and text is None:
+                text = await render(history)
+                if text is None:
+                    return
             new = conv.user_tokens[k] if k < len(conv.user_tokens) else None
             known = None if known is None or new is None else known + new
-            rec = await one(turn_prompt(conv, k, history, spec.endpoint, known), due - t0)
+            rec = await one(turn_prompt(conv, k, history, spec.endpoint, known, text), due - t0)
             if not rec.ok:
                 return
             answer = client.take_text(rec)
@@ -242,13 +267,10 @@ async def run_conversations(
             if k >= len(conversations):
                 break
             await sleep_until(t0 + off)
-            if stop.is_set():
+            if d.stop.is_set():
                 break
-            task = asyncio.create_task(converse(conversations[k], t0 + off))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*list(tasks), return_exceptions=True)
+            d.spawn(converse(conversations[k], t0 + off))
+        await d.drain()
 
     async def closed_loop() -> None:
         n = len(conversations) if schedule.count is not None else None
@@ -256,52 +278,11 @@ async def run_conversations(
 
         async def user() -> None:
             for k in counter:
-                if over():
+                if d.over():
                     return
                 await converse(conversations[k % len(conversations)], now_ns())
-                pause = health.backoff_s()
-                if pause:
-                    await asyncio.sleep(pause)
+                await d.back_off()
 
-        users = [asyncio.create_task(user()) for _ in range(schedule.concurrency or 1)]
-        tasks.update(users)
-        await asyncio.gather(*users)
+        await d.slots(schedule.concurrency or 1, user)
 
-    async def watch() -> None:
-        nonlocal signalled
-        waits = [asyncio.ensure_future(stop.wait())]
-        if stopper is not None:
-            waits.append(asyncio.ensure_future(stopper.event.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        signalled = stopper is not None and stopper.event.is_set()
-        stop.set()
-        for t in list(tasks):
-            t.cancel()
-
-    if stopper is not None:
-        stopper.phase = "executing"
-    watcher = asyncio.create_task(watch())
-    try:
-        try:
-            await (open_loop() if schedule.kind == "open" else closed_loop())
-        except asyncio.CancelledError:
-            if not stop.is_set():
-                raise
-        if stop.is_set():
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, signalled, health.gone
-    except asyncio.CancelledError:
-        for t in list(tasks):
-            t.cancel()
-        await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, True, health.gone
-    finally:
-        watcher.cancel()
-        if stopper is not None:
-            stopper.phase = "finishing"
-
-
+    return await d.run(open_loop if schedule.kind == "open" else closed_loop)

@@ -234,7 +234,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
         "verdicts": verdicts(prefill, decode, wall),
         "phasebench": {"valid": all(c.valid for c in children), "partial": False,
                        "reasons": [f"{n}: {r}" for n, c in by.items() for r in c.summary["phasebench"]["reasons"]],
-                       "warnings": []},
+                       "warnings": [f"{n}: {w}" for n, c in by.items() for w in c.summary["phasebench"]["warnings"]]},
     }
 
 
@@ -305,13 +305,19 @@ def print_plan(run: Run, console: Console) -> None:
     console.print(t)
     sv = s.get("server")
     if sv:
+        from .report.terminal import flag_percentile, small_sample_footnote
+
         att = sv.get("slo_attainment")
+        flagged: set[str] = set()
+        p99 = {k: flag_percentile(_n(sv[f"p99_{k}_ms"]), "p99", sv["completed"], flagged) for k in ("ttft", "tpot")}
         console.print(
             f"[bold]Server scenario[/] at {sv['request_rate']}/s: {sv['completed']} done, {sv['failed']} failed, "
-            f"TTFT p50/p99 {_n(sv['median_ttft_ms'])}/{_n(sv['p99_ttft_ms'])} ms, TPOT p50/p99 "
-            f"{_n(sv['median_tpot_ms'])}/{_n(sv['p99_tpot_ms'])} ms, goodput {_n(sv['request_goodput'])} req/s "
+            f"TTFT p50/p99 {_n(sv['median_ttft_ms'])}/{p99['ttft']} ms, TPOT p50/p99 "
+            f"{_n(sv['median_tpot_ms'])}/{p99['tpot']} ms, goodput {_n(sv['request_goodput'])} req/s "
             f"(SLO {DEFAULT_SLO} met by {'-' if att is None else f'{att:.0%}'})"
         )
+        if note := small_sample_footnote(flagged):
+            console.print(f"[dim]  {escape(note)}[/]")
     if s.get("decode_stop"):
         console.print(f"decode sweep stopped: {escape(s['decode_stop'])}")
     for n in s.get("notes", []):
@@ -324,7 +330,7 @@ def print_plan(run: Run, console: Console) -> None:
     console.print("[bold]Where the phases sit[/]")
     for v in s["verdicts"]:
         console.print(f"  • {escape(v)}")
-    for r in s["phasebench"]["reasons"]:
+    for r in s["phasebench"]["reasons"] + s["phasebench"].get("warnings", []):
         console.print(f"[yellow]  ! {escape(r)}[/]")
     state = "[green]VALID[/]" if run.valid else "[red]INVALID[/] (exit code 3; the reasons are above)"
     console.print(f"plan: {state}")

@@ -13,16 +13,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..compare import Comparison, compare
 from ..results import Run
 from ..textsafe import clean
 from . import plots as P
+from .compare import comparison_html, comparison_markdown
+from .terminal import flag_percentile, small_sample_footnote
 
 SUMMARY_ROWS = (
     ("requests completed / failed", lambda s: f"{s.get('completed', '-')} / {s.get('failed', '-')}"),
-    ("TTFT p50 / p99 (ms)", lambda s: f"{_n(s.get('median_ttft_ms'))} / {_n(s.get('p99_ttft_ms'))}"),
-    ("TPOT p50 / p99 (ms)", lambda s: f"{_n(s.get('median_tpot_ms'))} / {_n(s.get('p99_tpot_ms'))}"),
-    ("ITL p50 / p99 (ms)", lambda s: f"{_n(s.get('median_itl_ms'))} / {_n(s.get('p99_itl_ms'))}"),
-    ("E2E p50 / p99 (ms)", lambda s: f"{_n(s.get('median_e2el_ms'))} / {_n(s.get('p99_e2el_ms'))}"),
+    ("TTFT p50 / p99 (ms)", lambda s: _p50_p99(s, "ttft")),
+    ("TPOT p50 / p99 (ms)", lambda s: _p50_p99(s, "tpot")),
+    ("ITL p50 / p99 (ms)", lambda s: _p50_p99(s, "itl")),
+    ("E2E p50 / p99 (ms)", lambda s: _p50_p99(s, "e2el")),
     ("request throughput (req/s)", lambda s: _n(s.get("request_throughput"), 2)),
     ("output throughput (tok/s)", lambda s: _n(s.get("output_throughput"))),
     ("goodput (req/s)", lambda s: _n(s.get("request_goodput"), 2)),
@@ -34,6 +37,29 @@ SUMMARY_ROWS = (
      lambda s: _usd(((s.get("phasebench") or {}).get("cost") or {}).get("usd_per_1m_tokens_at_slo"))),
     ("output tokens per joule", lambda s: _n(((s.get("phasebench") or {}).get("cost") or {}).get("output_tokens_per_joule"), 2)),
 )
+
+
+_SAMPLES = {"ttft": "ttft_ms", "tpot": "tpot_ms", "itl": "itl_chunk_ms", "e2el": "e2e_ms"}  # summary key → metric
+
+
+def _p50_p99(s: dict[str, Any], short: str, flagged: set[str] | None = None) -> str:
+    """"p50 / p99" of a summary's top-level keys, each flagged when its metric has too few samples."""
+    n = ((((s.get("phasebench") or {}).get("metrics") or {}).get(_SAMPLES[short])) or {}).get("count")
+    return " / ".join(flag_percentile(_n(s.get(key)), stat, n, flagged)
+                      for stat, key in (("p50", f"median_{short}_ms"), ("p99", f"p99_{short}_ms")))
+
+
+def _small_sample_note(heads: list[Run]) -> str | None:
+    flagged: set[str] = set()
+    for r in heads:
+        for short in _SAMPLES:
+            _p50_p99(r.summary, short, flagged)
+    return small_sample_footnote(flagged)
+
+
+def _comparison(heads: list[Run], names: list[str]) -> Comparison | None:
+    """The headline runs compared (two or more), as ``phasebench compare`` does."""
+    return compare(heads, names) if len(heads) > 1 else None
 
 
 def _usd(v: Any) -> str:
@@ -141,6 +167,10 @@ def to_html(runs: list[Run], names: list[str], plots: list[P.Plot]) -> str:
     for label, fn in SUMMARY_ROWS:
         h.append(f"<tr><td class='l'>{_e(label)}</td>" + "".join(f"<td>{_e(fn(r.summary))}</td>" for r in heads) + "</tr>")
     h.append("</table>")
+    if note := _small_sample_note(heads):
+        h.append(f"<p><small>{_e(note)}</small></p>")
+    if c := _comparison(heads, names):
+        h.append(comparison_html(c, _e))
     if any(r.children for r in runs):
         h.append("<p>For sweeps and plans the table shows the server step (plans) or the highest-throughput point.</p>")
     for p in plots:
@@ -179,6 +209,10 @@ def to_markdown(runs: list[Run], names: list[str], plots: list[P.Plot], image_di
     for label, fn in SUMMARY_ROWS:
         md.append(f"| {md_escape(label)} | " + " | ".join(md_escape(fn(r.summary)) for r in heads) + " |")
     md.append("")
+    if note := _small_sample_note(heads):
+        md += [f"*{md_escape(note)}*", ""]
+    if c := _comparison(heads, names):
+        md += comparison_markdown(c, md_escape)
     for p in plots:
         md += [f"## {md_escape(p.title)}", "", f"![{md_escape(p.title)}]({image_dir}/{p.key}.png)", "",
                f"*{md_escape(p.caption)}*", ""]

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import min_samples
 from ..results import Run
 from ..spec import redact_url
 from ..textsafe import markup as escape
@@ -35,7 +36,31 @@ def _f(v: Any, nd: int = 2) -> str:
     return escape(str(v))
 
 
-def latency_table(summary: dict[str, Any]) -> Table:
+SMALL_SAMPLE_MARK = "*"
+
+
+def flag_percentile(text: str, stat: str, count: int | None, flagged: set[str] | None = None) -> str:
+    """A printed percentile ``text`` of percentile ``stat`` ("p99", "p99.9") marked with SMALL_SAMPLE_MARK when
+    its ``count`` samples are fewer than the percentile needs (``metrics.min_samples``: p90 10, p95 20, p99 100);
+    the stat goes into ``flagged`` for :func:`small_sample_footnote`. Every table that prints a percentile
+    (show, the sweep table, the report, compare, the plan) flags it here."""
+    if count is None or text == "-" or count >= min_samples(float(stat.lstrip("p"))):
+        return text
+    if flagged is not None:
+        flagged.add(stat)
+    return text + SMALL_SAMPLE_MARK
+
+
+def small_sample_footnote(flagged: set[str]) -> str | None:
+    """The footnote under a table with flagged percentiles: "* fewer than 100 samples for p99, …"."""
+    if not flagged:
+        return None
+    parts = [f"fewer than {min_samples(float(s[1:]))} samples for {s}" for s in sorted(flagged, key=lambda s: float(s[1:]))]
+    return (f"{SMALL_SAMPLE_MARK} {', '.join(parts)}: near the sample max, not an estimate of the tail "
+            "(a percentile q needs n ≥ 1/(1 − q))")
+
+
+def latency_table(summary: dict[str, Any], flagged: set[str] | None = None) -> Table:
     m = summary.get("phasebench", {}).get("metrics", {})
     t = Table(title="Latency (ms)", title_justify="left")
     for col in ("metric", "n", "mean", "p50", "p90", "p99", "p99 95% CI", "max"):
@@ -46,7 +71,8 @@ def latency_table(summary: dict[str, Any]) -> Table:
             continue
         ci = s.get("p99_ci95")
         ci_txt = "-" if not ci else f"{ci[0]:.1f}–{'∞' if ci[1] is None else f'{ci[1]:.1f}'}"
-        t.add_row(label, _f(s.get("count")), _f(s.get("mean")), _f(s.get("p50")), _f(s.get("p90")), _f(s.get("p99")),
+        n = s.get("count")
+        t.add_row(label, _f(n), _f(s.get("mean")), *(flag_percentile(_f(s.get(p)), p, n, flagged) for p in ("p50", "p90", "p99")),
                   ci_txt, _f(s.get("max")))
     return t
 
@@ -97,7 +123,7 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def sweep_table(run: Run) -> Table:
+def sweep_table(run: Run, flagged: set[str] | None = None) -> Table:
     t = Table(title="Sweep", title_justify="left")
     cols = ("point", "conc", "rate", "ok/fail", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99",
             "goodput", "valid")
@@ -107,8 +133,10 @@ def sweep_table(run: Run) -> Table:
         t.add_row(
             _f(row.get("point")), _f(row.get("max_concurrency")), _f(row.get("request_rate")),
             f"{row.get('completed')}/{row.get('failed')}", _f(row.get("request_throughput")),
-            _f(row.get("output_throughput"), 1), _f(row.get("median_ttft_ms"), 1), _f(row.get("p99_ttft_ms"), 1),
-            _f(row.get("median_tpot_ms"), 1), _f(row.get("p99_tpot_ms"), 1), _f(row.get("request_goodput")),
+            _f(row.get("output_throughput"), 1), _f(row.get("median_ttft_ms"), 1),
+            flag_percentile(_f(row.get("p99_ttft_ms"), 1), "p99", row.get("completed"), flagged),
+            _f(row.get("median_tpot_ms"), 1), flag_percentile(_f(row.get("p99_tpot_ms"), 1), "p99", row.get("completed"), flagged),
+            _f(row.get("request_goodput")),
             "yes" if row.get("valid") else "no",
         )
     return t
@@ -130,12 +158,17 @@ def print_run(run: Run, console: Console | None = None) -> None:
         console.print(f"[yellow]! {escape(w)}[/]", soft_wrap=True)
     if run.skipped_lines and not run.load_warnings:
         console.print(f"[yellow]! {run.skipped_lines} unreadable lines in requests.jsonl were skipped[/]")
+    flagged: set[str] = set()
     if run.is_sweep:
-        console.print(sweep_table(run))
+        console.print(sweep_table(run, flagged))
+        if note := small_sample_footnote(flagged):
+            console.print(note)
         for line in verdict_lines(run.summary):
             console.print(line)
         return
-    console.print(latency_table(run.summary))
+    console.print(latency_table(run.summary, flagged))
+    if note := small_sample_footnote(flagged):
+        console.print(note)
     console.print(throughput_table(run.summary))
     for line in verdict_lines(run.summary):
         console.print(line)
@@ -169,10 +202,12 @@ def workload_lines(w: dict | None) -> list[str]:
     pc = w.get("prompt_cache")
     if pc and pc.get("prompt_tokens"):
         tps = (pc.get("prefill_new_tps") or {}).get("p50")
-        out.append(f"prompt cache: {pc['cached_fraction']:.0%} of {pc['prompt_tokens']:,} prompt tokens cached, "
+        counters = pc.get("source") == "server counters"
+        out.append(("prompt cache (server counters): " if counters else "prompt cache: ")
+                   + f"{pc['cached_fraction']:.0%} of {pc['prompt_tokens']:,} prompt tokens cached, "
                    f"{pc['new_tokens']:,} new" + (f"; prefill {tps:,.0f} new tokens/s (p50)" if tps else "")
                    + (f" ({pc['requests_not_reporting']} requests without a cache report)"
-                      if pc.get("requests_not_reporting") else ""))
+                      if pc.get("requests_not_reporting") and not counters else ""))
     turns = w.get("by_turn")
     if turns:
         shown = list(turns.items())[:8]

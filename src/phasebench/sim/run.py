@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 
 from .. import env as envmod
+from ..analysis import RunAnalysis, Simulated, analyse, write_run
 from ..metrics import RunContext
 from ..model.phases import Setup
 from ..records import RequestRecord
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
 from ..spec import LengthDist, RunSpec, Scenario, SpecError
-from .columns import concat, from_result, summarize_columns, to_records, write_jsonl
+from .columns import concat, from_result, to_records, write_jsonl
 from .profile import AnalyticProfile, Profile
 from .replica import SchedulerConfig, SimResult, simulate
 
@@ -133,50 +134,64 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         raise SpecError("replicas must be ≥ 1")
     t_wall = time.perf_counter()
     cpu0 = time.process_time()
-    arr, ins, outs, conc, rate = _requests(spec, trace, trace_speed, trace_window)
+    convs = None
+    if spec.turns is not None:  # multi-turn conversations: a turn arrives after the previous turn's answer
+        from .conversations import conversation_requests
+
+        if trace:
+            raise SpecError("--trace and --turns do not combine (a trace's conversations are in the trace)")
+
+        arr, conc, rate, convs = conversation_requests(spec)
+        ins, outs = convs.n_in, convs.n_out
+        keys = convs.keys(cfg.block_size) if cfg.prefix_cache else None
+    else:
+        arr, ins, outs, conc, rate = _requests(spec, trace, trace_speed, trace_window)
+        keys = trace_block_keys(trace, trace_speed, trace_window, cfg.block_size) if trace and cfg.prefix_cache else None
     n = len(ins)
-    keys = trace_block_keys(trace, trace_speed, trace_window, cfg.block_size) if trace and cfg.prefix_cache else None
     results: list[SimResult] = []
     parts = []
-    for k in range(replicas):  # requests go round-robin to replicas
-        idx = list(range(k, n, replicas))
-        if not idx:
+    for k in range(replicas):  # requests (conversations) go round-robin to replicas
+        idx, follow = (list(range(k, n, replicas)), None) if convs is None else \
+            convs.subset(np.arange(k, len(convs.firsts), replicas))
+        if not len(idx):
             continue
         sub_conc = None if conc is None else max(1, conc // replicas + (1 if k < conc % replicas else 0))
-        res = simulate(None if arr is None else arr[idx], ins[k::replicas], outs[k::replicas], profile, cfg,
-                       closed_concurrency=sub_conc, prefix_keys=None if keys is None else keys[k::replicas])
+        res = simulate(None if arr is None else arr[idx], [ins[i] for i in idx], [outs[i] for i in idx], profile, cfg,
+                       closed_concurrency=sub_conc, prefix_keys=None if keys is None else [keys[i] for i in idx],
+                       follow=follow, think=None if convs is None else [convs.think[i] for i in idx])
         results.append(res)
         parts.append(from_result(res, idx))
     cols = concat(parts)
+    if convs is not None:
+        cols.conversation, cols.turn = convs.conversation[cols.index], convs.turn[cols.index]
     over = any(r.over_capacity for r in results)
     notes = [x for r in results for x in r.notes]
+    if forced := profile.forced_note():
+        notes.insert(0, forced)
     ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, warmup_s=spec.warmup, cooldown_s=spec.cooldown,
                      target_rate=rate, burstiness=spec.burstiness if spec.scenario == Scenario.server else None,
                      concurrency=conc, exact_output=True, mlperf=spec.mlperf, extra_warnings=list(notes))
-    summary = summarize_columns(cols, ctx)
     d = profile.describe()
     sim_block = {
         "profile": d, "scheduler": asdict(cfg), "replicas": replicas,
         "iterations": sum(r.iterations for r in results), "preemptions": sum(r.preemptions for r in results),
         "over_capacity": over, "simulated_seconds": max((r.sim_seconds for r in results), default=0.0),
         "requests": n, "trace": str(trace) if trace else None,
+        "conversations": None if convs is None else len(convs.firsts),
         "trace_speed": trace_speed if trace else None, "trace_window": trace_window if trace else None, "summary_only": summary_only,
         "hardware": d.get("hardware"), "devices": d.get("devices", 1) * replicas,
     }
-    if over:
-        pb = summary["phasebench"]
-        pb["valid"] = False
-        pb["reasons"].insert(0, "over capacity: the simulated queue grew without bound and the run was stopped")
     from .. import __version__
-    from ..cost import cost_block
 
-    summary["phasebench"]["cost"] = cost_block(sim_block["hardware"], sim_block["devices"], summary)
     manifest = {
         "kind": "run", "simulated": True, "schema_version": 1, "phasebench_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "spec": spec.public_dict(),
         "target": {"model": d.get("model") or "simulated", "url": None},
         "simulation": sim_block, "environment": envmod.environment(), "t0_monotonic_ns": 0, **(extra_manifest or {}),
     }
+    # the summary: the same analysis steps as a measured run's (analysis.STEPS), from the arrays
+    facts = Simulated(columns=cols, over_capacity=over, hardware=sim_block["hardware"], devices=sim_block["devices"])
+    summary = analyse(RunAnalysis(manifest, [], spec, ctx, simulated=facts))
     path = None
     if spec.out:
         folder = RunFolder(spec.out)
@@ -186,8 +201,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     sim_block["wall_s"] = time.perf_counter() - t_wall
     sim_block["cpu_s"] = time.process_time() - cpu0
     if path:
-        folder.write_manifest(manifest)
-        folder.write_summary(summary)
+        write_run(folder, manifest, summary)
     records = to_records(cols) if not summary_only and (keep_records or (path and record)) else []
     run = Run(path, manifest, summary, records)
     if path and record:
