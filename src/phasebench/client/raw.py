@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import zlib
 
 import orjson
 from yarl import URL
@@ -25,17 +24,17 @@ from yarl import URL
 from ..records import RequestRecord
 from .openai import Prompt, error_message, request_body
 from .rawhttp import RawConnection, RawHTTPError, RawPool, request_head
-from .sse import EventTooLarge, SSEParser
+from .sse import SSEParser
 from .transport import (
     KEEPALIVE_S,
     Client,
     ClientConfig,
-    _client_error,
-    _Decoder,
     _decode_small,
+    _Decoder,
     _http_error_type,
     _scrub_record,
     now_ns,
+    record_failure,
     settle_tokens,
 )
 
@@ -98,26 +97,12 @@ class RawClient(Client):
             rec.end_ns = now_ns() - t0
             rec.error_type = "dropped" if rec.headers_ns is not None else "connection"
             rec.error = f"connection dropped: {e}"[:300] if rec.headers_ns is not None else str(e)[:300]
-        except (asyncio.TimeoutError, TimeoutError):
-            rec.end_ns = now_ns() - t0
-            if rec.first_byte_ns is not None:
-                rec.error_type, rec.error = "stall", f"no bytes for {cfg.stall_timeout:g} s (or total > {cfg.timeout:g} s)"
-            else:
-                rec.error_type, rec.error = "timeout", f"no answer within the timeout ({cfg.timeout:g} s)"
         except asyncio.CancelledError:
             rec.end_ns = now_ns() - t0
             rec.error_type, rec.error = "cancelled", "run interrupted"
             raise
-        except EventTooLarge:
-            rec.end_ns = now_ns() - t0
-            rec.error_type = "oversize"
-            rec.error = (f"an event grew past {cfg.max_event_bytes:,} bytes (max_event_bytes); "
-                         "the request was stopped there")
-        except zlib.error as e:
-            rec.end_ns = now_ns() - t0
-            rec.error_type, rec.error = "encoding", f"the compressed stream is corrupt: {e}"[:300]
         except Exception as e:  # noqa: BLE001 - a bug or an odd answer must cost one request, never the run
-            _client_error(rec, e, t0, self._secret)
+            record_failure(rec, e, cfg, t0, self._secret)
         finally:
             if conn is not None:
                 if reusable:

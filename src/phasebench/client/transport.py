@@ -169,12 +169,8 @@ class Client:
                         return False
                     decoder = _Decoder(coding)
                 await self._read_stream(resp.content, rec, chunk_chars, SSEParser(cfg.max_event_bytes), decoder)
-        except asyncio.TimeoutError:
-            rec.end_ns = now_ns() - t0
-            if rec.first_byte_ns is not None:
-                rec.error_type, rec.error = "stall", f"no bytes for {cfg.stall_timeout:g} s (or total > {cfg.timeout:g} s)"
-            else:
-                rec.error_type, rec.error = "timeout", f"no answer within the timeout ({cfg.timeout:g} s)"
+        except asyncio.TimeoutError as e:  # first: aiohttp's ServerTimeoutError is a ClientError too
+            record_failure(rec, e, cfg, t0, self._secret)
         except asyncio.CancelledError:
             rec.end_ns = now_ns() - t0
             rec.error_type, rec.error = "cancelled", "run interrupted"
@@ -189,16 +185,8 @@ class Client:
             rec.error_type, rec.error = "connection", f"{type(e).__name__}: {e}"[:300]
             # "Can not write request body" / reset while writing on a reused connection: a stale pool entry
             stale = isinstance(e, aiohttp.ClientOSError) and not isinstance(e, aiohttp.ClientConnectorError)
-        except EventTooLarge:
-            rec.end_ns = now_ns() - t0
-            rec.error_type = "oversize"
-            rec.error = (f"an event grew past {cfg.max_event_bytes:,} bytes (max_event_bytes); "
-                         "the request was stopped there")
-        except zlib.error as e:
-            rec.end_ns = now_ns() - t0
-            rec.error_type, rec.error = "encoding", f"the compressed stream is corrupt: {e}"[:300]
         except Exception as e:  # noqa: BLE001 - a bug or an odd answer must cost one request, never the run
-            _client_error(rec, e, t0, self._secret)
+            record_failure(rec, e, cfg, t0, self._secret)
         finally:
             settle_tokens(rec, chunk_chars)
             _scrub_record(rec, self._secret)
@@ -335,6 +323,25 @@ def _http_error_type(status: int) -> str:
     if status == 429:
         return "http_429"
     return "http_5xx" if status >= 500 else "http_4xx"
+
+
+def record_failure(rec: RequestRecord, e: BaseException, cfg: ClientConfig, t0: int, secrets: tuple[str, ...]) -> None:
+    """The failures every transport records alike: a timeout (``stall`` once bytes came, else ``timeout``), an
+    oversized event, a corrupt compressed stream, and anything else as ``client_error`` (a bug or an odd answer
+    costs one request, never the run). Transport-specific connection errors are classified by each transport."""
+    rec.end_ns = now_ns() - t0
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        if rec.first_byte_ns is not None:
+            rec.error_type, rec.error = "stall", f"no bytes for {cfg.stall_timeout:g} s (or total > {cfg.timeout:g} s)"
+        else:
+            rec.error_type, rec.error = "timeout", f"no answer within the timeout ({cfg.timeout:g} s)"
+    elif isinstance(e, EventTooLarge):
+        rec.error_type = "oversize"
+        rec.error = f"an event grew past {cfg.max_event_bytes:,} bytes (max_event_bytes); the request was stopped there"
+    elif isinstance(e, zlib.error):
+        rec.error_type, rec.error = "encoding", f"the compressed stream is corrupt: {e}"[:300]
+    else:
+        _client_error(rec, e, t0, secrets)
 
 
 def _client_error(rec: RequestRecord, e: BaseException, t0: int, secrets: tuple[str, ...]) -> None:
