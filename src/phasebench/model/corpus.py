@@ -16,7 +16,9 @@ predict's quantities for a static batch of ``batch`` sequences of ``input_tokens
 A row measured by a client over the public internet (its notes say so) adds one fitted network round trip
 (``internet_rtt_ms``) to TTFT. A row that leaves out its device count (a cloud service) is predicted on the fewest devices that hold the model;
 on a device that does not batch, its concurrent clients are taken as served side by side (one replica each), so
-per-request figures are predicted at batch 1 and a throughput is multiplied by the clients. A row without input
+per-request figures are predicted at batch 1 and a throughput is multiplied by the clients. On a device that
+batches, a row whose batch is a number of closed-loop clients (NIM's genai-perf concurrency) is predicted as the
+steady state of continuous batching (``phases.closed_loop``), not as a static batch. A row without input
 or output length takes 128 (said in its note). Missing precision: fp16.
 """
 
@@ -34,7 +36,7 @@ from .arch import load_model
 from .engines import canonical_engine, device_class
 from .errors import ModelError
 from .hardware import load_hardware
-from .phases import Prediction, Setup, _predict, resolve_precision
+from .phases import Prediction, Setup, _predict, closed_loop, resolve_precision
 
 GROUPS = {"ttft_ms": "prefill", "tpot_ms": "decode", "e2e_ms": "e2e", "output_throughput_tok_s": "throughput",
           "total_throughput_tok_s": "throughput"}
@@ -57,6 +59,7 @@ class Row:
     replicas: int = 1                    # clients served side by side on a non-batching device
     per_user_is_e2e: bool = False
     internet: bool = False               # measured by a client over the public internet (a cloud API)
+    closed_loop: bool = False            # batch = closed-loop clients of a continuously batching server
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -86,7 +89,8 @@ class Row:
         raise ModelError(f"corpus row {self.id}: unknown metric {m!r}")
 
     def predict(self, setup: Setup | None = None, rtt_s: float = 0.0) -> float | None:
-        return self.predicted(_predict(setup or self.setup, self.batch, self.input_len, self.output_len), rtt_s)
+        run = closed_loop if self.closed_loop else _predict
+        return self.predicted(run(setup or self.setup, self.batch, self.input_len, self.output_len), rtt_s)
 
 
 def corpus_path() -> Path:
@@ -173,9 +177,13 @@ def _row(r: dict[str, str]) -> Row:
     value = float(r["value"])
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"value {r['value']!r} is not a positive number")
-    internet = "public internet" in (r.get("notes") or "").lower()
+    text = (r.get("notes") or "").lower()
+    internet = "public internet" in text
+    looped = "closed-loop" in text and hw.batching and batch > 1
+    if looped:
+        notes.append(f"batch = {batch} closed-loop clients: predicted as continuous batching (phases.closed_loop)")
     return Row(r["id"], r["source_id"], engine, device_class(hw), hw.key, metric, metric_group, value, setup,
-               batch, n_in, n_out, replicas, per_user_e2e, internet, notes)
+               batch, n_in, n_out, replicas, per_user_e2e, internet, looped, notes)
 
 
 def summary(rows: list[Row]) -> dict[str, Any]:

@@ -53,6 +53,11 @@ DEFAULT_EFFICIENCY = {
     "cpu": Efficiency(0.60, 0.50, 20.0, 5.0, "default (cpu)"),
 }
 
+# The engines' fixed costs have a hierarchical prior in the fit (model/fit.py): an engine with no fitted value
+# takes the fitted typical engine's, except the device vendors' own compilers (no host-driven steps).
+POOLED = ("request_ms", "step_us")
+UNPOOLED_ENGINES = ("vendor",)
+
 PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness", "kv_memory", "gemm_half_rows", "link", "moe_compute")
 
 
@@ -112,6 +117,12 @@ def device_class(hw: Hardware) -> str:
     return hw.kind
 
 
+def device_arch(hw: Hardware) -> str:
+    """The chip generation (``arch`` in the hardware catalog: ampere, hopper, ada, cdna3, ...; else the key): the
+    per-architecture factors on the class's fractions of peak are kept per it."""
+    return str(hw.extra.get("arch") or hw.key)
+
+
 def default_engine(hw: Hardware) -> str:
     """The engine assumed when none is named: the device's own default, else its class's, else its kind's."""
     d = _data()["defaults"]
@@ -121,8 +132,8 @@ def default_engine(hw: Hardware) -> str:
 def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | None = None) -> Efficiency:
     """The efficiency profile of ``engine`` (default: the device's default engine) on ``hw``.
 
-    Composed parameter by parameter: the device class's base fractions of peak × the engine's multipliers, and
-    the engine's fixed costs; each from the corpus fit where it has the parameter, else from the prior.
+    Composed parameter by parameter: the device class's base fractions of peak × the chip generation's factor
+    (where the corpus has several generations of a class) × the engine's multipliers, and the engine's fixed costs; each from the corpus fit where it has the parameter, else from the prior.
     ``fit`` replaces the installed fitted parameters (the fitter passes its trial values)."""
     eng = canonical_engine(engine) if engine else default_engine(hw)
     cls = device_class(hw)
@@ -146,12 +157,15 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
         return float(default)
 
     vals: dict[str, float] = {}
+    arch = device_arch(hw)
     for k in ("memory", "compute"):
-        b = get(f"{k}|{cls}", base[k])
+        b = get(f"{k}|{cls}", base[k]) * get(f"{k}#{arch}", 1.0)
         m = get(f"{k}@{eng}", eng_prior.get(f"{k}_mult", 1.0))
         vals[k] = min(b * m, 1.0)
     for k in ("request_ms", "step_us"):
-        vals[k] = get(f"{k}@{eng}", eng_prior.get(k, base[k]))
+        # an engine the fit has no value for: the fitted typical engine's (the hierarchical prior's centre)
+        pooled = k in fit and f"{k}@{eng}" not in fit and eng not in UNPOOLED_ENGINES
+        vals[k] = get(k if pooled else f"{k}@{eng}", eng_prior.get(k, base[k]))
     vals["layer_overhead_us"] = get(f"layer_overhead_us|{cls}", eng_prior.get("layer_overhead_us", base["layer_overhead_us"]))
     vals["allreduce_us"] = get(f"allreduce_us|{hw.kind}", base["allreduce_us"])
     vals["sharpness"] = get("sharpness", base["sharpness"])
@@ -191,4 +205,4 @@ def covered(hw: Hardware, engine: str) -> tuple[bool, str | None]:
 
 
 __all__ = ["Efficiency", "DEFAULT_EFFICIENCY", "ModelError", "canonical_engine", "default_engine", "profile",
-           "device_class", "covered", "listing"]
+           "device_class", "device_arch", "covered", "listing"]

@@ -3,7 +3,9 @@
 The parameters (``engines.profile`` composes them; docs/model.md lists them):
 
 - per device class c with rows: ``memory|c``, ``compute|c`` (fractions of peak bandwidth and FLOP/s reached
-  by the reference engine), ``layer_overhead_us|c`` (per layer per forward pass; on Groq the per-stage
+  by the reference engine) and, where the reference engine's rows cover several chip generations a of the class
+  (Ampere, Hopper, Ada), ``memory#a``, ``compute#a`` (factors on the class's fractions, prior 1: a generation
+  the training rows lack falls back to its class), ``layer_overhead_us|c`` (per layer per forward pass; on Groq the per-stage
   synchronisation of the pipeline);
 - per engine e with rows: ``memory@e``, ``compute@e`` (multipliers on the class's fractions; TensorRT-LLM is
   the reference, fixed at 1), ``request_ms@e`` (fixed per request, in TTFT) and ``step_us@e`` (per forward pass);
@@ -41,6 +43,7 @@ REFERENCE_ENGINE = "trt-llm"
 INTERNET_RTT_MS = 50.0
 F_SCALE = 0.15          # soft-L1 scale on log error: errors beyond ~15% count linearly, not quadratically
 PRIOR_WEIGHT = 0.15     # a parameter 1σ from its prior costs like one row 15% off
+CENTRE_WEIGHT = 3.0     # a class's generation factors: their log mean held at 0 (nearly a constraint)
 
 # (σ in log space, lower bound, upper bound) per parameter family
 FAMILY = {
@@ -48,12 +51,29 @@ FAMILY = {
     "memory@": (0.25, 0.1, 2.0), "compute@": (0.35, 0.1, 2.0), "kv_memory": (0.5, 0.05, 1.0),
     "request_ms": (1.2, 0.05, 3000.0), "step_us": (1.2, 1.0, 1e5),
     "layer_overhead_us": (1.2, 0.01, 2000.0), "allreduce_us": (0.8, 1.0, 300.0), "sharpness": (0.8, 1.0, 30.0),
-    "internet_rtt_ms": (1.0, 1.0, 2000.0), "gemm_half_rows": (1.0, 0.5, 4096.0), "link": (0.4, 0.05, 1.0),
-    "moe_compute": (0.5, 0.05, 1.0),
+    "internet_rtt_ms": (1.0, 1.0, 2000.0), "gemm_half_rows": (1.0, 0.5, 16.0), "link": (0.4, 0.05, 1.0),
+    "moe_compute": (0.5, 0.05, 1.0), "memory#": (0.2, 0.3, 3.0), "compute#": (0.25, 0.3, 3.0),
 }
 
 
+# Hierarchical priors for the engines' fixed costs: each engine's request_ms@e and step_us@e is centred on a
+# global value (the typical engine's, fitted with them), so an engine the training rows lack falls back to what
+# the corpus says engines typically cost rather than to a guess. The device vendors' own compilers for SRAM
+# dataflow machines (no host-driven steps) keep their own priors.
+POOLED, UNPOOLED_ENGINES = engines.POOLED, engines.UNPOOLED_ENGINES
+
+
+def parent(key: str) -> str | None:
+    """The global parameter a key's prior is centred on (hierarchical prior), or None."""
+    if "@" not in key:
+        return None
+    name, eng = key.split("@")
+    return name if name in POOLED and eng not in UNPOOLED_ENGINES else None
+
+
 def _family(key: str) -> str:
+    if "#" in key:
+        return key.split("#")[0] + "#"
     name = key.split("|")[0]
     if "@" in name:
         base = name.split("@")[0]
@@ -64,12 +84,18 @@ def _family(key: str) -> str:
 def prior_value(key: str, rows: list[Row]) -> float:
     """The prior of a parameter, from data/engines.yaml (through the profile with an empty fit)."""
     fam = _family(key)
+    if fam in ("memory#", "compute#"):
+        return 1.0
+    if key in POOLED:   # the typical engine's: the median of the engines' priors
+        data = engines._data()
+        vals = [float(e.get("prior", {}).get(key, 0.0)) for k, e in data["engines"].items() if k not in UNPOOLED_ENGINES]
+        return max(float(np.median(vals)), FAMILY[fam][1])
     if fam == "sharpness":
         return 4.0
     if fam == "moe_compute":
         return 0.7
     if fam == "gemm_half_rows":
-        return 32.0
+        return 8.0
     if fam == "internet_rtt_ms":
         return 50.0
     if fam == "kv_memory":
@@ -99,6 +125,16 @@ def prior_value(key: str, rows: list[Row]) -> float:
 
 def parameters_for(rows: list[Row]) -> list[str]:
     keys: set[str] = {"sharpness", "kv_memory", "gemm_half_rows"}
+    # A factor per chip generation where the class has several generations measured with the reference engine,
+    # whose multipliers are fixed at 1: a generation seen only under engines with free multipliers would confound
+    # the two, so it keeps its class's fractions.
+    archs: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        if r.engine == REFERENCE_ENGINE:
+            archs[r.device_class].add(engines.device_arch(r.setup.hardware))
+    for gens in archs.values():
+        if len(gens) > 1:
+            keys |= {f"{k}#{a}" for a in gens for k in ("memory", "compute")}
     for r in rows:
         keys |= {f"memory|{r.device_class}", f"compute|{r.device_class}", f"layer_overhead_us|{r.device_class}",
                  f"request_ms@{r.engine}", f"step_us@{r.engine}"}
@@ -106,6 +142,9 @@ def parameters_for(rows: list[Row]) -> list[str]:
             keys |= {f"memory@{r.engine}", f"compute@{r.engine}"}
         if r.setup.model.experts > 1:
             keys.add("moe_compute")
+        for name in POOLED:
+            if parent(f"{name}@{r.engine}"):
+                keys.add(name)
         if r.setup.tp > 1 and r.setup.hardware.kind != "sram-dataflow":
             keys |= {f"allreduce_us|{r.setup.hardware.kind}", f"link|{r.setup.hardware.kind}"}
     return sorted(keys)
@@ -116,12 +155,28 @@ def _depends(r: Row, key: str) -> bool:
         return True
     if key == "moe_compute":
         return r.setup.model.experts > 1
+    if key in POOLED:
+        return False   # a global prior centre: it touches rows only through the engines' values
     if key == "internet_rtt_ms":
         return r.internet
+    if "#" in key:
+        return key.split("#")[1] == engines.device_arch(r.setup.hardware)
     if "@" in key:
         return key.split("@")[1] == r.engine
     name, c = key.split("|")
     return c == r.device_class or (name in ("allreduce_us", "link") and c == r.setup.hardware.kind and r.setup.tp > 1)
+
+
+def _generation_groups(keys: list[str], rows: list[Row]) -> list[list[int]]:
+    """Indices of each (memory|compute, class)'s generation factors: centred so that the class's fraction is the
+    typical generation's, which is what a generation the training rows lack falls back to."""
+    cls_of = {engines.device_arch(r.setup.hardware): r.device_class for r in rows}
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    for j, k in enumerate(keys):
+        if "#" in k:
+            name, arch = k.split("#")
+            groups[(name, cls_of[arch])].append(j)
+    return [v for _, v in sorted(groups.items())]
 
 
 @dataclass
@@ -176,19 +231,31 @@ def fit(rows: list[Row], max_nfev: int = 60) -> Fit:
 
     def resid(x: np.ndarray) -> np.ndarray:
         pars = params_of(x)
-        out = np.zeros(len(rows) + len(keys))
+        out = np.zeros(len(rows) + len(keys) + len(gen_groups))
         cache: dict = {}
         for i, r in enumerate(rows):
             lr = _log_ratio(r, _predict_row(r, pars, cache))
             out[i] = 0.0 if lr is None else weights[i] * lr
-        out[len(rows):] = PRIOR_WEIGHT * (x - prior) / sig
+        centre = prior.copy()
+        for j, p in children:
+            centre[j] = x[p]
+        out[len(rows):len(rows) + len(keys)] = PRIOR_WEIGHT * (x - centre) / sig
+        for g, idx in enumerate(gen_groups):   # a class's generation factors multiply to 1 (centred in log)
+            out[len(rows) + len(keys) + g] = CENTRE_WEIGHT * float(np.mean(x[idx]))
         return out
 
-    sparsity = np.zeros((len(rows) + len(keys), len(keys)), dtype=int)
+    children = [(j, keys.index(parent(k))) for j, k in enumerate(keys) if parent(k) in keys]
+    gen_groups = _generation_groups(keys, rows)
+
+    sparsity = np.zeros((len(rows) + len(keys) + len(gen_groups), len(keys)), dtype=int)
     for i, r in enumerate(rows):
         for j, k in enumerate(keys):
             sparsity[i, j] = int(_depends(r, k))
-    sparsity[len(rows):, :] = np.eye(len(keys), dtype=int)
+    sparsity[len(rows):len(rows) + len(keys), :] = np.eye(len(keys), dtype=int)
+    for g, idx in enumerate(gen_groups):
+        sparsity[len(rows) + len(keys) + g, idx] = 1
+    for j, p in children:
+        sparsity[len(rows) + j, p] = 1
     del fixed
     res = least_squares(resid, x0, bounds=(lo, hi), loss="soft_l1", f_scale=F_SCALE, method="trf",
                         jac_sparsity=sparsity, x_scale=1.0, max_nfev=max_nfev, xtol=1e-6, ftol=1e-6)

@@ -19,7 +19,7 @@ from .errors import ModelError
 from .hardware import Hardware
 
 __all__ = ["DEFAULT_EFFICIENCY", "Efficiency", "Precision", "Setup", "Prediction", "Phase", "Memory", "predict",
-           "setup_for", "sweep", "forward", "prefill_flops", "decode_flops", "kv_heads_per_rank", "resolve_precision"]
+           "setup_for", "sweep", "closed_loop", "forward", "prefill_flops", "decode_flops", "kv_heads_per_rank", "resolve_precision"]
 
 USABLE_MEMORY = 0.90  # fraction of device memory for weights + KV (the rest: activations, runtime, fragmentation)
 SRAM_USABLE = 1.0     # SRAM machines: the compiler places weights and KV statically, no allocator slack
@@ -286,6 +286,14 @@ def _comm(s: Setup, tokens: float, act_bytes: float) -> float:
     return t
 
 
+def _peak16(hw: Hardware) -> float:
+    """The device's 16-bit peak (bf16, else fp16), where it has one; else its largest."""
+    for p in ("bf16", "fp16"):
+        if hw.tflops.get(p):
+            return hw.tflops[p] * 1e12
+    return max(hw.tflops.values()) * 1e12
+
+
 def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> Phase:
     """One forward pass (one engine iteration) of a resolved HBM setup: the one cost function behind
     ``predict``'s prefill and decode steps, the simulator's analytic profile and a run's predicted phases.
@@ -306,9 +314,10 @@ def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_toke
     eta_c = eff.compute * (rows / (rows + eff.gemm_half_rows) if eff.gemm_half_rows else 1.0)
     peak = hw.peak_flops(pr.activations) * eta_c * s.tp
     compute = flops / peak
-    if m.experts > 1 and eff.moe_compute < 1.0:   # the routed experts' grouped GEMMs run below the dense rate
+    if m.experts > 1:   # the routed experts' grouped GEMMs: at most the 16-bit rate, times moe_compute
         expert = 2.0 * tokens * m.layers * m.experts_active * m._expert_params()
-        compute += expert / peak * (1.0 / eff.moe_compute - 1.0)
+        peak16 = peak if precision_bytes(pr.activations) >= 2 else min(peak, _peak16(hw) * eta_c * s.tp)
+        compute += expert / (peak16 * eff.moe_compute) - expert / peak
     return _phase(compute, w_rank / bw + kv_rank / (bw * eff.kv_memory),
                   _comm(s, tokens, precision_bytes(pr.activations)), overhead, flops, w_rank + kv_rank, eff.sharpness)
 
@@ -390,6 +399,32 @@ def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int
     pred.tpot_s = _mean_decode(s, batch, c0, c1, pred.decode_first, pred.decode_last) if output_len > 1 \
         else pred.decode_first.time_s
     return pred
+
+
+def closed_loop(setup: Setup, clients: int, input_len: int = 128, output_len: int = 128) -> Prediction:
+    """The steady state of ``clients`` closed-loop clients (each sends its next request when the last one ends)
+    on an engine that batches continuously, as NIM/genai-perf and LLMPerf measure it — not a static batch.
+
+    - A request's prompt is prefilled on its own (arrivals are staggered), so TTFT is the request cost, one
+      prompt's prefill and the wait behind other clients' prefills: an M/D/1 queue, W = ρ / (2(1 − ρ)) · T_p,
+      ρ = arrival rate · T_p, arrival rate = clients / E2E (iterated to a fixed point).
+    - A decode step carries all ``clients`` sequences; each other client's prefill stalls every running stream
+      once per request (an iteration with a prompt in it takes the prompt's time), so
+      TPOT = step(clients) + (clients − 1) / (output_len − 1) · T_p.
+    No parameters of its own: the same ``forward`` as :func:`predict` at batch 1 and at batch ``clients``."""
+    many = _predict(setup, clients, input_len, output_len)
+    if clients <= 1 or not many.fits:
+        return many
+    one = _predict(setup, 1, input_len, output_len)
+    t_p = one.prefill.time_s
+    tpot = many.tpot_s + (clients - 1) / max(output_len - 1, 1) * t_p
+    ttft = one.ttft_s
+    for _ in range(8):
+        rho = min(clients / (ttft + max(output_len - 1, 0) * tpot) * t_p, 0.95)
+        ttft = one.ttft_s + rho / (2 * (1 - rho)) * t_p
+    many.notes.append(f"{clients} closed-loop clients under continuous batching (TTFT: one prompt's prefill and "
+                      "the queue of prefills; TPOT: the batch's step and the other clients' prefills)")
+    return replace(many, ttft_s=ttft, tpot_s=tpot)
 
 
 _GL = ((-0.9061798459, 0.2369268851), (-0.5384693101, 0.4786286705), (0.0, 0.5688888889),
