@@ -184,6 +184,12 @@ def test_study_end_to_end(tmp_path, server):
     assert {(g["prefill"], g["decode"]) for g in gains} == {(a, b) for a in plats.split(",") for b in plats.split(",") if a != b}
     st = json.loads((out / "study.json").read_text())
     assert st["reference"] == "groq-rack" and set(st["crossover"]) == {"h100-sxm", "a100-80gb-sxm"}
+    # `show` on the study folder prints what `study` printed at its end, from study.json
+    shown = subprocess.run([sys.executable, "-m", "phasebench.cli", "show", str(out)], capture_output=True, text=True,
+                           env={**ENV, "PHASEBENCH_DB": "off"}, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert "Per-phase winners (predicted)" in shown.stdout and "Disaggregation under load" in shown.stdout
+    assert shown.stdout == p.stdout.split("\nwrote ")[0] + "\n"
 
 
 def test_study_computation_and_bad_input(tmp_path):

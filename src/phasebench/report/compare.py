@@ -7,12 +7,7 @@ from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..compare import Comparison
-
-
-def _v(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
+from . import fmt as F
 
 
 def print_comparison(c: Comparison, console: Console) -> None:
@@ -23,7 +18,7 @@ def print_comparison(c: Comparison, console: Console) -> None:
     for r in c.rows:
         cells = []
         for i, v in enumerate(r.values):
-            cell = _v(v)
+            cell = F.num(v, 3) if v is not None and abs(v) < 10 else F.num(v)
             if i > 0 and r.changes[i] is not None:
                 verdict = r.verdicts[i] if i < len(r.verdicts) else ""
                 if verdict == "not significant":
@@ -31,11 +26,12 @@ def print_comparison(c: Comparison, console: Console) -> None:
                 elif verdict == "significant":
                     lo, hi = r.ci[i]
                     colour = "green" if (r.changes[i] < 0) == _lower_is_better(r.metric) else "red"
-                    cell += f" [{colour}]{r.changes[i]:+.1%}[/] [dim](95% CI {lo:+.1%}..{hi:+.1%}, p={r.p_values[i]:.1g})[/]"
+                    cell += (f" [{colour}]{F.change(r.changes[i])}[/] [dim](95% CI {F.change(lo)}..{F.change(hi)}, "
+                             f"p={r.p_values[i]:.1g})[/]")
                 elif verdict.startswith("rank"):
-                    cell += f" ({r.changes[i]:+.1%}, {verdict})"
+                    cell += f" ({F.change(r.changes[i])}, {escape(verdict)})"
                 else:
-                    cell += f" ({r.changes[i]:+.1%})"
+                    cell += f" ({F.change(r.changes[i])})"
             cells.append(cell)
         t.add_row(f"{r.metric} {r.stat}".strip(), *cells)
     console.print(t)

@@ -13,14 +13,7 @@ from rich.table import Table
 from ..model.arch import ModelArch
 from ..model.hardware import Hardware
 from ..model.phases import Prediction
-
-
-def _f(v: float | None, nd: int = 2) -> str:
-    if v is None:
-        return "-"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    return f"{v:.{nd}f}"
+from .fmt import auto as _f
 
 
 def print_predictions(preds: list[Prediction], console: Console) -> None:
