@@ -24,7 +24,7 @@ from .conftest import ENV, spec
 
 def cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "phasebench.cli", *args], capture_output=True, text=True,
-                          env={**ENV, "PHASEBENCH_DB": "off"}, timeout=300)
+                          env={**ENV, "PHASEBENCH_DB": "off"}, timeout=300, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_show_prints_the_plans_own_tables(plan):
     s = json.loads((out / "summary.json").read_text())
     assert "Prefill: TTFT against input length" in p.stdout and "Decode: TPOT and throughput" in p.stdout
     for d in s["decode_sweep"]:   # one row per decode point
-        assert re.search(rf"^\W*{d['concurrency']}\s", p.stdout, re.M), p.stdout
+        assert re.search(rf"^\W*{d['concurrency']}\s", p.stdout, re.MULTILINE), p.stdout
     assert "sets the server step's rate" in p.stdout and "decode MBU step" in p.stdout
     assert f"plan: {'VALID' if Run.load(out).valid else 'INVALID'}" in p.stdout and "Where the phases sit" in p.stdout
     # the very tables the run printed at its end: one printer

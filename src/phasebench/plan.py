@@ -190,7 +190,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
     prefill = []
     for name, r in by.items():
         if name.startswith("prefill-"):
-            prefill.append({"input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
+            prefill.append({"step": name, "input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
                             "prefill_tps_p50": _med(r, "prefill_tps"),
                             "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")
                             or _server(r, "prefill")})
@@ -299,7 +299,7 @@ def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]
     if longest and params and fl.value:
         n = longest["input_tokens"]
         ttft = n / longest["prefill_tps_p50"]
-        v = prefill_verdict(f"prefill-{n:04d}", 2 * params * n, wall.get("weight_bytes", 0) + wall.get("kv_bytes_per_token", 0) * n,
+        v = prefill_verdict(longest.get("step") or f"prefill-{n:04d}", 2 * params * n, wall.get("weight_bytes", 0) + wall.get("kv_bytes_per_token", 0) * n,
                             ttft, fl, bw, cores)
         figures.append({"metric": v.metric, "step": v.step, "fraction": v.fraction, "peak": fl.label})
         out.append(f"{v.text} ({longest['prefill_tps_p50']:.0f} tok/s at {n} tokens ≈ "

@@ -89,10 +89,10 @@ h1{font-size:1.5em;margin-bottom:.2em}h2{font-size:1.2em;border-bottom:1px solid
 h3{font-size:1.05em;margin:1.2em 0 .3em}
 .tw{overflow-x:auto;max-width:100%;margin:.5em 0}
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:.25em .6em;text-align:right;font-size:.9em;
-overflow-wrap:normal;white-space:nowrap}
-th{background:#f5f5f5}td.l,th.l{text-align:left;white-space:normal;min-width:6em}tr.m td{font-weight:600;background:#fff8d6}
+overflow-wrap:normal}td{white-space:nowrap}
+th{background:#f5f5f5}td.l,th.l{text-align:left;white-space:normal;min-width:7em}tr.m td{font-weight:600;background:#fff8d6}
 caption{text-align:left;font-weight:600;padding:.2em 0;white-space:normal}
-.ok{color:#11772b;font-weight:600}.bad{color:#b00020;font-weight:600}.warn{color:#8a5a00}
+.ok{color:#11772b;font-weight:600}.bad{color:#b00020;font-weight:600}.warn{color:#8a5a00}li.bad{font-weight:400}
 p.lead{font-size:1.1em}p.small{font-size:.85em;color:#555}
 figure{margin:1em 0}figcaption{font-size:.85em;color:#555}img{max-width:100%;height:auto}
 details{margin:1em 0}summary{cursor:pointer;font-weight:600}
@@ -108,13 +108,17 @@ def _cls(c: str | None) -> str:
     return f' class="{c}"' if c else ""
 
 
+_NUMBER = re.compile(r"^[-+$]?[\d,.]+(%| ms| µs| s)?( ?/ ?[-+$]?[\d,.]+(%| ms)?)?$|^-$|^∞$")
+
+
 def html_table(t: Table) -> str:
+    """Numbers right-aligned and kept on one line; labels and words left-aligned, wrapping."""
     left = [t.left or j < t.labels for j in range(len(t.columns))]
     head = "".join(f'<th{_cls("l" if left[j] else None)}>{e(c)}</th>' for j, c in enumerate(t.columns))
     body = "".join(
         f"<tr{_cls('m' if i in t.marked else None)}>"
-        + "".join(f'<td{_cls("l" if left[j] else None)}>{e(c)}</td>' for j, c in enumerate(r)) + "</tr>"
-        for i, r in enumerate(t.rows))
+        + "".join(f'<td{_cls("l" if left[j] or not _NUMBER.match(c) else None)}>{e(c)}</td>' for j, c in enumerate(r))
+        + "</tr>" for i, r in enumerate(t.rows))
     note = f'<p class="small">{e(t.note)}</p>' if t.note else ""
     return (f'<div class="tw"><table><caption>{e(t.title)}</caption><tr>{head}</tr>{body}</table></div>{note}'
             if t.title else f'<div class="tw"><table><tr>{head}</tr>{body}</table></div>{note}')

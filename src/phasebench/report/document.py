@@ -30,7 +30,7 @@ from .blocks import (
     to_html,
     to_markdown,
 )
-from .tables import is_plan, key_figures, lead_lines, plan_tables, sweep_table
+from .tables import is_plan, key_figures, lead_lines, plan_tables, step_name, sweep_table
 
 __all__ = ["build_blocks", "describe", "md_escape", "write_report"]
 
@@ -73,7 +73,9 @@ def _run_blocks(name: str, run: Run) -> list[Block]:
                         Para(" · ".join(x for x in (d.get("kind"), d.get("model"), d.get("target")) if x), "small")]
     state = "VALID" if run.valid else "INVALID" + (" (partial: stopped early)" if run.partial else "")
     out.append(Para(f"Result: {state}", "ok" if run.valid else "bad"))
-    out.append(Bullets([str(r) for r in pb.get("reasons", [])], "bad"))
+    reasons = [str(r) for r in pb.get("reasons", [])] or [
+        f"{step_name(c, i)}: {r}" for i, c in enumerate(run.children) for r in (c.summary.get("phasebench") or {}).get("reasons", [])]
+    out.append(Bullets(reasons, "bad"))
     out.append(Bullets([str(w) for w in pb.get("warnings", [])], "warn"))
     out.append(Bullets(lead_lines(run)))
     if is_plan(run):
@@ -90,7 +92,9 @@ def build_blocks(runs: list[Run], names: list[str], plots: list[P.Plot]) -> list
                         Para(f"{len(runs)} run(s) · generated {now}", "small")]
     for name, run in zip(names, runs):
         out += _run_blocks(name, run)
-    out += [Heading("Key figures" + (" side by side" if len(runs) > 1 else "")), key_figures(runs, names)]
+    figs = key_figures(runs, names)
+    figs.title = ""
+    out += [Heading("Key figures" + (" side by side" if len(runs) > 1 else "")), figs]
     if any(r.children for r in runs):
         out.append(Para("For a plan the column is its server step, for a sweep its highest-throughput point; a "
                         "plan's MBU and MFU are the ones its verdicts state, each with its step.", "small"))

@@ -199,7 +199,7 @@ def utilization(run: Run) -> list[str]:
     where = f"step {step}, " if step and run.children else ""
     out = []
     if rf.get("mbu") is not None:
-        out.append(f"decode MBU {F.pct(rf['mbu'], 0)} ({where}against {F.num(rf.get('peak_bandwidth_gbps'), 0)} GB/s "
+        out.append(f"decode MBU {F.pct(rf['mbu'])} ({where}against {F.num(rf.get('peak_bandwidth_gbps'), 0)} GB/s "
                    f"of {rf.get('hardware')})")
     if rf.get("mfu") is not None:
         out.append(f"prefill MFU {F.pct(rf['mfu'])} ({where}against the {rf.get('peak_flops_label') or 'catalog peak'})")
