@@ -67,18 +67,19 @@ def seconds(s: Any) -> str:
     return f"{s * 1e3:.3g} ms" if abs(s) >= 1e-3 else f"{s * 1e6:.3g} µs"
 
 
+def _as(v: Any, spec: str, before: str = "") -> str:
+    """``v`` through a format spec, or ``MISSING``."""
+    return MISSING if _bad(v) else before + format(v, spec)
+
+
 def pct(v: Any, nd: int = 1) -> str:
     """A fraction as a percentage: ``0.071`` → ``7.1%``."""
-    if _bad(v):
-        return MISSING
-    return f"{v:.{nd}%}"
+    return _as(v, f".{nd}%")
 
 
 def change(v: Any, nd: int = 1) -> str:
     """A relative change with its sign: ``+3.2%``."""
-    if _bad(v):
-        return MISSING
-    return f"{v:+.{nd}%}"
+    return _as(v, f"+.{nd}%")
 
 
 def rate(v: Any, unit: str = "tok/s", nd: int = 1) -> str:
@@ -89,16 +90,12 @@ def rate(v: Any, unit: str = "tok/s", nd: int = 1) -> str:
 
 def count(v: Any) -> str:
     """A whole count: ``12,345``."""
-    if _bad(v):
-        return MISSING
-    return f"{round(v):,}"
+    return _as(v, ",.0f")
 
 
 def usd(v: Any, nd: int = 3) -> str:
     """Dollars: ``$1.234``."""
-    if _bad(v):
-        return MISSING
-    return f"${v:,.{nd}f}"
+    return _as(v, f",.{nd}f", "$")
 
 
 def size(nbytes: Any) -> str:
