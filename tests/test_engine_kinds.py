@@ -3,7 +3,6 @@ exercised with a real server process (the in-repo mock server as an engine kind)
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path

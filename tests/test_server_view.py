@@ -168,3 +168,73 @@ def test_report_draws_the_engines_view_over_time(server, tmp_path):
     run(spec(server, tmp_path, scenario="concurrency", concurrency=[3], requests=9, output_tokens=40))
     p = server_timeline([Run.load(tmp_path / "run")], ["mock"])
     assert p is not None and p.png.startswith(b"\x89PNG") and len(p.png) > 5000
+
+
+def test_prompt_cache_falls_back_to_the_servers_counters(server, tmp_path):
+    """No cached tokens per request (the mock's per-request cache is off), so the prompt_cache block comes from
+    the engine's counters: the mock's vLLM-style vllm:prefix_cache_hits/queries over 16-word blocks."""
+    import urllib.request
+
+    server.configure(ttft_ms=2, itl_ms=1, keep_prompts=True)
+    r = run(spec(server, tmp_path, endpoint="completions", turns=3, requests=3, concurrency=[1], input_tokens=40,
+                 output_tokens=8, warmup_requests=0))
+    assert len(r.records) == 9 and all(x.ok and x.cached_tokens is None for x in r.records)
+    pc = r.summary["phasebench"]["workload"]["prompt_cache"]
+    assert pc["source"] == "server counters"
+    assert pc["counters"] == ["vllm:prefix_cache_hits_total", "vllm:prefix_cache_queries_total"]
+    with urllib.request.urlopen(server.root + "/_mock/prompts", timeout=5) as f:
+        prompts = json.load(f)
+    # by hand: a prompt's leading whole 16-word blocks whose prefix an earlier prompt already had are hits
+    seen: set[tuple[str, ...]] = set()
+    hits = total = 0
+    for p in prompts:
+        words = p.split()
+        total += len(words)
+        leading = True
+        for end in range(16, len(words) + 1, 16):
+            leading = leading and tuple(words[:end]) in seen
+            hits += 16 if leading else 0
+            seen.add(tuple(words[:end]))
+    assert pc["prompt_tokens"] == total and pc["cached_tokens"] == hits and pc["new_tokens"] == total - hits
+    assert pc["cached_fraction"] == pytest.approx(hits / total) and 0.3 < pc["cached_fraction"] < 0.9
+    assert pc["new_tokens_per_request"] is None and pc["requests_not_reporting"] == 9
+    from phasebench.report.terminal import workload_lines
+
+    assert workload_lines(r.summary["phasebench"]["workload"])[0].startswith(
+        f"prompt cache (server counters): {hits / total:.0%} of {total:,} prompt tokens cached")
+    # with per-request figures the records win, and say so
+    server.configure(ttft_ms=2, itl_ms=1, prefix_cache=True)
+    per = run(spec(server, tmp_path / "per", endpoint="completions", turns=2, requests=2, warmup_requests=0))
+    assert per.summary["phasebench"]["workload"]["prompt_cache"]["source"] == "per-request"
+
+
+SGLANG_TEXT = """# TYPE sglang:prompt_tokens_total counter
+sglang:prompt_tokens_total {pt}
+# TYPE sglang:cached_tokens_total counter
+sglang:cached_tokens_total{{cache_source="device"}} {cd}
+sglang:cached_tokens_total{{cache_source="host"}} {ch}
+# TYPE sglang:num_running_reqs gauge
+sglang:num_running_reqs 1
+"""
+
+
+def test_sglang_cached_token_counters_and_the_hit_rate_gauge():
+    from phasebench.serverview.scrape import Scraper
+    from phasebench.serverview.view import build_view, prompt_cache_from_counters
+
+    s = Scraper("http://unused.invalid/metrics")
+    s.before = parse_metrics(SGLANG_TEXT.format(pt=1000, cd=100, ch=0), t_ns=0)
+    s.after = parse_metrics(SGLANG_TEXT.format(pt=3000, cd=1300, ch=200), t_ns=10**9)
+    v = build_view(s, "sglang", client_ttft_ms=None, completed=5)
+    pc = prompt_cache_from_counters(v, 5)  # (1300 + 200 − 100) of 2000 new prompt tokens: label sets summed
+    assert pc["cached_tokens"] == 1400 and pc["prompt_tokens"] == 2000 and pc["cached_fraction"] == 0.7
+    assert pc["counters"] == ["sglang:cached_tokens_total", "sglang:prompt_tokens_total"]
+    # an SGLang without the cached-tokens counter: the hit-rate gauge's mean over the run's scrapes
+    text = "# TYPE sglang:prompt_tokens_total counter\nsglang:prompt_tokens_total {pt}\n"
+    s.before, s.after = parse_metrics(text.format(pt=0), 0), parse_metrics(text.format(pt=800), 10**9)
+    s.series = [{"cache_hit_rate": 0.2}, {"cache_hit_rate": 0.6}]
+    pc = prompt_cache_from_counters(build_view(s, "sglang", None, 2), 2)
+    assert pc["cached_tokens"] == 320 and pc["cached_fraction"] == pytest.approx(0.4)
+    assert "approximate" in pc["counters"][0]
+    s.series = []
+    assert prompt_cache_from_counters(build_view(s, "sglang", None, 2), 2) is None  # nothing counts caching

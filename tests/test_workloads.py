@@ -203,7 +203,11 @@ def test_plain_trace_conversations_are_numbered_by_turn(server, tmp_path):
     assert conv and all(x.turn is not None for x in conv)
     by = r.summary["phasebench"]["workload"]["by_turn"]
     assert by["0"]["requests"] >= 1 and sum(v["requests"] for v in by.values()) == len(conv)
-    assert r.summary["phasebench"]["workload"]["prompt_cache"] is None  # this server reports no cached tokens
+    # this server reports no cached tokens per request: the block comes from its prefix-cache counters
+    assert r.summary["phasebench"]["workload"]["prompt_cache"]["source"] == "server counters"
+    off = run(spec(server, tmp_path / "off", trace=PLAIN, trace_speed=8.0, requests=5, tokenizer="approx",
+                   metrics_url="off"))
+    assert off.summary["phasebench"]["workload"]["prompt_cache"] is None  # and without them, nothing is guessed
     from phasebench.report import plots
 
     assert plots.prefill_new([r], ["plain"]) is None

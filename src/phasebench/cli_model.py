@@ -10,6 +10,7 @@ import typer
 
 from .cli import fail, out
 from .model.errors import ModelError
+from .model.fitcheck import MAX_FIT_ERROR
 
 hardware_app = typer.Typer(no_args_is_help=True, help="The hardware catalog: peaks, memory, links, power, prices, sources.")
 models_app = typer.Typer(no_args_is_help=True, help="The model catalog: architectures and parameter counts.")
@@ -100,15 +101,18 @@ def probe(
 def calibrate(
     runs: list[Path] = typer.Argument(..., help="Measured run folders (plans and sweeps count all their points)."),
     dry_run: bool = typer.Option(False, help="Fit and print, do not store."),
+    force: bool = typer.Option(False, "--force", help="Store the fit even when its median |error| on its own points "
+                               f"is above {MAX_FIT_ERROR:.0%}; it is stored marked as forced and every use says so."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Fit efficiency and overhead factors for a (hardware, engine) pair from measured runs; predict uses them."""
+    """Fit efficiency and overhead factors for a (hardware, engine) pair from measured runs; predict uses them.
+    A fit whose median |error| on its own points is above the limit is refused unless --force."""
     from .model.calibrate import calibrate as do_calibrate
     from .report.model import print_calibration
     from .results import NotARunError, Run
 
     try:
-        cal = do_calibrate([Run.load(p) for p in runs], save=not dry_run)
+        cal = do_calibrate([Run.load(p) for p in runs], save=not dry_run, force=force)
     except (ModelError, NotARunError) as e:
         fail(str(e))
     if json_out:

@@ -11,6 +11,7 @@ from .textsafe import markup as escape
 
 from .cli import fail, out
 from .model.errors import ModelError
+from .model.fitcheck import MAX_FIT_ERROR
 from .spec import Scenario, SpecError
 
 profile_app = typer.Typer(no_args_is_help=True, help="Phase profiles: iteration cost models fitted to measured runs.")
@@ -56,6 +57,9 @@ def simulate(
     trace: Optional[Path] = typer.Option(None, help="Trace to replay: Mooncake JSONL, Azure CSV or plain JSONL (t, input_tokens, output_tokens)."),
     trace_speed: float = typer.Option(1.0, help="Trace time scale: 2 replays twice as fast."),
     trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
+    turns: str | None = typer.Option(None, help="Multi-turn conversations: N or N:stddev turns each; a turn's "
+                                                   "prompt is the history + --input-tokens new tokens."),
+    think_time: str | None = typer.Option(None, help="Seconds (S or S:stddev) from an answer to the next turn."),
     warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
     cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
     slo: Optional[str] = typer.Option(None, help="ttft=..,tpot=.. or an MLPerf preset."),
@@ -68,7 +72,8 @@ def simulate(
     block_size: int = typer.Option(16, help="KV block size (tokens)."),
     kv_blocks: Optional[int] = typer.Option(None, help="KV blocks (default: what the device memory leaves)."),
     prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
-                                      help="Trace replay: reuse the cached prompt blocks the trace's rows share (LRU, in free KV)."),
+                                      help="Trace replay and --turns: reuse the cached prompt blocks the requests "
+                                           "share (LRU, in free KV)."),
     summary_only: bool = typer.Option(False, "--summary-only",
                                       help="Write manifest and summary only (no requests.jsonl): the fast mode."),
     json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
@@ -93,6 +98,7 @@ def simulate(
                           concurrency=str(concurrency) if concurrency else None, rate=str(rate) if rate is not None else ("1" if trace else None),  # a trace has its own arrivals
                           burstiness=burstiness, requests=requests, duration=duration, input_tokens=input_tokens,
                           output_tokens=output_tokens, preset=preset, slo=slo, seed=seed, warmup=warmup, cooldown=cooldown,
+                          turns=turns, think_time=think_time,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
         result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only,
@@ -112,23 +118,28 @@ def simulate(
 def profile_fit(
     runs: list[Path] = typer.Argument(..., help="Measured run folders (plans and sweeps count all their steps)."),
     output: Path = typer.Option(Path("profile.json"), "-o", "--output", help="Where to write the profile."),
+    force: bool = typer.Option(False, "--force", help="Write the profile even when its median |error| on its own "
+                               f"points is above {MAX_FIT_ERROR:.0%}; it is marked as forced and simulate says so."),
 ) -> None:
-    """Fit prefill = a + b·Σn + c·Σn² and decode = a + b·Σctx + c·batch to measured runs; print the error."""
+    """Fit prefill = a + b·Σn + c·Σn² and decode = a + b·Σctx + c·batch to measured runs; print the error.
+    A fit whose median |error| on its own points is above the limit is refused unless --force."""
     from .results import NotARunError, Run
     from .sim.profile import fit_profile
 
     try:
         p = fit_profile([Run.load(r) for r in runs])
+        p.save(output, force=force)
     except (ModelError, NotARunError) as e:
         fail(str(e))
-    p.save(output)
     a, b, c = p.prefill
     out.print(f"prefill: {a * 1e3:.3f} ms + {b * 1e3:.4f} ms/token + {c * 1e6:.5f} µs/token²  "
-              f"({p.points['prefill']} points, mean |error| {p.error['prefill_mean_abs']:.1%}, max {p.error['prefill_max_abs']:.1%})")
+              f"({p.points['prefill']} points, median |error| {p.error['prefill_median_abs']:.1%}, mean "
+              f"{p.error['prefill_mean_abs']:.1%}, max {p.error['prefill_max_abs']:.1%})")
     a, b, c = p.decode
     out.print(f"decode : {a * 1e3:.3f} ms + {b * 1e6:.4f} µs/context token + {c * 1e3:.4f} ms/sequence  "
-              f"({p.points['decode']} points, mean |error| {p.error['decode_mean_abs']:.1%}, max {p.error['decode_max_abs']:.1%})")
-    for w in p.warnings:
+              f"({p.points['decode']} points, median |error| {p.error['decode_median_abs']:.1%}, mean "
+              f"{p.error['decode_mean_abs']:.1%}, max {p.error['decode_max_abs']:.1%})")
+    for w in [*p.warnings, *filter(None, [p.forced_note()])]:
         out.print(f"[yellow]warning:[/] {escape(w)}")
     out.print(f"wrote {escape(str(output))}")
 
@@ -149,7 +160,14 @@ def disagg(
     input_tokens: int = typer.Option(512, help="Prompt tokens."),
     output_tokens: int = typer.Option(128, help="Output tokens."),
     rate: Optional[float] = typer.Option(None, help="Requests/s: also simulate both deployments under Poisson load."),
-    requests: int = typer.Option(500, help="Requests to simulate with --rate."),
+    requests: int = typer.Option(500, help="Requests to simulate with --rate (conversations with --turns)."),
+    turns: str | None = typer.Option(None, help="With --rate: conversations of N (or N:stddev) turns, each turn "
+                                                "--input-tokens new tokens after the history; the decode side "
+                                                "does not receive the history it holds."),
+    think_time: str | None = typer.Option(None, help="With --turns: seconds (S or S:stddev) from an answer to the "
+                                                     "next turn."),
+    cached_tokens: int = typer.Option(0, help="The one-request analysis: prompt tokens whose KV the decode side "
+                                              "already holds (not shipped)."),
     slo: str = typer.Option("ttft=2000,tpot=100", help="SLO for goodput and the pool ratio."),
     sweep_inputs: str = typer.Option("128,512,2048,8192", help="Input lengths of the break-even sweep."),
     sweep_gbps: str = typer.Option("1.25,12.5,50,450", help="Link bandwidths (GB/s) of the sweep."),
@@ -177,7 +195,8 @@ def disagg(
         if decode_kv:
             ds = replace(ds, precision=Precision(ds.precision.weights, ds.precision.activations, decode_kv))
         cs = _setup(model, colocated or prefill, prefill_devices, precision, engine)
-        point = D.analytic_point(ps, ds, cs, link, input_tokens, output_tokens, overlap=overlap)
+        point = D.analytic_point(ps, ds, cs, link, input_tokens, output_tokens, overlap=overlap,
+                                 cached_tokens=cached_tokens)
         inputs = [int(x) for x in sweep_inputs.split(",") if x.strip()]
         bws = [float(x) for x in sweep_gbps.split(",") if x.strip()]
         if any(b <= 0 for b in bws):
@@ -190,7 +209,8 @@ def disagg(
             if rate <= 0:
                 raise ModelError("--rate must be > 0")
             spec = build_spec(None, url="http://simulated.invalid/v1", scenario=Scenario.server, rate=str(rate),
-                              requests=requests, input_tokens=str(input_tokens), output_tokens=str(output_tokens), slo=slo)
+                              requests=requests, input_tokens=str(input_tokens), output_tokens=str(output_tokens), slo=slo,
+                              turns=turns, think_time=think_time)
             sims = D.side_by_side(spec, ps, ds, cs, link, prefill_replicas, decode_replicas,
                                   prefill_replicas + decode_replicas,
                                   lambda st: _scheduler(st, 256, 8192, True, 16, None, False), overlap)
@@ -220,6 +240,10 @@ def disagg(
             d["simulated"] = {k: {kk: v.get(kk) for kk in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms",
                                                              "p99_tpot_ms", "median_e2el_ms", "request_goodput",
                                                              "output_throughput")} for k, v in sims.items()}
+            for k, v in sims.items():
+                for kk in ("kv_transfer", "turn_arrivals"):
+                    if kk in v["phasebench"]:
+                        d["simulated"][k][kk] = v["phasebench"][kk]
         out.print_json(json.dumps(d, default=str))
         return
     print_disagg(model, ps, ds, cs, link, point, grid, ratio, sims, out)

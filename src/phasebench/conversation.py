@@ -3,9 +3,10 @@
 A conversation is a list of user messages (synthetic, of ``--input-tokens`` each, or a dataset's real turns) and
 an output length per turn. Turn k's request is the history — the system prompt if any, every earlier user turn
 and the answer the server really gave to it, as it came back — plus user message k; the chat endpoint gets it as
-``messages``, the completions endpoint as one text with role labels (each turn's text extends the previous
-turn's text exactly, so a prefix cache can serve it). After an answer the user "thinks" ``--think-time``
-seconds before the next turn.
+``messages``, the completions endpoint as one text made by the model's chat template (the server's, a local
+tokenizer folder's, or plain role labels: :mod:`phasebench.workload.templates`; each turn's text extends the
+previous turn's text and its answer, so a prefix cache can serve it). After an answer the user "thinks"
+``--think-time`` seconds before the next turn (the next turn's text is rendered meanwhile).
 
 Closed loop (``--concurrency C``): C users, each holding its slot for the whole of a conversation, then taking
 the next one. Open loop (``--scenario server --rate R``): conversations *start* by the schedule's gamma/Poisson
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import numpy as np
 
 from .client.openai import Prompt
@@ -35,11 +37,10 @@ from .spec import Endpoint, RunSpec, SpecError, TimeDist
 from .stops import STOPPER
 from .workload.files import load_dataset
 from .workload.synthetic import exact_prompt, prompt_head, sample_lengths
-from .workload.tokens import Tokenizer
+from .workload.templates import ChatTemplate, TemplateError, choose_template, flatten
+from .workload.tokens import Tokenizer, server_root
 
 now_ns = time.perf_counter_ns
-
-ROLE_LABEL = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 
 @dataclass
@@ -49,6 +50,11 @@ class Conversation:
     output_tokens: list[int]
     user_tokens: list[int | None] = field(default_factory=list)  # each new user message's tokens (None: unknown)
     system: str | None = None
+    first_text: str | None = None  # completions: turn 0 rendered by the chat template before the run
+
+    def first_history(self) -> list[dict[str, str]]:
+        head = [{"role": "system", "content": self.system}] if self.system else []
+        return [*head, {"role": "user", "content": self.user_turns[0]}]
 
     def first_prompt(self) -> Prompt:
         """Turn 0 alone (what the runner uses to size its connections and warm-up)."""
@@ -57,34 +63,46 @@ class Conversation:
 
 
 def turn_prompt(conv: Conversation, k: int, history: list[dict[str, str]], endpoint: Endpoint,
-                known_tokens: int | None) -> Prompt:
+                known_tokens: int | None, text: str | None = None) -> Prompt:
     """Turn ``k``'s request: ``history`` already holds the system prompt, the earlier turns and their answers, and
-    user message k. Completions: the messages as one text with role labels, ending where the answer goes."""
+    user message k. Completions: ``text``, the history rendered by the chat template (default: role labels,
+    :func:`~phasebench.workload.templates.flatten`), ending where the answer goes."""
     if endpoint == Endpoint.chat:
         return Prompt(messages=[dict(m) for m in history], input_tokens=known_tokens,
                       output_tokens=conv.output_tokens[k], conversation=conv.id, turn=k)
-    return Prompt(text=flatten(history), input_tokens=known_tokens, output_tokens=conv.output_tokens[k],
-                  conversation=conv.id, turn=k)
-
-
-def flatten(history: list[dict[str, str]]) -> str:
-    """``System: …\\n\\nUser: …\\n\\nAssistant:<answer>\\n\\nUser: …\\n\\nAssistant:`` — turn k+1's text starts with
-    turn k's text followed by its answer, byte for byte."""
-    parts = []
-    for m in history:
-        label = ROLE_LABEL.get(m["role"], m["role"].capitalize())
-        parts.append(f"{label}:{m['content']}" if m["role"] == "assistant" else f"{label}: {m['content']}\n\n")
-        if m["role"] == "assistant":
-            parts.append("\n\n")
-    return "".join(parts) + "Assistant:"
+    return Prompt(text=flatten(history) if text is None else text, input_tokens=known_tokens,
+                  output_tokens=conv.output_tokens[k], conversation=conv.id, turn=k)
 
 
 # ---- building conversations ------------------------------------------------------------------------------
 
 
-async def build_conversations(spec: RunSpec, tok: Tokenizer, n: int) -> list[Conversation]:
+async def completions_template(spec: RunSpec, session: aiohttp.ClientSession, base_url: str,
+                               key: str | None) -> ChatTemplate | None:
+    """Completions-endpoint conversations: the chat template their history is flattened with (None: chat)."""
+    if spec.endpoint != Endpoint.completions:
+        return None
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return await choose_template(spec.tokenizer, session, server_root(base_url), headers)
+
+
+async def build_conversations(spec: RunSpec, tok: Tokenizer, n: int, template: ChatTemplate | None = None,
+                              session: aiohttp.ClientSession | None = None) -> list[Conversation]:
     """``n`` conversations: the dataset's own (turn by turn, at most ``--turns`` each, reused in order to reach
-    ``n``) or synthetic ones with ``--turns`` turns of ``--input-tokens`` new user tokens each."""
+    ``n``) or synthetic ones with ``--turns`` turns of ``--input-tokens`` new user tokens each. With a chat
+    ``template`` (completions), each conversation's first turn is rendered now, before any traffic."""
+    convs = await _conversations(spec, tok, n)
+    if template is not None:
+        assert session is not None
+        for c in convs:
+            try:
+                c.first_text = await template.render(c.first_history(), session)
+            except TemplateError as e:
+                raise SpecError(f"the chat template ({template.source}) cannot render the first turn: {e}") from None
+    return convs
+
+
+async def _conversations(spec: RunSpec, tok: Tokenizer, n: int) -> list[Conversation]:
     assert spec.turns is not None
     if spec.dataset is not None:
         convs = await dataset_conversations(spec, tok, spec.turns.mean)
@@ -183,10 +201,21 @@ async def run_conversations(
     writer: RecordWriter,
     progress: Progress,
     t0: int,
+    template: ChatTemplate | None = None,
 ) -> tuple[list[RequestRecord], bool, str | None]:
     """Every conversation turn by turn; returns (records, interrupted, gone) as ``dispatch.execute`` does.
 
-    A turn that fails ends its conversation (the next turn would need its answer)."""
+    A turn that fails ends its conversation (the next turn would need its answer); so does a turn the chat
+    ``template`` cannot render (noted in ``template.failures``)."""
+    if template is None:
+        return await _run(client, schedule, conversations, spec, writer, progress, t0, None, None)
+    async with aiohttp.ClientSession() as session:  # the server's /apply-template, between turns
+        return await _run(client, schedule, conversations, spec, writer, progress, t0, template, session)
+
+
+async def _run(client: Client, schedule: Schedule, conversations: list[Conversation], spec: RunSpec,
+               writer: RecordWriter, progress: Progress, t0: int, template: ChatTemplate | None,
+               session: aiohttp.ClientSession | None) -> tuple[list[RequestRecord], bool, str | None]:
     records: list[RequestRecord] = []
     tasks: set[asyncio.Task] = set()
     deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
@@ -215,20 +244,37 @@ async def run_conversations(
                 stop.set()
         return rec
 
+    async def render(history: list[dict[str, str]]) -> str | None:
+        assert template is not None and session is not None
+        try:
+            return await template.render(history, session)
+        except TemplateError as e:
+            template.failures.append(str(e))
+            return None
+
     async def converse(conv: Conversation, start_ns: int) -> None:
         history: list[dict[str, str]] = [{"role": "system", "content": conv.system}] if conv.system else []
         known: int | None = 0
         due = start_ns
+        text = conv.first_text
         for k, user in enumerate(conv.user_turns):
+            history.append({"role": "user", "content": user})
             if k:
                 due = now_ns() + int(_seconds(spec.think_time, rng) * 1e9)
+                if template is not None:  # rendered while the user thinks
+                    text = await render(history)
+                    if text is None:
+                        return
                 await sleep_until(due)
                 if over():
                     return
-            history.append({"role": "user", "content": user})
+            elif template is not None and text is None:
+                text = await render(history)
+                if text is None:
+                    return
             new = conv.user_tokens[k] if k < len(conv.user_tokens) else None
             known = None if known is None or new is None else known + new
-            rec = await one(turn_prompt(conv, k, history, spec.endpoint, known), due - t0)
+            rec = await one(turn_prompt(conv, k, history, spec.endpoint, known, text), due - t0)
             if not rec.ok:
                 return
             answer = client.take_text(rec)

@@ -18,6 +18,7 @@ from .spec import SLO
 
 PERCENTILES = (50, 90, 95, 99, 99.9)
 NS_PER_MS = 1e6
+MIN_RATE_REQUESTS = 10  # a throughput or goodput from fewer completed requests gets a small-sample warning
 
 
 # ---- per-request metrics ------------------------------------------------------------------------------
@@ -152,6 +153,7 @@ def workload_block(ok: Sequence[RequestRecord]) -> dict[str, Any]:
         total = sum(int(r.prompt_tokens or r.input_tokens or 0) for r in rep)
         cached = sum(min(int(r.cached_tokens or 0), int(r.prompt_tokens or r.input_tokens or 0)) for r in rep)
         cache = {
+            "source": "per-request",
             "requests_reporting": len(rep),
             "requests_not_reporting": len(ok) - len(rep),
             "prompt_tokens": total,
@@ -211,6 +213,21 @@ def _z(conf: float) -> float:
     return NormalDist().inv_cdf(0.5 + conf / 2)
 
 
+def min_samples(p: float) -> int:
+    """The fewest samples the p-th percentile needs: n ≥ 1/(1 − p/100) (p90: 10, p95: 20, p99: 100, p99.9: 1000).
+
+    Below it fewer than one sample is expected above the percentile, so the value is (an interpolation
+    toward) the sample max, not an estimate of the tail. ``show``, the report and ``compare`` flag or leave
+    untested every percentile below it; docs/metrics.md states the same rule."""
+    return math.ceil(round(100.0 / (100.0 - p), 9))
+
+
+def too_few_for(count: int) -> dict[str, int]:
+    """The percentiles ``count`` samples cannot support, each with the samples it needs (``summary.json``'s
+    per-metric ``too_few_for`` note)."""
+    return {f"p{p:g}": min_samples(p) for p in PERCENTILES if count < min_samples(p)}
+
+
 def describe(values: Iterable[float | None]) -> dict[str, Any]:
     """count, mean, std, min, max, p50/p90/p95/p99/p99.9 and a 95% CI for p99."""
     arr = np.fromiter((v for v in values if v is not None and not math.isnan(v)), dtype=np.float64)
@@ -228,6 +245,7 @@ def describe(values: Iterable[float | None]) -> dict[str, Any]:
         out[f"p{p:g}"] = float(np.percentile(arr, p))
     ci = quantile_ci(arr, 0.99)
     out["p99_ci95"] = list(ci) if ci else None
+    out["too_few_for"] = too_few_for(arr.size)
     return out
 
 
@@ -259,6 +277,7 @@ def describe_weighted(values: Sequence[float], weights: Sequence[int]) -> dict[s
         b = float(v[int(np.searchsorted(cum, hi, side="right"))])
         out[f"p{p:g}"] = a + (b - a) * (h - lo)
     out["p99_ci95"] = None
+    out["too_few_for"] = too_few_for(int(n))
     return out
 
 
@@ -424,7 +443,7 @@ def summarize(records: Sequence[RequestRecord], ctx: RunContext) -> dict[str, An
     }
     streams = {"buffered": sum(1 for r in ok if buffered(r)), "eligible": sum(1 for r in ok if (r.output_tokens or 0) >= 4)}
     valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, len(in_win), span_s, ctx, slo_block,
-                                              streams)
+                                              streams, completed=len(done_in_win))
 
     total_out = sum(r.output_tokens or 0 for r in ok)
     total_in = sum((r.prompt_tokens or r.input_tokens or 0) for r in ok)
@@ -495,6 +514,18 @@ def mean_in_flight(summary: dict[str, Any]) -> float | None:
     return rps * e2e / 1e3 if rps and e2e else None
 
 
+def small_rate_warning(completed: int, span_s: float, offered: float | None, goodput: float | None) -> str:
+    """The warning for a throughput/goodput counted from fewer than MIN_RATE_REQUESTS completed requests."""
+    text = (f"small sample: request throughput and goodput count only {completed} completed request(s) "
+            f"(fewer than {MIN_RATE_REQUESTS})")
+    if completed:
+        text += f", so they are uncertain by about ±1/√{completed} = ±{1 / math.sqrt(completed):.0%}"
+    rate = max(completed / span_s, goodput or 0.0)
+    if offered and rate > offered:
+        text += f"; {rate:.2f}/s here exceeds the offered {offered:.2f}/s, which a longer run would not"
+    return text + ": run longer for a rate to rely on"
+
+
 def check_validity(
     m: dict[str, Any],
     client: dict[str, Any],
@@ -505,9 +536,12 @@ def check_validity(
     ctx: RunContext,
     slo_block: dict[str, Any],
     streams: dict[str, int] | None = None,
+    completed: int | None = None,
 ) -> tuple[bool, list[str], list[str]]:
     reasons: list[str] = []
     warnings: list[str] = list(ctx.extra_warnings)
+    if completed is not None and 0 < n and completed < MIN_RATE_REQUESTS:
+        warnings.append(small_rate_warning(completed, span_s, ctx.target_rate, slo_block.get("goodput")))
     if ctx.stopped:
         reasons.append(f"partial: {ctx.stopped}")
     elif ctx.partial:

@@ -13,7 +13,8 @@ texts that echo the request's ``Authorization`` header, ANSI/OSC escapes in the 
 checks. ``POST /_mock/config`` reprograms it while running. For multi-turn and prefix-cache tests: ``prefix_cache``
 (a block-granular cache of earlier prompts: ``usage.prompt_tokens_details.cached_tokens``, and the per-token
 TTFT part counts only the new tokens), ``tag_answers`` (request n's answer starts with `` a<n>``) and
-``keep_prompts`` (``GET /_mock/prompts``: what each request sent).
+``keep_prompts`` (``GET /_mock/prompts``: what each request sent), ``chat_template`` (llama-server's
+``POST /apply-template``, rendering ChatML).
 
 With ``stamp`` on, each chunk carries ``pb_ns``: the server's ``perf_counter_ns`` just before the write
 (the same CLOCK_MONOTONIC as the client's on one machine), so a benchmark can measure the client's own
@@ -72,6 +73,7 @@ class MockConfig:
     cache_block: int = 16
     tag_answers: bool = False  # the first token of request n's answer is " a<n>"
     keep_prompts: bool = False  # GET /_mock/prompts: the prompt (or messages) of each request, in arrival order
+    chat_template: str = "none"  # "chatml": POST /apply-template renders messages as llama-server does (none: 404)
 
 
 TOKEN = " tk"  # every generated token is the same 3 characters
@@ -171,6 +173,7 @@ class MockServer:
         app.router.add_post("/v1/chat/completions", self.completions)
         app.router.add_post("/tokenize", self.tokenize)
         app.router.add_post("/detokenize", self.detokenize)
+        app.router.add_post("/apply-template", self.apply_template)
         app.router.add_get("/_mock/config", self.get_config)
         app.router.add_post("/_mock/config", self.set_config)
         app.router.add_get("/_mock/stats", self.stats)
@@ -202,6 +205,18 @@ class MockServer:
     async def detokenize(self, request: web.Request) -> web.Response:
         body = await request.json()
         return web.json_response({"content": " ".join(self._inv[i] for i in body.get("tokens", []))})
+
+    async def apply_template(self, request: web.Request) -> web.Response:
+        """llama-server's ``/apply-template``: ``{"messages": [...]}`` -> ``{"prompt": ...}`` (ChatML, with the
+        generation prompt)."""
+        if self.cfg.chat_template != "chatml":
+            return _error(404, "File Not Found")
+        body = await request.json()
+        msgs = body.get("messages") if isinstance(body, dict) else None
+        if not isinstance(msgs, list):
+            return _error(400, "'messages' is required")
+        text = "".join(f"<|im_start|>{m.get('role')}\n{m.get('content')}<|im_end|>\n" for m in msgs if isinstance(m, dict))
+        return web.json_response({"prompt": text + "<|im_start|>assistant\n"})
 
     async def get_config(self, request: web.Request) -> web.Response:
         return web.json_response(asdict(self.cfg))

@@ -238,7 +238,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
         "figures": figures,
         "phasebench": {"valid": all(c.valid for c in children), "partial": False,
                        "reasons": [f"{n}: {r}" for n, c in by.items() for r in c.summary["phasebench"]["reasons"]],
-                       "warnings": []},
+                       "warnings": [f"{n}: {w}" for n, c in by.items() for w in c.summary["phasebench"]["warnings"]]},
     }
 
 

@@ -23,7 +23,7 @@ from . import env as envmod
 from .client.raw import choose_transport, make_client
 from .client.transport import ClientConfig
 from .client.workers import auto_workers
-from .conversation import build_conversations, run_conversations
+from .conversation import build_conversations, completions_template, run_conversations
 from .dispatch import NoProgress, Progress, execute, sleep_until, warm_up  # noqa: F401 - re-exported
 from .metrics import RunContext, summarize
 from .monitor import HostLoad, LoopLag, server_pids
@@ -45,6 +45,8 @@ from .stops import (  # noqa: F401 - re-exported: the public names live on phase
 )
 from .workload import ApproxTokenizer, HFTokenizer, ServerTokenizer, Tokenizer, build_prompts
 from .workload.synthetic import new_nonce
+from .workload.templates import describe as describe_template
+from .workload.templates import warnings_for as template_warnings
 from .workload.tokens import server_root
 from .workload.traces import load_spec_trace, trace_prompts
 
@@ -224,11 +226,12 @@ async def run_one(
     async with aiohttp.ClientSession() as meta_session:
         target = await discover(spec, meta_session, key)
         tok = await make_tokenizer(spec, meta_session, target)
-        conversations = None
+        conversations = template = None
         if trace is not None:
             prompts = await trace_prompts(trace, tok, spec.seed, spec.nonce or "")
         elif spec.turns is not None:  # multi-turn: the conversation driver sends them (conversation.py)
-            conversations = await build_conversations(spec, tok, request_count(schedule))
+            template = await completions_template(spec, meta_session, target.base_url, key)
+            conversations = await build_conversations(spec, tok, request_count(schedule), template, meta_session)
             prompts = [c.first_prompt() for c in conversations]
         else:
             prompts = await build_prompts(spec, tok, request_count(schedule))
@@ -260,6 +263,8 @@ async def run_one(
     manifest = manifest_for(spec, target, tok, created, extra_manifest or {})
     if trace is not None:
         manifest["trace"] = trace.manifest()
+    if template is not None:
+        manifest["chat_template"] = describe_template(template)
     proc = psutil.Process()
     host = HostLoad(exclude=_serving_pids(target))
     lag = LoopLag()
@@ -308,7 +313,7 @@ async def run_one(
                     worker_died = "; ".join(died) + " (its finished records are on disk)"
             elif conversations is not None:
                 records, interrupted, gone = await run_conversations(client, schedule, conversations, spec, writer,
-                                                                     progress, t0)
+                                                                     progress, t0, template)
             else:
                 records, interrupted, gone = await execute(client, schedule, prompts, writer, progress, t0)
         finally:
@@ -354,7 +359,8 @@ async def run_one(
         loop_lag_ms=lag_ms,
         host=host_load,
         transport=cfg.transport,
-        extra_warnings=[] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"],
+        extra_warnings=([] if tok.exact else ["no exact tokenizer: prompt lengths are approximate (see prompt_tokens)"])
+        + template_warnings(template),
     )
     records.sort(key=lambda r: r.index)
     if quality:

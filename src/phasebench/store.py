@@ -20,6 +20,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .paths import home
 from .records import RequestRecord, parse_record
 from .results import NotARunError, Run
@@ -196,7 +198,7 @@ class Store:
             self.db.execute("UPDATE runs SET hardware=?, engine=? WHERE id=?", (hw, eng, rid))
         for rid, idx, rec in self.db.execute("SELECT run_id, idx, record FROM requests").fetchall():
             self.db.execute("UPDATE requests SET ttft_ms=?, tpot_ms=?, e2e_ms=?, error_type=? WHERE run_id=? AND idx=?",
-                            (*_metrics(json.loads(rec)), rid, idx))
+                            (*_metrics(RequestRecord.from_dict(json.loads(rec))), rid, idx))
 
     # --- writing ---------------------------------------------------------------------------------------
     def record(self, run: Run, parent: str | None = None) -> str:
@@ -228,7 +230,7 @@ class Store:
              int(run.valid), s.get("completed"), s.get("failed"), _j(m), _j(s), hw, eng))
         self.db.executemany(
             "INSERT INTO requests (run_id, idx, record, ttft_ms, tpot_ms, e2e_ms, error_type) VALUES (?,?,?,?,?,?,?)",
-            ((rid, r.index, _j(asdict(r)), *_metrics(asdict(r))) for r in run.records))
+            ((rid, r.index, orjson.dumps(r).decode(), *_metrics(r)) for r in run.records))
         for child in run.children:
             self._insert(child, rid)
         return rid
@@ -314,8 +316,7 @@ class Store:
                     self.db.execute("SELECT COUNT(*) FROM requests").fetchone()[0])
 
 
-def _metrics(rec: dict[str, Any]) -> tuple[float | None, float | None, float | None, str | None]:
-    r = RequestRecord.from_dict(rec)
+def _metrics(r: RequestRecord) -> tuple[float | None, float | None, float | None, str | None]:
     from .metrics import e2e_ms, tpot_ms, ttft_ms
 
     return ttft_ms(r), tpot_ms(r), e2e_ms(r), r.error_type

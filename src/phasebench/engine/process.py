@@ -14,18 +14,16 @@ import os
 import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from .child import free_port, log_tail, pdeathsig, port_in_use, wait_healthy
 from .errors import EngineError
 from .kinds import EngineKind
 from .locate import cache_dir
-from .server import _pdeathsig, free_port, port_in_use
 
 
 @dataclass
@@ -84,7 +82,7 @@ class ManagedEngine:
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                                         preexec_fn=None if detached else _pdeathsig)
+                                         preexec_fn=None if detached else pdeathsig)
         t0 = time.monotonic()
         try:
             self._wait_healthy()
@@ -96,31 +94,17 @@ class ManagedEngine:
 
     def _wait_healthy(self) -> None:
         assert self.proc is not None
-        t0 = time.monotonic()
-        deadline = t0 + self.cfg.startup_timeout
-        with self.console.status(f"starting {self.cfg.kind.name} {self.version} …") as status:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise EngineError(f"{self.cfg.kind.name} exited with code {self.proc.returncode} while "
-                                      f"starting (log {self.log_path}):\n{self.log_tail()}")
-                try:
-                    with urllib.request.urlopen(self.root + self.cfg.kind.health_path, timeout=2) as r:
-                        if r.status == 200:
-                            return
-                except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                    pass
+        name = self.cfg.kind.name
+        with self.console.status(f"starting {name} {self.version} …") as status:
+            def tick(elapsed: float) -> None:
                 last = (self.log_tail(1).strip(" |") or "")[:100]
-                status.update(f"starting {self.cfg.kind.name} {self.version}: {time.monotonic() - t0:.0f} s · {last}")
-                time.sleep(1.0)
-        raise EngineError(f"{self.cfg.kind.name} not healthy after {self.cfg.startup_timeout:.0f} s "
-                          f"(log {self.log_path}):\n{self.log_tail()}")
+                status.update(f"starting {name} {self.version}: {elapsed:.0f} s · {last}")
+
+            wait_healthy(self.proc, self.root + self.cfg.kind.health_path, self.cfg.startup_timeout, name,
+                         self.log_path, poll_s=1.0, tick=tick)
 
     def log_tail(self, n: int = 15) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join("  | " + line for line in lines[-n:])
+        return log_tail(self.log_path, n)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

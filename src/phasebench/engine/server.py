@@ -8,15 +8,11 @@ child also gets SIGTERM if phasebench itself dies (``PR_SET_PDEATHSIG``). A deta
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,32 +20,10 @@ from typing import Any
 from rich.console import Console
 
 from .build import build_info, build_llama_server
+from .child import free_port, log_tail, pdeathsig, port_in_use, wait_healthy
 from .errors import EngineError
 from .gguf import read_gguf
 from .locate import MODEL_ALIAS, cache_dir, find_binary, find_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return False
-        except OSError:
-            return True
-
-
-def _pdeathsig() -> None:  # runs in the child before exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 @dataclass
@@ -114,7 +88,7 @@ class Engine:
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             self.args(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=None if detached else _pdeathsig, start_new_session=detached,
+            preexec_fn=None if detached else pdeathsig, start_new_session=detached,
         )
         log.close()
         try:
@@ -125,26 +99,11 @@ class Engine:
         return self
 
     def _wait_healthy(self) -> None:
-        deadline = time.monotonic() + self.cfg.startup_timeout
         assert self.proc is not None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise EngineError(f"llama-server exited with code {self.proc.returncode} while starting:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(self.root + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
-                pass
-            time.sleep(0.2)
-        raise EngineError(f"llama-server not healthy after {self.cfg.startup_timeout:.0f} s:\n{self.log_tail()}")
+        wait_healthy(self.proc, self.root + "/health", self.cfg.startup_timeout, "llama-server", self.log_path, tail=12)
 
     def log_tail(self, n: int = 12) -> str:
-        try:
-            lines = self.log_path.read_text(errors="replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join("  | " + line for line in lines[-n:])
+        return log_tail(self.log_path, n)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

@@ -8,18 +8,20 @@ prefill (mean prompt length, median TTFT from send). The model for each point is
 and the fit minimises the squared relative error over all points: a grid over (η_mem, η_flop) with the best
 overhead solved in closed form at each node, then a finer grid around the best node. The result is stored in
 ``$PHASEBENCH_HOME/calibration.json`` under ``<hardware>|<engine>``; ``predict`` uses it for that pair.
+A fit whose median |relative error| on its own points exceeds ``fitcheck.MAX_FIT_ERROR`` is not stored unless
+forced; a forced one carries its error in the efficiency's ``warning``, which every user of it prints.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from ..results import Run
-from . import calibration
+from . import calibration, fitcheck
 from .calibration import efficiency_for, load_all, path
 from .engines import DEFAULT_EFFICIENCY, Efficiency
 from .errors import ModelError
@@ -47,6 +49,7 @@ class Calibration:
     efficiency: Efficiency
     points: list[Point] = field(default_factory=list)
     errors: list[float] = field(default_factory=list)   # relative error per point after the fit
+    forced: bool = False                                 # stored with --force above fitcheck.MAX_FIT_ERROR
 
     @property
     def key(self) -> str:
@@ -56,11 +59,33 @@ class Calibration:
     def mean_abs_error(self) -> float:
         return float(np.mean(np.abs(self.errors))) if self.errors else 0.0
 
+    @property
+    def fit_error(self) -> float:
+        """The error the store rule judges: the median |relative error| over the fit's own points."""
+        return fitcheck.median_abs(self.errors)
+
+    @property
+    def max_abs_error(self) -> float:
+        return float(np.max(np.abs(self.errors))) if self.errors else 0.0
+
     def to_dict(self) -> dict[str, Any]:
         return {"hardware": self.hardware, "engine": self.engine, "efficiency": self.efficiency.to_dict(),
                 "points": len(self.points), "mean_abs_error": self.mean_abs_error,
+                "median_abs_error": self.fit_error, "max_abs_error": self.max_abs_error,
+                "max_fit_error": fitcheck.MAX_FIT_ERROR, "forced": self.forced,
                 "date": dt.date.today().isoformat(),
                 "runs": sorted({p.run for p in self.points})}
+
+    def judge(self, force: bool) -> None:
+        """Apply the store rule (``fitcheck.check``): FitRefused above the limit unless ``force``, which marks
+        the calibration and its efficiency as forced."""
+        what = f"the calibration for {self.hardware} with {self.engine}"
+        worst = sorted(zip(self.errors, self.points), key=lambda x: -abs(x[0]))[:3]
+        detail = "worst: " + ", ".join(f"{p.phase} {p.run} {e:+.0%}" for e, p in worst)
+        note = fitcheck.check(what, self.fit_error, len(self.points), detail, force)
+        if note:
+            self.forced = True
+            self.efficiency = replace(self.efficiency, warning=note)
 
 
 def points_from(run: Run) -> tuple[list[Point], Hardware, str]:
@@ -121,7 +146,9 @@ def fit(points: list[Point], hw: Hardware, engine: str) -> Calibration:
     return Calibration(hw.key, engine, eff, points, errors)
 
 
-def calibrate(runs: list[Run], save: bool = True) -> Calibration:
+def calibrate(runs: list[Run], save: bool = True, force: bool = False) -> Calibration:
+    """Fit one (hardware, engine) pair from ``runs``; with ``save``, store it if it passes the store rule
+    (``Calibration.judge``: FitRefused above the error limit unless ``force``)."""
     pts: list[Point] = []
     hws: set[str] = set()
     engines: set[str] = set()
@@ -136,6 +163,7 @@ def calibrate(runs: list[Run], save: bool = True) -> Calibration:
     assert hw is not None
     cal = fit(pts, hw, engines.pop())
     if save:
+        cal.judge(force)
         store(cal)
     return cal
 

@@ -79,5 +79,6 @@ def efficiency_for(hw: Hardware, engine: str | None) -> tuple[Efficiency, str | 
         from dataclasses import replace
 
         eff = replace(eff, engine=_engine_or_none(rec.get("engine")) or str(rec.get("engine")))
+    err = rec.get("median_abs_error", rec["mean_abs_error"])
     return eff, (f"using calibrated factors for {hw.key} with {rec['engine']} ({rec['date']}, "
-                 f"{rec['points']} points, fit error {rec['mean_abs_error']:.0%})")
+                 f"{rec['points']} points, fit error {err:.0%})")

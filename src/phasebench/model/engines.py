@@ -38,6 +38,7 @@ class Efficiency:
     moe_compute: float = 1.0        # MoE expert GEMMs (grouped, routed) reach this fraction of ``compute``
     engine: str = ""
     device_class: str = ""
+    warning: str = ""               # a caveat that travels with these factors (a calibration stored with --force)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -355,6 +355,8 @@ def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int
     notes: list[str] = []
     if eff.source.startswith("calibration") or eff.source == "command line":
         notes.append(f"efficiency factors from {eff.source}")
+    if eff.warning:
+        notes.append(eff.warning)
     if m.context and input_len + output_len > m.context:
         notes.append(f"input + output ({input_len + output_len}) exceeds the model's context ({m.context})")
     hw.peak_flops(pr.activations)   # an impossible compute precision is an error before anything else

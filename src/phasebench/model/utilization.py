@@ -127,7 +127,7 @@ def utilization(manifest: dict[str, Any], summary: dict[str, Any], calibration: 
         "peak_flops_label": hw.peak_label(pr.activations),
         "step": _step_name(manifest),
         "definitions": {"mbu": MBU_DEFINITION, "mfu": MFU_DEFINITION},
-        "notes": [n for n in (note, eng_note, eff_note) if n],
+        "notes": [n for n in (note, eng_note, eff_note, eff.warning) if n],
     }
     if "decode_bytes_per_step" in work:
         step_bytes, step_flops = work["decode_bytes_per_step"], work["decode_flops_per_step"]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..compare import compare
 from ..results import Run
 from . import fmt as F
 from . import plots as P
@@ -30,7 +31,8 @@ from .blocks import (
     to_html,
     to_markdown,
 )
-from .tables import is_plan, key_figures, lead_lines, plan_tables, step_name, sweep_table
+from .compare import comparison_blocks
+from .tables import headline, is_plan, key_figures, lead_lines, plan_tables, step_name, sweep_table
 
 __all__ = ["build_blocks", "describe", "md_escape", "write_report"]
 
@@ -98,6 +100,8 @@ def build_blocks(runs: list[Run], names: list[str], plots: list[P.Plot]) -> list
     if any(r.children for r in runs):
         out.append(Para("For a plan the column is its server step, for a sweep its highest-throughput point; a "
                         "plan's MBU and MFU are the ones its verdicts state, each with its step.", "small"))
+    if len(runs) > 1:   # the headline steps compared, as `phasebench compare` does
+        out += comparison_blocks(compare([headline(r)[0] for r in runs], names))
     if plots:
         out.append(Heading("Plots"))
     for p in plots:

@@ -11,6 +11,7 @@ from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..model.arch import ModelArch
+from ..model.fitcheck import MAX_FIT_ERROR
 from ..model.hardware import Hardware
 from ..model.phases import Prediction
 from . import fmt as F
@@ -140,7 +141,10 @@ def print_calibration(cal, console: Console, stored: bool) -> None:
     e = cal.efficiency
     console.print(f"[bold]calibration[/] {escape(cal.hardware)} with {escape(cal.engine)}: memory efficiency "
                   f"{e.memory:.1%}, compute efficiency {e.compute:.1%}, overhead {e.layer_overhead_us:.1f} µs/layer "
-                  f"({len(cal.points)} points, mean |error| {cal.mean_abs_error:.1%})")
+                  f"({len(cal.points)} points, median |error| {cal.fit_error:.1%}, mean {cal.mean_abs_error:.1%}, "
+                  f"max {cal.max_abs_error:.1%})")
+    if cal.efficiency.warning:
+        console.print(f"[yellow]warning:[/] {escape(cal.efficiency.warning)}")
     t = Table()
     for c in ("phase", "run", "measured ms", "fitted ms", "error"):
         t.add_column(c, justify="right")
@@ -152,6 +156,9 @@ def print_calibration(cal, console: Console, stored: bool) -> None:
                       "the hardware record's peak is too low (run `phasebench probe` again)")
     console.print("stored: later `phasebench predict --hardware "
                   f"{escape(cal.hardware)}` uses these factors" if stored else "not stored (--dry-run)")
+    if not stored and cal.fit_error > MAX_FIT_ERROR:
+        console.print(f"[yellow]warning:[/] its median |error| {cal.fit_error:.0%} is above the {MAX_FIT_ERROR:.0%} "
+                      "limit: storing it would be refused without --force")
 
 
 def roofline_lines(block: dict[str, Any] | None) -> list[str]:

@@ -8,15 +8,14 @@ from rich.console import Console
 from ..results import Run
 from ..textsafe import markup as escape
 from .blocks import rich_table
-from .tables import plan_tables, quality_line, server_line, utilization
+from .tables import plan_tables, quality_line, server_lines, utilization
 
 
 def print_plan(run: Run, console: Console) -> None:
     s = run.summary
     for t in plan_tables(run):
         console.print(rich_table(t.compact()))
-    line = server_line(run)
-    if line:
+    for line in server_lines(run):
         console.print(escape(line))
     for n in s.get("notes", []):
         console.print(f"[dim]  {escape(n)}[/]")
@@ -28,7 +27,7 @@ def print_plan(run: Run, console: Console) -> None:
     for v in utilization(run) + list(s.get("verdicts") or []):
         console.print(f"  • {escape(v)}")
     pb = s.get("phasebench") or {}
-    for r in pb.get("reasons", []):
+    for r in pb.get("reasons", []) + pb.get("warnings", []):
         console.print(f"[yellow]  ! {escape(r)}[/]")
     state = "[green]VALID[/]" if run.valid else "[red]INVALID[/] (exit code 3; the reasons are above)"
     if run.partial:

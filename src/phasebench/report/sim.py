@@ -15,8 +15,11 @@ def print_disagg(model: str, ps, ds, cs, link, point, grid: list[dict], ratio: d
     console.print(f"[bold]{escape(model)}[/]: prefill on {ps.devices}× {ps.hardware.key}, decode on {ds.devices}× "
                   f"{ds.hardware.key}, colocated baseline {cs.devices}× {cs.hardware.key}; link {escape(link.name)} "
                   f"({link.bandwidth / 1e9:g} GB/s, {link.latency_s * 1e6:g} µs)")
-    console.print(f"KV cache per request: {point.input_tokens} tokens × {ds.model.kv_bytes_per_token(ds.precision.kv) / 1024:.0f} KiB "
-                  f"= {point.kv_bytes / 2**20:,.1f} MiB → transfer {point.transfer_s * 1e3:.2f} ms")
+    shipped = point.input_tokens - point.cached_tokens
+    console.print(f"KV cache per request: {shipped} tokens × {ds.model.kv_bytes_per_token(ds.precision.kv) / 1024:.0f} KiB "
+                  f"= {point.kv_bytes / 2**20:,.1f} MiB → transfer {point.transfer_s * 1e3:.2f} ms"
+                  + (f" ({point.cached_tokens} cached tokens already on the decode side: "
+                     f"{point.kv_bytes_saved / 2**20:,.1f} MiB not shipped)" if point.cached_tokens else ""))
     t = Table(title=f"One request, {point.input_tokens} in / {point.output_tokens} out, no queueing", title_justify="left")
     for c in ("", "TTFT ms", "TPOT ms", "E2E s"):
         t.add_column(c, justify="right")
@@ -43,6 +46,15 @@ def print_disagg(model: str, ps, ds, cs, link, point, grid: list[dict], ratio: d
                       _n(s.get("request_goodput"), 2), _n(s.get("output_throughput")), _n(cost, 3),
                       _n(cost_slo, 3) if cost is not None or not cb.get("note") else escape(cb["note"]))
         console.print(t)
+        kt = ((sims.get("disaggregated") or {}).get("phasebench") or {}).get("kv_transfer")
+        if kt and kt.get("kv_bytes_needed"):
+            console.print(f"KV shipped to the decode pool: {kt['kv_bytes_shipped'] / 2**30:,.2f} of "
+                          f"{kt['kv_bytes_needed'] / 2**30:,.2f} GiB ({kt['saved_fraction']:.0%} saved: "
+                          f"{kt['decode_cached_tokens']:,} prompt tokens already there; routing {kt['routing']})")
+        ta = ((sims.get("disaggregated") or {}).get("phasebench") or {}).get("turn_arrivals")
+        if ta:
+            console.print(f"later turns' arrivals (previous answer + think time) "
+                          f"{'settled' if ta['converged'] else '[yellow]did not settle[/]'} in {ta['passes']} passes")
     t = Table(title="Where disaggregation wins (E2E / TTFT) by input length and link bandwidth", title_justify="left")
     t.add_column("input tokens", justify="right")
     bws = sorted({r["bandwidth_gbps"] for r in grid})

@@ -12,6 +12,7 @@ from typing import Any
 from ..results import Run
 from . import fmt as F
 from .blocks import Table
+from .terminal import flag_percentile, small_sample_footnote
 
 SWEEP_COLUMNS = ("point", "conc", "rate", "ok / fail", "req/s", "out tok/s", "TTFT p50 (ms)", "TTFT p99 (ms)",
                  "TPOT p50 (ms)", "TPOT p99 (ms)", "goodput (req/s)", "valid", "")
@@ -68,17 +69,19 @@ def headline(run: Run) -> tuple[Run, str | None]:
 def sweep_table(run: Run) -> Table:
     """One row per point of a sweep; the chosen one marked."""
     best = chosen(run)
-    rows, marked = [], set()
+    rows, marked, flagged = [], set(), set()
     for i, r in enumerate(point_rows(run)):
         name = F.text(r.get("point"))
         if name == best:
             marked.add(i)
+        n = r.get("completed")
         rows.append([name, F.count(r.get("max_concurrency")), F.auto(r.get("request_rate")),
-                     F.ratio(r.get("completed"), r.get("failed")), F.auto(r.get("request_throughput")),
-                     F.num(r.get("output_throughput")), F.num(r.get("median_ttft_ms")), F.num(r.get("p99_ttft_ms")),
-                     F.num(r.get("median_tpot_ms")), F.num(r.get("p99_tpot_ms")), F.auto(r.get("request_goodput")),
+                     F.ratio(n, r.get("failed")), F.auto(r.get("request_throughput")),
+                     F.num(r.get("output_throughput")), F.num(r.get("median_ttft_ms")),
+                     flag_percentile(F.num(r.get("p99_ttft_ms")), "p99", n, flagged), F.num(r.get("median_tpot_ms")),
+                     flag_percentile(F.num(r.get("p99_tpot_ms")), "p99", n, flagged), F.auto(r.get("request_goodput")),
                      F.text(bool(r.get("valid"))), "highest throughput" if name == best else ""])
-    return Table(f"Sweep: {len(rows)} point(s)", SWEEP_COLUMNS, rows, marked=marked)
+    return Table(f"Sweep: {len(rows)} point(s)", SWEEP_COLUMNS, rows, marked=marked, note=small_sample_footnote(flagged))
 
 
 def _figure(summary: dict[str, Any], metric: str) -> dict[str, Any] | None:
@@ -150,15 +153,21 @@ def steps_table(run: Run) -> Table:
     return t
 
 
-def server_line(run: Run) -> str | None:
+def server_lines(run: Run) -> list[str]:
+    """The plan's server step in words, its p99s flagged when it has too few requests for them (and the
+    footnote that says so)."""
     sv = run.summary.get("server")
     if not sv:
-        return None
-    return (f"Server step at {F.auto(sv.get('request_rate'))} req/s: {F.ratio(sv.get('completed'), sv.get('failed'))} "
-            f"done / failed, TTFT p50/p99 {F.num(sv.get('median_ttft_ms'))}/{F.num(sv.get('p99_ttft_ms'))} ms, TPOT "
-            f"p50/p99 {F.num(sv.get('median_tpot_ms'))}/{F.num(sv.get('p99_tpot_ms'))} ms, goodput "
+        return []
+    flagged: set[str] = set()
+    p99 = {k: flag_percentile(F.num(sv.get(f"p99_{k}_ms")), "p99", sv.get("completed"), flagged) for k in ("ttft", "tpot")}
+    line = (f"Server step at {F.auto(sv.get('request_rate'))} req/s: {F.ratio(sv.get('completed'), sv.get('failed'))} "
+            f"done / failed, TTFT p50/p99 {F.num(sv.get('median_ttft_ms'))}/{p99['ttft']} ms, TPOT "
+            f"p50/p99 {F.num(sv.get('median_tpot_ms'))}/{p99['tpot']} ms, goodput "
             f"{F.auto(sv.get('request_goodput'))} req/s (SLO {plan_slo(run.summary)} met by "
             f"{F.pct(sv.get('slo_attainment'), 0)})")
+    note = small_sample_footnote(flagged)
+    return [line, note] if note else [line]
 
 
 def plan_slo(summary: dict[str, Any]) -> str:
@@ -213,9 +222,7 @@ def lead_lines(run: Run) -> list[str]:
     s = head.summary
     label = f" (step {step})" if step else ""
     if is_plan(run):
-        line = server_line(run)
-        if line:
-            out.append(line)
+        out += server_lines(run)
     elif s:
         out.append(f"{F.auto(s.get('request_throughput'))} req/s, {F.num(s.get('output_throughput'))} output tok/s; "
                    f"TTFT p50/p99 {F.num(s.get('median_ttft_ms'))}/{F.num(s.get('p99_ttft_ms'))} ms; TPOT p50/p99 "
@@ -241,24 +248,31 @@ def _pb(s: dict[str, Any], *keys: str) -> Any:
 
 
 KEY_ROWS = (
-    ("requests completed / failed", lambda s: F.ratio(s.get("completed"), s.get("failed"))
+    ("requests completed / failed", lambda s, f: F.ratio(s.get("completed"), s.get("failed"))
      if s.get("completed") is not None else F.MISSING),
-    ("TTFT p50 / p99 (ms)", lambda s: _pair(s, "median_ttft_ms", "p99_ttft_ms")),
-    ("TPOT p50 / p99 (ms)", lambda s: _pair(s, "median_tpot_ms", "p99_tpot_ms")),
-    ("ITL p50 / p99 (ms)", lambda s: _pair(s, "median_itl_ms", "p99_itl_ms")),
-    ("E2E p50 / p99 (ms)", lambda s: _pair(s, "median_e2el_ms", "p99_e2el_ms")),
-    ("request throughput (req/s)", lambda s: F.num(s.get("request_throughput"), 2)),
-    ("output throughput (tok/s)", lambda s: F.num(s.get("output_throughput"))),
-    ("goodput (req/s)", lambda s: F.num(s.get("request_goodput"), 2)),
-    ("SLO attainment", lambda s: F.pct(_pb(s, "slo", "attainment"))),
-    ("$ per 1M tokens (blended)", lambda s: F.usd(_pb(s, "cost", "usd_per_1m_tokens"))),
-    ("$ per 1M tokens at the SLO", lambda s: F.usd(_pb(s, "cost", "usd_per_1m_tokens_at_slo"))),
-    ("output tokens per joule", lambda s: F.num(_pb(s, "cost", "output_tokens_per_joule"), 2)),
+    ("TTFT p50 / p99 (ms)", lambda s, f: _pair(s, "median_ttft_ms", "p99_ttft_ms", f)),
+    ("TPOT p50 / p99 (ms)", lambda s, f: _pair(s, "median_tpot_ms", "p99_tpot_ms", f)),
+    ("ITL p50 / p99 (ms)", lambda s, f: _pair(s, "median_itl_ms", "p99_itl_ms", f)),
+    ("E2E p50 / p99 (ms)", lambda s, f: _pair(s, "median_e2el_ms", "p99_e2el_ms", f)),
+    ("request throughput (req/s)", lambda s, f: F.num(s.get("request_throughput"), 2)),
+    ("output throughput (tok/s)", lambda s, f: F.num(s.get("output_throughput"))),
+    ("goodput (req/s)", lambda s, f: F.num(s.get("request_goodput"), 2)),
+    ("SLO attainment", lambda s, f: F.pct(_pb(s, "slo", "attainment"))),
+    ("$ per 1M tokens (blended)", lambda s, f: F.usd(_pb(s, "cost", "usd_per_1m_tokens"))),
+    ("$ per 1M tokens at the SLO", lambda s, f: F.usd(_pb(s, "cost", "usd_per_1m_tokens_at_slo"))),
+    ("output tokens per joule", lambda s, f: F.num(_pb(s, "cost", "output_tokens_per_joule"), 2)),
 )
 
 
-def _pair(s: dict[str, Any], a: str, b: str) -> str:
-    return F.MISSING if F.missing(s.get(a), s.get(b)) else f"{F.num(s.get(a))} / {F.num(s.get(b))}"
+_SAMPLES = {"ttft": "ttft_ms", "tpot": "tpot_ms", "itl": "itl_chunk_ms", "e2el": "e2e_ms"}  # summary key → metric
+
+
+def _pair(s: dict[str, Any], a: str, b: str, flagged: set[str] | None = None) -> str:
+    """"p50 / p99" of a summary's top-level keys, each flagged when its metric has too few samples."""
+    if F.missing(s.get(a), s.get(b)):
+        return F.MISSING
+    n = (_pb(s, "metrics", _SAMPLES[a.split("_")[1]]) or {}).get("count")
+    return " / ".join(flag_percentile(F.num(s.get(k)), stat, n, flagged) for stat, k in (("p50", a), ("p99", b)))
 
 
 def key_figures(runs: list[Run], names: list[str]) -> Table:
@@ -266,9 +280,10 @@ def key_figures(runs: list[Run], names: list[str]) -> Table:
     ``utilization`` states it; rows with nothing in any column are left out."""
     heads = [headline(r) for r in runs]
     cols = ["metric", *(f"{n} (step {step})" if step else n for n, (_, step) in zip(names, heads))]
-    rows = [[label, *(fn(h.summary) for h, _ in heads)] for label, fn in KEY_ROWS]
+    flagged: set[str] = set()
+    rows = [[label, *(fn(h.summary, flagged) for h, _ in heads)] for label, fn in KEY_ROWS]
     utils = [utilization(r) for r in runs]
     for metric in ("decode MBU", "prefill MFU"):
         rows.append([metric, *(next((u[len(metric) + 1:] for u in us if u.startswith(metric)), F.MISSING)
                                for us in utils)])
-    return Table("Key figures", cols, rows).compact()
+    return Table("Key figures", cols, rows, note=small_sample_footnote(flagged)).compact()

@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from ..metrics import min_samples
 from ..results import Run
 from ..spec import redact_url
 from ..textsafe import markup as escape
@@ -28,7 +29,31 @@ ROWS = (
 )
 
 
-def latency_table(summary: dict[str, Any]) -> Table:
+SMALL_SAMPLE_MARK = "*"
+
+
+def flag_percentile(text: str, stat: str, count: int | None, flagged: set[str] | None = None) -> str:
+    """A printed percentile ``text`` of percentile ``stat`` ("p99", "p99.9") marked with SMALL_SAMPLE_MARK when
+    its ``count`` samples are fewer than the percentile needs (``metrics.min_samples``: p90 10, p95 20, p99 100);
+    the stat goes into ``flagged`` for :func:`small_sample_footnote`. Every table that prints a percentile
+    (show, the sweep table, the report, compare, the plan) flags it here."""
+    if count is None or text == "-" or count >= min_samples(float(stat.lstrip("p"))):
+        return text
+    if flagged is not None:
+        flagged.add(stat)
+    return text + SMALL_SAMPLE_MARK
+
+
+def small_sample_footnote(flagged: set[str]) -> str | None:
+    """The footnote under a table with flagged percentiles: "* fewer than 100 samples for p99, …"."""
+    if not flagged:
+        return None
+    parts = [f"fewer than {min_samples(float(s[1:]))} samples for {s}" for s in sorted(flagged, key=lambda s: float(s[1:]))]
+    return (f"{SMALL_SAMPLE_MARK} {', '.join(parts)}: near the sample max, not an estimate of the tail "
+            "(a percentile q needs n ≥ 1/(1 − q))")
+
+
+def latency_table(summary: dict[str, Any], flagged: set[str] | None = None) -> Table:
     m = summary.get("phasebench", {}).get("metrics", {})
     t = Table(title="Latency (ms)", title_justify="left")
     for col in ("metric", "n", "mean", "p50", "p90", "p99", "p99 95% CI", "max"):
@@ -39,8 +64,10 @@ def latency_table(summary: dict[str, Any]) -> Table:
             continue
         ci = s.get("p99_ci95")
         ci_txt = F.MISSING if not ci else f"{F.num(ci[0])}–{'∞' if ci[1] is None else F.num(ci[1])}"
-        t.add_row(label, F.count(s.get("count")), F.auto(s.get("mean")), F.auto(s.get("p50")), F.auto(s.get("p90")), F.auto(s.get("p99")),
-                  ci_txt, F.auto(s.get("max")))
+        n = s.get("count")
+        t.add_row(label, F.count(n), F.auto(s.get("mean")),
+                  *(flag_percentile(F.auto(s.get(p)), p, n, flagged) for p in ("p50", "p90", "p99")), ci_txt,
+                  F.auto(s.get("max")))
     return t
 
 
@@ -112,6 +139,7 @@ def print_run(run: Run, console: Console | None = None) -> None:
 
         print_plan(run, console)
         return
+    flagged: set[str] = set()
     if run.is_sweep:
         from .blocks import rich_table
         from .tables import sweep_table
@@ -120,7 +148,9 @@ def print_run(run: Run, console: Console | None = None) -> None:
         for line in verdict_lines(run.summary):
             console.print(line)
         return
-    console.print(latency_table(run.summary))
+    console.print(latency_table(run.summary, flagged))
+    if note := small_sample_footnote(flagged):
+        console.print(note)
     console.print(throughput_table(run.summary))
     for line in verdict_lines(run.summary):
         console.print(line)
@@ -154,10 +184,12 @@ def workload_lines(w: dict | None) -> list[str]:
     pc = w.get("prompt_cache")
     if pc and pc.get("prompt_tokens"):
         tps = (pc.get("prefill_new_tps") or {}).get("p50")
-        out.append(f"prompt cache: {F.pct(pc['cached_fraction'], 0)} of {F.count(pc['prompt_tokens'])} prompt tokens "
-                   f"cached, {F.count(pc['new_tokens'])} new" + (f"; prefill {F.num(tps, 0)} new tokens/s (p50)" if tps else "")
+        counters = pc.get("source") == "server counters"
+        out.append(("prompt cache (server counters): " if counters else "prompt cache: ")
+                   + f"{F.pct(pc['cached_fraction'], 0)} of {F.count(pc['prompt_tokens'])} prompt tokens cached, "
+                   f"{F.count(pc['new_tokens'])} new" + (f"; prefill {F.num(tps, 0)} new tokens/s (p50)" if tps else "")
                    + (f" ({pc['requests_not_reporting']} requests without a cache report)"
-                      if pc.get("requests_not_reporting") else ""))
+                      if pc.get("requests_not_reporting") and not counters else ""))
     turns = w.get("by_turn")
     if turns:
         shown = list(turns.items())[:8]

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from ..records import RequestRecord
 from ..spec import RunSpec
 from .scrape import Scraper
-from .view import build_view, engine_of, series_row
+from .view import build_view, engine_of, prompt_cache_from_counters, series_row
 
 SERIES_FILE = "server_metrics.jsonl"
 
@@ -62,7 +62,7 @@ async def open_scraper(spec: RunSpec, base_url: str, run_dir: Path | None, api_k
 async def close_scraper(scraper: Scraper | None, spec: RunSpec, records: Sequence[RequestRecord],
                         summary: dict[str, Any]) -> dict[str, Any] | None:
     """Stop scraping, take the 'after' scrape, and return the ``server_view`` block (warnings go into the
-    summary's warnings too)."""
+    summary's warnings too; a ``workload.prompt_cache`` the records could not fill comes from the counters)."""
     if scraper is None:
         return None
     if scraper.before is None:
@@ -77,9 +77,12 @@ async def close_scraper(scraper: Scraper | None, spec: RunSpec, records: Sequenc
     ttft = (summary.get("phasebench", {}).get("metrics", {}).get("ttft_ms") or {}).get("mean")
     view = build_view(scraper, scraper.engine, ttft, len(ok),
                       sum(cached_known) if cached_known else None, prompt or None,
-                      deliberate_prefix=bool(spec.prefix_tokens))
+                      deliberate_prefix=bool(spec.prefix_tokens) or spec.turns is not None or spec.trace is not None)
     if scraper.series_path is not None and scraper.series:
         view.series_file = scraper.series_path.name
     warnings = summary.get("phasebench", {}).setdefault("warnings", [])
     warnings.extend(w for w in view.warnings if w not in warnings)
+    workload = summary.get("phasebench", {}).get("workload")
+    if isinstance(workload, dict) and workload.get("prompt_cache") is None:  # no per-request cached tokens
+        workload["prompt_cache"] = prompt_cache_from_counters(view, len(ok))
     return {"available": True, **view.to_dict()}

@@ -39,6 +39,7 @@ ENGINES: dict[str, EngineMetrics] = {
         {"preemptions": ("vllm:num_preemptions_total",),
          "prefix_cache_hits": ("vllm:prefix_cache_hits_total", "vllm:gpu_prefix_cache_hits_total"),
          "prefix_cache_queries": ("vllm:prefix_cache_queries_total", "vllm:gpu_prefix_cache_queries_total"),
+         "cached_tokens": ("vllm:prompt_tokens_cached_total",),
          "prompt_tokens": ("vllm:prompt_tokens_total",), "generation_tokens": ("vllm:generation_tokens_total",),
          "requests": ("vllm:request_success_total",)},
     ),
@@ -136,6 +137,7 @@ class ServerView:
     window_s: float
     phases: dict[str, PhaseStat] = field(default_factory=dict)
     counters: dict[str, float] = field(default_factory=dict)  # differenced over the run
+    families: dict[str, str] = field(default_factory=dict)  # counter -> the metric family it was read from
     gauges: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {max, mean, last}
     derived: dict[str, float] = field(default_factory=dict)
     ttft_split: TTFTSplit | None = None
@@ -206,6 +208,7 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
         if got:
             old = b.get(got[0])
             view.counters[k] = got[1] - (old or 0.0)
+            view.families[k] = got[0]
     for k in m.gauges:
         vals = [row[k] for row in scraper.series if k in row]
         if vals:
@@ -235,6 +238,40 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
             f"the engine served {rate:.0%} of prompt tokens from its prefix cache: TTFT is not a cold prefill "
             "(run without --seed for fresh prompts, or measure caching on purpose with --prefix-tokens)")
     return view
+
+
+def prompt_cache_from_counters(view: ServerView, completed: int) -> dict[str, Any] | None:
+    """The ``prompt_cache`` block from the engine's own counters, differenced over the run, for a server that
+    reports no cached tokens per request: vLLM's prefix-cache queries and hits (tokens), else cached / prompt
+    token counters (SGLang, llama.cpp, vLLM's ``prompt_tokens_cached``), else SGLang's ``cache_hit_rate`` gauge
+    (its mean over the run's scrapes, not windowed: approximate). None when the engine counts neither."""
+    c, f = view.counters, view.families
+    if c.get("prefix_cache_queries"):
+        prompt, cached = c["prefix_cache_queries"], c.get("prefix_cache_hits", 0.0)
+        used = [f["prefix_cache_hits"], f["prefix_cache_queries"]] if "prefix_cache_hits" in f else [f["prefix_cache_queries"]]
+    elif c.get("prompt_tokens") and "cached_tokens" in c:
+        prompt, cached, used = c["prompt_tokens"], c["cached_tokens"], [f["cached_tokens"], f["prompt_tokens"]]
+    elif c.get("prompt_tokens") and "cache_hit_rate" in view.gauges:
+        prompt = c["prompt_tokens"]
+        cached = view.gauges["cache_hit_rate"]["mean"] * prompt
+        used = ["sglang:cache_hit_rate (gauge: the mean of the run's scrapes, approximate)", f["prompt_tokens"]]
+    else:
+        return None
+    cached = min(max(cached, 0.0), prompt)
+    return {
+        "source": "server counters",
+        "counters": used,
+        "requests_reporting": 0,
+        "requests_not_reporting": completed,
+        "prompt_tokens": round(prompt),
+        "cached_tokens": round(cached),
+        "new_tokens": round(prompt - cached),
+        "cached_fraction": cached / prompt,
+        "new_tokens_per_request": None,
+        "prefill_new_tps": None,
+        "note": "the server reports no cached tokens per request: run-level counts from its /metrics, differenced "
+                "between the scrapes before and after the run (warm-up excluded)",
+    }
 
 
 def _split(view: ServerView, client: float) -> TTFTSplit:

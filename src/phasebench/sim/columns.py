@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..metrics import BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, workload_block
+from ..metrics import (BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, too_few_for,
+                       workload_block)
 from ..records import RequestRecord
 from .replica import SimResult, token_times
 
@@ -65,6 +66,8 @@ class Columns:
     explicit: dict[int, np.ndarray] = field(default_factory=dict)   # row -> all its token times
     error: str = "not served"
     cached: np.ndarray | None = None  # prompt tokens from the prefix cache (a simulation with one), else None
+    conversation: np.ndarray | None = None  # multi-turn conversations: each row's conversation and turn
+    turn: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -163,16 +166,18 @@ def concat(parts: list[Columns]) -> Columns:
     c = Columns(cat("index"), cat("sched"), cat("n_in"), cat("n_out"), cat("first"), cat("end"), cat("served"),
                 cat("n_tok"), cat("last"), cat("lo"), cat("hi"), np.empty(0, np.int64), np.concatenate(group),
                 groups, explicit, parts[0].error)
-    if all(p.cached is not None for p in parts):
-        c.cached = cat("cached")
+    for name in ("cached", "conversation", "turn"):
+        if all(getattr(p, name) is not None for p in parts):
+            setattr(c, name, cat(name))
     order = np.argsort(c.index, kind="stable")
     inv = np.empty_like(order)
     inv[order] = np.arange(len(order))
     for name in ("index", "sched", "n_in", "n_out", "first", "end", "served", "n_tok", "last", "lo", "hi", "group"):
         setattr(c, name, getattr(c, name)[order])
     c.explicit = {int(inv[k]): v for k, v in explicit.items()}
-    if c.cached is not None:
-        c.cached = c.cached[order]
+    for name in ("cached", "conversation", "turn"):
+        if getattr(c, name) is not None:
+            setattr(c, name, getattr(c, name)[order])
     return c
 
 
@@ -184,6 +189,8 @@ def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, An
     first, end, last, served, n_tok = c.first.tolist(), c.end.tolist(), c.last.tolist(), c.served.tolist(), c.n_tok.tolist()
     ones = np.ones(int(c.n_tok.max()) if len(c) else 0, dtype=np.int64)
     cached = c.cached.tolist() if c.cached is not None else None
+    conv = c.conversation.tolist() if c.conversation is not None else None
+    turn = c.turn.tolist() if c.turn is not None else None
     for k in range(len(c)):
         d: dict[str, Any] = {"index": idx[k], "request_id": f"{prefix}{idx[k]:012x}", "scheduled_ns": sched[k],
                              "sent_ns": sched[k]}
@@ -204,6 +211,8 @@ def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, An
         d.update(server_timing=None, server_stamps=None, retries=0, warmup=False, simulated=True)
         if cached is not None and served[k]:
             d["cached_tokens"] = cached[k]
+        if conv is not None and turn is not None:
+            d["conversation"], d["turn"] = conv[k], turn[k]
         yield d
 
 
@@ -270,6 +279,7 @@ def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> di
         out[f"p{p:g}"] = float(x)
     ci = _quantile_ci(v, cum, n, 0.99)
     out["p99_ci95"] = list(ci) if ci else None
+    out["too_few_for"] = too_few_for(n)
     return out
 
 
@@ -456,7 +466,7 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
     buf = four & ((ntok <= 1) | ((c.last[ok] - c.first[ok]) < BUFFERED_NS_PER_TOKEN * (ntok - 1)))
     streams = {"buffered": int(buf.sum()), "eligible": int(four.sum())}
     valid, reasons, warnings = check_validity(m, client, errors, length_mismatch, total_in_win, span_s, ctx, slo_block,
-                                              streams)
+                                              streams, completed=int(done_m.sum()))
     summary: dict[str, Any] = {
         "completed": len(ok), "failed": failed, "duration": span_s, "max_concurrency": ctx.concurrency,
         "request_rate": ctx.target_rate if ctx.target_rate is not None else "inf", "burstiness": ctx.burstiness,
@@ -484,9 +494,9 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
 
 
 def _workload(c: Columns, ok: np.ndarray) -> dict[str, Any]:
-    """``metrics.workload_block``: a simulated request has no turn; cached tokens only from a simulation with a
+    """``metrics.workload_block``: turns from simulated conversations, cached tokens from a simulation with a
     prefix cache (then from its records, the same function the measured summary uses)."""
-    if c.cached is None:
+    if c.cached is None and c.turn is None:
         return workload_block([])
     recs = to_records(c)
     return workload_block([recs[k] for k in ok.tolist()])

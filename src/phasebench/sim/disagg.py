@@ -12,6 +12,13 @@ does not overlap is exposed: max(transfer − prefill · (L−1)/L, transfer / L
 
 It pays on TTFT when TTFT_colocated − TTFT_prefill > transfer. The **break-even bandwidth** is
 KV bytes ÷ (TTFT_colocated − TTFT_prefill − latency).
+
+**Cached KV is not shipped.** KV the decode side already holds — a conversation's history, whose earlier turns
+it decoded (their prompts and answers stay in its prefix cache) — need not cross the link: only the prompt's
+other tokens do (at least the last one, which the prefill side computes). With the requests' block keys, each
+decode replica keeps an LRU prefix cache of the blocks it has held (as large as its KV memory), a request goes
+to the decode replica that holds the longest prefix of its prompt (cache-aware routing; none: round-robin),
+and ships only the rest; ``kv_transfer`` says how many bytes that saved.
 """
 
 from __future__ import annotations
@@ -91,20 +98,27 @@ def break_even_bandwidth(nbytes: float, ttft_saved_s: float, latency_s: float = 
 class PointResult:
     input_tokens: int
     output_tokens: int
-    kv_bytes: float
+    kv_bytes: float                # shipped: the prompt's KV less what the decode side already holds
     transfer_s: float
     colocated: dict[str, float]
     disaggregated: dict[str, float]
     break_even_ttft_gbps: float | None
     break_even_e2e_gbps: float | None
+    cached_tokens: int = 0         # prompt tokens whose KV is already on the decode side
+    kv_bytes_saved: float = 0.0    # their KV, not shipped
 
     def to_dict(self) -> dict[str, Any]:
         return self.__dict__
 
 
 def analytic_point(prefill: Setup, decode: Setup, colocated: Setup, link: Link, input_tokens: int,
-                   output_tokens: int, decode_batch: int = 1, overlap: bool = False) -> PointResult:
-    """One request's latencies without queueing: colocated vs disaggregated, and the break-even bandwidths."""
+                   output_tokens: int, decode_batch: int = 1, overlap: bool = False,
+                   cached_tokens: int = 0) -> PointResult:
+    """One request's latencies without queueing: colocated vs disaggregated, and the break-even bandwidths.
+    ``cached_tokens``: leading prompt tokens whose KV the decode side already holds (a conversation's history):
+    only the rest is shipped (the prefill and colocated sides' own compute is predicted for the whole prompt)."""
+    if not 0 <= cached_tokens < max(input_tokens, 1):
+        raise ModelError(f"cached tokens must be ≥ 0 and below the {input_tokens} input tokens (got {cached_tokens})")
     c = predict(colocated, decode_batch, input_tokens, output_tokens)
     p = predict(prefill, 1, input_tokens, 1)
     d = predict(decode, decode_batch, input_tokens, output_tokens)
@@ -112,7 +126,8 @@ def analytic_point(prefill: Setup, decode: Setup, colocated: Setup, link: Link, 
         if not pr.fits:
             raise ModelError(f"the {name} side does not fit: {pr.memory.per_device / 1e9:.1f} GB per device needed, "
                              f"{pr.memory.capacity / 1e9:.1f} GB usable ({pr.hardware}, {pr.devices} device(s))")
-    nbytes = kv_bytes(decode, input_tokens)
+    full = kv_bytes(decode, input_tokens)
+    nbytes = kv_bytes(decode, input_tokens - cached_tokens) if cached_tokens else full
     xfer = transfer_s(nbytes, link, p.ttft_s, prefill.model.layers, overlap)
     dis_ttft = p.ttft_s + xfer
     dis_e2e = dis_ttft + (output_tokens - 1) * d.tpot_s
@@ -123,7 +138,8 @@ def analytic_point(prefill: Setup, decode: Setup, colocated: Setup, link: Link, 
         {"ttft_ms": c.ttft_s * 1e3, "tpot_ms": c.tpot_s * 1e3, "e2e_s": c.e2e_s},
         {"ttft_ms": dis_ttft * 1e3, "tpot_ms": d.tpot_s * 1e3, "e2e_s": dis_e2e, "prefill_ms": p.ttft_s * 1e3,
          "transfer_ms": xfer * 1e3},
-        None if be_ttft is None else be_ttft / 1e9, None if be_e2e is None else be_e2e / 1e9)
+        None if be_ttft is None else be_ttft / 1e9, None if be_e2e is None else be_e2e / 1e9,
+        cached_tokens, full - nbytes)
 
 
 def sweep(prefill: Setup, decode: Setup, colocated: Setup, input_lens: list[int], bandwidths_gbps: list[float],
@@ -193,15 +209,17 @@ def serve_colocated(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins
     return concat(parts), over
 
 
-def prefill_pool(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: np.ndarray, replicas: int
-                 ) -> tuple[np.ndarray, bool, list[str]]:
-    """When each request's prefill ends on the prefill pool (NaN: not served)."""
+def prefill_pool(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: np.ndarray, replicas: int,
+                 keys: list[list[int]] | None = None) -> tuple[np.ndarray, bool, list[str]]:
+    """When each request's prefill ends on the prefill pool (NaN: not served); ``keys``: prompt block keys for
+    its prefix cache (with ``cfg.prefix_cache``)."""
     first = np.full(len(ins), np.nan)
     over, notes = False, []
     for idx in _split(len(ins), replicas):
         if not idx:
             continue
-        res = simulate(arr[idx], ins[idx], np.ones(len(idx), dtype=np.int64), profile, cfg)
+        res = simulate(arr[idx], ins[idx], np.ones(len(idx), dtype=np.int64), profile, cfg,
+                       prefix_keys=None if keys is None else [keys[i] for i in idx])
         over |= res.over_capacity
         notes += res.notes
         f = np.fromiter((r.first_token for r in res.reqs), np.float64, len(idx))
@@ -210,12 +228,15 @@ def prefill_pool(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: n
 
 
 def decode_pool(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: np.ndarray, outs: np.ndarray,
-                ready: np.ndarray, replicas: int) -> tuple[Columns, bool, list[str]]:
-    """Decode-only replicas take each request when its KV cache has arrived (``ready``; NaN: never)."""
+                ready: np.ndarray, replicas: int, routes: np.ndarray | None = None) -> tuple[Columns, bool, list[str]]:
+    """Decode-only replicas take each request when its KV cache has arrived (``ready``; NaN: never), round-robin
+    or by ``routes`` (each request's decode replica)."""
     ok_ids = np.flatnonzero(~np.isnan(ready))
     parts, over, notes = [], False, []
-    dcfg = replace(cfg, chunked_prefill=True)
-    for sub in _split(len(ok_ids), replicas):
+    dcfg = replace(cfg, chunked_prefill=True, prefix_cache=False)
+    shares = _split(len(ok_ids), replicas) if routes is None else \
+        [np.flatnonzero(routes[ok_ids] == j) for j in range(replicas)]
+    for sub in shares:
         ids = ok_ids[sub]
         if not len(ids):
             continue
@@ -239,23 +260,73 @@ def ready_times(first: np.ndarray, arr: np.ndarray, kv: np.ndarray, link: Link, 
     return first + t
 
 
+def decode_routes(first: np.ndarray, ins: np.ndarray, keys: list[list[int]], replicas: int, block_size: int,
+                  capacity_blocks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cache-aware routing to the decode pool: in the order the prefills end, each request goes to the decode
+    replica whose prefix cache holds the longest prefix of its prompt (none holds any: round-robin), which then
+    caches the request's blocks (``keys``: prompt and answer), LRU within its KV memory. Returns (each request's
+    replica, its prompt tokens already there: whole blocks, at most the prompt less its last token)."""
+    from .replica import PrefixCache
+
+    routes = np.full(len(ins), -1, dtype=np.int64)
+    cached = np.zeros(len(ins), dtype=np.int64)
+    caches = [PrefixCache() for _ in range(replicas)]
+    turn = 0
+    for i in np.argsort(first, kind="stable").tolist():
+        if np.isnan(first[i]):
+            continue
+        prompt = keys[i][: int(ins[i]) // block_size]
+        held = [c.peek(prompt) for c in caches]
+        j = int(np.argmax(held))
+        if held[j] == 0:
+            j, turn = turn % replicas, turn + 1
+        routes[i] = j
+        cached[i] = max(min(caches[j].match(prompt) * block_size, int(ins[i]) - 1), 0)
+        caches[j].insert(keys[i], capacity_blocks)
+    return routes, cached
+
+
+def _kv(decode: Setup, tokens: np.ndarray) -> np.ndarray:
+    """KV bytes of each request's ``tokens`` at the decode side's precision."""
+    if not len(tokens):
+        return np.zeros(0)
+    by = {n: kv_bytes(decode, n) for n in set(tokens.tolist())}
+    return np.array([by[n] for n in tokens.tolist()], dtype=np.float64)
+
+
 def simulate_disagg_columns(arr: np.ndarray, ins: np.ndarray, outs: np.ndarray, prefill: Setup, decode: Setup,
                             link: Link, prefill_replicas: int, decode_replicas: int,
                             cfg_for: Callable[[Setup], SchedulerConfig], overlap: bool = False,
                             prefill_profile: Profile | None = None, decode_profile: Profile | None = None,
-                            first: np.ndarray | None = None) -> tuple[Columns, dict[str, Any]]:
+                            first: np.ndarray | None = None, keys: list[list[int]] | None = None
+                            ) -> tuple[Columns, dict[str, Any]]:
     """The workload on the two pools, as columns. ``first``: prefill end times already simulated (they do not
-    depend on the link, so a bandwidth sweep simulates the prefill pool once)."""
+    depend on the link, so a bandwidth sweep simulates the prefill pool once). ``keys``: each request's block
+    keys (prompt, then answer): the decode pool routes by its prefix caches and what it holds is not shipped;
+    the prefill pool, with ``prefix_cache`` on, reuses the prompt blocks it computed before. ``kv_transfer`` in
+    the returned info: the KV bytes needed, shipped and saved."""
     over, notes = False, []
+    pcfg = cfg_for(prefill)
     if first is None:
-        first, over, notes = prefill_pool(prefill_profile or AnalyticProfile(prefill), cfg_for(prefill), arr, ins,
-                                          prefill_replicas)
-    kv = np.array([kv_bytes(decode, int(n)) for n in ins]) if len(set(ins.tolist())) > 1 else \
-        np.full(len(ins), kv_bytes(decode, int(ins[0])) if len(ins) else 0.0)
+        pkeys = None if keys is None or not pcfg.prefix_cache else \
+            [k[: int(n) // pcfg.block_size] for k, n in zip(keys, ins.tolist())]   # it never held the answers
+        first, over, notes = prefill_pool(prefill_profile or AnalyticProfile(prefill), pcfg, arr, ins,
+                                          prefill_replicas, pkeys)
+    dcfg = cfg_for(decode)
+    routes, cached = (None, np.zeros(len(ins), dtype=np.int64)) if keys is None else \
+        decode_routes(first, ins, keys, decode_replicas, dcfg.block_size, dcfg.kv_blocks)
+    full = _kv(decode, np.asarray(ins, dtype=np.int64))
+    kv = full if keys is None else _kv(decode, np.asarray(ins, dtype=np.int64) - cached)
     ready = ready_times(first, arr, kv, link, prefill.model.layers, overlap)
-    cols, o2, n2 = decode_pool(decode_profile or AnalyticProfile(decode), cfg_for(decode), arr, ins, outs, ready,
-                               decode_replicas)
-    return cols, {"over_capacity": over or o2, "notes": notes + n2}
+    cols, o2, n2 = decode_pool(decode_profile or AnalyticProfile(decode), dcfg, arr, ins, outs, ready,
+                               decode_replicas, routes)
+    sent = ~np.isnan(first)
+    needed, shipped = float(full[sent].sum()), float(kv[sent].sum())
+    transfer = {"requests": int(sent.sum()), "kv_bytes_needed": needed, "kv_bytes_shipped": shipped,
+                "kv_bytes_saved": needed - shipped, "saved_fraction": (needed - shipped) / needed if needed else None,
+                "decode_cached_tokens": int(cached[sent].sum()), "routing": "round-robin" if keys is None else
+                "cache-aware (the decode replica holding the longest prefix)"}
+    return cols, {"over_capacity": over or o2, "notes": notes + n2, "kv_transfer": transfer}
 
 
 def simulate_disagg(spec: RunSpec, prefill: Setup, decode: Setup, link: Link, prefill_replicas: int,
@@ -300,7 +371,11 @@ def side_by_side(spec: RunSpec, prefill: Setup, decode: Setup, colocated: Setup,
                  decode_replicas: int, colocated_replicas: int, cfg_for: Callable[[Setup], SchedulerConfig],
                  overlap: bool = False
                  ) -> dict[str, dict[str, Any]]:
-    """Summaries of the same workload served colocated and disaggregated (both simulated)."""
+    """Summaries of the same workload served colocated and disaggregated (both simulated). Multi-turn
+    conversations (``spec.turns``): :func:`conversations_side_by_side`."""
+    if spec.turns is not None:
+        return conversations_side_by_side(spec, prefill, decode, colocated, link, prefill_replicas, decode_replicas,
+                                          colocated_replicas, cfg_for, overlap)
     arr, ins, outs, _, rate = _requests(spec, None)
     if arr is None:
         raise ModelError("disaggregation is simulated for open-loop scenarios (server or offline)")
@@ -315,6 +390,78 @@ def side_by_side(spec: RunSpec, prefill: Setup, decode: Setup, colocated: Setup,
                                           cfg_for, overlap)
     s = summarize_columns(dcols, ctx)
     s["phasebench"]["over_capacity"] = info["over_capacity"]
+    s["phasebench"]["kv_transfer"] = info["kv_transfer"]
+    s["phasebench"]["cost"] = deployment_cost(s, [(prefill, prefill_replicas), (decode, decode_replicas)])
+    out["disaggregated"] = s
+    return out
+
+
+MAX_PASSES = 40
+
+
+def conversations_side_by_side(spec: RunSpec, prefill: Setup, decode: Setup, colocated: Setup, link: Link,
+                               prefill_replicas: int, decode_replicas: int, colocated_replicas: int,
+                               cfg_for: Callable[[Setup], SchedulerConfig], overlap: bool = False
+                               ) -> dict[str, dict[str, Any]]:
+    """Open-loop conversations (``--turns``, ``--rate``) colocated and disaggregated, with prefix caches.
+
+    Colocated: :func:`~phasebench.sim.run.simulate_run` (each turn arrives its think time after the previous
+    answer). Disaggregated: the turns' arrivals depend on when the decode pool finished the previous turn, while
+    the pools are simulated one after the other, so they are found as a fixed point: start from the colocated
+    arrivals, simulate both pools, move each later turn to its previous turn's end + think time, until nothing
+    moves (``turn_arrivals`` says how many passes it took). The decode pool routes by its prefix caches and does
+    not ship the history it holds (``kv_transfer``)."""
+    from .conversations import conversation_requests
+    from .run import simulate_run
+
+    arr0, _, rate, convs = conversation_requests(spec)
+    if arr0 is None:
+        raise ModelError("disaggregation is simulated for open-loop scenarios: --turns with --scenario server --rate")
+    def cached_cfg(st: Setup) -> SchedulerConfig:
+        return replace(cfg_for(st), prefix_cache=True)
+
+    col = simulate_run(spec.model_copy(update={"out": None}), AnalyticProfile(colocated), cached_cfg(colocated),
+                       replicas=colocated_replicas, record=False)
+    s = col.summary
+    s["phasebench"]["over_capacity"] = col.manifest["simulation"]["over_capacity"]
+    s["phasebench"]["cost"] = deployment_cost(s, [(colocated, colocated_replicas)])
+    out = {"colocated": s}
+    n = len(convs.n_in)
+    arr = np.full(n, np.nan)
+    for r in col.records:
+        arr[r.index] = r.scheduled_ns / 1e9
+    ins, outs = np.asarray(convs.n_in, dtype=np.int64), np.asarray(convs.n_out, dtype=np.int64)
+    keys = convs.keys(cached_cfg(decode).block_size)
+    follow = np.asarray(convs.follow, dtype=np.int64)
+    pred = np.full(n, -1, dtype=np.int64)
+    pred[follow[follow >= 0]] = np.flatnonzero(follow >= 0)
+    later = pred >= 0
+    think = np.asarray(convs.think, dtype=np.float64)
+    change, passes, converged = float("inf"), 0, False
+    while passes < MAX_PASSES:
+        passes += 1
+        dcols, info = simulate_disagg_columns(arr, ins, outs, prefill, decode, link, prefill_replicas,
+                                              decode_replicas, cached_cfg, overlap, keys=keys)
+        end = np.where(dcols.served, dcols.end / 1e9, np.nan)   # rows are in request order
+        moved = arr.copy()
+        moved[later] = end[pred[later]] + think[pred[later]]
+        if np.isnan(moved).any():   # a turn was never served (over capacity): nothing to converge to
+            break
+        change = float(np.abs(moved - arr).max())
+        if change < 1e-9:
+            converged = True
+            break
+        arr = moved
+    dcols.conversation, dcols.turn = convs.conversation[dcols.index], convs.turn[dcols.index]
+    ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, target_rate=rate)
+    s = summarize_columns(dcols, ctx)
+    s["phasebench"]["over_capacity"] = info["over_capacity"]
+    s["phasebench"]["kv_transfer"] = info["kv_transfer"]
+    s["phasebench"]["turn_arrivals"] = {"passes": passes, "converged": converged, "max_change_s": change}
+    if not converged:
+        s["phasebench"]["warnings"].append(
+            f"the later turns' arrivals did not settle in {passes} passes (last change {change:.3g} s): the "
+            "disaggregated figures are approximate")
     s["phasebench"]["cost"] = deployment_cost(s, [(prefill, prefill_replicas), (decode, decode_replicas)])
     out["disaggregated"] = s
     return out

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..model import phases
+from ..model import fitcheck, phases
 from ..model.errors import ModelError
 from ..model.phases import Setup
 
@@ -25,6 +25,10 @@ class Profile(Protocol):
     def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float: ...
 
     def describe(self) -> dict[str, Any]: ...
+
+    def forced_note(self) -> str | None:
+        """Set when the profile rests on a fit stored with --force above the error limit (model/fitcheck.py)."""
+        ...
 
 
 class AnalyticProfile:
@@ -62,6 +66,9 @@ class AnalyticProfile:
                            lm).time_s
         return t + (self.request_s if sum_n else 0.0)
 
+    def forced_note(self) -> str | None:
+        return self.s.efficiency.warning or None   # a forced calibration's note (model/calibrate.py)
+
     def describe(self) -> dict[str, Any]:
         s = self.s
         return {"kind": "analytic", "model": s.model.name, "hardware": s.hardware.key, "devices": s.devices,
@@ -83,6 +90,19 @@ class FittedProfile:
     # (on a 2-core CPU batch 2 can cost twice batch 1), so where the runs measured a batch size the profile
     # uses it, adjusted by b·(Σctx − the measured Σctx); between sizes it interpolates, beyond them the line.
     decode_table: list[tuple[float, float, float]] = field(default_factory=list)
+    forced: bool = False   # saved with --force although its fit error is above fitcheck.MAX_FIT_ERROR
+
+    @property
+    def fit_error(self) -> float | None:
+        """The store rule's error: the worse of the prefill and decode fits' median |relative error| on their
+        own points (the decode line a + b·Σctx + c·B, which is what extrapolates past the measured batches)."""
+        e = [self.error.get(k) for k in ("prefill_median_abs", "decode_median_abs")]
+        return max(e) if None not in e else None
+
+    def forced_note(self) -> str | None:
+        if not self.forced:
+            return None
+        return fitcheck.forced_note("this fitted profile", self.fit_error or 0.0, sum(self.points.values()))
 
     def _decode(self, batch: int, sum_ctx: float) -> float:
         da, db, dc = self.decode
@@ -108,7 +128,15 @@ class FittedProfile:
     def describe(self) -> dict[str, Any]:
         return {"kind": "fitted", **asdict(self)}
 
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, force: bool = False) -> None:
+        """Write the profile, if it passes the store rule (``fitcheck.check``: FitRefused above the error limit
+        unless ``force``, which stores it marked as forced)."""
+        err = self.fit_error
+        if err is not None:
+            e = self.error
+            detail = (f"prefill {e['prefill_median_abs']:.0%} over {self.points.get('prefill', 0)} requests, decode "
+                      f"{e['decode_median_abs']:.0%} over {self.points.get('decode', 0)} batch points")
+            self.forced = fitcheck.check("the fitted profile", err, sum(self.points.values()), detail, force) is not None
         path.write_text(json.dumps(self.describe(), indent=2))
 
     @classmethod
@@ -216,7 +244,8 @@ def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:  # noqa: ANN0
     err_p = np.abs(Xp @ cp / P[:, 1] - 1)
     err_d = np.abs(np.column_stack([np.ones(len(D)), D[:, 0], D[:, 1]]) @ cd / D[:, 2] - 1)
     err_t = np.abs(np.array([prof._decode(int(b), c) / sec - 1 for c, b, sec in dec]))
-    prof.error = {"prefill_mean_abs": float(err_p.mean()), "decode_mean_abs": float(err_d.mean()),
+    prof.error = {"prefill_median_abs": float(np.median(err_p)), "decode_median_abs": float(np.median(err_d)),
+                  "prefill_mean_abs": float(err_p.mean()), "decode_mean_abs": float(err_d.mean()),
                   "prefill_max_abs": float(err_p.max()), "decode_max_abs": float(err_d.max()),
                   "decode_table_mean_abs": float(err_t.mean())}
     return prof

@@ -13,6 +13,8 @@ Each iteration the scheduler builds a batch from the running sequences and the w
 - ``prefix_cache`` (with each request's prompt block keys, ``prefix_keys``): a block-granular prefix cache
   (vLLM's automatic prefix caching): a prompt's leading whole blocks already cached are not prefilled; cached
   blocks live in the KV memory the running sequences leave free, evicted least recently used first;
+- conversations (``follow``/``think``): a request whose turn follows another arrives ``think`` seconds after
+  that one's last token (its history's blocks, prompt and answer, are then in the prefix cache);
 - ``batching=False`` (SRAM pipelines such as Groq's): one sequence at a time, start to finish;
 - ``static=True``: static batching, the comparison baseline: a batch is admitted only when the last one
   has finished entirely.
@@ -24,6 +26,7 @@ per-token times are expanded from iteration end times at the end.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
@@ -97,6 +100,15 @@ class PrefixCache:
             k += 1
         return k
 
+    def peek(self, keys: list[int]) -> int:
+        """``match`` without refreshing anything (to compare caches before choosing one)."""
+        k = 0
+        for key in keys:
+            if key not in self._keys:
+                break
+            k += 1
+        return k
+
     def insert(self, keys: list[int], capacity: int) -> None:
         d = self._keys
         for key in keys:
@@ -124,12 +136,19 @@ class SimResult:
 
 def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[int], profile: Profile,
              cfg: SchedulerConfig, closed_concurrency: int | None = None, decode_only: bool = False,
-             prefix_keys: list[list[int]] | None = None) -> SimResult:
+             prefix_keys: list[list[int]] | None = None, follow: list[int] | None = None,
+             think: list[float] | None = None) -> SimResult:
     """Serve the requests. Open loop: ``arrivals`` are times (s). Closed loop (``closed_concurrency``): the
     first N arrive at 0 and each completion releases the next request at that moment.
 
     ``decode_only``: requests arrive with their KV cache already filled and their first token made (the decode
-    pool of a disaggregated deployment); they join the running batch as soon as KV and a seat allow."""
+    pool of a disaggregated deployment); they join the running batch as soon as KV and a seat allow.
+
+    ``prefix_keys``: each request's block keys (its prompt's, and may go on over its answer's blocks); the
+    leading keys of the prompt's whole blocks are matched, all of them cached. ``follow[i]`` (≥ 0): the request
+    that request ``i``'s completion releases, ``think[i]`` seconds later (the next turn of a conversation); such
+    a request is not in ``arrivals`` (open loop: its entry is ignored) nor among the closed loop's queue, whose
+    completion of a conversation's last turn releases the next conversation."""
     n = len(n_in)
     bs = cfg.block_size
     cap = cfg.kv_blocks * bs            # KV capacity in tokens
@@ -144,16 +163,21 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     ins = np.asarray(n_in, dtype=np.int64).tolist()
     outs = np.asarray(n_out, dtype=np.int64).tolist()
     pending: deque[int] = deque()
+    followers = np.zeros(n, dtype=bool)
+    if follow is not None:
+        f = np.asarray(follow, dtype=np.int64)
+        followers[f[f >= 0]] = True
     if closed_concurrency:
         reqs = [Req(i, 0.0, ins[i], outs[i], prompt=ins[i]) for i in range(n)]
-        pending.extend(range(n))
-        arrive_q = deque((0.0, pending.popleft()) for _ in range(min(closed_concurrency, n)))
+        pending.extend(np.flatnonzero(~followers).tolist())
+        arrive_q = deque((0.0, pending.popleft()) for _ in range(min(closed_concurrency, len(pending))))
     else:
-        a = np.asarray(arrivals, dtype=np.float64)
+        a = np.where(followers, np.inf, np.asarray(arrivals, dtype=np.float64))
         al = a.tolist()
         reqs = [Req(i, al[i], ins[i], outs[i], prompt=ins[i]) for i in range(n)]
-        order_ = np.argsort(a, kind="stable").tolist()          # = sorted((arrival, i))
+        order_ = np.argsort(a, kind="stable")[: n - int(followers.sum())].tolist()   # = sorted((arrival, i))
         arrive_q = deque(zip((al[i] for i in order_), order_))
+    release = _Release(reqs, follow, think, pending, arrive_q, bool(closed_concurrency))
     max_seqs = cfg.max_seqs if cfg.batching else 1
     budget = cfg.max_batched_tokens if cfg.batching else 1 << 40
 
@@ -176,7 +200,6 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     pc = PrefixCache() if cfg.prefix_cache and prefix_keys is not None and not decode_only else None
     n_blocks = cfg.kv_blocks
 
-    closed = bool(closed_concurrency)
     chunked = cfg.chunked_prefill
     static = cfg.static
     max_queue, max_sim = cfg.max_queue, cfg.max_sim_seconds
@@ -265,7 +288,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     break
                 if pc is not None:
                     keys = prefix_keys[r.idx]      # type: ignore[index]
-                    hit = min(pc.match(keys) * bs, r.prompt - 1)
+                    hit = min(pc.match(keys[: r.n_in // bs]) * bs, r.prompt - 1)
                     r.prefilled = max(hit, 0)
                     if r.preemptions == 0:
                         r.cached = r.prefilled
@@ -286,10 +309,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                         kv_tokens -= r.n_in + 1
                         reqs[r.idx].end = t
                         done += 1
-                        if closed and pending:
-                            nxt = pending.popleft()
-                            reqs[nxt].arrival = t
-                            arrive_q.append((t, nxt))
+                        release(r.idx, t)
                         continue
                     joined.append(r.idx)   # joins the running batch after this iteration
                     continue
@@ -347,10 +367,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 r.segments.append((r.start_iter, it))
                 reqs[i].end = t
                 done += 1
-                if closed and pending:
-                    nxt = pending.popleft()
-                    reqs[nxt].arrival = t
-                    arrive_q.append((t, nxt))
+                release(i, t)
         if joined:
             for i in joined:
                 r = reqs[i]
@@ -375,10 +392,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 kv_tokens -= r.n_in + r.generated
                 reqs[i].end = t
                 done += 1
-                if closed and pending:
-                    nxt = pending.popleft()
-                    reqs[nxt].arrival = t
-                    arrive_q.append((t, nxt))
+                release(i, t)
                 continue
             decoding.add(i)
             sum_ctx += r.n_in + r.generated
@@ -387,8 +401,34 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             heappush(heap, (r.target, i))
         if static and not static_open and not prefilling and not decoding:
             static_open = True
+    for r in reqs:
+        if r.arrival == np.inf:           # a later turn never released (the run stopped over capacity)
+            r.arrival = t
     return SimResult(reqs, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes,
                      pc is not None)
+
+
+class _Release:
+    """What a completion lets in: the conversation's next turn after its think time, else (closed loop) the
+    next queued request at once."""
+
+    __slots__ = ("arrive_q", "closed", "follow", "pending", "reqs", "think")
+
+    def __init__(self, reqs: list[Req], follow: list[int] | None, think: list[float] | None, pending: deque[int],
+                 arrive_q: deque[tuple[float, int]], closed: bool) -> None:
+        self.reqs, self.follow, self.pending, self.arrive_q, self.closed = reqs, follow, pending, arrive_q, closed
+        self.think = think if think is not None else [0.0] * len(reqs)
+
+    def __call__(self, i: int, t: float) -> None:
+        nxt = self.follow[i] if self.follow is not None else -1
+        if nxt >= 0:
+            at = t + self.think[i]
+            self.reqs[nxt].arrival = at
+            bisect.insort(self.arrive_q, (at, nxt))   # think times differ: keep the queue in time order
+        elif self.closed and self.pending:
+            nxt = self.pending.popleft()
+            self.reqs[nxt].arrival = t
+            self.arrive_q.append((t, nxt))
 
 
 def _preempt(reqs: list[Req], decoding: set[int], prefilling: list[int], waiting: deque[int], n_iter: int, D: int,

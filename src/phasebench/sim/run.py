@@ -133,23 +133,40 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         raise SpecError("replicas must be ≥ 1")
     t_wall = time.perf_counter()
     cpu0 = time.process_time()
-    arr, ins, outs, conc, rate = _requests(spec, trace, trace_speed, trace_window)
+    convs = None
+    if spec.turns is not None:  # multi-turn conversations: a turn arrives after the previous turn's answer
+        from .conversations import conversation_requests
+
+        if trace:
+            raise SpecError("--trace and --turns do not combine (a trace's conversations are in the trace)")
+
+        arr, conc, rate, convs = conversation_requests(spec)
+        ins, outs = convs.n_in, convs.n_out
+        keys = convs.keys(cfg.block_size) if cfg.prefix_cache else None
+    else:
+        arr, ins, outs, conc, rate = _requests(spec, trace, trace_speed, trace_window)
+        keys = trace_block_keys(trace, trace_speed, trace_window, cfg.block_size) if trace and cfg.prefix_cache else None
     n = len(ins)
-    keys = trace_block_keys(trace, trace_speed, trace_window, cfg.block_size) if trace and cfg.prefix_cache else None
     results: list[SimResult] = []
     parts = []
-    for k in range(replicas):  # requests go round-robin to replicas
-        idx = list(range(k, n, replicas))
-        if not idx:
+    for k in range(replicas):  # requests (conversations) go round-robin to replicas
+        idx, follow = (list(range(k, n, replicas)), None) if convs is None else \
+            convs.subset(np.arange(k, len(convs.firsts), replicas))
+        if not len(idx):
             continue
         sub_conc = None if conc is None else max(1, conc // replicas + (1 if k < conc % replicas else 0))
-        res = simulate(None if arr is None else arr[idx], ins[k::replicas], outs[k::replicas], profile, cfg,
-                       closed_concurrency=sub_conc, prefix_keys=None if keys is None else keys[k::replicas])
+        res = simulate(None if arr is None else arr[idx], [ins[i] for i in idx], [outs[i] for i in idx], profile, cfg,
+                       closed_concurrency=sub_conc, prefix_keys=None if keys is None else [keys[i] for i in idx],
+                       follow=follow, think=None if convs is None else [convs.think[i] for i in idx])
         results.append(res)
         parts.append(from_result(res, idx))
     cols = concat(parts)
+    if convs is not None:
+        cols.conversation, cols.turn = convs.conversation[cols.index], convs.turn[cols.index]
     over = any(r.over_capacity for r in results)
     notes = [x for r in results for x in r.notes]
+    if forced := profile.forced_note():
+        notes.insert(0, forced)
     ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, warmup_s=spec.warmup, cooldown_s=spec.cooldown,
                      target_rate=rate, burstiness=spec.burstiness if spec.scenario == Scenario.server else None,
                      concurrency=conc, exact_output=True, mlperf=spec.mlperf, extra_warnings=list(notes))
@@ -160,6 +177,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         "iterations": sum(r.iterations for r in results), "preemptions": sum(r.preemptions for r in results),
         "over_capacity": over, "simulated_seconds": max((r.sim_seconds for r in results), default=0.0),
         "requests": n, "trace": str(trace) if trace else None,
+        "conversations": None if convs is None else len(convs.firsts),
         "trace_speed": trace_speed if trace else None, "trace_window": trace_window if trace else None, "summary_only": summary_only,
         "hardware": d.get("hardware"), "devices": d.get("devices", 1) * replicas,
     }
