@@ -151,7 +151,8 @@ def to_html(title: str, blocks: Iterable[Block]) -> str:
 
 
 # --- Markdown --------------------------------------------------------------------------------------------
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~>-])")
+# parentheses stay as they are: with every bracket escaped no link or image can form around them
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]#+!|~>-])")
 
 
 def md_escape(v: Any) -> str:
