@@ -151,3 +151,15 @@ def test_the_plan_report_leads_with_the_answer(plan):
                for row in doc.marked), doc.marked
     assert all(any(c != F.MISSING for c in row[1:]) for row in doc.rows if len(row) > 1)   # no rows of "-"
     assert "{'" not in text and "['" not in text and "<script" not in html
+
+
+def test_two_plans_side_by_side_show_only_the_verdicts_mbu(plan):
+    out, _ = plan
+    r = Run.load(out)
+    md = out.parent / "two" / "r.md"
+    write_report([r, r], md, ["a", "b"])
+    text = md.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| decode MBU |")]
+    # one row, in the key figures, each cell labelled with its step; the comparison leaves the server step's out
+    assert len(rows) == 1 and rows[0].count("step decode\\-c1") == 2, rows
+    assert "Comparison (change against the first run)" in text

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,10 @@ def build_blocks(runs: list[Run], names: list[str], plots: list[P.Plot]) -> list
         out.append(Para("For a plan the column is its server step, for a sweep its highest-throughput point; a "
                         "plan's MBU and MFU are the ones its verdicts state, each with its step.", "small"))
     if len(runs) > 1:   # the headline steps compared, as `phasebench compare` does
-        out += comparison_blocks(compare([headline(r)[0] for r in runs], names))
+        c = compare([headline(r)[0] for r in runs], names)
+        if any(is_plan(r) for r in runs):   # a plan's MBU is its verdicts' (key figures), not its server step's
+            c = replace(c, rows=[row for row in c.rows if row.metric not in ("decode MBU", "prefill MFU")])
+        out += comparison_blocks(c)
     if plots:
         out.append(Heading("Plots"))
     for p in plots:
