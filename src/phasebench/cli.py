@@ -1,121 +1,225 @@
-"""The ``phasebench`` command line: one small function per command, no logic of its own."""
+"""The ``phasebench`` command line: one small function per command, no logic of its own.
+
+The shared helpers (consoles, one-line errors, the user-error types) live in ``cli_common``; the other
+``cli_*`` modules import only that, and ``main`` registers their commands here (no import cycle)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
-from rich.console import Console
 
+from . import __version__
+from .cli_common import (
+    PANEL_ENGINE,
+    PANEL_MEASURE,
+    PANEL_RESULTS,
+    err,
+    fail,
+    out,
+    print_result,
+    user_errors,
+    warn,
+)
 from .exitcodes import HELP as EXIT_HELP
-from .spec import Endpoint, Scenario, SpecError
+from .spec import Endpoint, RunSpec, Scenario, SpecError
+
+EXAMPLES = """Examples:
+
+  phasebench run --quick   (no --url: the embedded engine's plan, < 1 min)
+
+  phasebench run --url http://127.0.0.1:8000/v1 --concurrency 8
+
+  phasebench run --url URL --scenario server --rate 4 --duration 120
+
+  phasebench history --tag gpu=h100
+
+  phasebench compare RUN_A RUN_B   ·   phasebench report RUN
+
+  phasebench predict --model llama-3.1-8b --hardware h100-sxm
+
+"""
+RUN_EXAMPLES = """Examples:
+
+  phasebench run --url http://127.0.0.1:8000/v1 --concurrency 8 --tag gpu=h100
+
+  phasebench run --url URL --scenario sweep --rate 1,2,4,8 --duration 60
+
+  phasebench run --url URL --slo ttft=2000,tpot=200 --scenario server --rate 4
+
+  phasebench run --url URL --header 'X-Tenant: bench' --api-key-env MY_KEY
+
+  phasebench run --url URL --temperature 0.7 --extra-body '{"top_p": 0.9}'
+
+  phasebench run --url URL --plan --hardware h100-sxm --model-spec llama-3-8b
+
+"""
 
 app = typer.Typer(
-    add_completion=False,
+    add_completion=True,
     no_args_is_help=True,
     rich_markup_mode="rich",
     help="phasebench: how fast an LLM really runs on your hardware and serving stack, phase by phase "
     "(prefill = time to first token, decode = time per output token), and why.",
-    epilog=EXIT_HELP,
+    epilog=EXAMPLES + EXIT_HELP,
 )
 engine_app = typer.Typer(no_args_is_help=True, help="The embedded llama.cpp engine: build, start, stop, status.")
-app.add_typer(engine_app, name="engine")
-
-# not a terminal (CI logs, pipes): wide enough that tables keep whole numbers instead of folding them
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
 
 
-def fail(msg: str, code: int = 2) -> None:
-    """One line on stderr (outside text in ``msg`` is made terminal-safe), then exit with ``code``."""
-    from .textsafe import markup
-
-    err.print(f"[red]error:[/] {markup(msg)}", soft_wrap=True)
-    raise typer.Exit(code)
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"phasebench {__version__}", highlight=False)
+        raise typer.Exit(0)
 
 
-def warn(msg: str) -> None:
-    from .textsafe import markup
-
-    err.print(f"[yellow]warning:[/] {markup(msg)}", soft_wrap=True)
-
-
-def _user_errors():
-    from .engine.errors import EngineError
-    from .model.errors import ModelError
-    from .results import NotARunError
-    from .runner import RunError
-
-    return (SpecError, RunError, NotARunError, FileExistsError, EngineError, ModelError)
-
-
-@app.command()
-def run(
-    url: Optional[str] = typer.Option(None, help="OpenAI-compatible base URL (…/v1). Omit to start the embedded engine."),
-    model: Optional[str] = typer.Option(None, help="Model name to request (default: the first of /v1/models)."),
-    endpoint: Optional[Endpoint] = typer.Option(None, help="completions or chat."),
-    scenario: Optional[Scenario] = typer.Option(None, help="single-stream | concurrency | server | offline | sweep | trace."),
-    concurrency: Optional[str] = typer.Option(None, help="Closed-loop slots; a list (1,2,4) for a sweep."),
-    rate: Optional[str] = typer.Option(None, help="Requests/s for 'server'; a list for a sweep."),
-    burstiness: Optional[float] = typer.Option(None, help="Gamma shape of arrivals: 1 = Poisson, <1 burstier."),
-    requests: Optional[int] = typer.Option(None, help="Number of requests (per sweep point)."),
-    duration: Optional[float] = typer.Option(None, help="Seconds to keep sending (with or instead of --requests)."),
-    input_tokens: Optional[str] = typer.Option(None, help="Prompt length: N or N:stddev."),
-    output_tokens: Optional[str] = typer.Option(None, help="Output length: N or N:stddev."),
-    preset: Optional[str] = typer.Option(None, help="Use case: chat, code, rag, summarize."),
-    dataset: Optional[Path] = typer.Option(None, help="Prompts from a .jsonl or ShareGPT .json file."),
-    tokenizer: Optional[str] = typer.Option(None, help="tokenizer.json path, 'server' (/tokenize) or 'approx'."),
-    slo: Optional[str] = typer.Option(None, help="ttft=2000,tpot=200[,e2e=..,itl=..,p=99] or an MLPerf preset."),
-    warmup: Optional[float] = typer.Option(None, help="Seconds at the start excluded from metrics."),
-    cooldown: Optional[float] = typer.Option(None, help="Seconds at the end excluded from metrics."),
-    warmup_requests: Optional[int] = typer.Option(None, help="Requests of the run's shape sent and discarded first (default: one short request per connection)."),
-    seed: Optional[int] = typer.Option(None, help="Seed for prompts and arrivals."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Run folder to write (default runs/<time>)."),
-    api_key_env: Optional[str] = typer.Option(None, help="Name of the env var holding the API key."),
-    exact_output: Optional[bool] = typer.Option(None, "--exact-output/--no-exact-output", help="Force exact output length."),
-    timeout: Optional[float] = typer.Option(None, help="Per-request timeout (s)."),
-    stall_timeout: Optional[float] = typer.Option(None, help="Max seconds between two reads of a stream."),
-    model_spec: Optional[str] = typer.Option(None, help="Catalog model or config.json/GGUF, for MBU/MFU."),
-    hardware: Optional[str] = typer.Option(None, help="Catalog hardware for MBU/MFU (default: local)."),
-    weight_precision: Optional[str] = typer.Option(None, help="Weights' precision for MBU: fp16, fp8, int4… (default fp16)."),
-    devices: Optional[int] = typer.Option(None, help="Devices behind the target (cost per token)."),
-    price_per_hour: Optional[float] = typer.Option(None, help="USD per device-hour (default: the catalog's)."),
-    mlperf: Optional[bool] = typer.Option(None, "--mlperf/--no-mlperf", help="Apply MLPerf validity rules."),
-    metrics_url: Optional[str] = typer.Option(None, help="Engine's Prometheus endpoint (default <server>/metrics; 'off')."),
-    prefix_tokens: Optional[int] = typer.Option(None, help="Shared-prefix workload: tokens every prompt of a group shares."),
-    prefix_groups: Optional[int] = typer.Option(None, help="Shared-prefix workload: number of distinct prefixes."),
-    plan: bool = typer.Option(False, "--plan", help="With --url: the phase-aware plan (prefill, decode, server)."),
-    plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m)."),
-    quality: Optional[bool] = typer.Option(None, "--quality/--no-quality", help="Mix the quality probes into the load and score them (docs/quality.md)."),
-    quality_alone: Optional[bool] = typer.Option(None, "--quality-alone", help="Also send the probes alone after the load."),
-    quality_set: Optional[Path] = typer.Option(None, help="Your own probe set (JSONL); implies --quality."),
-    quality_ref: Optional[Path] = typer.Option(None, help="Reference from `phasebench quality reference`; implies --quality."),
-    quality_threshold: Optional[float] = typer.Option(None, help="Pass if the score is >= this x the reference's (default 0.99)."),
-    spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it."),
-    quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version."),
-    engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary."),
-    engine_model: Optional[Path] = typer.Option(None, help="Embedded engine: any GGUF model file."),
-    json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of tables."),
-    workers: Optional[str] = typer.Option(None, help="Client worker processes: N or auto (default: one per spare core when the load needs it)."),
-    ray: Optional[str] = typer.Option(None, help="Run the client workers as Ray actors: auto or a cluster ADDRESS (extra phasebench[ray])."),
-    transport: Optional[str] = typer.Option(None, help="auto (raw sockets with kernel receive timestamps for http:// on Linux), raw or aiohttp."),
-    trace: Optional[Path] = typer.Option(None, help="Replay a recorded trace at its timestamps: Mooncake JSONL, Azure CSV or plain JSONL."),
-    trace_speed: Optional[float] = typer.Option(None, help="Trace time scale: 2 replays twice as fast."),
-    trace_window: Optional[str] = typer.Option(None, help="A:B seconds of the trace to replay."),
-    turns: Optional[str] = typer.Option(None, help="Multi-turn conversations: N or N:stddev turns each (--requests counts conversations)."),
-    think_time: Optional[str] = typer.Option(None, help="Seconds between an answer and the next turn: S or S:stddev."),
-    max_event_bytes: Optional[int] = typer.Option(None, help="A streamed event larger than this fails its request (default 4 MiB)."),
+@app.callback()
+def _app(
+    version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                 help="Print phasebench's version and exit."),
 ) -> None:
-    """Benchmark a server (or, with no --url, the embedded engine) and write a run folder.
+    pass
 
-    Exit codes: 0 finished and VALID · 2 bad input, nothing run · 3 finished but INVALID · 4 server unreachable
-    or gone mid-run (partial results kept) · 128+N stopped by signal N (130 Ctrl-C, 143 SIGTERM) · 1 internal error.
-    """
+
+# ---- run: its flags, grouped into help panels, each default shown as RunSpec has it -------------------
+
+P_TARGET = "Target"
+P_LOAD = "Load"
+P_WORKLOAD = "Workload and requests"
+P_SLO = "SLO and validity"
+P_HW = "Model and hardware (MBU/MFU, cost)"
+P_QUALITY = "Quality"
+P_SCALE = "Transport and scale"
+P_PLAN = "Plan and embedded engine"
+P_OUTPUT = "Output"
+
+_DEFAULTS = RunSpec()
+
+
+def spec_default(field: str, negatable: bool = True) -> str | bool:
+    """How ``--help`` shows RunSpec's default for ``field`` (False: none to show). A bool shows the flag that
+    gives it (``exact-output``, ``no-mlperf``); one without a ``--no-`` form shows nothing when off."""
+    from enum import Enum
+
+    value: Any = getattr(_DEFAULTS, field)
+    if isinstance(value, bool):
+        name = field.replace("_", "-")
+        return name if value else ("no-" + name if negatable else False)
+    if value is None or value == [] or value == {}:
+        return False
+    if isinstance(value, Enum):
+        return str(value.value)
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, float):
+        return f"{value:g}"
+    if field == "slo":
+        return False if value.is_empty() else str(value)
+    if field == "think_time":
+        return f"{value.mean:g}" if not value.stddev else f"{value.mean:g}:{value.stddev:g}"
+    return str(value)
+
+
+def opt(field: str, panel: str, help: str, *decls: str, **kw: Any) -> Any:
+    """A ``run`` option for RunSpec ``field``: None when not given (a --spec file's value stands), its
+    default as RunSpec has it shown in --help."""
+    shown = spec_default(field, negatable=any("/" in d for d in decls))
+    return typer.Option(None, *decls, help=help, rich_help_panel=panel, show_default=shown, **kw)
+
+
+@app.command(rich_help_panel=PANEL_MEASURE, epilog=RUN_EXAMPLES + EXIT_HELP)
+def run(
+    url: Optional[str] = opt("url", P_TARGET, "OpenAI-compatible base URL (…/v1). Omit to start the embedded engine."),
+    model: Optional[str] = opt("model", P_TARGET, "Model name to request (default: the first of /v1/models)."),
+    endpoint: Optional[Endpoint] = opt("endpoint", P_TARGET, "completions or chat."),
+    api_key_env: Optional[str] = opt("api_key_env", P_TARGET, "Name of the env var holding the API key.", metavar="VAR"),
+    header: list[str] | None = opt(
+        "headers", P_TARGET, "Extra HTTP header 'Name: value' on every request (repeatable). Values are secrets: "
+        "scrubbed from stored text; the manifest keeps the names only.", metavar="'K: V'"),
+    metrics_url: Optional[str] = opt("metrics_url", P_TARGET, "Engine's Prometheus endpoint (default <server>/metrics; 'off')."),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="YAML spec; flags override it.", rich_help_panel=P_TARGET),
+    scenario: Optional[Scenario] = opt("scenario", P_LOAD, "single-stream | concurrency | server | offline | sweep | trace.",
+                                       metavar="SCENARIO"),
+    concurrency: Optional[str] = opt("concurrency", P_LOAD, "Closed-loop slots; a list (1,2,4) for a sweep."),
+    rate: Optional[str] = opt("rate", P_LOAD, "Requests/s for 'server'; a list for a sweep."),
+    burstiness: Optional[float] = opt("burstiness", P_LOAD, "Gamma shape of arrivals: 1 = Poisson, <1 burstier."),
+    requests: Optional[int] = opt(
+        "requests", P_LOAD, f"Number of requests (per sweep point; single-stream: "
+        f"{RunSpec(scenario=Scenario.single_stream).requests})."),
+    duration: Optional[float] = opt("duration", P_LOAD, "Seconds to keep sending (with or instead of --requests)."),
+    warmup: Optional[float] = opt("warmup", P_LOAD, "Seconds at the start excluded from metrics."),
+    cooldown: Optional[float] = opt("cooldown", P_LOAD, "Seconds at the end excluded from metrics."),
+    warmup_requests: Optional[int] = opt("warmup_requests", P_LOAD, "Requests of the run's shape sent and discarded first "
+                                         "(default: one short request per connection)."),
+    trace: Optional[Path] = opt("trace", P_LOAD, "Replay a recorded trace at its timestamps: Mooncake JSONL, Azure CSV "
+                                "or plain JSONL."),
+    trace_speed: Optional[float] = opt("trace_speed", P_LOAD, "Trace time scale: 2 replays twice as fast."),
+    trace_window: Optional[str] = opt("trace_window", P_LOAD, "A:B seconds of the trace to replay."),
+    turns: Optional[str] = opt("turns", P_LOAD, "Multi-turn conversations: N or N:stddev turns each (--requests counts "
+                               "conversations)."),
+    think_time: Optional[str] = opt("think_time", P_LOAD, "Seconds between an answer and the next turn: S or S:stddev."),
+    input_tokens: Optional[str] = opt("input_tokens", P_WORKLOAD, "Prompt length: N or N:stddev."),
+    output_tokens: Optional[str] = opt("output_tokens", P_WORKLOAD, "Output length: N or N:stddev."),
+    preset: Optional[str] = opt("preset", P_WORKLOAD, "Use case: chat, code, rag, summarize."),
+    dataset: Optional[Path] = opt("dataset", P_WORKLOAD, "Prompts from a .jsonl or ShareGPT .json file."),
+    tokenizer: Optional[str] = opt("tokenizer", P_WORKLOAD, "tokenizer.json path, 'server' (/tokenize) or 'approx'."),
+    prefix_tokens: Optional[int] = opt("prefix_tokens", P_WORKLOAD, "Shared-prefix workload: tokens every prompt of a "
+                                       "group shares."),
+    prefix_groups: Optional[int] = opt("prefix_groups", P_WORKLOAD, "Shared-prefix workload: number of distinct prefixes."),
+    seed: Optional[int] = opt("seed", P_WORKLOAD, "Seed for prompts and arrivals."),
+    exact_output: Optional[bool] = opt("exact_output", P_WORKLOAD, "Force exact output length.",
+                                       "--exact-output/--no-exact-output"),
+    temperature: float | None = opt("temperature", P_WORKLOAD, "Sampling temperature sent in each request (quality "
+                                       "probes stay greedy)."),
+    extra_body: str | None = opt("extra_body", P_WORKLOAD, "A JSON object merged into every request body, e.g. "
+                                    "'{\"top_p\": 0.9}'.", metavar="JSON"),
+    slo: Optional[str] = opt(
+        "slo", P_SLO, "Per-request objectives in ms: ttft=2000,tpot=200 (also e2e=, itl=, and p=99 for the "
+        "percentile), or an MLPerf preset such as mlperf-llama2-70b-server.", metavar="SLO"),
+    mlperf: Optional[bool] = opt("mlperf", P_SLO, "Apply MLPerf validity rules.", "--mlperf/--no-mlperf"),
+    model_spec: Optional[str] = opt("model_spec", P_HW, "Catalog model or config.json/GGUF, for MBU/MFU."),
+    hardware: Optional[str] = opt("hardware", P_HW, "Catalog hardware for MBU/MFU (default: local)."),
+    weight_precision: Optional[str] = opt("weight_precision", P_HW, "Weights' precision for MBU: fp16, fp8, int4… "
+                                          "(default fp16)."),
+    devices: Optional[int] = opt("devices", P_HW, "Devices behind the target (cost per token)."),
+    price_per_hour: Optional[float] = opt("price_per_hour", P_HW, "USD per device-hour (default: the catalog's)."),
+    quality: Optional[bool] = opt("quality", P_QUALITY, "Mix the quality probes into the load and score them "
+                                  "(docs/quality.md).", "--quality/--no-quality"),
+    quality_alone: Optional[bool] = opt("quality_alone", P_QUALITY, "Also send the probes alone after the load.",
+                                        "--quality-alone"),
+    quality_set: Optional[Path] = opt("quality_set", P_QUALITY, "Your own probe set (JSONL); implies --quality."),
+    quality_ref: Optional[Path] = opt("quality_ref", P_QUALITY, "Reference from `phasebench quality reference`; implies "
+                                      "--quality."),
+    quality_threshold: Optional[float] = opt("quality_threshold", P_QUALITY, "Pass if the score is >= this x the "
+                                             "reference's."),
+    transport: Optional[str] = opt("transport", P_SCALE, "auto (raw sockets with kernel receive timestamps for http:// "
+                                   "on Linux), raw or aiohttp."),
+    workers: Optional[str] = typer.Option(None, help="Client worker processes: N or auto (default: one per spare core "
+                                          "when the load needs it).", rich_help_panel=P_SCALE),
+    ray: Optional[str] = opt("ray", P_SCALE, "Run the client workers as Ray actors: auto or a cluster ADDRESS (extra "
+                             "phasebench\\[ray])."),
+    timeout: Optional[float] = opt("timeout", P_SCALE, "Per-request timeout (s)."),
+    stall_timeout: Optional[float] = opt("stall_timeout", P_SCALE, "Max seconds between two reads of a stream."),
+    max_event_bytes: Optional[int] = opt("max_event_bytes", P_SCALE, "A streamed event larger than this fails its request."),
+    plan: bool = typer.Option(False, "--plan", help="With --url: the phase-aware plan (prefill, decode, server).",
+                              rich_help_panel=P_PLAN),
+    plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m).",
+                                              rich_help_panel=P_PLAN),
+    quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version.", rich_help_panel=P_PLAN),
+    engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary.",
+                                                 rich_help_panel=P_PLAN),
+    engine_model: Optional[Path] = typer.Option(None, help="Embedded engine: any GGUF model file.", rich_help_panel=P_PLAN),
+    out_dir: Optional[Path] = opt("out", P_OUTPUT, "Run folder to write (default runs/<time>).", "--out"),
+    tag: list[str] | None = opt("tags", P_OUTPUT, "Label the run key=value (repeatable): stored in the manifest and "
+                                   "the results database; `history --tag` filters on it.", metavar="K=V"),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json instead of tables.", rich_help_panel=P_OUTPUT),
+) -> None:
+    """Benchmark a server (or, with no --url, the embedded engine) and write a run folder (exit codes below)."""
     from . import exitcodes
     from .runner import RunStopped, TargetUnreachable, run_main
     from .spec import build_spec
+    from .textsafe import markup
 
     try:
         if url is None and not (spec_file and _spec_has_url(spec_file)):
@@ -124,6 +228,11 @@ def run(
             if quality_alone or quality_set or quality_ref:
                 raise SpecError("--quality-alone/--quality-set/--quality-ref need --url (the embedded plan takes "
                                 "--quality: its server step answers the shipped probes under load)")
+            given = [f for f, v in (("--tag", tag), ("--header", header), ("--temperature", temperature),
+                                    ("--extra-body", extra_body)) if v]
+            if given:
+                verb = "needs" if len(given) == 1 else "need"
+                raise SpecError(f"{'/'.join(given)} {verb} --url (the embedded engine's plan shapes its own requests)")
 
             result = run_default_plan(
                 quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out,
@@ -143,6 +252,7 @@ def run(
             quality=quality, quality_alone=quality_alone, quality_set=quality_set, quality_ref=quality_ref,
             quality_threshold=quality_threshold,
             trace=trace, trace_speed=trace_speed, trace_window=trace_window, turns=turns, think_time=think_time,
+            temperature=temperature, extra_body=extra_body, headers=header or None, tags=tag or None,
         )
         if plan:
             from .plan_any import run_url_plan
@@ -160,19 +270,19 @@ def run(
             if e.run is None:
                 err.print(f"[yellow]stopped ({_stop_name(e)}) before the run started; nothing written as a result[/]")
             else:
-                _print(e.run, json_out)
-                err.print(f"[yellow]{escape_text(str(e)) if not _is_signal(e) else 'interrupted (' + _stop_name(e) + ')'}: "
+                print_result(e.run, json_out)
+                err.print(f"[yellow]{markup(str(e)) if not _is_signal(e) else 'interrupted (' + _stop_name(e) + ')'}: "
                           f"partial results kept in {e.run.path}[/]")
             raise typer.Exit(e.exit_code)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted before the run started; nothing written as a result[/]")
             raise typer.Exit(exitcodes.for_signal(2))
-        _print(result, json_out)
+        print_result(result, json_out)
         if not result.valid:
             raise typer.Exit(exitcodes.INVALID)
     except TargetUnreachable as e:
         fail(str(e), exitcodes.SERVER_GONE)
-    except _user_errors() as e:
+    except user_errors() as e:
         fail(str(e))
 
 
@@ -198,12 +308,6 @@ def _stop_name(e: Exception) -> str:
     return getattr(e, "signal_name", "stopped")
 
 
-def escape_text(text: str) -> str:
-    from rich.markup import escape
-
-    return escape(text)
-
-
 def _spec_has_url(path: Path) -> bool:
     from .spec import load_spec_file
 
@@ -219,21 +323,10 @@ def default_out() -> Path:
     return Path("runs") / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def _print(result, json_out: bool) -> None:
-    if json_out:
-        import orjson
-
-        sys.stdout.write(orjson.dumps(result.summary, option=orjson.OPT_INDENT_2).decode() + "\n")
-        return
-    from .report.terminal import print_run
-
-    print_run(result, out)
-
-
-@app.command()
+@app.command(rich_help_panel=PANEL_RESULTS)
 def show(
-    path: Path = typer.Argument(..., help="A run folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
+    path: Path = typer.Argument(..., help="A run, sweep, plan, simulated-run or study folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json (study.json for a study)."),
     mlperf: bool = typer.Option(False, "--mlperf", help="Print an mlperf_log_summary-like text with the rules checked."),
 ) -> None:
     """Print a run's summary again: the tables the run printed at its end (a run, sweep, plan, simulated run, or a
@@ -255,8 +348,8 @@ def show(
             for leaf in (run.children or [run]):
                 sys.stdout.write(clean(summary_text(leaf), multiline=True))
             return
-        _print(run, json_out)
-    except _user_errors() as e:
+        print_result(run, json_out)
+    except user_errors() as e:
         fail(str(e))
 
 
@@ -275,7 +368,6 @@ def _show_study(path: Path, json_out: bool) -> None:
     print_study(st, out)
 
 
-@app.command("mock-server")
 def mock_server(
     port: int = typer.Option(8000, help="Port on 127.0.0.1 (0 = any free port)."),
     ttft_ms: float = typer.Option(20.0, help="Base time to first token (ms)."),
@@ -310,7 +402,7 @@ def mock_server(
         fail(f"--port {port}: cannot listen on 127.0.0.1:{port} ({e.strerror or e}); pick another port, or 0 for a free one")
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL_MEASURE)
 def selftest(
     streams: str = typer.Option("1,64,256", help="Concurrent streams to try."),
     seconds: float = typer.Option(4.0, help="Seconds per point."),
@@ -332,7 +424,7 @@ def engine_build(force: bool = typer.Option(False, help="Rebuild even if a cache
     try:
         server, quantize = build_engine(force=force, console=err)
         out.print(f"llama-server: {server}\nllama-quantize: {quantize}")
-    except _user_errors() as e:
+    except user_errors() as e:
         fail(str(e))
 
 
@@ -364,7 +456,7 @@ def engine_start(
             info = start_detached_kind(engine_kind(kind), str(model_path), name, port, split_args(engine_args),
                                        python, err)
         out.print(f"engine running: {info['url']}  (pid {info['pid']}, model {info['model']})")
-    except _user_errors() as e:
+    except user_errors() as e:
         fail(str(e))
 
 
@@ -408,13 +500,15 @@ def main() -> None:
     cli_results.register(app)  # history, import, export, compare, report
     cli_sim.register(app)  # simulate, disagg, profile fit
     cli_quality.register(app)  # quality reference/show, quant
+    app.add_typer(engine_app, name="engine", rich_help_panel=PANEL_ENGINE)  # last: the panels keep this order
+    app.command("mock-server", rich_help_panel=PANEL_ENGINE)(mock_server)
 
     usage_error, no_args, click_error = _click_errors()
     try:
-        rc = app(standalone_mode=False)
+        rc = app(prog_name="phasebench", standalone_mode=False)
     except no_args as e:  # bare `phasebench` / `phasebench engine`: the help text
-        ctx = getattr(e, "ctx", None)
-        sys.stdout.write((ctx.get_help() + "\n") if ctx is not None else "")
+        text = e.format_message()  # ctx.get_help(): rich mode has printed it already and returns ""
+        sys.stdout.write(text + "\n" if text.strip() else "")
         sys.exit(0)
     except usage_error as e:  # a bad flag or value, in one line naming it (not a traceback or a box)
         ctx = getattr(e, "ctx", None)

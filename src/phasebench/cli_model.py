@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .cli import fail, out
+from .cli_common import PANEL_MODEL, fail, out
 from .model.errors import ModelError
 from .model.fitcheck import MAX_FIT_ERROR
 
@@ -17,11 +17,11 @@ models_app = typer.Typer(no_args_is_help=True, help="The model catalog: architec
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(predict)
-    app.command()(probe)
-    app.command()(calibrate)
-    app.add_typer(hardware_app, name="hardware")
-    app.add_typer(models_app, name="models")
+    app.command(rich_help_panel=PANEL_MODEL)(predict)
+    app.command(rich_help_panel=PANEL_MODEL)(probe)
+    app.command(rich_help_panel=PANEL_MODEL)(calibrate)
+    app.add_typer(hardware_app, name="hardware", rich_help_panel=PANEL_MODEL)
+    app.add_typer(models_app, name="models", rich_help_panel=PANEL_MODEL)
 
 
 def _ints(s: str, what: str) -> list[int]:

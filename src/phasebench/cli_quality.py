@@ -10,15 +10,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from .cli import _user_errors, fail, out
+from .cli_common import PANEL_QUALITY, fail, out, user_errors
 from .report.fmt import num as _n
 
 quality_app = typer.Typer(no_args_is_help=True, help="Quality probes: references, scores (docs/quality.md).")
 
 
 def register(app: typer.Typer) -> None:
-    app.add_typer(quality_app, name="quality")
-    app.command()(quant)
+    app.add_typer(quality_app, name="quality", rich_help_panel=PANEL_QUALITY)
+    app.command(rich_help_panel=PANEL_QUALITY)(quant)
 
 
 @quality_app.command("reference")
@@ -33,7 +33,7 @@ def reference(
     try:
         ref = reference_from_run(Run.load(run))
         ref.save(output)
-    except _user_errors() as e:
+    except user_errors() as e:
         fail(str(e))
     out.print(f"reference: {len(ref.items)} probes, score {ref.score if ref.score is not None else 'n/a'} → {output}")
 
@@ -48,7 +48,7 @@ def show(
 
     try:
         r = Run.load(run)
-    except _user_errors() as e:
+    except user_errors() as e:
         fail(str(e))
     blocks = [(leaf.path, (leaf.summary.get("phasebench") or {}).get("quality")) for leaf in r.leaves()]
     blocks = [(p, b) for p, b in blocks if b]
@@ -104,7 +104,7 @@ def quant(
                             log=lambda m: out.print(escape(m)))
     except RunStopped as e:
         fail(f"quant stopped ({getattr(e, 'signal_name', e)}); the finished steps are kept in {dest}", e.exit_code)
-    except _user_errors() as e:
+    except user_errors() as e:
         fail(str(e))
     if json_out:
         out.print_json(json.dumps(summary))

@@ -12,7 +12,7 @@ import typer
 from .textsafe import markup as escape
 from rich.table import Table
 
-from .cli import err, fail, out, warn
+from .cli_common import PANEL_RESULTS, err, fail, out, warn
 from .report import fmt as F
 from .results import NotARunError, Run
 from .store import StoreError
@@ -21,11 +21,11 @@ DB_HELP = "Results database (default $PHASEBENCH_DB or ~/.phasebench/results.db)
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(history)
-    app.command("import")(import_runs)
-    app.command()(export)
-    app.command()(compare)
-    app.command()(report)
+    app.command(rich_help_panel=PANEL_RESULTS)(history)
+    app.command("import", rich_help_panel=PANEL_RESULTS)(import_runs)
+    app.command(rich_help_panel=PANEL_RESULTS)(export)
+    app.command(rich_help_panel=PANEL_RESULTS)(compare)
+    app.command(rich_help_panel=PANEL_RESULTS)(report)
 
 
 def _store(db: Optional[Path]):
@@ -81,6 +81,8 @@ def history(
     target: Optional[str] = typer.Option(None, help="Filter: target URL contains."),
     hardware: Optional[str] = typer.Option(None, help="Filter: hardware."),
     scenario: Optional[str] = typer.Option(None, help="Filter: scenario."),
+    tag: list[str] | None = typer.Option(None, metavar="K=V", help="Filter: runs tagged key=value (`run --tag`); "
+                                            "repeat for all of several."),
     since: Optional[str] = typer.Option(None, help="Filter: created on or after: an ISO date/date-time, or an age (7d, 12h)."),
     until: Optional[str] = typer.Option(None, help="Filter: created on or before: an ISO date/date-time, or an age."),
     all_runs: bool = typer.Option(False, "--all", help="Include the steps of sweeps and plans."),
@@ -92,17 +94,22 @@ def history(
     since, until = parse_when(since, "--since"), parse_when(until, "--until", end_of_day=True)
     if limit < 1:
         fail(f"--limit {limit}: must be at least 1")
+    from .spec import SpecError, parse_tags
+
     try:
+        tags = parse_tags(tag or [])
         with _store(db) as st:
-            rows = st.history(model, target, hardware, scenario, since, until, top_only=not all_runs, limit=limit)
-    except StoreError as e:
+            rows = st.history(model, target, hardware, scenario, since, until, top_only=not all_runs, limit=limit,
+                              tags=tags)
+    except (StoreError, SpecError) as e:
         fail(str(e))
     if json_out:
         _json(rows)
         return
     t = Table(title=f"{len(rows)} run(s)", title_justify="left")
+    show_tags = any(r["tags"] for r in rows)
     for c in ("id", "created", "kind", "scenario", "model", "hardware", "valid", "done/failed", "TTFT p50", "TPOT p50",
-              "out tok/s", "path"):
+              "out tok/s", *(("tags",) if show_tags else ()), "path"):
         t.add_column(c, overflow="fold")
     for r in rows:
         t.add_row(escape(str(r["id"])[:10]), escape(str(r["created"] or "")[:19]),
@@ -110,6 +117,7 @@ def history(
                   escape(str(r["scenario"] or "-")), escape(str(r["model"] or "-")), escape(str(r["hardware"] or "-")),
                   "yes" if r["valid"] else "[red]no[/]", escape(f"{r['completed']}/{r['failed']}"),
                   F.num(r["median_ttft_ms"]), F.num(r["median_tpot_ms"]), F.num(r["output_throughput"]),
+                  *((escape(" ".join(f"{k}={v}" for k, v in r["tags"].items())),) if show_tags else ()),
                   escape(str(r["path"] or "")))
     out.print(t)
 
@@ -140,24 +148,32 @@ def import_runs(
 
 
 def export(
-    run: Optional[str] = typer.Argument(None, help="Run folder or id: export its requests. Omit with --summaries."),
+    runs: Optional[list[str]] = typer.Argument(None, help="Run folders or ids: export their requests (or, with "
+                                               "--format openmetrics, their summaries). Omit with --summaries."),
     summaries: bool = typer.Option(False, help="Export a table of run summaries (filtered like history)."),
-    fmt: str = typer.Option("csv", "--format", help="csv | jsonl | parquet."),
-    output: Path = typer.Option(..., "-o", "--output", help="File to write."),
+    fmt: str = typer.Option("csv", "--format", help="csv | jsonl | parquet | openmetrics (the runs' summaries as "
+                            "OpenMetrics text, for a Pushgateway or a textfile collector)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="File to write (openmetrics: stdout if omitted)."),
     model: Optional[str] = typer.Option(None, help="With --summaries: model contains."),
     db: Optional[Path] = typer.Option(None, help=DB_HELP),
 ) -> None:
-    """Write a run's per-request table, or a table of recorded runs' summaries."""
+    """Write runs' per-request table, a table of recorded runs' summaries, or runs' summaries as OpenMetrics."""
     from .store import REQUEST_COLUMNS, SUMMARY_COLUMNS, request_table, write_table
 
+    if fmt == "openmetrics":
+        _export_openmetrics(runs or [], output, db)
+        return
+    if fmt not in ("csv", "jsonl", "parquet"):
+        fail(f"unknown export format {fmt!r} (csv, jsonl, parquet, openmetrics)")
+    if output is None:
+        fail(f"--format {fmt}: give the file to write with -o/--output")
     try:
         if summaries:
             with _store(db) as st:
                 rows = st.history(model=model, top_only=False, limit=1_000_000)
             write_table(rows, SUMMARY_COLUMNS, output, fmt)
-        elif run:
-            r = _load(run, db)
-            recs = [x for leaf in r.leaves() for x in leaf.records]
+        elif runs:
+            recs = [x for ref in runs for leaf in _load(ref, db).leaves() for x in leaf.records]
             rows = request_table(recs)
             write_table(rows, REQUEST_COLUMNS, output, fmt)
         else:
@@ -165,6 +181,28 @@ def export(
     except (StoreError, NotARunError) as e:
         fail(str(e))
     out.print(f"wrote {len(rows)} rows to {escape(str(output))}")
+
+
+def _export_openmetrics(runs: list[str], output: Optional[Path], db: Optional[Path]) -> None:
+    import sys
+
+    from .openmetrics import exposition
+
+    if not runs:
+        fail("--format openmetrics: give the runs to export (folders or ids)")
+    try:
+        text = exposition([_load(r, db) for r in runs])
+    except (StoreError, NotARunError) as e:
+        fail(str(e))
+    if output is None:
+        sys.stdout.buffer.write(text)
+        sys.stdout.flush()
+        return
+    try:
+        output.write_bytes(text)
+    except OSError as e:
+        fail(f"{output}: cannot be written ({e.strerror or e})")
+    out.print(f"wrote the OpenMetrics text of {len(runs)} run(s) to {escape(str(output))}")
 
 
 def compare(

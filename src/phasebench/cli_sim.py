@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from .textsafe import markup as escape
 
-from .cli import fail, out
+from .cli_common import PANEL_SIMULATE, fail, out
 from .model.errors import ModelError
 from .model.fitcheck import MAX_FIT_ERROR
 from .spec import Scenario, SpecError
@@ -18,10 +18,10 @@ profile_app = typer.Typer(no_args_is_help=True, help="Phase profiles: iteration 
 
 
 def register(app: typer.Typer) -> None:
-    app.command()(simulate)
-    app.command()(disagg)
-    app.command()(study)
-    app.add_typer(profile_app, name="profile")
+    app.command(rich_help_panel=PANEL_SIMULATE)(simulate)
+    app.command(rich_help_panel=PANEL_SIMULATE)(disagg)
+    app.command(rich_help_panel=PANEL_SIMULATE)(study)
+    app.add_typer(profile_app, name="profile", rich_help_panel=PANEL_SIMULATE)
 
 
 def _setup(model: str, hardware: str, devices: int, precision: str, engine: Optional[str] = None):  # noqa: ANN202
@@ -81,7 +81,7 @@ def simulate(
     """Simulate serving (continuous batching, KV cache, preemption) and write the same run folder as `run`."""
     import datetime as dt
 
-    from .cli import _print
+    from .cli_common import print_result
     from .sim.profile import FittedProfile
     from .sim.replica import NeverFits
     from .sim.run import analytic_profile, simulate_run
@@ -105,7 +105,7 @@ def simulate(
                               trace_speed=trace_speed, trace_window=trace_window)
     except (ModelError, SpecError, NeverFits, FileExistsError, ValueError) as e:
         fail(str(e))
-    _print(result, json_out)
+    print_result(result, json_out)
     sim = result.manifest["simulation"]
     if not json_out:
         out.print(f"simulated {sim['requests']} requests, {sim['iterations']} iterations, {sim['preemptions']} preemptions "

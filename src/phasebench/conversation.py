@@ -19,7 +19,6 @@ and a signal (the ``Stopper``) cancels what is in flight, recorded as cancelled.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from dataclasses import dataclass, field
@@ -30,11 +29,10 @@ import numpy as np
 
 from .client.openai import Prompt
 from .client.transport import Client
-from .dispatch import Health, Progress, sleep_until
+from .dispatch import Dispatcher, Progress, sleep_until
 from .records import RecordWriter, RequestRecord
 from .schedule import Schedule
 from .spec import Endpoint, RunSpec, SpecError, TimeDist
-from .stops import STOPPER
 from .workload.files import load_dataset
 from .workload.synthetic import exact_prompt, prompt_head, sample_lengths
 from .workload.templates import ChatTemplate, TemplateError, choose_template, flatten
@@ -216,33 +214,14 @@ async def run_conversations(
 async def _run(client: Client, schedule: Schedule, conversations: list[Conversation], spec: RunSpec,
                writer: RecordWriter, progress: Progress, t0: int, template: ChatTemplate | None,
                session: aiohttp.ClientSession | None) -> tuple[list[RequestRecord], bool, str | None]:
-    records: list[RequestRecord] = []
-    tasks: set[asyncio.Task] = set()
-    deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
-    health = Health(now_ns())
-    stop = asyncio.Event()
-    stopper = STOPPER.get()
-    signalled = False
+    d = Dispatcher(client, schedule, writer, progress, t0)
     index = itertools.count()
     rng = np.random.default_rng([spec.seed, 104729])
     if client.texts is not None:
         client.texts.clear()  # the warm-up's answers
 
-    def over() -> bool:
-        return stop.is_set() or (deadline_ns is not None and now_ns() >= deadline_ns)
-
     async def one(prompt: Prompt, scheduled_rel: int) -> RequestRecord:
-        rec = client.new_record(next(index), scheduled_rel, prompt)
-        try:
-            await client.send(rec, prompt)
-        finally:
-            records.append(rec)
-            writer.write(rec)
-            progress.advance(rec)
-            health.note(rec)
-            if health.gone:
-                stop.set()
-        return rec
+        return await d.send(client.new_record(next(index), scheduled_rel, prompt), prompt)
 
     async def render(history: list[dict[str, str]]) -> str | None:
         assert template is not None and session is not None
@@ -266,7 +245,7 @@ async def _run(client: Client, schedule: Schedule, conversations: list[Conversat
                     if text is None:
                         return
                 await sleep_until(due)
-                if over():
+                if d.over():
                     return
             elif template is not None and text is None:
                 text = await render(history)
@@ -288,13 +267,10 @@ async def _run(client: Client, schedule: Schedule, conversations: list[Conversat
             if k >= len(conversations):
                 break
             await sleep_until(t0 + off)
-            if stop.is_set():
+            if d.stop.is_set():
                 break
-            task = asyncio.create_task(converse(conversations[k], t0 + off))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*list(tasks), return_exceptions=True)
+            d.spawn(converse(conversations[k], t0 + off))
+        await d.drain()
 
     async def closed_loop() -> None:
         n = len(conversations) if schedule.count is not None else None
@@ -302,52 +278,11 @@ async def _run(client: Client, schedule: Schedule, conversations: list[Conversat
 
         async def user() -> None:
             for k in counter:
-                if over():
+                if d.over():
                     return
                 await converse(conversations[k % len(conversations)], now_ns())
-                pause = health.backoff_s()
-                if pause:
-                    await asyncio.sleep(pause)
+                await d.back_off()
 
-        users = [asyncio.create_task(user()) for _ in range(schedule.concurrency or 1)]
-        tasks.update(users)
-        await asyncio.gather(*users)
+        await d.slots(schedule.concurrency or 1, user)
 
-    async def watch() -> None:
-        nonlocal signalled
-        waits = [asyncio.ensure_future(stop.wait())]
-        if stopper is not None:
-            waits.append(asyncio.ensure_future(stopper.event.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        signalled = stopper is not None and stopper.event.is_set()
-        stop.set()
-        for t in list(tasks):
-            t.cancel()
-
-    if stopper is not None:
-        stopper.phase = "executing"
-    watcher = asyncio.create_task(watch())
-    try:
-        try:
-            await (open_loop() if schedule.kind == "open" else closed_loop())
-        except asyncio.CancelledError:
-            if not stop.is_set():
-                raise
-        if stop.is_set():
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, signalled, health.gone
-    except asyncio.CancelledError:
-        for t in list(tasks):
-            t.cancel()
-        await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, True, health.gone
-    finally:
-        watcher.cancel()
-        if stopper is not None:
-            stopper.phase = "finishing"
-
-
+    return await d.run(open_loop if schedule.kind == "open" else closed_loop)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from .client.openai import Prompt
 from .client.transport import Client
@@ -92,6 +93,99 @@ class Health:
         return 0.0 if self.failures == 0 else min(BACKOFF_MAX_S, 0.01 * 2 ** min(self.failures - 1, 10))
 
 
+class Dispatcher:
+    """What every way of sending a schedule shares (``execute``; conversations in ``conversation.py``): the
+    records written as each ends, the server's health and its back-off, the stop event, the tasks in flight,
+    and the watch that turns a stop (a signal, a server gone) into cancelled requests."""
+
+    def __init__(self, client: Client, schedule: Schedule, writer: RecordWriter, progress: Progress, t0: int) -> None:
+        self.client, self.writer, self.progress = client, writer, progress
+        self.records: list[RequestRecord] = []
+        self.tasks: set[asyncio.Task] = set()
+        self.deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
+        self.health = Health(now_ns())
+        self.stop = asyncio.Event()
+        self.stopper = STOPPER.get()
+
+    def over(self) -> bool:
+        """Stopped, or past the run's duration."""
+        return self.stop.is_set() or (self.deadline_ns is not None and now_ns() >= self.deadline_ns)
+
+    async def send(self, rec: RequestRecord, prompt: Prompt) -> RequestRecord:
+        try:
+            await self.client.send(rec, prompt)
+        finally:
+            self.records.append(rec)
+            self.writer.write(rec)
+            self.progress.advance(rec)
+            self.health.note(rec)
+            if self.health.gone:
+                self.stop.set()
+        return rec
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    async def back_off(self) -> None:
+        pause = self.health.backoff_s()
+        if pause:
+            await asyncio.sleep(pause)
+
+    async def slots(self, n: int, body: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """``n`` closed-loop slots each running ``body`` (cancelled together on a stop)."""
+        workers = [asyncio.create_task(body()) for _ in range(n)]
+        self.tasks.update(workers)
+        await asyncio.gather(*workers)
+
+    async def run(self, loop: Callable[[], Coroutine[Any, Any, None]]) -> tuple[list[RequestRecord], bool, str | None]:
+        """Run ``loop`` under the watch; returns (records, interrupted, gone)."""
+        signalled = False
+        stopper = self.stopper
+
+        async def watch() -> None:
+            nonlocal signalled
+            waits = [asyncio.ensure_future(self.stop.wait())]
+            if stopper is not None:
+                waits.append(asyncio.ensure_future(stopper.event.wait()))
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waits:
+                    w.cancel()
+            signalled = stopper is not None and stopper.event.is_set()
+            self.stop.set()
+            for t in list(self.tasks):
+                t.cancel()
+
+        if stopper is not None:
+            stopper.phase = "executing"
+        watcher = asyncio.create_task(watch())
+        try:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                if not self.stop.is_set():
+                    raise
+            if self.stop.is_set():  # wait for the cancelled requests to be recorded
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            return self.records, signalled, self.health.gone
+        except asyncio.CancelledError:
+            for t in list(self.tasks):
+                t.cancel()
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+            return self.records, True, self.health.gone
+        finally:
+            watcher.cancel()
+            if stopper is not None:
+                stopper.phase = "finishing"
+
+
 async def execute(
     client: Client,
     schedule: Schedule,
@@ -104,94 +198,36 @@ async def execute(
 
     ``gone`` is the reason the run stopped early because the server stopped answering (``Health``); closed-loop
     slots back off exponentially after each failure to connect, so a dead server is not hammered."""
-    records: list[RequestRecord] = []
-    tasks: set[asyncio.Task] = set()
-    deadline_ns = t0 + int(schedule.duration_s * 1e9) if schedule.duration_s else None
-    health = Health(now_ns())
-    stop = asyncio.Event()
-    stopper = STOPPER.get()
-    signalled = False
+    d = Dispatcher(client, schedule, writer, progress, t0)
 
     async def one(i: int, scheduled_rel: int) -> None:
         p = prompts[i % len(prompts)]
-        rec = client.new_record(i, scheduled_rel, p)
-        try:
-            await client.send(rec, p)
-        finally:
-            records.append(rec)
-            writer.write(rec)
-            progress.advance(rec)
-            health.note(rec)
-            if health.gone:
-                stop.set()
+        await d.send(client.new_record(i, scheduled_rel, p), p)
 
     async def open_loop() -> None:
         assert schedule.offsets_ns is not None
         for k, off in enumerate(schedule.offsets_ns.tolist()):
             await sleep_until(t0 + off)
-            if stop.is_set():
+            if d.stop.is_set():
                 break
-            task = asyncio.create_task(one(schedule.index(k), off))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-        while tasks:
-            await asyncio.gather(*list(tasks), return_exceptions=True)
+            d.spawn(one(schedule.index(k), off))
+        await d.drain()
 
     async def closed_loop() -> None:
         n = schedule.count
         counter = (schedule.index(k) for k in range(n if n is not None else 1 << 62))
 
-        async def worker() -> None:
+        async def slot() -> None:
             for i in counter:
                 t = now_ns()
-                if stop.is_set() or (deadline_ns is not None and t >= deadline_ns):
+                if d.over():
                     return
                 await one(i, t - t0)
-                pause = health.backoff_s()
-                if pause:
-                    await asyncio.sleep(pause)
+                await d.back_off()
 
-        conc = schedule.concurrency or 1
-        workers = [asyncio.create_task(worker()) for _ in range(conc)]
-        tasks.update(workers)
-        await asyncio.gather(*workers)
+        await d.slots(schedule.concurrency or 1, slot)
 
-    async def watch() -> None:
-        nonlocal signalled
-        waits = [asyncio.ensure_future(stop.wait())]
-        if stopper is not None:
-            waits.append(asyncio.ensure_future(stopper.event.wait()))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        signalled = stopper is not None and stopper.event.is_set()
-        stop.set()
-        for t in list(tasks):
-            t.cancel()
-
-    if stopper is not None:
-        stopper.phase = "executing"
-    watcher = asyncio.create_task(watch())
-    try:
-        try:
-            await (open_loop() if schedule.kind == "open" else closed_loop())
-        except asyncio.CancelledError:
-            if not stop.is_set():
-                raise
-        if stop.is_set():  # wait for the cancelled requests to be recorded
-            await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, signalled, health.gone
-    except asyncio.CancelledError:
-        for t in list(tasks):
-            t.cancel()
-        await asyncio.gather(*list(tasks), return_exceptions=True)
-        return records, True, health.gone
-    finally:
-        watcher.cancel()
-        if stopper is not None:
-            stopper.phase = "finishing"
+    return await d.run(open_loop if schedule.kind == "open" else closed_loop)
 
 
 async def sleep_until(deadline_ns: int) -> None:

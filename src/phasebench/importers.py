@@ -103,7 +103,8 @@ def import_vllm_bench(path: Path, out: Path | None = None) -> Run:
                 "spec": {"scenario": ctx.scenario, "concurrency": [conc] if isinstance(conc, int) else [],
                          "rate": [rate] if isinstance(rate, (int, float)) else []},
                 "target": {"model": obj.get("model_id")}, "tokenizer": obj.get("tokenizer_id")}
-    folder.write_manifest(manifest)
+    from .analysis import write_run
+
     write_records(folder.requests_path, recs)
-    folder.write_summary(summary)
+    write_run(folder, manifest, summary)  # and mlperf_log_summary.txt, as for a run phasebench measured
     return Run.load(folder.path)

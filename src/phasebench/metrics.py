@@ -16,7 +16,7 @@ import numpy as np
 from .records import RequestRecord
 from .spec import SLO
 
-PERCENTILES = (50, 90, 95, 99, 99.9)
+PERCENTILES = (50, 90, 95, 97, 99, 99.9)  # 97: LoadGen reports it (mlperf_log_summary.txt)
 NS_PER_MS = 1e6
 MIN_RATE_REQUESTS = 10  # a throughput or goodput from fewer completed requests gets a small-sample warning
 
@@ -229,7 +229,7 @@ def too_few_for(count: int) -> dict[str, int]:
 
 
 def describe(values: Iterable[float | None]) -> dict[str, Any]:
-    """count, mean, std, min, max, p50/p90/p95/p99/p99.9 and a 95% CI for p99."""
+    """count, mean, std, min, max, p50/p90/p95/p97/p99/p99.9 and a 95% CI for p99."""
     arr = np.fromiter((v for v in values if v is not None and not math.isnan(v)), dtype=np.float64)
     if arr.size == 0:
         return {"count": 0}

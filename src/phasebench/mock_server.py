@@ -14,7 +14,9 @@ checks. ``POST /_mock/config`` reprograms it while running. For multi-turn and p
 (a block-granular cache of earlier prompts: ``usage.prompt_tokens_details.cached_tokens``, and the per-token
 TTFT part counts only the new tokens), ``tag_answers`` (request n's answer starts with `` a<n>``) and
 ``keep_prompts`` (``GET /_mock/prompts``: what each request sent), ``chat_template`` (llama-server's
-``POST /apply-template``, rendering ChatML).
+``POST /apply-template``, rendering ChatML). For request-shaping tests: ``keep_requests`` (``GET /_mock/requests``:
+each request's method, path, headers and JSON body, ``/_mock`` itself excepted) and ``echo_header`` (error texts
+echo that request header's value, as ``echo_key`` does the API key).
 
 With ``stamp`` on, each chunk carries ``pb_ns``: the server's ``perf_counter_ns`` just before the write
 (the same CLOCK_MONOTONIC as the client's on one machine), so a benchmark can measure the client's own
@@ -74,6 +76,8 @@ class MockConfig:
     tag_answers: bool = False  # the first token of request n's answer is " a<n>"
     keep_prompts: bool = False  # GET /_mock/prompts: the prompt (or messages) of each request, in arrival order
     chat_template: str = "none"  # "chatml": POST /apply-template renders messages as llama-server does (none: 404)
+    keep_requests: bool = False  # GET /_mock/requests: method, path, headers and JSON body of each request
+    echo_header: str = ""  # error texts echo this request header's value (a careless server; scrubbing tests)
 
 
 TOKEN = " tk"  # every generated token is the same 3 characters
@@ -146,6 +150,7 @@ class MockServer:
         self._inv: list[str] = []
         self._blocks: set[int] = set()  # prefix cache: hashes of every cached prefix, one per whole block
         self.prompts: list[Any] = []
+        self.requests: list[dict[str, Any]] = []
 
     # ---- tokenization: whitespace words ----
     def encode(self, text: str) -> list[int]:
@@ -166,7 +171,7 @@ class MockServer:
         return {"empty": "", "bytes": "\x00\ufffd\x07" * n}.get(g, TOKEN * n)
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 2**20)
+        app = web.Application(client_max_size=64 * 2**20, middlewares=[self.keep_request])
         app.router.add_get("/health", self.health)
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/completions", self.completions)
@@ -178,6 +183,7 @@ class MockServer:
         app.router.add_post("/_mock/config", self.set_config)
         app.router.add_get("/_mock/stats", self.stats)
         app.router.add_get("/_mock/prompts", self.get_prompts)
+        app.router.add_get("/_mock/requests", self.get_requests)
         add_metrics_route(app, self)
         return app
 
@@ -195,6 +201,8 @@ class MockServer:
     def _error(self, request: web.Request, status: int, message: str) -> web.Response:
         if self.cfg.echo_key:
             message += f" (you sent Authorization: {request.headers.get('Authorization')})"
+        if self.cfg.echo_header:
+            message += f" (you sent {self.cfg.echo_header}: {request.headers.get(self.cfg.echo_header)})"
         return _error(status, message)
 
     async def tokenize(self, request: web.Request) -> web.Response:
@@ -236,11 +244,27 @@ class MockServer:
         self.max_in_flight = 0
         self._blocks.clear()
         self.prompts.clear()
+        self.requests.clear()
         self.rng = random.Random(self.cfg.seed)
         return web.json_response(asdict(self.cfg))
 
     async def get_prompts(self, request: web.Request) -> web.Response:
         return web.json_response(self.prompts)
+
+    async def get_requests(self, request: web.Request) -> web.Response:
+        return web.json_response(self.requests)
+
+    @web.middleware
+    async def keep_request(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self.cfg.keep_requests and not request.path.startswith("/_mock"):
+            raw = await request.read()  # aiohttp keeps the bytes: the handler's request.json() reads them again
+            try:
+                body = orjson.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            self.requests.append({"method": request.method, "path": request.path, "headers": dict(request.headers),
+                                  "body": body})
+        return await handler(request)
 
     def cached_prefix(self, ids: list[int]) -> int:
         """Tokens of ``ids`` already cached (whole blocks, as vLLM/SGLang count them); then caches all of ``ids``."""

@@ -149,7 +149,7 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
     t_start = time.monotonic()
     elapsed = lambda: time.monotonic() - t_start  # noqa: E731
     key = api_key(spec)
-    async with aiohttp.ClientSession() as s:
+    async with aiohttp.ClientSession(headers=spec.headers) as s:
         target = await discover(spec, s, key)
     notes: list[str] = []
     model_spec = spec.model_spec

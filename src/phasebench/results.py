@@ -89,6 +89,7 @@ class Stat(_Open):
     p50: float | None = None
     p90: float | None = None
     p95: float | None = None
+    p97: float | None = None
     p99: float | None = None
     p99_ci95: list[float | None] | None = None
 

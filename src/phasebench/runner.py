@@ -20,17 +20,18 @@ import aiohttp
 import psutil
 
 from . import env as envmod
+from .analysis import Measured, RunAnalysis, analyse, write_run
 from .client.raw import choose_transport, make_client
 from .client.transport import ClientConfig
 from .client.workers import auto_workers
 from .conversation import build_conversations, completions_template, run_conversations
 from .dispatch import NoProgress, Progress, execute, sleep_until, warm_up  # noqa: F401 - re-exported
-from .metrics import RunContext, summarize
+from .metrics import RunContext
 from .monitor import HostLoad, LoopLag, server_pids
 from .records import RecordWriter, RequestRecord
 from .results import MANIFEST, Run, RunFolder
 from .schedule import Schedule, make_schedule, trace_schedule
-from .serverview.session import close_scraper, open_scraper
+from .serverview.session import open_scraper
 from .spec import LengthDist, RunSpec, Scenario, SpecError, url_hint
 from .stops import (  # noqa: F401 - re-exported: the public names live on phasebench.runner too
     STOP_SIGNALS,
@@ -122,7 +123,7 @@ def _scrubbed(answer: Any, spec: RunSpec, key: str | None) -> Any:
     replaced by ***."""
     from .client.transport import ClientConfig, scrub, secrets_of
 
-    secrets = secrets_of(ClientConfig(base_url=spec.url or "", model="", api_key=key))
+    secrets = secrets_of(ClientConfig(base_url=spec.url or "", model="", api_key=key, headers=spec.headers))
     if not secrets or answer is None:
         return answer
     import orjson
@@ -223,7 +224,7 @@ async def run_one(
     quality = options_for(spec)
     if spec.out and (Path(spec.out) / MANIFEST).exists():
         raise FileExistsError(f"{spec.out} already holds a run; choose another --out")
-    async with aiohttp.ClientSession() as meta_session:
+    async with aiohttp.ClientSession(headers=spec.headers) as meta_session:  # --header on /models, /tokenize too
         target = await discover(spec, meta_session, key)
         tok = await make_tokenizer(spec, meta_session, target)
         conversations = template = None
@@ -251,6 +252,8 @@ async def run_one(
         api_key=key,
         exact_output=spec.exact_output,
         temperature=spec.temperature,
+        extra_body=spec.extra_body,
+        headers=spec.headers,
         timeout=spec.timeout,
         stall_timeout=spec.stall_timeout,
         max_connections=max_conn,
@@ -363,34 +366,19 @@ async def run_one(
         + template_warnings(template),
     )
     records.sort(key=lambda r: r.index)
+    probe_records: list[RequestRecord] = []
     if quality:
-        from .quality import apply_validity, quality_block
         from .quality.mix import split
 
         records, probe_records = split(records)
-    summary = summarize(records, ctx)
-    summary.update(vllm_keys(spec, target, tok, created, len(records)))
-    summary["phasebench"]["warmup"] = {
-        "requests": n_warm,
-        "kind": "connections" if spec.warmup_requests is None else "requests",
-        "note": (f"{n_warm} short requests (8 prompt tokens, 2 output) opened the connections before the window"
-                 if spec.warmup_requests is None else f"{n_warm} requests of the run's shape were sent and discarded"),
-    }
-    if quality:  # scored after the run; an invalid quality block makes the run invalid
-        apply_validity(summary, quality_block(quality, probe_records, alone))
-    summary["phasebench"]["roofline"] = roofline_block(manifest, summary)
-    summary["phasebench"]["server_view"] = await close_scraper(scraper, spec, records, summary)
-    from .server_checks import server_saw  # did the server see what was asked (lengths, context, errors)
-
-    summary["phasebench"]["warnings"] += server_saw(records, prompts, tok.name, target.models_answer, target.model)
-    from .cost import cost_block
-
-    hw = spec.hardware or ("local" if summary["phasebench"]["roofline"] else None)
-    summary["phasebench"]["cost"] = cost_block(hw, spec.devices, summary, spec.price_per_hour)
     manifest["t0_monotonic_ns"] = t0
+    facts = Measured(prompts=prompts, tokenizer=tok.name, models_answer=target.models_answer, model=target.model,
+                     warmup_requests=n_warm, warmup_kind="connections" if spec.warmup_requests is None else "requests",
+                     scraper=scraper, quality=quality, probe_records=probe_records, alone=alone)
+    # the summary: the analysis steps in order (analysis.STEPS), in a thread (the server view's last scrape blocks)
+    summary = await asyncio.to_thread(analyse, RunAnalysis(manifest, records, spec, ctx, measured=facts))
     if folder:
-        folder.write_manifest(manifest)
-        folder.write_summary(summary)
+        write_run(folder, manifest, summary)
     result = Run(path, manifest, summary, records)
     if interrupted or (stopper is not None and stopper.signum is not None):  # a signal while results were written
         raise Interrupted(result)
@@ -426,18 +414,6 @@ def ensure_open_files(connections: int, spec: RunSpec) -> None:
     )
 
 
-def vllm_keys(spec: RunSpec, target: Target, tok: Tokenizer, created: str, n: int) -> dict[str, Any]:
-    """The keys ``vllm bench serve --save-result`` writes that dashboards read, beside the metrics it shares."""
-    when = dt.datetime.fromisoformat(created)
-    return {
-        "date": when.strftime("%Y%m%d-%H%M%S"),
-        "backend": "openai-chat" if spec.endpoint.value == "chat" else "openai",
-        "model_id": target.model,
-        "tokenizer_id": tok.name,
-        "num_prompts": n,
-    }
-
-
 def _transport(spec: RunSpec, target: Target) -> str:
     try:
         return choose_transport(spec.transport, target.base_url)
@@ -469,17 +445,6 @@ def check_roofline_inputs(spec: RunSpec, extra: dict[str, Any]) -> None:
         resolve({"spec": spec.public_dict(), **extra})
     except ModelError as e:
         raise SpecError(f"--model-spec/--hardware: {e}") from None
-
-
-def roofline_block(manifest: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any] | None:
-    """MBU/MFU and the predicted phases; an error here is recorded, never allowed to lose the run."""
-    from .model.errors import ModelError
-    from .model.utilization import utilization
-
-    try:
-        return utilization(manifest, summary)
-    except (ModelError, OSError, ValueError, ZeroDivisionError) as e:
-        return {"error": f"roofline not computed: {e}"}
 
 
 class _NullWriter:

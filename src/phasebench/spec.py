@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 
 class SpecError(ValueError):
@@ -162,7 +170,7 @@ def parse_slo(text: str | None) -> SLO:
 
 
 # The CLI flag for each RunSpec field, for errors in the user's words (the YAML key is the field name).
-FLAGS: dict[str, str] = {"out": "--out", "spec": "--spec", "tags": "--tag"}
+FLAGS: dict[str, str] = {"out": "--out", "spec": "--spec", "tags": "--tag", "headers": "--header"}
 
 
 def flag(field: str) -> str:
@@ -221,7 +229,8 @@ def _first_error(e: ValidationError) -> str:
 class RunSpec(BaseModel):
     """One benchmark run (or sweep). Every field has a CLI flag of the same name."""
 
-    model_config = ConfigDict(extra="forbid")
+    # an error's text never quotes the input: --header values may be credentials
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
 
     url: str | None = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")
     model: str | None = Field(default=None, description="model name sent in requests (default: first of /v1/models)")
@@ -269,7 +278,11 @@ class RunSpec(BaseModel):
                                          description="USD per device-hour (overrides the catalog's)")
     weight_precision: str | None = Field(default=None, description="weights' storage precision for MBU (default fp16; a GGUF's own size)")
     mlperf: bool = Field(default=False, description="apply MLPerf validity rules (>= 600 s, min queries)")
-    tags: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict, description="labels key=value (--tag, repeatable): in the "
+                                 "manifest and the results database (`history --tag`)")
+    headers: dict[str, str] = Field(default_factory=dict, repr=False, description="extra HTTP headers on every request (--header "
+                                    "'Name: value'); the values are secrets: only the names are stored")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="a JSON object merged into every request body")
     metrics_url: str | None = Field(default=None, description="Prometheus endpoint to scrape (default: <server>/metrics; 'off' to skip)")
     nonce: str | None = Field(default=None, description="text at the start of every synthetic prompt; default: fresh per run unless --seed is given ('' for none)")
     prefix_tokens: int = Field(default=0, ge=0, description="shared-prefix workload: tokens of prefix every prompt of a group shares")
@@ -302,6 +315,13 @@ class RunSpec(BaseModel):
     @classmethod
     def _think(cls, v: Any) -> TimeDist:
         return TimeDist(mean=0.0) if v is None else TimeDist.parse(v)
+
+    @field_validator("tags", "headers", "extra_body", mode="before")
+    @classmethod
+    def _mapping(cls, v: Any, info: ValidationInfo) -> dict[str, Any]:
+        """--tag k=v, --header 'K: V' (repeatable) and --extra-body JSON, or mappings from a spec file."""
+        parse = {"tags": parse_tags, "headers": parse_headers, "extra_body": parse_extra_body}[info.field_name]
+        return parse(v)
 
     @field_validator("slo", mode="before")
     @classmethod
@@ -385,6 +405,9 @@ class RunSpec(BaseModel):
             raise ValueError("scenario 'concurrency' takes one --concurrency; use --scenario sweep for a list")
         if self.scenario == Scenario.sweep and not (self.rate or len(self.concurrency) > 0):
             raise ValueError("scenario 'sweep' needs --concurrency 1,2,4 or --rate 1,2,4")
+        if "authorization" in {h.lower() for h in self.headers} and (self.api_key_env or (self.url and _has_credentials(self.url))):
+            raise ValueError("--header Authorization and --api-key-env (or user:password@ in --url) both set the "
+                             "Authorization header; drop one of them")
         if self.api_key_env and self.url and _has_credentials(self.url):
             raise ValueError("--url holds user:password@ and --api-key-env is set: a server takes one Authorization; "
                              "drop one of them")
@@ -400,6 +423,7 @@ class RunSpec(BaseModel):
         """The spec as written to results: secrets are never in it (only the env var's *name*)."""
         d = self.model_dump(mode="json")
         d["url"] = redact_url(d.get("url"))
+        d["headers"] = sorted(self.headers)  # header values may be credentials: the names only
         return d
 
     def sweep_points(self) -> list["RunSpec"]:
@@ -411,6 +435,96 @@ class RunSpec(BaseModel):
         return [
             self.model_copy(update={"scenario": Scenario.concurrency, "concurrency": [c]}) for c in self.concurrency
         ]
+
+
+TAG_KEY = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,63}")
+MAX_TAG_VALUE = 256
+# RFC 9110 token characters: what a header name may hold
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}")
+# set by phasebench itself (framing, streaming, identity encoding); a user's copy would break the measurement
+RESERVED_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "content-type", "accept",
+                              "accept-encoding", "x-request-id", "te", "upgrade", "expect"})
+# the request body's own fields that --extra-body may not replace (the workload and the streaming are phasebench's)
+RESERVED_BODY = frozenset({"stream", "prompt", "messages", "model"})
+
+
+def _pairs(value: Any, sep: str, flag: str, form: str, echo: bool) -> list[tuple[str, str]]:
+    """A repeatable ``KEY<sep>VALUE`` flag (or a mapping from a spec file) as stripped (key, value) pairs. With
+    ``echo`` off an item without ``sep`` is not quoted back (it may be a bare credential)."""
+    if value is None:
+        return []
+    if isinstance(value, dict):
+        return [(str(k), "" if v is None else str(v)) for k, v in value.items()]
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        raise SpecError(f"{flag}: repeat it for several; use {form}, or a mapping in the spec file")
+    pairs = []
+    for n, item in enumerate(value, 1):
+        key, found, val = str(item).partition(sep)
+        if not found:
+            shown = f"{str(item)[:80]!r}:" if echo else f"(number {n}) has no {sep!r};"
+            raise SpecError(f"{flag} {shown} use {form}")
+        pairs.append((key.strip(), val.strip()))
+    return pairs
+
+
+def parse_tags(value: Any) -> dict[str, str]:
+    """``--tag k=v`` (repeatable) or a mapping (YAML): keys of letters, digits and ``_ . : / -``, values of
+    printable text up to 256 characters."""
+    tags: dict[str, str] = {}
+    for key, val in _pairs(value, "=", "--tag", "key=value, e.g. --tag gpu=h100", echo=True):
+        if not TAG_KEY.fullmatch(key):
+            raise SpecError(f"--tag {key[:80]!r}={val[:40]!r}: the key must be 1-64 letters, digits or _ . : / - "
+                            "(starting with a letter or digit)")
+        if len(val) > MAX_TAG_VALUE or not val.isprintable():
+            raise SpecError(f"--tag {key}: the value must be printable text of at most {MAX_TAG_VALUE} characters")
+        tags[key] = val
+    return tags
+
+
+def parse_headers(value: Any) -> dict[str, str]:
+    """``--header 'Name: value'`` (repeatable) or a mapping. An error names the header, never its value (a
+    header may carry a credential)."""
+    pairs = _pairs(value, ":", "--header", "'Name: value', e.g. --header 'X-Tenant: bench'", echo=False)
+    headers: dict[str, str] = {}
+    for name, val in pairs:
+        if not HEADER_NAME.fullmatch(name):  # not echoed either: a value typed in the wrong place
+            raise SpecError("--header: a header name is letters, digits and !#$%&'*+.^_`|~- before the ':' "
+                            "('Name: value')")
+        if name.lower() in RESERVED_HEADERS:
+            raise SpecError(f"--header {name}: phasebench sets this header itself; it cannot be replaced")
+        if any(c in val for c in "\r\n\x00") or not all(c == "\t" or c.isprintable() for c in val):
+            raise SpecError(f"--header {name}: the value holds a line break or control character")
+        try:
+            val.encode("latin-1")
+        except UnicodeEncodeError:
+            raise SpecError(f"--header {name}: the value must be Latin-1 text (HTTP/1.1 headers)") from None
+        if name.lower() in {h.lower() for h in headers}:
+            raise SpecError(f"--header {name}: given twice")
+        headers[name] = val
+    return headers
+
+
+def parse_extra_body(value: Any) -> dict[str, Any]:
+    """``--extra-body JSON``: a JSON object (text) or a mapping (YAML) merged into each request body."""
+    if value is None:
+        return {}
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except ValueError as e:
+            raise SpecError(f"--extra-body: not valid JSON ({e.msg} at character {e.pos}); give an object, "
+                            "e.g. '{\"top_p\": 0.9}'") from None
+    if not isinstance(value, dict):
+        raise SpecError(f"--extra-body: must be a JSON object ({{...}}), not {type(value).__name__}")
+    clash = sorted(RESERVED_BODY & {str(k) for k in value})
+    if clash:
+        raise SpecError(f"--extra-body: {', '.join(clash)} cannot be replaced (the workload and streaming are "
+                        "phasebench's; use --model for the model)")
+    return {str(k): v for k, v in value.items()}
 
 
 def redact_url(url: str | None) -> str | None:

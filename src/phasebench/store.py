@@ -68,6 +68,16 @@ MIGRATIONS: list[str] = [
     CREATE INDEX runs_hardware ON runs(hardware);
     CREATE INDEX runs_parent ON runs(parent_id);
     """,
+    # 2 -> 3: a run's tags (run --tag k=v, from the manifest's spec), one row each, for history --tag
+    """
+    CREATE TABLE tags (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (run_id, key)
+    );
+    CREATE INDEX tags_key_value ON tags(key, value);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 # record_run runs PRAGMA quick_check first on databases up to this size (it reads every page: 0.15 s for a
@@ -186,6 +196,8 @@ class Store:
                         self.db.execute(stmt)
                 if i == 1:
                     self._backfill_v2()
+                if i == 2:
+                    self._backfill_v3()
             self.db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             self.db.execute("COMMIT")
         except BaseException:
@@ -199,6 +211,14 @@ class Store:
         for rid, idx, rec in self.db.execute("SELECT run_id, idx, record FROM requests").fetchall():
             self.db.execute("UPDATE requests SET ttft_ms=?, tpot_ms=?, e2e_ms=?, error_type=? WHERE run_id=? AND idx=?",
                             (*_metrics(RequestRecord.from_dict(json.loads(rec))), rid, idx))
+
+    def _backfill_v3(self) -> None:
+        for rid, manifest in self.db.execute("SELECT id, manifest FROM runs").fetchall():
+            self._insert_tags(rid, json.loads(manifest))
+
+    def _insert_tags(self, rid: str, manifest: dict[str, Any]) -> None:
+        self.db.executemany("INSERT OR REPLACE INTO tags (run_id, key, value) VALUES (?,?,?)",
+                            ((rid, k, v) for k, v in run_tags(manifest).items()))
 
     # --- writing ---------------------------------------------------------------------------------------
     def record(self, run: Run, parent: str | None = None) -> str:
@@ -228,6 +248,7 @@ class Store:
             (rid, parent, str(run.path.resolve()) if run.path else None, m.get("kind", "run"), spec.get("scenario"),
              model, target.get("url") or spec.get("url"), m.get("created"), int(bool(m.get("simulated"))),
              int(run.valid), s.get("completed"), s.get("failed"), _j(m), _j(s), hw, eng))
+        self._insert_tags(rid, m)
         self.db.executemany(
             "INSERT INTO requests (run_id, idx, record, ttft_ms, tpot_ms, e2e_ms, error_type) VALUES (?,?,?,?,?,?,?)",
             ((rid, r.index, orjson.dumps(r).decode(), *_metrics(r)) for r in run.records))
@@ -238,13 +259,18 @@ class Store:
     # --- reading ---------------------------------------------------------------------------------------
     def history(self, model: str | None = None, target: str | None = None, hardware: str | None = None,
                 scenario: str | None = None, since: str | None = None, until: str | None = None,
-                top_only: bool = True, limit: int = 50) -> list[dict[str, Any]]:
+                top_only: bool = True, limit: int = 50, tags: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """Recorded runs, newest first; ``tags``: only runs with every one of these key=value tags."""
         with self.guard():
-            return self._history(model, target, hardware, scenario, since, until, top_only, limit)
+            return self._history(model, target, hardware, scenario, since, until, top_only, limit, tags or {})
 
     def _history(self, model: str | None, target: str | None, hardware: str | None, scenario: str | None,
-                 since: str | None, until: str | None, top_only: bool, limit: int) -> list[dict[str, Any]]:
+                 since: str | None, until: str | None, top_only: bool, limit: int,
+                 tags: dict[str, str]) -> list[dict[str, Any]]:
         where, args = [], []
+        for key, value in tags.items():
+            where.append("EXISTS (SELECT 1 FROM tags t WHERE t.run_id = runs.id AND t.key = ? AND t.value = ?)")
+            args += [key, value]
         for col, val in (("model", model), ("target", target), ("hardware", hardware), ("scenario", scenario)):
             if val:
                 where.append(f"{col} LIKE ?")
@@ -272,6 +298,7 @@ class Store:
             s = json.loads(row[-1])
             d |= {k: s.get(k) for k in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput",
                                         "request_goodput")}
+            d["tags"] = dict(self.db.execute("SELECT key, value FROM tags WHERE run_id=? ORDER BY key", (d["id"],)))
             out.append(d)
         return out
 
@@ -320,6 +347,12 @@ def _metrics(r: RequestRecord) -> tuple[float | None, float | None, float | None
     from .metrics import e2e_ms, tpot_ms, ttft_ms
 
     return ttft_ms(r), tpot_ms(r), e2e_ms(r), r.error_type
+
+
+def run_tags(manifest: dict[str, Any]) -> dict[str, str]:
+    """A run's tags as its manifest holds them (``spec.tags``; none in runs older than ``--tag``)."""
+    tags = (manifest.get("spec") or {}).get("tags") or {}
+    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
 
 
 def _hw_engine(m: dict[str, Any]) -> tuple[str | None, str | None]:

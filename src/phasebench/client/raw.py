@@ -59,7 +59,7 @@ class RawClient(Client):
         self._host, self._port = u.host or "127.0.0.1", u.port or 80
         self._path = u.raw_path_qs or "/"
         self._pool: RawPool | None = None
-        self._base_headers = {**self._headers, "User-Agent": "phasebench"}
+        self._base_headers = {"User-Agent": "phasebench", **self._headers}  # a --header User-Agent wins
 
     async def __aenter__(self) -> "RawClient":
         self._pool = RawPool(self.cfg.max_connections, KEEPALIVE_S)

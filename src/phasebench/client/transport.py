@@ -42,7 +42,8 @@ class ClientConfig:
     timeout: float = 600.0
     stall_timeout: float = 60.0
     max_connections: int = 256
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged into every request body (--extra-body)
+    headers: dict[str, str] = field(default_factory=dict, repr=False)  # sent on every request (--header); secrets
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES  # one SSE event larger than this fails its request ("oversize")
     transport: str = "aiohttp"  # "aiohttp" (this module) or "raw" (client/raw.py: kernel receive timestamps)
     engine: str = "unknown"  # the detected engine (client/engines.py): which exact-length knobs it is sent
@@ -71,7 +72,7 @@ class Client:
         # identity: a compressed stream would be stamped when a compressed block arrives, not each event; a
         # server that compresses anyway is decoded (gzip/deflate) or refused by name (anything else)
         self._headers = {"Content-Type": "application/json", "Accept": "text/event-stream",
-                         "Accept-Encoding": "identity"}
+                         "Accept-Encoding": "identity", **cfg.headers}
         if cfg.api_key:
             self._headers["Authorization"] = f"Bearer {cfg.api_key}"
         self._secret = secrets_of(cfg)
@@ -349,9 +350,10 @@ def _excerpt(ev: bytes, secrets: tuple[str, ...], limit: int = 120) -> str:
 
 
 def secrets_of(cfg: ClientConfig) -> tuple[str, ...]:
-    """What must never be stored: the API key, and a password in the URL (also as the Basic credentials
-    aiohttp sends for it)."""
+    """What must never be stored: the API key, the values of ``--header``, and a password in the URL (also as
+    the Basic credentials aiohttp sends for it)."""
     out = [cfg.api_key] if cfg.api_key else []
+    out += cfg.headers.values()
     try:
         url = URL(cfg.base_url)
         if url.password:

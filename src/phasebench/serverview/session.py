@@ -1,7 +1,6 @@
-"""The scraper around one run: ``open_scraper`` before the measured window, ``close_scraper`` after it.
-
-Two calls from ``runner.run_one``; a metrics endpoint that is missing or broken never stops a run: the
-server view then says why it is empty.
+"""The scraper around one run: ``open_scraper`` before the measured window (``runner.run_one``),
+``server_view`` after it (the analysis step of that name, ``analysis.py``). A metrics endpoint that is missing
+or broken never stops a run: the server view then says why it is empty.
 """
 
 from __future__ import annotations
@@ -47,7 +46,7 @@ async def open_scraper(spec: RunSpec, base_url: str, run_dir: Path | None, api_k
     url = metrics_url(spec, base_url)
     if url is None:
         return None
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = {**spec.headers, **({"Authorization": f"Bearer {api_key}"} if api_key else {})}  # --header too
     url, basic = _without_credentials(url)  # user:password@ goes into a header, never into a stored message
     if basic and not api_key:
         headers["Authorization"] = basic
@@ -59,17 +58,17 @@ async def open_scraper(spec: RunSpec, base_url: str, run_dir: Path | None, api_k
     return scraper
 
 
-async def close_scraper(scraper: Scraper | None, spec: RunSpec, records: Sequence[RequestRecord],
-                        summary: dict[str, Any]) -> dict[str, Any] | None:
-    """Stop scraping, take the 'after' scrape, and return the ``server_view`` block (warnings go into the
-    summary's warnings too; a ``workload.prompt_cache`` the records could not fill comes from the counters)."""
+def server_view(scraper: Scraper | None, spec: RunSpec, records: Sequence[RequestRecord],
+                summary: dict[str, Any]) -> tuple[dict[str, Any] | None, list[str]]:
+    """The ``server_view`` block and its warnings, once the run is over (the 'after' scrape is taken here if
+    ``runner.run_one`` could not take it). None when scraping was off."""
     if scraper is None:
-        return None
+        return None, []
     if scraper.before is None:
-        return {"available": False, "source": scraper.url, "reason": scraper.error}
-    await asyncio.to_thread(scraper.finish)  # already done in run_one's finally, unless it failed there
+        return {"available": False, "source": scraper.url, "reason": scraper.error}, []
+    scraper.finish()  # already done in run_one's finally; a second call does nothing
     if scraper.after is None:
-        return {"available": False, "source": scraper.url, "reason": scraper.error}
+        return {"available": False, "source": scraper.url, "reason": scraper.error}, []
     ok = [r for r in records if r.ok and not r.warmup]
     cached = [getattr(r, "cached_tokens", None) for r in ok]
     cached_known = [c for c in cached if c is not None]
@@ -80,9 +79,7 @@ async def close_scraper(scraper: Scraper | None, spec: RunSpec, records: Sequenc
                       deliberate_prefix=bool(spec.prefix_tokens) or spec.turns is not None or spec.trace is not None)
     if scraper.series_path is not None and scraper.series:
         view.series_file = scraper.series_path.name
-    warnings = summary.get("phasebench", {}).setdefault("warnings", [])
-    warnings.extend(w for w in view.warnings if w not in warnings)
     workload = summary.get("phasebench", {}).get("workload")
     if isinstance(workload, dict) and workload.get("prompt_cache") is None:  # no per-request cached tokens
         workload["prompt_cache"] = prompt_cache_from_counters(view, len(ok))
-    return {"available": True, **view.to_dict()}
+    return {"available": True, **view.to_dict()}, list(view.warnings)

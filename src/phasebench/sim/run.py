@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 
 from .. import env as envmod
+from ..analysis import RunAnalysis, Simulated, analyse, write_run
 from ..metrics import RunContext
 from ..model.phases import Setup
 from ..records import RequestRecord
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
 from ..spec import LengthDist, RunSpec, Scenario, SpecError
-from .columns import concat, from_result, summarize_columns, to_records, write_jsonl
+from .columns import concat, from_result, to_records, write_jsonl
 from .profile import AnalyticProfile, Profile
 from .replica import SchedulerConfig, SimResult, simulate
 
@@ -170,7 +171,6 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     ctx = RunContext(scenario=spec.scenario.value, slo=spec.slo, warmup_s=spec.warmup, cooldown_s=spec.cooldown,
                      target_rate=rate, burstiness=spec.burstiness if spec.scenario == Scenario.server else None,
                      concurrency=conc, exact_output=True, mlperf=spec.mlperf, extra_warnings=list(notes))
-    summary = summarize_columns(cols, ctx)
     d = profile.describe()
     sim_block = {
         "profile": d, "scheduler": asdict(cfg), "replicas": replicas,
@@ -181,20 +181,17 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         "trace_speed": trace_speed if trace else None, "trace_window": trace_window if trace else None, "summary_only": summary_only,
         "hardware": d.get("hardware"), "devices": d.get("devices", 1) * replicas,
     }
-    if over:
-        pb = summary["phasebench"]
-        pb["valid"] = False
-        pb["reasons"].insert(0, "over capacity: the simulated queue grew without bound and the run was stopped")
     from .. import __version__
-    from ..cost import cost_block
 
-    summary["phasebench"]["cost"] = cost_block(sim_block["hardware"], sim_block["devices"], summary)
     manifest = {
         "kind": "run", "simulated": True, "schema_version": 1, "phasebench_version": __version__,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "spec": spec.public_dict(),
         "target": {"model": d.get("model") or "simulated", "url": None},
         "simulation": sim_block, "environment": envmod.environment(), "t0_monotonic_ns": 0, **(extra_manifest or {}),
     }
+    # the summary: the same analysis steps as a measured run's (analysis.STEPS), from the arrays
+    facts = Simulated(columns=cols, over_capacity=over, hardware=sim_block["hardware"], devices=sim_block["devices"])
+    summary = analyse(RunAnalysis(manifest, [], spec, ctx, simulated=facts))
     path = None
     if spec.out:
         folder = RunFolder(spec.out)
@@ -204,8 +201,7 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     sim_block["wall_s"] = time.perf_counter() - t_wall
     sim_block["cpu_s"] = time.process_time() - cpu0
     if path:
-        folder.write_manifest(manifest)
-        folder.write_summary(summary)
+        write_run(folder, manifest, summary)
     records = to_records(cols) if not summary_only and (keep_records or (path and record)) else []
     run = Run(path, manifest, summary, records)
     if path and record:
