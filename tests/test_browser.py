@@ -1,8 +1,9 @@
 """A real browser opens the HTML report: headless Chromium driven over the DevTools protocol (aiohttp websocket).
 
-It must load with no console errors and no network request other than the file itself and its inline data: URIs;
-a screenshot is kept in ``test-artifacts/`` (or ``$PHASEBENCH_ARTIFACTS``). Skipped where Chromium is not
-installed (``.ci/run`` installs Debian's ``chromium``).
+It must load with no console errors and no network request other than the file itself and its inline data: URIs,
+and fit a laptop (1366 px) and a phone (390 px) without the page scrolling sideways (wide tables scroll inside
+their own wrapper); a screenshot at each width is kept in ``test-artifacts/`` (or ``$PHASEBENCH_ARTIFACTS``).
+Skipped where Chromium is not installed (``.ci/run`` installs Debian's ``chromium``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ def artifacts() -> Path:
     return d
 
 
-async def _open(page_url: str, tmp: Path, shot: Path) -> dict:
+WIDTHS = {"laptop": 1366, "phone": 390}
+
+
+async def _open(page_url: str, tmp: Path, shots: dict[str, Path]) -> dict:
     proc = subprocess.Popen(
         [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--remote-debugging-port=0",
          "--remote-debugging-address=127.0.0.1", f"--user-data-dir={tmp / 'profile'}", "--window-size=1200,900",
@@ -83,16 +87,27 @@ async def _open(page_url: str, tmp: Path, shot: Path) -> dict:
                         break
                     await asyncio.sleep(0.05)
                 await asyncio.sleep(0.5)
-                size = await call("Runtime.evaluate", expression="document.documentElement.scrollHeight", returnByValue=True)
-                height = int(size["result"]["result"]["value"])
-                await call("Emulation.setDeviceMetricsOverride", width=1200, height=min(height, 12000),
-                           deviceScaleFactor=1, mobile=False)
-                img = await call("Page.captureScreenshot", format="png")
-                shot.write_bytes(base64.b64decode(img["result"]["data"]))
-                imgs = await call("Runtime.evaluate", returnByValue=True, expression=(
-                    "Array.from(document.images).map(i => [i.complete, i.naturalWidth])"))
+
+                async def value(expr: str) -> object:
+                    r = await call("Runtime.evaluate", expression=expr, returnByValue=True)
+                    return r["result"]["result"]["value"]
+
+                widths: dict[str, dict] = {}
+                for name, w in WIDTHS.items():
+                    await call("Emulation.setDeviceMetricsOverride", width=w, height=900, deviceScaleFactor=1,
+                               mobile=w < 600)
+                    await asyncio.sleep(0.3)
+                    got = await value("[document.documentElement.scrollWidth, window.innerWidth, "
+                                      "document.documentElement.scrollHeight]")
+                    widths[name] = {"scroll_width": got[0], "inner_width": got[1], "height": got[2]}
+                    await call("Emulation.setDeviceMetricsOverride", width=w, height=min(got[2], 12000),
+                               deviceScaleFactor=1, mobile=w < 600)
+                    await asyncio.sleep(0.3)
+                    img = await call("Page.captureScreenshot", format="png")
+                    shots[name].write_bytes(base64.b64decode(img["result"]["data"]))
+                imgs = await value("Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
                 task.cancel()
-                return {"events": events, "images": imgs["result"]["result"]["value"], "height": height}
+                return {"events": events, "images": imgs, "widths": widths}
     finally:
         proc.kill()
         proc.wait()
@@ -108,8 +123,8 @@ def test_report_opens_in_chromium_offline_without_errors(tmp_path, server):
                  output_tokens=10, model_spec="smollm2-135m", hardware="h100-sxm"))
     report = tmp_path / "report.html"
     write_report([r], report)
-    shot = artifacts() / "report-screenshot.png"
-    got = asyncio.run(_open(report.as_uri(), tmp_path, shot))
+    shots = {name: artifacts() / f"report-{name}.png" for name in WIDTHS}
+    got = asyncio.run(_open(report.as_uri(), tmp_path, shots))
     ev = got["events"]
     requests = [e["params"]["request"]["url"] for e in ev if e["method"] == "Network.requestWillBeSent"]
     assert requests and all(u.startswith(("file:", "data:")) for u in requests), requests
@@ -118,4 +133,6 @@ def test_report_opens_in_chromium_offline_without_errors(tmp_path, server):
               or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
     assert not errors, errors
     assert got["images"] and all(ok and w > 100 for ok, w in got["images"])   # every plot decoded
-    assert shot.stat().st_size > 20_000 and got["height"] > 2000
+    for name, w in got["widths"].items():   # the page itself never scrolls sideways, on a laptop or a phone
+        assert w["scroll_width"] <= w["inner_width"] == WIDTHS[name], (name, w)
+        assert shots[name].stat().st_size > 20_000 and w["height"] > 2000, (name, w)

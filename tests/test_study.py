@@ -184,6 +184,12 @@ def test_study_end_to_end(tmp_path, server):
     assert {(g["prefill"], g["decode"]) for g in gains} == {(a, b) for a in plats.split(",") for b in plats.split(",") if a != b}
     st = json.loads((out / "study.json").read_text())
     assert st["reference"] == "groq-rack" and set(st["crossover"]) == {"h100-sxm", "a100-80gb-sxm"}
+    # `show` on the study folder prints what `study` printed at its end, from study.json
+    shown = subprocess.run([sys.executable, "-m", "phasebench.cli", "show", str(out)], capture_output=True, text=True,
+                           env={**ENV, "PHASEBENCH_DB": "off"}, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr
+    assert "Per-phase winners (predicted)" in shown.stdout and "Disaggregation under load" in shown.stdout
+    assert shown.stdout == p.stdout.split("\nwrote ")[0] + "\n"
 
 
 def test_study_computation_and_bad_input(tmp_path):
@@ -222,7 +228,7 @@ def test_study_html_opens_in_chromium_offline(tmp_path):
     (skipped without Chromium, as tests/test_browser.py)."""
     import asyncio
 
-    from .test_browser import CHROMIUM, _open, artifacts
+    from .test_browser import CHROMIUM, WIDTHS, _open, artifacts
 
     if CHROMIUM is None:
         pytest.skip("Chromium not installed (apt-get install chromium)")
@@ -230,10 +236,13 @@ def test_study_html_opens_in_chromium_offline(tmp_path):
 
     st = run_study("llama-2-7b", ["h100-sxm", "groq-rack"], requests=20)
     write_study(st, tmp_path / "s")
-    got = asyncio.run(_open((tmp_path / "s" / "study.html").as_uri(), tmp_path, artifacts() / "study-screenshot.png"))
+    shots = {name: artifacts() / f"study-{name}.png" for name in WIDTHS}
+    got = asyncio.run(_open((tmp_path / "s" / "study.html").as_uri(), tmp_path, shots))
     ev = got["events"]
     urls = [e["params"]["request"]["url"] for e in ev if e["method"] == "Network.requestWillBeSent"]
     assert urls and all(u.startswith(("file:", "data:")) for u in urls), urls
     assert not [e for e in ev if e["method"] == "Runtime.exceptionThrown"
                 or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
     assert got["images"] and all(ok and w > 100 for ok, w in got["images"])
+    for name, w in got["widths"].items():   # wide tables scroll in their wrapper, the page does not
+        assert w["scroll_width"] <= w["inner_width"] == WIDTHS[name], (name, w)

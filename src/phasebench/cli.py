@@ -325,14 +325,18 @@ def default_out() -> Path:
 
 @app.command(rich_help_panel=PANEL_RESULTS)
 def show(
-    path: Path = typer.Argument(..., help="A run folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print summary.json."),
+    path: Path = typer.Argument(..., help="A run, sweep, plan, simulated-run or study folder."),
+    json_out: bool = typer.Option(False, "--json", help="Print summary.json (study.json for a study)."),
     mlperf: bool = typer.Option(False, "--mlperf", help="Print an mlperf_log_summary-like text with the rules checked."),
 ) -> None:
-    """Print a run's summary again."""
-    from .results import Run
+    """Print a run's summary again: the tables the run printed at its end (a run, sweep, plan, simulated run, or a
+    `phasebench study --out` folder)."""
+    from .results import MANIFEST, Run
 
     try:
+        if not (path / MANIFEST).is_file() and (path / "study.json").is_file():
+            _show_study(path, json_out)
+            return
         run = Run.load(path)
         if mlperf or json_out:
             for w in run.load_warnings:
@@ -347,6 +351,21 @@ def show(
         print_result(run, json_out)
     except user_errors() as e:
         fail(str(e))
+
+
+def _show_study(path: Path, json_out: bool) -> None:
+    """A study folder: the summary `phasebench study` printed, from its study.json."""
+    from .report.study import print_study
+    from .study import STUDY_FILE, load_study
+
+    try:
+        st = load_study(path)
+    except ValueError as e:
+        fail(str(e))
+    if json_out:
+        sys.stdout.write((path / STUDY_FILE).read_text(encoding="utf-8"))
+        return
+    print_study(st, out)
 
 
 def mock_server(

@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .cli_common import PANEL_QUALITY, fail, out, user_errors
+from .report.fmt import num as _n
 
 quality_app = typer.Typer(no_args_is_help=True, help="Quality probes: references, scores (docs/quality.md).")
 
@@ -77,12 +78,6 @@ def print_block(b: dict[str, Any], title: str) -> None:
                   f"{_n(ref.get('loglik_delta'), 3)}; {'PASS' if ref['passed'] else 'FAIL'} (needs {_n(ref.get('required_score'), 3)})")
     for r in b.get("reasons", []):
         out.print(f"[red]INVALID[/] {escape(r)}")
-
-
-def _n(v: Any, nd: int = 1) -> str:
-    if v is None:
-        return "–"
-    return f"{v:,.{nd}f}" if isinstance(v, (int, float)) else str(v)
 
 
 def quant(

@@ -13,6 +13,7 @@ from .textsafe import markup as escape
 from rich.table import Table
 
 from .cli_common import PANEL_RESULTS, err, fail, out, warn
+from .report import fmt as F
 from .results import NotARunError, Run
 from .store import StoreError
 
@@ -115,7 +116,7 @@ def history(
                   escape(str(r["kind"]) + (" (sim)" if r["simulated"] else "")),
                   escape(str(r["scenario"] or "-")), escape(str(r["model"] or "-")), escape(str(r["hardware"] or "-")),
                   "yes" if r["valid"] else "[red]no[/]", escape(f"{r['completed']}/{r['failed']}"),
-                  _f(r["median_ttft_ms"]), _f(r["median_tpot_ms"]), _f(r["output_throughput"]),
+                  F.num(r["median_ttft_ms"]), F.num(r["median_tpot_ms"]), F.num(r["output_throughput"]),
                   *((escape(" ".join(f"{k}={v}" for k, v in r["tags"].items())),) if show_tags else ()),
                   escape(str(r["path"] or "")))
     out.print(t)
@@ -126,12 +127,6 @@ def _json(obj) -> None:
     import sys
 
     sys.stdout.write(json.dumps(obj, default=str, indent=2) + "\n")
-
-
-def _f(v) -> str:
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return f"{v:,.1f}"
-    return "-" if v is None else escape(str(v))
 
 
 def import_runs(

@@ -18,10 +18,10 @@ from typing import Any
 
 from rich.console import Console
 from .textsafe import markup as escape
-from rich.table import Table
 
 from .engine.server import Engine, EngineConfig
 from .progress import RichProgress
+from .report.plan import print_plan
 from .results import Run, RunFolder
 from .runner import RunStopped, run_main, run_one
 from .spec import RunSpec, Scenario, parse_slo
@@ -143,6 +143,8 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
                                output_tokens=shape.decode_output, slo=parse_slo(DEFAULT_SLO), seed=7,
                                quality=quality))
     summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
+    summary["capacity_step"] = best.path.name if best.path else None
+    summary["slo"] = parse_slo(DEFAULT_SLO).model_dump()
     manifest["probe"] = pr.to_dict()
     from .env import environment
 
@@ -188,7 +190,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
     prefill = []
     for name, r in by.items():
         if name.startswith("prefill-"):
-            prefill.append({"input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
+            prefill.append({"step": name, "input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
                             "prefill_tps_p50": _med(r, "prefill_tps"),
                             "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")
                             or _server(r, "prefill")})
@@ -223,6 +225,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
             achieved_gflops = 2 * params * longest["prefill_tps_p50"] / 1e9
             wall["prefill_achieved_gflops"] = achieved_gflops
             wall["prefill_mfu_vs_fp32_matmul"] = achieved_gflops / flops_peak
+    words, figures = phase_verdicts(prefill, decode, wall)
     return {
         "prefill_sweep": prefill,
         "decode_sweep": decode,
@@ -231,7 +234,8 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
             "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "request_goodput")} | {
             "slo_attainment": server.summary["phasebench"]["slo"]["attainment"], "valid": server.valid},
         "memory_wall": wall,
-        "verdicts": verdicts(prefill, decode, wall),
+        "verdicts": words,
+        "figures": figures,
         "phasebench": {"valid": all(c.valid for c in children), "partial": False,
                        "reasons": [f"{n}: {r}" for n, c in by.items() for r in c.summary["phasebench"]["reasons"]],
                        "warnings": [f"{n}: {w}" for n, c in by.items() for w in c.summary["phasebench"]["warnings"]]},
@@ -241,13 +245,26 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
 def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> list[str]:
     """Plain words: each phase against its wall (model/verdict.py says "at the wall" only when it is, and what
     the roofline says bounds it when not), then what batching bought."""
+    return phase_verdicts(prefill, decode, wall)[0]
+
+
+def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The verdicts' words, and the figures they state (``metric``, ``step``, ``fraction``, ``peak``): the one
+    decode MBU and prefill MFU of a plan, which its reports show labelled with their step."""
     from .model.verdict import Peak, decode_verdict, prefill_verdict
 
-    out = []
+    out: list[str] = []
+    figures: list[dict[str, Any]] = []
     p = wall.get("probe") or {}
-    bw = Peak((p.get("bandwidth_gbps") or 0) * 1e9, f"the probed DRAM bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)")
+    hw = p.get("hardware")   # a plan against a URL names catalog hardware: its datasheet peaks, not a probe's
+    bw = Peak((p.get("bandwidth_gbps") or 0) * 1e9,
+              f"the {hw} datasheet bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)" if hw else
+              f"the probed DRAM bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)")
     bf16 = p.get("matmul_gflops_bf16") or p.get("torch_cpu_bfloat16_gflops")
-    if bf16:
+    if hw:
+        fl = Peak((p.get("matmul_gflops_fp32") or 0) * 1e9, f"the {hw} datasheet {p.get('peak_precision') or 'compute'} "
+                  f"peak ({p.get('matmul_gflops_fp32', 0):,.0f} GFLOP/s)")
+    elif bf16:
         fl = Peak(bf16 * 1e9, f"the probed bf16 matmul peak ({bf16:,.0f} GFLOP/s, {p.get('bf16_source', 'torch')})")
     else:
         why = p.get("bf16_note") or "no bf16 peak probed"
@@ -263,6 +280,7 @@ def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> l
         d = decode[0]
         v = decode_verdict(f"decode-c{d['concurrency']}", wall["decode_bytes_per_step"], 2 * params,
                            d["tpot_ms_p50"] / 1e3, bw, fl, cores)
+        figures.append({"metric": v.metric, "step": v.step, "fraction": v.fraction, "peak": bw.label})
         out.append(f"{v.text} (each step reads ~{wall['decode_bytes_per_step'] / 1e6:.0f} MB: weights + KV of the "
                    f"prompt; {wall['decode_achieved_gbps']:.1f} GB/s achieved)")
     ok = [d for d in decode if d["output_throughput"] and d["tpot_ms_p50"]]
@@ -281,61 +299,9 @@ def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> l
     if longest and params and fl.value:
         n = longest["input_tokens"]
         ttft = n / longest["prefill_tps_p50"]
-        v = prefill_verdict(f"prefill-{n:04d}", 2 * params * n, wall.get("weight_bytes", 0) + wall.get("kv_bytes_per_token", 0) * n,
+        v = prefill_verdict(longest.get("step") or f"prefill-{n:04d}", 2 * params * n, wall.get("weight_bytes", 0) + wall.get("kv_bytes_per_token", 0) * n,
                             ttft, fl, bw, cores)
+        figures.append({"metric": v.metric, "step": v.step, "fraction": v.fraction, "peak": fl.label})
         out.append(f"{v.text} ({longest['prefill_tps_p50']:.0f} tok/s at {n} tokens ≈ "
                    f"{wall['prefill_achieved_gflops']:.0f} GFLOP/s as 2·params·tok/s)")
-    return out
-
-
-def print_plan(run: Run, console: Console) -> None:
-    s = run.summary
-    t = Table(title="Prefill: TTFT against input length (single stream, 1 output token)", title_justify="left")
-    for c in ("input tokens", "TTFT p50 (ms)", "prefill tok/s", "server prompt ms"):
-        t.add_column(c, justify="right")
-    for p in s["prefill_sweep"]:
-        t.add_row(str(p["input_tokens"]), _n(p["ttft_ms_p50"]), _n(p["prefill_tps_p50"], 0), _n(p["server_prompt_ms_p50"]))
-    console.print(t)
-    t = Table(title="Decode: TPOT and throughput against concurrency", title_justify="left")
-    for c in ("concurrency", "TPOT p50 (ms)", "ITL/token p50 (ms)", "server TPOT (ms)", "output tok/s"):
-        t.add_column(c, justify="right")
-    for d in s["decode_sweep"]:
-        t.add_row(str(d["concurrency"]), _n(d["tpot_ms_p50"]), _n(d["itl_token_ms_p50"]), _n(d["server_tpot_ms_p50"]),
-                  _n(d["output_throughput"], 1))
-    console.print(t)
-    sv = s.get("server")
-    if sv:
-        from .report.terminal import flag_percentile, small_sample_footnote
-
-        att = sv.get("slo_attainment")
-        flagged: set[str] = set()
-        p99 = {k: flag_percentile(_n(sv[f"p99_{k}_ms"]), "p99", sv["completed"], flagged) for k in ("ttft", "tpot")}
-        console.print(
-            f"[bold]Server scenario[/] at {sv['request_rate']}/s: {sv['completed']} done, {sv['failed']} failed, "
-            f"TTFT p50/p99 {_n(sv['median_ttft_ms'])}/{p99['ttft']} ms, TPOT p50/p99 "
-            f"{_n(sv['median_tpot_ms'])}/{p99['tpot']} ms, goodput {_n(sv['request_goodput'])} req/s "
-            f"(SLO {DEFAULT_SLO} met by {'-' if att is None else f'{att:.0%}'})"
-        )
-        if note := small_sample_footnote(flagged):
-            console.print(f"[dim]  {escape(note)}[/]")
-    if s.get("decode_stop"):
-        console.print(f"decode sweep stopped: {escape(s['decode_stop'])}")
-    for n in s.get("notes", []):
-        console.print(f"[dim]  {escape(n)}[/]")
-    server_run = next((c for c in run.children if c.path is not None and c.path.name == "server"), None)
-    q = ((server_run.summary.get("phasebench") or {}).get("quality") if server_run is not None else None) or {}
-    if q:
-        console.print(f"[bold]Quality under the server step's load[/]: score {_n(q.get('score'), 3)} over "
-                      f"{q.get('answered', '-')} probes, {'valid' if q.get('valid') else 'INVALID'}")
-    console.print("[bold]Where the phases sit[/]")
-    for v in s["verdicts"]:
-        console.print(f"  • {escape(v)}")
-    for r in s["phasebench"]["reasons"] + s["phasebench"].get("warnings", []):
-        console.print(f"[yellow]  ! {escape(r)}[/]")
-    state = "[green]VALID[/]" if run.valid else "[red]INVALID[/] (exit code 3; the reasons are above)"
-    console.print(f"plan: {state}")
-    console.print(f"results: {escape(str(run.path))}")
-
-
-def _n(v: Any, nd: int = 1) -> str:
-    return "-" if v is None else f"{v:,.{nd}f}"
+    return out, figures

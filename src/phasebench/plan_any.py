@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .progress import RichProgress
+from .report import fmt as F
 from .results import Run, RunFolder
 from .runner import Interrupted, api_key, discover, install_uvloop, run_one
 from .spec import SLO, RunSpec, Scenario, SpecError, parse_slo
@@ -118,7 +119,7 @@ def decode_decision(points: list[dict[str, Any]], max_c: int, out_of_time: bool)
 
 def run_url_plan(spec: RunSpec, quick: bool = False, budget: str | None = None, console: Console | None = None,
                  json_out: bool = False) -> Run:
-    from .plan import print_plan
+    from .report.plan import print_plan
 
     console = console or Console()
     shape = QUICK if quick else FULL
@@ -165,7 +166,7 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
     slo = spec.slo if not spec.slo.is_empty() else parse_slo("ttft=2000,tpot=100")
     console.print(f"[bold]plan[/] against {escape(target.model)} at {escape(str(spec.url))} · engine "
                   f"{escape(str(engine.get('name', 'unknown')))} · budget {budget_s:.0f} s · SLO "
-                  f"{_slo_text(slo)}")
+                  f"{F.slo(slo.model_dump())}")
     for n in notes:
         console.print(f"  [dim]{escape(n)}[/]")
     progress = RichProgress(Console(stderr=True))
@@ -226,6 +227,7 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
                                    output_tokens=shape.decode_output, seed=7, slo=slo))
     summary = plan_summary(children, names, wall_src["probe"], {"model_file": wall_src["model_file"]})
     summary["decode_stop"] = stop
+    summary["capacity_step"] = f"decode-c{best['concurrency']}"
     summary["context_length"] = context
     summary["notes"] = notes
     summary["slo"] = slo.model_dump()
@@ -284,9 +286,3 @@ def _wall_source(model_spec: str | None, hardware: str, weights: str | None, not
     return {"probe": {"bandwidth_gbps": hw.memory_gbps, "matmul_gflops_fp32": peak, "peak_precision": peak_prec,
                       "hardware": hw.key},
             "model_file": {"bytes": wbytes, "parameters": m.params, "kv_bytes_per_token": m.kv_bytes_per_token("fp16")}}
-
-
-def _slo_text(slo: SLO) -> str:
-    parts = [f"{k[:-3]}≤{v:g} ms" for k, v in (("ttft_ms", slo.ttft_ms), ("tpot_ms", slo.tpot_ms),
-                                              ("e2e_ms", slo.e2e_ms)) if v]
-    return f"p{slo.percentile:g} " + ", ".join(parts)

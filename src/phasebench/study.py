@@ -21,7 +21,6 @@ database's latest, or ``--runs``). The computation returns typed dataclasses; ``
 from __future__ import annotations
 
 import inspect
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +119,32 @@ class Study:
         d = asdict(self)
         d["gains"] = [g.to_dict() for g in self.gains]
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Study:
+        """Back from ``to_dict``: what ``phasebench show`` reads from a study folder's ``study.json``."""
+        from .sim.gain import GainTable
+
+        return cls(**{**d, "platforms": [Platform(**{**p, "notes": tuple(p.get("notes") or ())}) for p in d["platforms"]],
+                      "prefill": [Point(**p) for p in d["prefill"]], "decode": [Point(**p) for p in d["decode"]],
+                      "winners": [Winner(**w) for w in d["winners"]],
+                      "gains": [GainTable.from_dict(g) for g in d.get("gains") or []]})
+
+
+STUDY_FILE = "study.json"
+
+
+def load_study(folder: Path) -> Study:
+    """A ``phasebench study --out`` folder's study; a ``ValueError`` naming the file when it is not one."""
+    import json
+
+    f = Path(folder) / STUDY_FILE
+    try:
+        return Study.from_dict(json.loads(f.read_text(encoding="utf-8")))
+    except OSError as e:
+        raise ValueError(f"{f}: cannot be read ({e.strerror or e})") from None
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise ValueError(f"{f}: not a phasebench study ({type(e).__name__}: {e})") from None
 
 
 def _platform(s: Setup, notes: list[str]) -> Platform:
@@ -344,9 +369,4 @@ def run_study(model: str, platforms: list[str] | None = None, engine: str | None
                  gains, measured_from, assumptions, notes + [f"{gs.simulations} replica simulations"])
 
 
-def fmt(v: float | None, nd: int = 3) -> str:
-    if v is None:
-        return "-"
-    if math.isinf(v):
-        return "∞"
-    return f"{v:.{nd}g}" if abs(v) < 1e4 else f"{v:,.0f}"
+

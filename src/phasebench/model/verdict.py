@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..report.fmt import seconds as _ms
+
 AT_WALL = 0.60   # well-tuned stacks reach 55–80% of peak bandwidth in decode (Databricks, 2023): at the wall
 NEAR_WALL = 0.35  # between the two: near the wall, with something else taking a real share
 
@@ -43,10 +45,6 @@ class Verdict:
     compute_s: float      # time at peak FLOP/s
     measured_s: float
     text: str
-
-
-def _ms(s: float) -> str:
-    return f"{s * 1e3:.3g} ms" if s >= 1e-3 else f"{s * 1e6:.3g} µs"
 
 
 def _judge(phase: str, step: str, measured_s: float, nbytes: float, flops: float, bw: Peak, fl: Peak,

@@ -9,7 +9,6 @@ table count only the tested changes.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from rich.console import Console
@@ -17,6 +16,8 @@ from rich.console import Console
 from ..compare import ALPHA, MIN_EFFECT, STATS, UNTESTED, Comparison, Row, lower_is_better
 from ..metrics import min_samples
 from ..textsafe import markup as escape
+from . import fmt as F
+from .blocks import Block, Bullets, Heading, Para, Table
 from .terminal import flag_percentile, small_sample_footnote
 
 SIGNIFICANT_MARK = "✓"
@@ -29,15 +30,10 @@ class Cell:
     tone: str = ""   # "better" | "worse" | "" (for colour)
 
 
-def _v(x: float | None) -> str:
-    if x is None:
-        return "-"
-    return f"{x:,.3f}" if abs(x) < 10 else f"{x:,.1f}"
-
-
 def cell(r: Row, i: int, flagged: set[str] | None = None) -> Cell:
     """Run ``i``'s cell of row ``r`` in plain text."""
-    value = _v(r.values[i])
+    x = r.values[i]
+    value = F.num(x, 3) if x is not None and abs(x) < 10 else F.num(x)
     if r.counts:
         value = flag_percentile(value, r.stat, r.counts[i], flagged)
     verdict = r.verdicts[i] if i < len(r.verdicts) else ""
@@ -51,20 +47,20 @@ def cell(r: Row, i: int, flagged: set[str] | None = None) -> Cell:
     if verdict in ("significant", "not significant") and r.ci[i] is not None:
         lo, hi = r.ci[i]
         p = r.p_values[i]
-        ci = f"95% CI {lo:+.1%}..{hi:+.1%}" + ("" if p is None else f", p={p:.1g}")
+        ci = f"95% CI {F.change(lo)}..{F.change(hi)}" + ("" if p is None else f", p={p:.1g}")
         if verdict == "not significant":
             return Cell(value, f"n.s. ({ci})")
         tone = "better" if (change < 0) == lower_is_better(r.metric) else "worse"
-        return Cell(value, f"{change:+.1%} {SIGNIFICANT_MARK} ({ci})", tone)
+        return Cell(value, f"{F.change(change)} {SIGNIFICANT_MARK} ({ci})", tone)
     if verdict.startswith("rank"):
-        return Cell(value, f"({change:+.1%}, {verdict})")
-    return Cell(value, f"({change:+.1%})")
+        return Cell(value, f"({F.change(change)}, {verdict})")
+    return Cell(value, f"({F.change(change)})")
 
 
 def legend() -> str:
     need = ", ".join(f"{s} {min_samples(q)}" for s, q in STATS[1:])
     return (f"{SIGNIFICANT_MARK} significant: p < {ALPHA:g} (Mann-Whitney U for p50, a seeded bootstrap for the tails), "
-            f"the bootstrap 95% CI of the percentile's change excludes 0, and the change is ≥ {MIN_EFFECT:.0%}; "
+            f"the bootstrap 95% CI of the percentile's change excludes 0, and the change is ≥ {F.pct(MIN_EFFECT, 0)}; "
             f"n.s. = not significant; untested = fewer samples than the percentile needs in either run ({need}); "
             "a change in (brackets) is a per-run figure with one value per run, not tested")
 
@@ -119,33 +115,11 @@ def print_comparison(c: Comparison, console: Console) -> None:
         console.print(f"[yellow]warning:[/] {escape(w)}")
 
 
-def comparison_html(c: Comparison, esc: Callable[[object], str]) -> str:
-    """The report's comparison section (``esc``: the report's HTML escaping of outside text)."""
+def comparison_blocks(c: Comparison) -> list[Block]:
+    """The report's comparison section, for its HTML and Markdown alike (each cell: the value, then its change)."""
     rows, flagged = _rows(c)
-    cls = {"better": ' class="ok"', "worse": ' class="bad"'}
-    h = ["<h2>Comparison (change against the first run)</h2><table><tr><th class='l'>metric</th>"
-         + "".join(f"<th>{i + 1}: {esc(n)}</th>" for i, n in enumerate(c.names)) + "</tr>"]
-    for label, cells in rows:
-        h.append(f"<tr><td class='l'>{esc(label)}</td>" + "".join(
-            f"<td>{esc(x.value)}" + (f"<br><span{cls.get(x.tone, '')}>{esc(x.note)}</span>" if x.note else "") + "</td>"
-            for x in cells) + "</tr>")
-    h.append("</table>")
-    h += [f"<p><small>{esc(n)}</small></p>" for n in _notes(c, flagged)]
-    h += [f"<p><b>{esc(v)}</b></p>" for v in verdict_lines(c)]
-    h += [f'<p class="warn">warning: {esc(w)}</p>' for w in c.warnings]
-    return "\n".join(h)
-
-
-def comparison_markdown(c: Comparison, esc: Callable[[object], str]) -> list[str]:
-    """The report's comparison section in Markdown (``esc``: the report's Markdown escaping)."""
-    rows, flagged = _rows(c)
-    md = ["## Comparison (change against the first run)", "",
-          "| metric | " + " | ".join(f"{i + 1}: {esc(n)}" for i, n in enumerate(c.names)) + " |",
-          "|---|" + "---|" * len(c.names)]
-    for label, cells in rows:
-        md.append(f"| {esc(label)} | " + " | ".join(esc(f"{x.value} {x.note}".strip()) for x in cells) + " |")
-    md.append("")
-    md += [f"*{esc(n)}*" for n in _notes(c, flagged)] + [""]
-    md += [f"**{esc(v)}**" for v in verdict_lines(c)] + [""]
-    md += [f"- warning: {esc(w)}" for w in c.warnings] + ([""] if c.warnings else [])
-    return md
+    table = Table("", ["metric", *(f"{i + 1}: {n}" for i, n in enumerate(c.names))],
+                  [[label, *(f"{x.value} {x.note}".strip() for x in cells)] for label, cells in rows])
+    return [Heading("Comparison (change against the first run)"), table,
+            *(Para(n, "small") for n in _notes(c, flagged)), *(Para(v, "lead") for v in verdict_lines(c)),
+            Bullets([f"warning: {w}" for w in c.warnings], "warn")]

@@ -14,14 +14,8 @@ from ..model.arch import ModelArch
 from ..model.fitcheck import MAX_FIT_ERROR
 from ..model.hardware import Hardware
 from ..model.phases import Prediction
-
-
-def _f(v: float | None, nd: int = 2) -> str:
-    if v is None:
-        return "-"
-    if abs(v) >= 1000:
-        return f"{v:,.0f}"
-    return f"{v:.{nd}f}"
+from . import fmt as F
+from .fmt import auto as _f
 
 
 def print_predictions(preds: list[Prediction], console: Console) -> None:
@@ -178,11 +172,12 @@ def roofline_lines(block: dict[str, Any] | None) -> list[str]:
         (f", step {escape(block['step'])}" if block.get("step") else "")
     lines.append(head)
     if "mbu" in block:
-        lines.append(f"  decode MBU {block['mbu']:.0%}: {block['decode_bytes_per_step'] / 1e6:,.0f} MB per step at mean batch "
-                     f"{block['mean_batch']:.1f} → {block['decode_achieved_gbps']:.1f} of {block['peak_bandwidth_gbps']:.0f} GB/s")
+        lines.append(f"  decode MBU {F.pct(block['mbu'])}: {F.size(block['decode_bytes_per_step'])} per step at mean batch "
+                     f"{F.num(block['mean_batch'])} → {F.num(block['decode_achieved_gbps'])} of "
+                     f"{F.num(block['peak_bandwidth_gbps'], 0)} GB/s")
     if "mfu" in block:
-        lines.append(f"  prefill MFU {block['mfu']:.1%}: {block['prefill_achieved_tflops'] * 1e3:,.1f} GFLOP/s of "
-                     f"{block['peak_tflops'] * 1e3:,.0f} — against the "
+        lines.append(f"  prefill MFU {F.pct(block['mfu'])}: {F.num(block['prefill_achieved_tflops'] * 1e3)} GFLOP/s of "
+                     f"{F.num(block['peak_tflops'] * 1e3, 0)} — against the "
                      f"{escape(block.get('peak_flops_label') or 'catalog peak')}")
     pr, me = block.get("predicted"), block.get("measured")
     if pr and me and pr.get("tpot_ms"):

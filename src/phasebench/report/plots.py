@@ -63,11 +63,25 @@ def _fig(ncols: int = 1):
     return fig, axes
 
 
+def zero_based(a) -> None:
+    """Linear axes start at 0, so a 1% change looks like 1% and not like a cliff; log axes say so in their label."""
+    for axis, lim, label, get in (("x", a.set_xlim, a.set_xlabel, a.get_xlabel), ("y", a.set_ylim, a.set_ylabel,
+                                                                               a.get_ylabel)):
+        scale = a.get_xscale() if axis == "x" else a.get_yscale()
+        if scale == "linear":
+            lo, hi = (a.get_xlim() if axis == "x" else a.get_ylim())
+            if lo > 0 or hi > 0:
+                lim(min(lo, 0), max(hi, 0))
+        elif "log scale" not in get():
+            label(f"{get()} (log scale)")
+
+
 def _axes(axes, *labels: tuple[str, str]) -> None:  # noqa: ANN001
-    """Label each axis (x, y), add a light grid and a small legend."""
+    """Label each axis (x, y), start it at zero, add a light grid and a small legend."""
     for a, (x, y) in zip(axes, labels):
         a.set_xlabel(x)
         a.set_ylabel(y)
+        zero_based(a)
         a.grid(alpha=0.3)
         a.legend(fontsize=8)
 
@@ -192,6 +206,7 @@ def cdfs(runs: list[Run], names: list[str]) -> Plot | None:
         return _discard(fig)
     ax[0].set_ylabel("fraction of requests ≤ x")
     for a in ax:
+        zero_based(a)
         a.grid(alpha=0.3)
         a.axhline(0.99, color="grey", lw=0.6, ls=":")
     ax[0].legend(fontsize=8)
@@ -264,11 +279,14 @@ def roofline(runs: list[Run], names: list[str]) -> Plot | None:
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP/byte)")
     ax.set_ylabel("FLOP/s")
+    zero_based(ax)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7)
     return Plot("roofline", "Where each phase sits against the roofline",
                 "Decode (circles) sits far left, under the bandwidth slope: memory-bound. Prefill (triangles) sits "
-                "to the right, toward the compute roof. The gap to the line is what the stack leaves on the table.",
+                "to the right, toward the compute roof. The gap to the line is what the stack leaves on the table. "
+                "Each point is one step's own roofline block (at its mean batch); the decode MBU and prefill MFU a "
+                "plan states are its verdicts' figures, from the steps named there. Both axes are logarithmic.",
                 _png(fig))
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
 
 from rich.console import Console
 from ..textsafe import markup as escape
 from rich.table import Table
 
-
-def _n(v: Any, nd: int = 1) -> str:
-    return "-" if v is None else f"{v:,.{nd}f}"
+from .fmt import num as _n
 
 
 def print_disagg(model: str, ps, ds, cs, link, point, grid: list[dict], ratio: dict, sims: dict | None,

@@ -4,7 +4,6 @@ tables and ``study.json``; and the terminal summary. Every figure is labelled *p
 
 from __future__ import annotations
 
-import base64
 import csv
 import datetime as dt
 import json
@@ -17,9 +16,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from ..sim.gain import CSV_COLUMNS, GainTable
-from ..study import Point, Study, fmt
-from .document import CSS, _e, md_escape
-from .plots import COLORS, Plot, _mpl
+from ..study import Point, Study
+from . import fmt as F
+from .blocks import Block, Bullets, Figure, Heading, Para
+from .blocks import Table as DocTable
+from .blocks import to_html as page_html
+from .blocks import to_markdown as page_markdown
+from .plots import COLORS, Plot, _mpl, zero_based
 
 
 def _png(fig, dpi: int = 80) -> bytes:
@@ -68,6 +71,7 @@ def plot_prefill(st: Study) -> Plot:
     ax.set_xlabel("input tokens")
     ax.set_ylabel("TTFT (ms), predicted")
     ax.set_title(f"{st.model}: prefill, TTFT against input length ({PREDICTED})")
+    zero_based(ax)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     return Plot("ttft_vs_input", f"Prefill: TTFT against input length ({PREDICTED})",
@@ -104,6 +108,7 @@ def plot_decode(st: Study) -> Plot:
         ax.set_yscale("log")
         ax.set_xlabel("batch (sequences decoding together)")
         ax.set_ylabel(yl)
+        zero_based(ax)
         ax.grid(True, which="both", alpha=0.3)
     a1.set_title(f"TPOT against batch ({PREDICTED})")
     a2.set_title(f"decode throughput against batch ({PREDICTED}); ○ = crossover")
@@ -266,8 +271,8 @@ def _pair_rows(st: Study) -> list[list[str]]:
             or (g.by_rate[len(g.by_rate) // 2] if g.by_rate else None)
         be = "; ".join(f"{n}: {g.break_even_note.get(n, '-')}" for n in sorted(g.break_even_gbps))
         out.append([f"{g.prefill} → {g.decode}", be or "-",
-                    fmt(ref.goodput_gain) if ref else "-", fmt(ref.cost_gain) if ref else "-",
-                    ", ".join(f"{r:.3g}" for r in g.break_even_rates) or "none in range"])
+                    F.sig(ref.goodput_gain) if ref else "-", F.sig(ref.cost_gain) if ref else "-",
+                    ", ".join(F.sig(r) for r in g.break_even_rates) or "none in range"])
     return out
 
 
@@ -279,7 +284,7 @@ def _winner_rows(st: Study) -> tuple[list[str], list[list[str]]]:
     keys = [p.key for p in st.platforms]
     rows = []
     for w in st.winners:
-        rows.append([w.metric, w.normalisation, *[fmt(w.values.get(k)) if w.values.get(k) is not None
+        rows.append([w.metric, w.normalisation, *[F.sig(w.values.get(k)) if w.values.get(k) is not None
                                                    else f"n/a ({w.missing.get(k, '-')})" for k in keys],
                      w.winner or "-"])
     return ["metric", "normalisation", *keys, "winner"], rows
@@ -290,58 +295,38 @@ def _crossover_rows(st: Study) -> list[list[str]]:
 
 
 # --- documents -------------------------------------------------------------------------------------------
-def to_html(st: Study, plots: list[Plot]) -> str:
-    def table(head: list[str] | tuple[str, ...], rows: list[list[str]]) -> str:
-        return ("<table><tr>" + "".join(f"<th class='l'>{_e(h)}</th>" for h in head) + "</tr>"
-                + "".join("<tr>" + "".join(f"<td class='l'>{_e(c)}</td>" for c in r) + "</tr>" for r in rows)
-                + "</table>")
-
-    h = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-         f"<title>phasebench study: {_e(st.model)}</title><style>{CSS}</style></head><body>",
-         f"<h1>phasebench study: {_e(st.model)} (predicted)</h1>",
-         f"<p>Generated {_e(dt.datetime.now(dt.UTC).isoformat(timespec='seconds'))}. "
-         "<strong>Every figure is predicted</strong> by phasebench's phase model and serving simulator, not "
-         "measured, except points marked measured.</p>",
-         "<h2>Assumptions</h2><ul>" + "".join(f"<li>{_e(a)}</li>" for a in st.assumptions) + "</ul>"]
-    if st.notes:
-        h.append("<ul>" + "".join(f'<li class="warn">{_e(n)}</li>' for n in st.notes) + "</ul>")
-    h.append("<h2>Platforms</h2>" + table(("platform", "name", "kind", "chips", "TDP W", "$ per hour", "efficiency", "notes"),
-             [[p.key, p.name, p.kind, str(p.chips), fmt(p.tdp_w), fmt(p.price_per_hour) if p.price_per_hour is not None
-               else "no price in the catalog", p.efficiency, "; ".join(p.notes)] for p in st.platforms]))
+def blocks(st: Study, plots: list[Plot]) -> list[Block]:
+    """The study as report blocks: one source for ``study.html`` and ``study.md``."""
     head, rows = _winner_rows(st)
-    h.append("<h2>Per-phase winners (predicted)</h2>" + table(head, rows))
-    h.append(f"<h2>Crossover batch against {_e(st.reference)} (predicted)</h2>"
-             + table(("platform", "smallest batch reaching its decode throughput"), _crossover_rows(st)))
+    out: list[Block] = [
+        Heading(f"phasebench study: {st.model} (predicted)", 1),
+        Para(f"Generated {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}. Every figure is predicted by "
+             "phasebench's phase model and serving simulator, not measured, except points marked measured.", "lead"),
+        Heading("Assumptions"), Bullets(list(st.assumptions)), Bullets(list(st.notes), "warn"),
+        Heading("Platforms"),
+        DocTable("", ("platform", "name", "kind", "chips", "TDP W", "$ per hour", "efficiency", "notes"),
+              [[p.key, p.name, p.kind, str(p.chips), F.sig(p.tdp_w),
+                F.sig(p.price_per_hour) if p.price_per_hour is not None else "no price in the catalog", p.efficiency,
+                "; ".join(p.notes)] for p in st.platforms], labels=3),
+        Heading("Per-phase winners (predicted)"), DocTable("", head, rows, labels=2),
+        Heading(f"Crossover batch against {st.reference} (predicted)"),
+        DocTable("", ("platform", "smallest batch reaching its decode throughput"), _crossover_rows(st)),
+    ]
     if st.gains:
-        h.append("<h2>Disaggregation under load (predicted, simulated)</h2>" + table(PAIR_HEAD, _pair_rows(st)))
+        out += [Heading("Disaggregation under load (predicted, simulated)"), DocTable("", PAIR_HEAD, _pair_rows(st))]
     for p in plots:
-        b64 = base64.b64encode(p.png).decode()
-        h.append(f'<h2>{_e(p.title)}</h2><figure><img alt="{_e(p.title)}" src="data:image/png;base64,{b64}">'
-                 f"<figcaption>{_e(p.caption)}</figcaption></figure>")
-    h.append("<p><small>Tables: prefill.csv, decode.csv, winners.csv, disagg.csv and study.json beside this file. "
-             "This file is self-contained: it loads nothing from the network.</small></p></body></html>")
-    return "\n".join(h)
+        out += [Heading(p.title), Figure(p.key, p.title, p.caption, p.png)]
+    out.append(Para("Tables: prefill.csv, decode.csv, winners.csv, disagg.csv and study.json beside this file. "
+                    "This file is self-contained: it loads nothing from the network.", "small"))
+    return out
+
+
+def to_html(st: Study, plots: list[Plot]) -> str:
+    return page_html(f"phasebench study: {st.model}", blocks(st, plots))
 
 
 def to_markdown(st: Study, plots: list[Plot]) -> str:
-    def table(head: list[str] | tuple[str, ...], rows: list[list[str]]) -> list[str]:
-        return ["| " + " | ".join(md_escape(x) for x in head) + " |", "|" + "---|" * len(head),
-                *["| " + " | ".join(md_escape(c) for c in r) + " |" for r in rows], ""]
-
-    md = [f"# phasebench study: {md_escape(st.model)} (predicted)", "",
-          "**Every figure is predicted** by phasebench's phase model and serving simulator, not measured, except "
-          "points marked measured.", "", "## Assumptions", "", *[f"- {md_escape(a)}" for a in st.assumptions], ""]
-    md += [f"- {md_escape(n)}" for n in st.notes] + [""]
-    head, rows = _winner_rows(st)
-    md += ["## Per-phase winners (predicted)", "", *table(head, rows)]
-    md += [f"## Crossover batch against {md_escape(st.reference)} (predicted)", "",
-           *table(("platform", "smallest batch reaching its decode throughput"), _crossover_rows(st))]
-    if st.gains:
-        md += ["## Disaggregation under load (predicted, simulated)", "", *table(PAIR_HEAD, _pair_rows(st))]
-    for p in plots:
-        md += [f"## {md_escape(p.title)}", "", f"![{md_escape(p.title)}]({p.key}.png)", "", f"*{md_escape(p.caption)}*", ""]
-    return "\n".join(md)
+    return page_markdown(blocks(st, plots), "")
 
 
 def write_study(st: Study, out: Path) -> list[Path]:
@@ -405,21 +390,21 @@ def print_gain(g: GainTable, console: Console) -> None:
 
         def cell(c) -> str:
             col = "green" if c.goodput_gain is not None and c.goodput_gain >= 1 else "red"
-            return f"[{col}]{fmt(c.goodput_gain)}[/] ({fmt(c.cost_gain)})"
-        t.add_row(str(n), f"{first.rate:.3g}", *[cell(cells[b]) for b in bws], escape(g.break_even_note.get(n, "-")))
+            return f"[{col}]{F.sig(c.goodput_gain)}[/] ({F.sig(c.cost_gain)})"
+        t.add_row(str(n), F.sig(first.rate), *[cell(cells[b]) for b in bws], escape(g.break_even_note.get(n, "-")))
     console.print(t)
     t = Table(title=f"against request rate ({g.ref_input} input tokens, {g.ref_gbps:g} GB/s)", title_justify="left")
     for c in ("req/s", "colocated (best)", "goodput col / dis", "gain", "$/1M at SLO col / dis", "cost gain",
               "p99 TTFT col / dis ms", "p99 TPOT col / dis ms"):
         t.add_column(c, justify="right")
     for c in g.by_rate:
-        t.add_row(f"{c.rate:.3g}", c.colocated_platform, f"{c.colocated_goodput:.3g} / {c.disagg_goodput:.3g}",
-                  fmt(c.goodput_gain), f"{fmt(c.colocated_usd_per_1m_at_slo)} / {fmt(c.disagg_usd_per_1m_at_slo)}",
-                  fmt(c.cost_gain), f"{fmt(c.colocated_p99_ttft_ms)} / {fmt(c.disagg_p99_ttft_ms)}",
-                  f"{fmt(c.colocated_p99_tpot_ms)} / {fmt(c.disagg_p99_tpot_ms)}")
+        t.add_row(F.sig(c.rate), escape(c.colocated_platform), f"{F.sig(c.colocated_goodput)} / {F.sig(c.disagg_goodput)}",
+                  F.sig(c.goodput_gain), f"{F.sig(c.colocated_usd_per_1m_at_slo)} / {F.sig(c.disagg_usd_per_1m_at_slo)}",
+                  F.sig(c.cost_gain), f"{F.sig(c.colocated_p99_ttft_ms)} / {F.sig(c.disagg_p99_ttft_ms)}",
+                  f"{F.sig(c.colocated_p99_tpot_ms)} / {F.sig(c.disagg_p99_tpot_ms)}")
     console.print(t)
     console.print("break-even request rates (gain crosses 1): "
-                  + (", ".join(f"{r:.3g} req/s" for r in g.break_even_rates) or "none in the range"))
+                  + (", ".join(f"{F.sig(r)} req/s" for r in g.break_even_rates) or "none in the range"))
     for n in g.notes:
         console.print(f"[yellow]note:[/] {escape(n)}")
 

@@ -15,6 +15,7 @@ from ..metrics import min_samples
 from ..results import Run
 from ..spec import redact_url
 from ..textsafe import markup as escape
+from . import fmt as F
 
 ROWS = (
     ("TTFT (from schedule)", "ttft_ms"),
@@ -26,14 +27,6 @@ ROWS = (
     ("ITL per token", "itl_token_ms"),
     ("E2E", "e2e_ms"),
 )
-
-
-def _f(v: Any, nd: int = 2) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:,.{nd}f}"
-    return escape(str(v))
 
 
 SMALL_SAMPLE_MARK = "*"
@@ -70,10 +63,11 @@ def latency_table(summary: dict[str, Any], flagged: set[str] | None = None) -> T
         if not s.get("count"):
             continue
         ci = s.get("p99_ci95")
-        ci_txt = "-" if not ci else f"{ci[0]:.1f}–{'∞' if ci[1] is None else f'{ci[1]:.1f}'}"
+        ci_txt = F.MISSING if not ci else f"{F.num(ci[0])}–{'∞' if ci[1] is None else F.num(ci[1])}"
         n = s.get("count")
-        t.add_row(label, _f(n), _f(s.get("mean")), *(flag_percentile(_f(s.get(p)), p, n, flagged) for p in ("p50", "p90", "p99")),
-                  ci_txt, _f(s.get("max")))
+        t.add_row(label, F.count(n), F.auto(s.get("mean")),
+                  *(flag_percentile(F.auto(s.get(p)), p, n, flagged) for p in ("p50", "p90", "p99")), ci_txt,
+                  F.auto(s.get("max")))
     return t
 
 
@@ -83,29 +77,29 @@ def throughput_table(summary: dict[str, Any]) -> Table:
     t = Table(title="Throughput", title_justify="left", show_header=False)
     t.add_column("what")
     t.add_column("value", justify="right")
-    t.add_row("requests completed / failed", f"{summary.get('completed')} / {summary.get('failed')}")
-    t.add_row("measurement window (s)", _f(summary.get("duration"), 2))
-    t.add_row("request throughput (req/s)", _f(summary.get("request_throughput")))
-    t.add_row("output token throughput (tok/s)", _f(summary.get("output_throughput")))
-    t.add_row("total token throughput (tok/s)", _f(summary.get("total_token_throughput")))
+    t.add_row("requests completed / failed", F.ratio(summary.get("completed"), summary.get("failed")))
+    t.add_row("measurement window (s)", F.auto(summary.get("duration"), 2))
+    t.add_row("request throughput (req/s)", F.auto(summary.get("request_throughput")))
+    t.add_row("output token throughput (tok/s)", F.auto(summary.get("output_throughput")))
+    t.add_row("total token throughput (tok/s)", F.auto(summary.get("total_token_throughput")))
     pf = (m.get("prefill_tps") or {}).get("p50")
     dc = (m.get("decode_tps") or {}).get("p50")
-    t.add_row("prefill per request, median (tok/s)", _f(pf, 1))
-    t.add_row("decode per request, median (tok/s)", _f(dc, 1))
+    t.add_row("prefill per request, median (tok/s)", F.auto(pf, 1))
+    t.add_row("decode per request, median (tok/s)", F.auto(dc, 1))
     slo = pb.get("slo") or {}
     if summary.get("request_goodput") is not None:
         att = slo.get("attainment")
-        t.add_row("goodput (req/s meeting SLO)", _f(summary["request_goodput"]))
-        t.add_row("SLO attainment", "-" if att is None else f"{att:.1%}")
+        t.add_row("goodput (req/s meeting SLO)", F.auto(summary["request_goodput"]))
+        t.add_row("SLO attainment", F.pct(att))
     st = pb.get("server_timing") or {}
     if (st.get("prompt_ms") or {}).get("count"):
-        t.add_row("server-side prefill, median (ms)", _f(st["prompt_ms"]["p50"]))
+        t.add_row("server-side prefill, median (ms)", F.auto(st["prompt_ms"]["p50"]))
     if (st.get("tpot_ms") or {}).get("count"):
-        t.add_row("server-side TPOT, median (ms)", _f(st["tpot_ms"]["p50"]))
+        t.add_row("server-side TPOT, median (ms)", F.auto(st["tpot_ms"]["p50"]))
     cl = pb.get("client") or {}
     if cl.get("cpu_fraction") is not None:
-        t.add_row("client CPU (of one core)", f"{cl['cpu_fraction']:.0%}")
-    t.add_row("max in flight", str(cl.get("max_in_flight")))
+        t.add_row("client CPU (of one core)", F.pct(cl["cpu_fraction"], 0))
+    t.add_row("max in flight", F.count(cl.get("max_in_flight")))
     return t
 
 
@@ -123,30 +117,12 @@ def verdict_lines(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
-def sweep_table(run: Run, flagged: set[str] | None = None) -> Table:
-    t = Table(title="Sweep", title_justify="left")
-    cols = ("point", "conc", "rate", "ok/fail", "req/s", "out tok/s", "TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99",
-            "goodput", "valid")
-    for c in cols:
-        t.add_column(c, justify="right" if c != "point" else "left")
-    for row in run.summary.get("points", []):
-        t.add_row(
-            _f(row.get("point")), _f(row.get("max_concurrency")), _f(row.get("request_rate")),
-            f"{row.get('completed')}/{row.get('failed')}", _f(row.get("request_throughput")),
-            _f(row.get("output_throughput"), 1), _f(row.get("median_ttft_ms"), 1),
-            flag_percentile(_f(row.get("p99_ttft_ms"), 1), "p99", row.get("completed"), flagged),
-            _f(row.get("median_tpot_ms"), 1), flag_percentile(_f(row.get("p99_tpot_ms"), 1), "p99", row.get("completed"), flagged),
-            _f(row.get("request_goodput")),
-            "yes" if row.get("valid") else "no",
-        )
-    return t
-
-
 def print_run(run: Run, console: Console | None = None) -> None:
     console = console or Console()
     m = run.manifest
     target = m.get("target") or {}
-    head = f"[bold]{escape(str(m.get('spec', {}).get('scenario', m.get('kind'))))}[/]"
+    what = m.get("kind") if m.get("kind") == "plan" else (m.get("spec") or {}).get("scenario", m.get("kind"))
+    head = f"[bold]{escape(str(what))}[/]"
     if target:
         head += f" · {escape(str(target.get('model')))} @ {escape(str(redact_url(str(target.get('url') or '')) or '-'))}"
     if m.get("simulated"):
@@ -158,11 +134,17 @@ def print_run(run: Run, console: Console | None = None) -> None:
         console.print(f"[yellow]! {escape(w)}[/]", soft_wrap=True)
     if run.skipped_lines and not run.load_warnings:
         console.print(f"[yellow]! {run.skipped_lines} unreadable lines in requests.jsonl were skipped[/]")
+    if run.manifest.get("kind") == "plan":
+        from .plan import print_plan
+
+        print_plan(run, console)
+        return
     flagged: set[str] = set()
     if run.is_sweep:
-        console.print(sweep_table(run, flagged))
-        if note := small_sample_footnote(flagged):
-            console.print(note)
+        from .blocks import rich_table
+        from .tables import sweep_table
+
+        console.print(rich_table(sweep_table(run).compact()))
         for line in verdict_lines(run.summary):
             console.print(line)
         return
@@ -185,10 +167,10 @@ def print_run(run: Run, console: Console | None = None) -> None:
     c = run.summary.get("phasebench", {}).get("cost")
     if c and c.get("usd_per_1m_tokens"):
         slo = c.get("usd_per_1m_tokens_at_slo")
-        console.print(f"cost: ${c['usd_per_1m_tokens']:,.3f} per 1M tokens (input + output, blended) on {c['devices']}× "
-                      f"{escape(c['hardware'])} at ${c['price_per_hour']}/h"
-                      + (f", ${slo:,.3f} counting only requests that met the SLO" if slo else "")
-                      + (f"; {c['output_tokens_per_joule']:.2f} output tokens/J ({escape(c['power_source'])})"
+        console.print(f"cost: {F.usd(c['usd_per_1m_tokens'])} per 1M tokens (input + output, blended) on {c['devices']}× "
+                      f"{escape(c['hardware'])} at {F.usd(c['price_per_hour'], 2)}/h"
+                      + (f", {F.usd(slo)} counting only requests that met the SLO" if slo else "")
+                      + (f"; {F.num(c['output_tokens_per_joule'], 2)} output tokens/J ({escape(c['power_source'])})"
                          if c.get("output_tokens_per_joule") else ""))
     elif c and c.get("note"):
         console.print(f"cost: {escape(c['note'])}")
@@ -204,8 +186,8 @@ def workload_lines(w: dict | None) -> list[str]:
         tps = (pc.get("prefill_new_tps") or {}).get("p50")
         counters = pc.get("source") == "server counters"
         out.append(("prompt cache (server counters): " if counters else "prompt cache: ")
-                   + f"{pc['cached_fraction']:.0%} of {pc['prompt_tokens']:,} prompt tokens cached, "
-                   f"{pc['new_tokens']:,} new" + (f"; prefill {tps:,.0f} new tokens/s (p50)" if tps else "")
+                   + f"{F.pct(pc['cached_fraction'], 0)} of {F.count(pc['prompt_tokens'])} prompt tokens cached, "
+                   f"{F.count(pc['new_tokens'])} new" + (f"; prefill {F.num(tps, 0)} new tokens/s (p50)" if tps else "")
                    + (f" ({pc['requests_not_reporting']} requests without a cache report)"
                       if pc.get("requests_not_reporting") and not counters else ""))
     turns = w.get("by_turn")
@@ -216,9 +198,9 @@ def workload_lines(w: dict | None) -> list[str]:
             t = (v.get("ttft_ms") or {}).get("p50")
             c = (v.get("cached_tokens") or {}).get("mean")
             n = (v.get("prompt_tokens") or {}).get("mean")
-            parts.append(f"{k}: {t:,.0f} ms" if t is not None else f"{k}: –")
+            parts.append(f"{escape(k)}: {F.ms(t, 0, unit=True)}")
             if n is not None:
-                parts[-1] += f" ({n:,.0f} tok" + (f", {c:,.0f} cached)" if c is not None else ")")
+                parts[-1] += f" ({F.num(n, 0)} tok" + (f", {F.num(c, 0)} cached)" if c is not None else ")")
         more = f" … {len(turns) - len(shown)} more" if len(turns) > len(shown) else ""
         out.append("TTFT p50 by turn: " + " · ".join(parts) + more)
     return out

@@ -105,6 +105,16 @@ class GainTable:
         d["capacity_rps"] = {str(k): v for k, v in self.capacity_rps.items()}
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> GainTable:
+        """Back from ``to_dict`` (a study's ``study.json``): "inf" gains are infinities again, keys ints."""
+        def cell(c: dict[str, Any]) -> GainCell:
+            return GainCell(**{k: math.inf if v == "inf" else v for k, v in c.items()})
+
+        return cls(**{**d, "grid": [cell(c) for c in d["grid"]], "by_rate": [cell(c) for c in d["by_rate"]],
+                      **{k: {int(n): v for n, v in d[k].items()} for k in ("break_even_gbps", "break_even_note",
+                                                                            "capacity_rps")}})
+
     def rows(self) -> list[dict[str, Any]]:
         """CSV rows: one per cell, both sweeps (``sweep`` says which)."""
         out = []
