@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from phasebench.plan_any import FULL, QUICK, decode_decision, guess_model_spec, parse_budget, prefill_lengths
+from phasebench.results import Run
 from phasebench.spec import SpecError
 
 from .conftest import ENV
@@ -51,7 +52,8 @@ def test_plan_against_a_url(server, tmp_path):
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--url", server.url, "--plan", "--quick",
                         "--plan-budget", "60s", "--model-spec", "smollm2-135m", "--hardware", "h100-sxm",
                         "--out", str(out)], capture_output=True, text=True, env=ENV, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
+    # the exit code tells the truth: 0 for a VALID plan, 3 when a step came out INVALID (a busy machine's late reads)
+    assert p.returncode == (0 if Run.load(out).valid else 3), p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert [x["input_tokens"] for x in s["prefill_sweep"]] == [32, 256, 1024]
     assert s["prefill_sweep"][-1]["ttft_ms_p50"] > s["prefill_sweep"][0]["ttft_ms_p50"]
@@ -79,7 +81,8 @@ def test_plan_stops_the_decode_sweep_when_the_slo_breaks(server, tmp_path):
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--url", server.url, "--plan", "--quick",
                         "--plan-budget", "30s", "--slo", "ttft=2000,tpot=4", "--out", str(out)],
                        capture_output=True, text=True, env=ENV, timeout=240)
-    assert p.returncode == 0, p.stderr[-3000:]
+    # the exit code tells the truth: 0 for a VALID plan, 3 when a step came out INVALID (a busy machine's late reads)
+    assert p.returncode == (0 if Run.load(out).valid else 3), p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
     assert s["decode_stop"] == "the SLO broke at concurrency 1" and len(s["decode_sweep"]) == 1
     assert any("names no catalog model" in n for n in s["notes"])

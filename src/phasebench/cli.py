@@ -257,8 +257,8 @@ def run(
         if plan:
             from .plan_any import run_url_plan
 
-            run_url_plan(spec, quick=quick, budget=plan_budget, console=out, json_out=json_out)
-            return
+            result = run_url_plan(spec, quick=quick, budget=plan_budget, console=out, json_out=json_out)
+            raise typer.Exit(exitcodes.OK if result.valid else exitcodes.INVALID)  # the exit code tells the truth
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
         from .progress import RichProgress

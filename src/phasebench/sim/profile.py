@@ -169,7 +169,8 @@ def decode_gaps(records: list) -> list[tuple[float, float, float]]:  # noqa: ANN
     """Clean decode iterations from a run's timelines: (Σctx, batch, seconds) per (batch size) group.
 
     Each gap between two single-token chunks of a request is one engine iteration. Gaps during which another
-    request's first token arrived are dropped (that iteration also ran a prefill). The batch is the number of
+    request was waiting for its first token (sent before the gap ended, first token after it began) are dropped:
+    the engine may have run that prompt in the same iteration (a mixed iteration, not a clean decode step). The batch is the number of
     requests between their first and last token at the gap's midpoint; Σctx adds each one's prompt and the
     tokens it had by then. Points are the medians per batch size, so a few hundred gaps give a few robust points.
     """
@@ -178,16 +179,18 @@ def decode_gaps(records: list) -> list[tuple[float, float, float]]:  # noqa: ANN
     recs = [r for r in records if r.ok and not r.warmup and len(r.chunk_ns) >= 2 and r.first_token_ns]
     if not recs:
         return []
-    firsts = sorted(r.first_token_ns for r in recs)
+    by_sent = sorted(recs, key=lambda r: r.sent_ns if r.sent_ns is not None else r.first_token_ns)
+    sent = [r.sent_ns if r.sent_ns is not None else r.first_token_ns for r in by_sent]
+    latest_first = np.maximum.accumulate([r.first_token_ns for r in by_sent]).tolist()  # over requests sent so far
     groups: dict[int, list[tuple[float, float]]] = {}
     for r in recs:
         for k in range(1, len(r.chunk_ns)):
             a, b = r.chunk_ns[k - 1], r.chunk_ns[k]
             if (r.chunk_tokens and r.chunk_tokens[k] != 1) or b <= a:
                 continue
-            lo = bisect.bisect_right(firsts, a)
-            if lo < len(firsts) and firsts[lo] <= b:
-                continue  # a prefill finished inside this gap: a mixed iteration
+            j = bisect.bisect_left(sent, b)
+            if j and latest_first[j - 1] > a:
+                continue  # a request sent before b still awaited its first token after a: a mixed iteration
             mid = (a + b) / 2
             live = [o for o in recs if o.first_token_ns <= mid <= (o.last_token_ns or 0)]
             ctx = sum((o.prompt_tokens or o.input_tokens or 0) + bisect.bisect_right(o.chunk_ns, mid) for o in live)
@@ -199,10 +202,46 @@ def decode_gaps(records: list) -> list[tuple[float, float, float]]:  # noqa: ANN
     return out
 
 
+def prefill_waves(records: list, together_ns: int = 2_000_000) -> list[tuple[float, float, float]]:  # noqa: ANN001
+    """Clean batched prefill iterations read off a concurrent run: (Σn, Σn², seconds) per wave.
+
+    A wave is a group of requests sent together (within ``together_ns`` of each other, or 10% of the wait) whose
+    first tokens also arrived together, while no other request was streaming or waiting: the engine ran their
+    prompts as one iteration (a closed loop whose slots finish at once sends such waves). Its time is the first
+    token minus the last send. Engines amortise a prefill iteration's fixed cost over the prompts batched in it,
+    which single-stream points cannot show; without these points a fit charges 4 short prompts 4 times it."""
+    recs = sorted((r for r in records if r.ok and not r.warmup and r.first_token_ns and r.sent_ns is not None),
+                  key=lambda r: r.first_token_ns)
+    groups: list[list] = []
+    for r in recs:
+        if groups and r.first_token_ns - groups[-1][0].first_token_ns <= together_ns:
+            groups[-1].append(r)
+        else:
+            groups.append([r])
+    out = []
+    for g in groups:
+        if len(g) < 2:
+            continue
+        first = g[0].first_token_ns
+        sent0, sent1 = min(r.sent_ns for r in g), max(r.sent_ns for r in g)
+        wait = first - sent1
+        if wait <= 0 or sent1 - sent0 > max(together_ns, 0.1 * wait):
+            continue
+        ids = {id(r) for r in g}
+        busy = any(id(o) not in ids and o.sent_ns < first and (o.end_ns or o.last_token_ns or first) > sent0
+                   for o in recs)
+        if busy:  # another request streamed or queued meanwhile: a mixed iteration, not a clean prefill
+            continue
+        n = [float(r.prompt_tokens or r.input_tokens or 0) for r in g]
+        out.append((sum(n), sum(x * x for x in n), wait / 1e9))
+    return out
+
+
 def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:  # noqa: ANN001
-    """Fit from measured runs (plans and sweeps count all their steps): single-stream TTFT for prefill, and
-    clean decode iterations read off every run's token timelines for decode (see :func:`decode_gaps`)."""
-    pre: list[tuple[float, float]] = []       # (n, seconds)
+    """Fit from measured runs (plans and sweeps count all their steps): single-stream TTFT and the clean batched
+    prefill waves of concurrent runs for prefill (:func:`prefill_waves`), and clean decode iterations read off
+    every run's token timelines for decode (see :func:`decode_gaps`)."""
+    pre: list[tuple[float, float, float]] = []       # (Σn, Σn², seconds)
     dec: list[tuple[float, float, float]] = []  # (sum_ctx, batch, seconds)
     names, model, hw = [], None, None
     for run in runs:
@@ -214,20 +253,24 @@ def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:  # noqa: ANN0
             if leaf.ran_alone:
                 for r in leaf.records:
                     if r.ok and not r.warmup and r.first_token_ns and r.sent_ns is not None:
-                        pre.append((float(r.prompt_tokens or r.input_tokens or 0), (r.first_token_ns - r.sent_ns) / 1e9))
+                        n = float(r.prompt_tokens or r.input_tokens or 0)
+                        pre.append((n, n * n, (r.first_token_ns - r.sent_ns) / 1e9))
+            else:
+                pre += prefill_waves(leaf.records)
             dec += decode_gaps(leaf.records)
     warnings = []
-    if len(pre) < min_points or len({n for n, _ in pre}) < 2:
-        raise ModelError(f"too few prefill points to fit ({len(pre)} requests over {len({n for n, _ in pre})} prompt "
+    sizes = {n for n, _, _ in pre}
+    if len(pre) < min_points or len(sizes) < 2:
+        raise ModelError(f"too few prefill points to fit ({len(pre)} requests over {len(sizes)} prompt "
                          "lengths): need single-stream runs at two or more prompt lengths")
     if len(dec) < 1:
         raise ModelError("no decode point to fit: need runs that stream more than one output token per request")
     P = np.array(pre)
-    Xp = np.column_stack([np.ones(len(P)), P[:, 0], P[:, 0] ** 2])
-    if len({n for n, _ in pre}) < 3:
+    Xp = np.column_stack([np.ones(len(P)), P[:, 0], P[:, 1]])
+    if len(sizes) < 3:
         Xp[:, 2] = 0
         warnings.append("prefill: fewer than 3 prompt lengths, the n² term is not fitted")
-    cp = _lstsq(Xp, P[:, 1])
+    cp = _lstsq(Xp, P[:, 2])
     D = np.array(dec)
     Xd = np.column_stack([np.ones(len(D)), D[:, 0], D[:, 1]])
     if len(D) < 3:
@@ -241,7 +284,7 @@ def fit_profile(runs: list, min_points: int = 2) -> FittedProfile:  # noqa: ANN0
     table = [(b, float(np.median([c for c, _ in v])), float(np.median([x for _, x in v]))) for b, v in sorted(by_batch.items())]
     prof = FittedProfile(tuple(float(x) for x in cp), tuple(float(x) for x in cd), sorted(set(names)), {},
                          {"prefill": len(P), "decode": len(D)}, warnings, model, hw, table)
-    err_p = np.abs(Xp @ cp / P[:, 1] - 1)
+    err_p = np.abs(Xp @ cp / P[:, 2] - 1)
     err_d = np.abs(np.column_stack([np.ones(len(D)), D[:, 0], D[:, 1]]) @ cd / D[:, 2] - 1)
     err_t = np.abs(np.array([prof._decode(int(b), c) / sec - 1 for c, b, sec in dec]))
     prof.error = {"prefill_median_abs": float(np.median(err_p)), "decode_median_abs": float(np.median(err_d)),
