@@ -33,6 +33,19 @@ def test_chunks_carry_kernel_stamps_between_send_and_read(server, tmp_path):
     assert c["ttft_uncertainty_ms"]["count"] == 6
 
 
+@linux
+def test_a_last_token_read_with_the_end_of_its_stream_is_exact(server, tmp_path):
+    """One-token answers: the token, its finish event and [DONE] arrive in one segment, so the token carries that
+    segment's own kernel stamp; sharing a read with the stream's end is not reading late (it made every mock
+    prefill step INVALID: "TTFT may be up to 20.8 ms late" on a quiet machine)."""
+    server.configure(ttft_ms=20, itl_ms=5)
+    r = phasebench.run(spec(server, tmp_path, requests=4, output_tokens=1, concurrency=[1]))
+    assert r.manifest["transport"]["name"] == "raw"
+    assert all(rec.ok and len(rec.chunk_ns) == 1 for rec in r.records)
+    assert all(rec.ttft_uncertainty_ns == 0 and rec.coalesced_reads == 0 for rec in r.records if not rec.warmup)
+    assert not any("read late" in x for x in r.summary["phasebench"]["reasons"])
+
+
 def test_same_records_either_way(server, tmp_path):
     server.configure(ttft_ms=10, itl_ms=3, tokens_per_chunk=2)
     a = phasebench.run(spec(server, tmp_path / "a", requests=3, output_tokens=10, transport="aiohttp"))

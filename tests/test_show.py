@@ -37,7 +37,8 @@ def plan(mock, tmp_path_factory):
                 "--hardware", "h100-sxm", "--out", str(out))
     finally:
         mock.configure()
-    assert p.returncode == 0, p.stderr[-3000:]
+    # the exit code tells the truth: 3 when a step came out INVALID (a busy machine's late reads); show works either way
+    assert p.returncode == (0 if Run.load(out).valid else 3), p.stderr[-3000:]
     return out, p.stdout
 
 

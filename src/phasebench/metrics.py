@@ -344,7 +344,7 @@ def _itl_token_stats(ok: Sequence[RequestRecord]) -> dict[str, Any]:
 
 def _ttft_uncertainty(ok: Sequence[RequestRecord], loop_lag_ms: list[float] | None) -> dict[str, Any]:
     """How late each first token may be stamped with kernel receive times. A first token that was the last
-    event of its read carries its own segment's stamp (0). One that shared a read with later events carries a
+    token event of its read carries its own segment's stamp (0). One that shared a read with later tokens carries a
     later segment's stamp: it arrived between the previous read and that stamp (the record's bound), and no
     longer before the read than the event loop was behind (a readable socket waits for the loop as the
     heartbeat's callbacks do): the smaller of the bound and the loop lag's p99."""

@@ -6,11 +6,12 @@ Used for plain ``http://`` targets on Linux (``--transport auto``, the default, 
 other platforms and ``--transport aiohttp`` use ``transport.Client``. The manifest records which ran.
 
 Per request it also keeps the client's own read delay (read time − kernel stamp, one value per token-bearing
-read) and how many token events were not the last event of their read (``coalesced_reads``): when the client
+read) and how many token events shared their read with a later token event (``coalesced_reads``): when the client
 reads late, the kernel has merged the waiting segments in its receive queue and stamps the whole read with
 the *last* one (measured here: ten 2 ms-apart events read 50 ms late all carry the tenth's stamp, even when
 read 60 bytes at a time), so such an event arrived somewhere between the previous read and that stamp.
-``ttft_uncertainty_ns`` is that bound for the first token (0 when it was the last event of its read).
+``ttft_uncertainty_ns`` is that bound for the first token (0 when no later token event shared its read; the
+events that end a stream are sent with the last token and do not count).
 """
 
 from __future__ import annotations
@@ -166,23 +167,23 @@ class RawClient(Client):
                     for p in decoder.decode(piece):
                         events.extend(parser.feed(p))
             over = False
-            got_tokens = False
-            last = len(events) - 1
-            for k, ev in enumerate(events):
+            firsts: list[bool] = []  # per token-bearing event of this read: was it the request's first token?
+            for ev in events:
                 before = len(rec.chunk_ns)
                 over = self._events([ev], t, rec, chunk_chars)
                 if len(rec.chunk_ns) > before:
-                    got_tokens = True
-                    if k < last:
-                        # not the read's last event: the kernel stamped its read with a later segment, so it
-                        # arrived somewhere between the previous read and t
-                        rec.coalesced_reads += 1
-                        if before == 0:
-                            rec.ttft_uncertainty_ns = max(read.arrival_ns - prev_read, 0)
-                    elif before == 0:
-                        rec.ttft_uncertainty_ns = 0
+                    firsts.append(before == 0)
                 if over:
                     break
+            got_tokens = bool(firsts)
+            for j, first in enumerate(firsts):
+                # a later token event in the same read: the kernel stamped the read with a later segment, so
+                # this one arrived somewhere between the previous read and t. The events that end a stream
+                # ([DONE], a finish or usage event) come with the last token and do not count.
+                later = j < len(firsts) - 1
+                rec.coalesced_reads += later
+                if first:
+                    rec.ttft_uncertainty_ns = max(read.arrival_ns - prev_read, 0) if later else 0
             if got_tokens:
                 delays.append(read.read_ns - read.arrival_ns)
             prev_read = read.read_ns
