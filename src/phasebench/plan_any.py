@@ -192,13 +192,28 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
     lengths, why = prefill_lengths(shape, context)
     notes.append(f"prefill sweep {why}")
     console.print(f"[bold]1/3 prefill sweep[/]: TTFT at {', '.join(map(str, lengths))} input tokens ({why})")
+    last: tuple[int, float] | None = None  # (tokens, median TTFT s) of the previous prefill step
     for n in lengths:
         if elapsed() > 0.35 * budget_s and names:
             notes.append(f"prefill sweep stopped before {n} tokens: 35% of the time budget spent")
             break
-        await step(f"prefill-{n:06d}", step_spec(f"prefill-{n:06d}", scenario=Scenario.single_stream,
-                                                 requests=shape.prefill_repeats, input_tokens=n, output_tokens=1,
-                                                 seed=n, slo=SLO()))
+        kw: dict[str, Any] = {}
+        if last is not None:
+            # a slow engine (vLLM's CPU build on a core without bf16: ~29 ms per prompt token) takes minutes at the
+            # context length: expect 1.5× linear in tokens (attention grows faster), skip what the sweep's share of
+            # the budget cannot hold, and give the step that long before calling it a stall
+            expect = last[1] * n / last[0] * 1.5
+            if elapsed() + expect * shape.prefill_repeats > 0.35 * budget_s:
+                notes.append(f"prefill sweep stopped before {n} tokens: its TTFT would be about {expect:.0f} s "
+                             f"({last[1]:.1f} s at {last[0]} tokens), past 35% of the time budget")
+                break
+            kw = {"stall_timeout": min(max(spec.stall_timeout, 3 * expect), 86_400.0),
+                  "timeout": min(max(spec.timeout, 4 * expect), 86_400.0)}
+        r = await step(f"prefill-{n:06d}", step_spec(f"prefill-{n:06d}", scenario=Scenario.single_stream,
+                                                     requests=shape.prefill_repeats, input_tokens=n,
+                                                     output_tokens=1, seed=n, slo=SLO(), **kw))
+        ttft = r.summary.get("median_ttft_ms")
+        last = (n, ttft / 1e3) if ttft else last
     console.print("[bold]2/3 decode sweep[/]: concurrency doubled until throughput stops rising or the SLO breaks")
     points: list[dict[str, Any]] = []
     c, stop = 1, None
