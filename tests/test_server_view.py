@@ -108,6 +108,22 @@ def test_shared_prefix_workload_is_cached_on_purpose(server, tmp_path):
     assert not any("prefix cache" in w for w in r.summary["phasebench"]["warnings"])
 
 
+def test_first_token_that_leaves_the_server_late_is_called_out(server, tmp_path):
+    # the engine counts TTFT at 30 ms; its frontend sends the first chunk 150 ms later, the rest on schedule
+    server.configure(ttft_ms=30, itl_ms=20, first_token_late_ms=150)
+    r = run(spec(server, tmp_path, scenario="concurrency", concurrency=[2], requests=6, output_tokens=16))
+    v = r.summary["phasebench"]["server_view"]
+    m = r.summary["phasebench"]["metrics"]
+    assert v["ttft_split"]["network_client_ms"] == pytest.approx(150, abs=25)
+    assert m["itl_token_ms"]["mean"] < v["phases"]["itl"]["mean_ms"] - 5  # the backlog drained fast
+    assert m["e2e_ms"]["mean"] == pytest.approx(v["phases"]["e2e"]["mean_ms"], abs=25)  # E2E is unaffected
+    assert any("first token" in w and "frontend" in w for w in v["warnings"])
+    assert any("first token" in w for w in r.summary["phasebench"]["warnings"])
+    server.configure(first_token_late_ms=0)
+    clean = run(spec(server, tmp_path / "clean", scenario="concurrency", concurrency=[2], requests=6, output_tokens=16))
+    assert not any("first token" in w for w in clean.summary["phasebench"]["server_view"]["warnings"])
+
+
 def test_no_metrics_endpoint_leaves_the_run_whole(server, tmp_path):
     r = run(spec(server, tmp_path, metrics_url=server.root + "/nope"))
     v = r.summary["phasebench"]["server_view"]

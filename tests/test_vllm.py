@@ -81,10 +81,21 @@ def check_plan(out) -> None:  # noqa: ANN001
         print(f"{step.path.name}: TTFT client {m['ttft_ms']['mean']:.1f} server {v['phases']['ttft']['mean_ms']:.1f} "
               f"(+{gap:.1f} ms); split {v['ttft_split']}")
         assert gap >= 0  # the client never sees the first token before the server sends it
+        # E2E holds whatever the frontend did: the client's is the engine's plus HTTP and network
+        assert m["e2e_ms"]["mean"] == pytest.approx(v["phases"]["e2e"]["mean_ms"], rel=0.05, abs=50)
         if not m["itl_token_ms"].get("mean"):
             continue  # prefill steps: one output token
         client_itl, server_itl = m["itl_token_ms"]["mean"], v["phases"]["itl"]["mean_ms"]
-        print(f"   ITL client {client_itl:.2f} server {server_itl:.2f} ms")
+        decode_span = server_itl * (m["output_tokens"]["mean"] - 1)
+        print(f"   ITL client {client_itl:.2f} server {server_itl:.2f} ms; E2E client {m['e2e_ms']['mean']:.0f} "
+              f"server {v['phases']['e2e']['mean_ms']:.0f} ms")
+        if gap > 0.05 * decode_span:
+            # the first token left the server late (vLLM's API process starved beside its engine core on 2 cores,
+            # seen in CI: +1,026 ms at concurrency 2): that time moved from the client's ITL into its TTFT, and
+            # the run says so
+            assert client_itl < server_itl
+            assert any("first token" in w for w in v["warnings"]), v["warnings"]
+            continue
         assert client_itl == pytest.approx(server_itl, rel=0.05)
         assert m["tpot_ms"]["mean"] == pytest.approx(v["phases"]["tpot"]["mean_ms"], rel=0.05)
     # the client's TTFT sits above the server's by HTTP + client time: < 20 ms on a typical step (a busy

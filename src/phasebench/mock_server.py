@@ -46,6 +46,8 @@ class MockConfig:
     itl_ms: float = 10.0
     itl_jitter_ms: float = 0.0
     tokens_per_chunk: int = 1
+    first_token_late_ms: float = 0.0  # the first chunk leaves this much after its schedule (and its metric stamp),
+    # the later ones keep theirs: a starved HTTP frontend (vLLM's API process beside its engine core on 2 cores)
     natural_output_tokens: int | None = None  # stop here when the client does not force the length
     reasoning_tokens: int = 0  # chat: the first k tokens come as reasoning_content
     usage: str = "separate"  # "separate" (choices: []), "last" (on the finish chunk), "none"
@@ -387,7 +389,7 @@ class MockServer:
         k = 0
         itl_ns = int(c.itl_ms * 1e6)
         while sent < n_out:
-            due = t_first + k * itl_ns
+            due = t_first + k * itl_ns + (int(c.first_token_late_ms * 1e6) if k == 0 else 0)
             if c.itl_jitter_ms and k:
                 due += int(self.rng.uniform(-c.itl_jitter_ms, c.itl_jitter_ms) * 1e6)
             await _sleep_until(due)

@@ -180,6 +180,9 @@ def series_row(engine: str) -> Any:
     return row
 
 
+LATE_FIRST_TOKEN_MS = 50.0  # mean client TTFT - engine TTFT above which the first token left late
+
+
 def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, completed: int,
                cached_tokens_client: int | None = None, prompt_tokens_client: int | None = None,
                deliberate_prefix: bool = False) -> ServerView:
@@ -229,6 +232,14 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
             view.derived["tokens_per_decode_call"] = c["generation_tokens"] / c["decode_calls"]
     if client_ttft_ms is not None:
         view.ttft_split = _split(view, client_ttft_ms)
+        late = view.ttft_split.network_client_ms
+        server_ttft = view.ttft_split.server_ttft_ms
+        if late is not None and server_ttft is not None and late > max(LATE_FIRST_TOKEN_MS, 0.2 * server_ttft):
+            view.warnings.append(
+                f"the client saw the first token {late:.0f} ms (mean) after the engine counted it: it waited in the "
+                "server's HTTP frontend or behind this machine's other work before its bytes left, so the client's "
+                "TTFT holds that time and its ITL/TPOT are shorter by as much while the backlog drains (E2E is "
+                "unaffected); the engine's own TTFT is the cleaner prefill figure for this run")
     rate = view.derived.get("prefix_cache_hit_rate")
     if rate is None and cached_tokens_client is not None and prompt_tokens_client:
         rate = cached_tokens_client / prompt_tokens_client
