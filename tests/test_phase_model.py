@@ -153,7 +153,7 @@ GROQ = setup_for("llama-2-7b", "groq-rack")[0]
 def test_gpus_win_prefill(gpu, from_tokens):
     """GPUs excel in prefill. With the fitted profiles an H100 (TensorRT-LLM) has the lower TTFT from 128 tokens
     on; an A100 from 256 on, and at 128 tokens it ties with GroqRack (within 20%: inside both ranges; the A100's
-    published 16.2 ms against the model's 16.0 ms for GroqRack, whose prefill is fitted on one GroqCloud row)."""
+    published 16.2 ms against the model's 16.1 ms for GroqRack, whose prefill is fitted on one GroqCloud row)."""
     s, _ = setup_for("llama-2-7b", gpu, engine="trt-llm")
     for prompt in (128, 256, 512, 1024, 2048):   # GroqRack holds Llama-2-7B with up to ~2,400 tokens of KV
         gpu_t, groq_t = predict(s, 1, prompt, 2).ttft_s, predict(GROQ, 1, prompt, 2).ttft_s
