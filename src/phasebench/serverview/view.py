@@ -238,8 +238,9 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
             view.warnings.append(
                 f"the client saw the first token {late:.0f} ms (mean) after the engine counted it: it waited in the "
                 "server's HTTP frontend or behind this machine's other work before its bytes left, so the client's "
-                "TTFT holds that time and its ITL/TPOT are shorter by as much while the backlog drains (E2E is "
-                "unaffected); the engine's own TTFT is the cleaner prefill figure for this run")
+                "TTFT holds that time; where the backlog drains, the client's ITL/TPOT come out shorter by as much, "
+                "else the whole stream (and E2E) is that much later; the engine's own TTFT is the cleaner prefill "
+                "figure for this run")
     rate = view.derived.get("prefix_cache_hit_rate")
     if rate is None and cached_tokens_client is not None and prompt_tokens_client:
         rate = cached_tokens_client / prompt_tokens_client
