@@ -92,7 +92,7 @@ def test_url_plan_stopped_by_a_signal_still_reads_as_a_plan(server, tmp_path):
     import signal
     import time
 
-    server.configure(ttft_ms=20, itl_ms=30)
+    server.configure(ttft_ms=20, itl_ms=30, hostile_model_id=True)  # its model id carries ANSI/OSC escapes
     out = tmp_path / "plan"
     p = subprocess.Popen([sys.executable, "-m", "phasebench.cli", "run", "--url", server.url, "--plan", "--quick",
                           "--plan-budget", "60s", "--out", str(out)], stdout=subprocess.PIPE,
@@ -103,10 +103,11 @@ def test_url_plan_stopped_by_a_signal_still_reads_as_a_plan(server, tmp_path):
             time.sleep(0.1)
         assert p.poll() is None, p.communicate()[1][-3000:]
         p.send_signal(signal.SIGTERM)  # inside decode-c1: the prefill sweep is done, decode-c1 is in flight
-        _, err = p.communicate(timeout=60)
+        stdout, err = p.communicate(timeout=60)
     finally:
         p.kill()
     assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "\x1b" not in stdout and "\x1b" not in err  # the server's text is stripped of control characters
     plan = Run.load(out)
     assert plan.manifest["kind"] == "plan" and plan.partial and not plan.valid
     assert [c.path.name for c in plan.children][:3] == ["prefill-000032", "prefill-000256", "prefill-001024"]

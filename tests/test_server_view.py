@@ -254,3 +254,16 @@ def test_sglang_cached_token_counters_and_the_hit_rate_gauge():
     assert "approximate" in pc["counters"][0]
     s.series = []
     assert prompt_cache_from_counters(build_view(s, "sglang", None, 2), 2) is None  # nothing counts caching
+
+
+def test_metrics_url_credentials_never_reach_the_results(server, tmp_path):
+    root = server.root.replace("http://", "http://admin:hunter2@")
+    r = run(spec(server, tmp_path, metrics_url=root + "/metrics?token=s3cr3t"))
+    v = r.summary["phasebench"]["server_view"]
+    assert v["available"] and v["source"] == server.root + "/metrics"
+    for f in ("manifest.json", "summary.json", "requests.jsonl"):
+        text = (tmp_path / "run" / f).read_text()
+        assert "hunter2" not in text and "s3cr3t" not in text, f
+    gone = run(spec(server, tmp_path / "gone", metrics_url="http://u:hunter2@127.0.0.1:9/metrics?token=s3cr3t"))
+    g = gone.summary["phasebench"]["server_view"]
+    assert g["available"] is False and "hunter2" not in g["reason"] and "s3cr3t" not in g["reason"]

@@ -62,7 +62,7 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         try:
             result = run_main(_steps(eng, shape, folder, engine_manifest, console, quality))
         except RunStopped as e:
-            console.print(f"[yellow]{e}: partial results kept in {escape(str(out))}[/]")
+            console.print(f"[yellow]{escape(str(e))}: partial results kept in {escape(str(out))}[/]")
             raise SystemExit(e.exit_code) from e
     if json_out:
         import orjson
@@ -153,6 +153,9 @@ class PlanSteps:
                 self.names.append(name)
                 self.children.append(e.run)
             self.save_partial(f"partial: the plan stopped in step {name} ({e})")
+            raise
+        except BaseException as e:  # the server gone before the step started, a bad answer, a bug: still a plan
+            self.save_partial(f"partial: the plan stopped in step {name} ({type(e).__name__}: {e})")
             raise
         self.names.append(name)
         self.children.append(r)
@@ -255,12 +258,6 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
                        "reasons": [f"{n}: {r}" for n, c in by.items() for r in c.summary["phasebench"]["reasons"]],
                        "warnings": [f"{n}: {w}" for n, c in by.items() for w in c.summary["phasebench"]["warnings"]]},
     }
-
-
-def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> list[str]:
-    """Plain words: each phase against its wall (model/verdict.py says "at the wall" only when it is, and what
-    the roofline says bounds it when not), then what batching bought."""
-    return phase_verdicts(prefill, decode, wall)[0]
 
 
 def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:

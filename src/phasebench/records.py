@@ -31,6 +31,7 @@ ERROR_TYPES = (
     "oversize",  # one event grew past ClientConfig.max_event_bytes
     "encoding",  # a Content-Encoding the client does not decode (br, zstd), or a corrupt gzip/deflate stream
     "client_error",  # an unexpected exception in the client itself, with its type and message
+    "imported_error",  # a failed request in another tool's result file (vLLM's keeps only the error's text)
 )
 
 

@@ -189,7 +189,7 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
     """Difference ``scraper.before``/``after`` into a ``ServerView`` and split the client's mean TTFT."""
     b, a = scraper.before, scraper.after
     assert b is not None and a is not None
-    view = ServerView(engine=engine, source=scraper.url, scrapes=scraper.scrapes, window_s=(a.t_ns - b.t_ns) / 1e9)
+    view = ServerView(engine=engine, source=scraper.source, scrapes=scraper.scrapes, window_s=(a.t_ns - b.t_ns) / 1e9)
     view.notes.append("histograms and counters differenced between the scrape before and the one after the run "
                       "(warm-up excluded, warmup/cooldown seconds included); *_est percentiles are estimated from "
                       "histogram buckets")
