@@ -32,13 +32,13 @@ def vllm_env() -> dict[str, str]:
 
 
 def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env):
+    import shutil
+    from pathlib import Path
+
     from phasebench.engine.kinds import kind
     from phasebench.engine.process import ManagedConfig, ManagedEngine, _group_alive
     from phasebench.plan_any import run_url_plan
     from phasebench.spec import RunSpec
-
-    import shutil
-    from pathlib import Path
 
     out = ROOT / "test-artifacts" / "vllm-plan"  # kept for reading afterwards (like the browser screenshot)
     shutil.rmtree(out, ignore_errors=True)

@@ -110,7 +110,6 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
     elif served and model not in served:
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")
     from .client.engines import detect_engine  # which engine (manifest; its exact-length knobs)
-
     from .engine.process import managed_manifest  # started by `phasebench engine start`: version, flags, log
 
     engine = await detect_engine(session, server_root(base), answer, headers)

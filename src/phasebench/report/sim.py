@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-
 from rich.console import Console
-from ..textsafe import markup as escape
 from rich.table import Table
 
+from ..textsafe import markup as escape
 from .fmt import num as _n
 
 
