@@ -449,7 +449,19 @@ def validated(model: type[BaseModel], data: dict[str, Any], what: str) -> tuple[
     """``data`` checked against ``model``: the whole of it that is valid (as its typed values), and one
     warning per field that was not (that field is left out)."""
     obj, notes = typed(model, data, what)
-    return ({} if notes and notes[-1].endswith("too damaged to read; ignored") else obj.model_dump(exclude_unset=True)), notes
+    if notes and notes[-1].endswith("too damaged to read; ignored"):
+        return {}, notes
+    return _ordered(obj.model_dump(exclude_unset=True), data), notes
+
+
+def _ordered(dumped: Any, original: Any) -> Any:
+    """``dumped`` with its keys in ``original``'s order, at every depth (a model dumps its declared fields first)."""
+    if isinstance(dumped, dict) and isinstance(original, dict):
+        keys = [k for k in original if k in dumped] + [k for k in dumped if k not in original]
+        return {k: _ordered(dumped[k], original.get(k)) for k in keys}
+    if isinstance(dumped, list) and isinstance(original, list) and len(dumped) == len(original):
+        return [_ordered(d, o) for d, o in zip(dumped, original)]
+    return dumped
 
 
 def as_summary(summary: dict[str, Any] | BaseModel) -> Any:
@@ -463,16 +475,33 @@ def as_manifest(manifest: dict[str, Any] | Manifest) -> Manifest:
     return manifest if isinstance(manifest, Manifest) else typed(Manifest, manifest, MANIFEST)[0]
 
 
-def check_manifest(manifest: Any, where: Path | str = MANIFEST) -> dict[str, Any]:
-    """The manifest as written and read: a JSON object whose known fields have their types, or NotARunError."""
+# manifest fields typed since the first schema: one of the wrong type is left out with a warning, never the folder
+_LENIENT = {"engine", "model_file", "simulation", "imported_from", ("spec", "input_tokens"), ("spec", "output_tokens"),
+            ("spec", "slo"), ("spec", "seed"), ("spec", "tags")}
+
+
+def check_manifest(manifest: Any, where: Path | str = MANIFEST, notes: list[str] | None = None) -> dict[str, Any]:
+    """The manifest as written and read: a JSON object whose known fields have their types, or NotARunError.
+    A wrong-typed field among those typed later (``_LENIENT``) is left out instead, with a line in ``notes``."""
     if not isinstance(manifest, dict):
         raise NotARunError(f"{where} is not a run manifest (a JSON object); it holds {type(manifest).__name__}")
-    try:
-        return Manifest.model_validate(manifest).model_dump(exclude_unset=True)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        raise NotARunError(f"{where}: field {loc!r} {str(err.get('msg', 'is not valid')).lower()}") from None
+    data = manifest
+    for _ in range(50):
+        try:
+            return _ordered(Manifest.model_validate(data).model_dump(exclude_unset=True), manifest)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = tuple(err.get("loc", ()))
+            if loc[:1] and (loc[0] in _LENIENT or loc[:2] in _LENIENT):
+                data = copy.deepcopy(data) if data is manifest else data
+                dropped = _drop(data, loc[:1] if loc[0] in _LENIENT else loc[:2])
+                if notes is not None:
+                    notes.append(f"{where}: {dropped} ignored ({str(err.get('msg', 'not valid')).lower()})")
+                continue
+            raise NotARunError(f"{where}: field {'.'.join(map(str, loc))!r} "
+                               f"{str(err.get('msg', 'is not valid')).lower()}") from None
+    raise NotARunError(f"{where}: too damaged to read")
+
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -558,7 +587,7 @@ class Run:
             raise UnsafeFolderError(f"{path}: the run folders' children loop back to {real}")
         if len(seen) >= MAX_DEPTH:
             raise UnsafeFolderError(f"{path}: run folders nested more than {MAX_DEPTH} deep")
-        manifest = check_manifest(_read_json(path / MANIFEST, fatal=True, notes=notes), path / MANIFEST)
+        manifest = check_manifest(_read_json(path / MANIFEST, fatal=True, notes=notes), path / MANIFEST, notes)
         summary: dict[str, Any] = {}
         if (path / SUMMARY).exists():
             raw = _read_json(path / SUMMARY, fatal=False, notes=notes)
