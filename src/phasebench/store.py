@@ -117,7 +117,7 @@ def default_path() -> Path | None:
 
 def run_id(run: Run) -> str:
     """Stable per run: the folder's absolute path and creation time (re-importing updates, never duplicates)."""
-    m = run.meta
+    m = as_manifest(run.manifest)   # the object stored, as it is now (not the view made when the Run was)
     created = m.created if "created" in m.model_fields_set else ""
     t0 = m.t0_monotonic_ns if "t0_monotonic_ns" in m.model_fields_set else ""
     key = f"{run.path.resolve() if run.path else ''}|{created}|{t0}"
@@ -238,7 +238,7 @@ class Store:
         return rid
 
     def _insert(self, run: Run, parent: str | None) -> str:
-        m, s = run.meta, run.result
+        m, s = as_manifest(run.manifest), as_summary(run.summary)   # typed from the very objects stored below
         rid = run_id(run)
         spec, target = m.spec or SpecRecord(), m.target or TargetInfo()
         hw, eng = _hw_engine(m)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-
 from rich.console import Console
-from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..results import CostBlock, as_summary
+from ..textsafe import markup as escape
 from .fmt import num as _n
 
 

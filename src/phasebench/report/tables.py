@@ -7,6 +7,8 @@ prefill MFU are the ones its verdicts state (``plan.phase_verdicts``), not the p
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..results import CostBlock, PlanFigure, Point, Run, SloBlock, Summary
 from . import fmt as F
 from .blocks import Table
