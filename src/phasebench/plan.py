@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from .textsafe import markup as escape
 
 from .engine.server import Engine, EngineConfig
 from .progress import RichProgress
@@ -25,6 +24,7 @@ from .report.plan import print_plan
 from .results import Run, RunFolder
 from .runner import RunStopped, run_main, run_one
 from .spec import RunSpec, Scenario, parse_slo
+from .textsafe import markup as escape
 
 DEFAULT_SLO = "ttft=2000,tpot=100"  # the MLPerf llama3.1-8b server thresholds, used as a plain per-request SLO
 
@@ -81,40 +81,12 @@ def _spec(eng: Engine, nonce: str, out: Path, **kw: Any) -> RunSpec:
 async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manifest: dict[str, Any],
                  console: Console, quality: bool = False) -> Run:
     from .model.probe import probe_and_record
-
     from .workload.synthetic import new_nonce
 
-    progress = RichProgress(Console(stderr=True))
     nonce = new_nonce()
     extra = {**engine_manifest, "plan": {"quick": shape == QUICK}}
-    names: list[str] = []
-    children: list[Run] = []
-
-    from . import __version__
-
-    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "children": names, **extra}
-
-    def save_partial(reason: str) -> None:
-        """The plan folder as it stands: readable (show, report, import) even if the plan stops here."""
-        folder.write_manifest(manifest)
-        folder.write_summary({"steps": list(names), "phasebench": {
-            "valid": False, "partial": True, "reasons": [reason], "warnings": []}})
-
-    async def step(name: str, spec: RunSpec) -> Run:
-        try:
-            r = await run_one(spec, progress, extra, label=name)
-        except RunStopped as e:
-            if e.run is not None:
-                names.append(name)
-                children.append(e.run)
-            save_partial(f"partial: the plan stopped in step {name} ({e})")
-            raise
-        names.append(name)
-        children.append(r)
-        save_partial(f"partial: the plan is still running (done: {', '.join(names)})")
-        return r
+    steps = PlanSteps(folder, extra, plan_manifest([], **extra))
+    step, children, names = steps.step, steps.children, steps.names
 
     console.print("[bold]1/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s "
                   "(the 'local' hardware record every step's MBU/MFU is measured against)")
@@ -145,19 +117,62 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
     summary["capacity_step"] = best.path.name if best.path else None
     summary["slo"] = parse_slo(DEFAULT_SLO).model_dump()
-    manifest["probe"] = pr.to_dict()
-    from .env import environment
+    steps.manifest["probe"] = pr.to_dict()
+    return steps.finish(summary, console)
 
-    manifest["environment"] = environment()
-    folder.write_manifest(manifest)
-    folder.write_summary(summary)
-    result = Run(folder.path, manifest, summary, [], children)
-    from .store import record_run
 
-    rid, warning = record_run(result)
-    if warning:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
-    return result
+def plan_manifest(names: list[str], **extra: Any) -> dict[str, Any]:
+    """A plan folder's manifest: its kind, version, creation time and its steps (``names``, filled as they run)."""
+    from . import __version__
+
+    return {"kind": "plan", "simulated": False, "phasebench_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "children": names, **extra}
+
+
+class PlanSteps:
+    """A plan folder filling step by step, for both plans (embedded engine and any URL). After each step the
+    folder's manifest lists the steps done, with a partial summary, so a plan that a signal, a dead server or an
+    error stops still reads as a plan (``show``, ``report``, ``import``); ``finish`` writes the real summary."""
+
+    def __init__(self, folder: RunFolder, extra: dict[str, Any], manifest: dict[str, Any]) -> None:
+        self.folder, self.extra, self.manifest = folder, extra, manifest
+        self.names: list[str] = manifest["children"]
+        self.children: list[Run] = []
+        self.progress = RichProgress(Console(stderr=True))
+
+    def save_partial(self, reason: str) -> None:
+        self.folder.write_manifest(self.manifest)
+        self.folder.write_summary({"steps": list(self.names), "phasebench": {
+            "valid": False, "partial": True, "reasons": [reason], "warnings": []}})
+
+    async def step(self, name: str, spec: RunSpec) -> Run:
+        try:
+            r = await run_one(spec, self.progress, self.extra, label=name)
+        except RunStopped as e:
+            if e.run is not None:
+                self.names.append(name)
+                self.children.append(e.run)
+            self.save_partial(f"partial: the plan stopped in step {name} ({e})")
+            raise
+        self.names.append(name)
+        self.children.append(r)
+        self.save_partial(f"partial: the plan is still running (done: {', '.join(self.names)})")
+        return r
+
+    def finish(self, summary: dict[str, Any], console: Console) -> Run:
+        """Write the finished plan's manifest (with this machine's environment) and summary, and record it in
+        the results database (a database problem is a warning: the folder is already whole)."""
+        from .env import environment
+        from .store import record_run
+
+        self.manifest["environment"] = environment()
+        self.folder.write_manifest(self.manifest)
+        self.folder.write_summary(summary)
+        result = Run(self.folder.path, self.manifest, summary, [], self.children)
+        _, warning = record_run(result)
+        if warning:
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
+        return result
 
 
 def _med(run: Run, key: str) -> float | None:

@@ -23,7 +23,14 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import EngineError
-from .locate import LLAMA_CPP_PYTHON_VERSION, build_flags, build_key, cache_dir, cached_binary, cached_quantize
+from .locate import (
+    LLAMA_CPP_PYTHON_VERSION,
+    build_flags,
+    build_key,
+    cache_dir,
+    cached_binary,
+    cached_quantize,
+)
 
 # built together, from the same tree and flags: the server, and the tool that makes lower-bit GGUF variants
 TARGETS = ("llama-server", "llama-quantize")
