@@ -216,7 +216,7 @@ def test_prompt_cache_falls_back_to_the_servers_counters(server, tmp_path):
     assert pc["new_tokens_per_request"] is None and pc["requests_not_reporting"] == 9
     from phasebench.report.terminal import workload_lines
 
-    assert workload_lines(r.summary["phasebench"]["workload"])[0].startswith(
+    assert workload_lines(r.result.phasebench.workload)[0].startswith(
         f"prompt cache (server counters): {hits / total:.0%} of {total:,} prompt tokens cached")
     # with per-request figures the records win, and say so
     server.configure(ttft_ms=2, itl_ms=1, prefix_cache=True)

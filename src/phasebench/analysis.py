@@ -274,7 +274,8 @@ def write_run(folder: RunFolder, manifest: dict[str, Any], summary: dict[str, An
     """A finished run's files: the manifest, ``summary.json``, and the same figures in MLPerf LoadGen's
     ``mlperf_log_summary.txt`` (``loadgen.py``)."""
     from .loadgen import LOG_SUMMARY, log_summary
+    from .results import as_manifest, as_summary
 
     folder.write_manifest(manifest)
     folder.write_summary(summary)
-    (folder.path / LOG_SUMMARY).write_text(log_summary(manifest, summary), encoding="utf-8")
+    (folder.path / LOG_SUMMARY).write_text(log_summary(as_manifest(manifest), as_summary(summary)), encoding="utf-8")
