@@ -57,9 +57,12 @@ def test_plan_against_a_url(server, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert [x["input_tokens"] for x in s["prefill_sweep"]] == [32, 256, 1024]
     assert s["prefill_sweep"][-1]["ttft_ms_p50"] > s["prefill_sweep"][0]["ttft_ms_p50"]
-    # the mock never saturates: the sweep doubles to the quick plan's largest concurrency and says so
-    assert [d["concurrency"] for d in s["decode_sweep"]] == [1, 2, 4, 8]
-    assert "largest concurrency (8)" in s["decode_stop"]
+    # the mock never saturates, so the sweep doubles to the quick plan's largest concurrency and says so; on a
+    # loaded 2-core machine the client's own CPU may flatten 4 -> 8 first, and then the plan says that instead
+    conc = [d["concurrency"] for d in s["decode_sweep"]]
+    assert conc == [1, 2, 4, 8][:len(conc)] and len(conc) >= 2
+    assert ("largest concurrency (8)" in s["decode_stop"]) if conc == [1, 2, 4, 8] else \
+        ("throughput" in s["decode_stop"] or "budget" in s["decode_stop"]), s["decode_stop"]
     # the server's own view fills the server columns (vLLM-style histograms from the mock)
     assert s["decode_sweep"][0]["server_tpot_ms_p50"] == pytest.approx(5.0, abs=0.01)
     assert s["prefill_sweep"][0]["server_prompt_ms_p50"] == pytest.approx(20.64, abs=0.01)

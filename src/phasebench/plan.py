@@ -179,7 +179,7 @@ class PlanSteps:
 
 
 def _med(run: Run, key: str) -> float | None:
-    return (run.summary.get("phasebench", {}).get("metrics", {}).get(key) or {}).get("p50")
+    return getattr(run.result.phasebench.metrics, key).p50  # a misspelled metric raises, never prints '-'
 
 
 def _server(run: Run, phase: str) -> float | None:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -172,6 +172,3 @@ def write_records(path: Path, records: Iterable[RequestRecord]) -> None:
         for r in records:
             w.write(r)
 
-
-def iter_ok(records: Iterable[RequestRecord]) -> Iterator[RequestRecord]:
-    return (r for r in records if r.ok and not r.warmup)

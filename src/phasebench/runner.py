@@ -64,17 +64,6 @@ class Target:
     extra_manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def install_uvloop() -> bool:
-    """Kept for callers that want uvloop process-wide; phasebench itself uses ``run_main`` (no policy change)."""
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        return True
-    except ImportError:
-        return False
-
-
 def api_key(spec: RunSpec) -> str | None:
     if not spec.api_key_env:
         return None

@@ -333,11 +333,6 @@ class Store:
                     self.db.execute("SELECT id FROM runs WHERE parent_id=? ORDER BY path", (rid,)).fetchall()]
         return Run(Path(row[0]) if row[0] else None, json.loads(row[1]), json.loads(row[2]), recs, children)
 
-    def request_rows(self, rid: str) -> Iterator[dict[str, Any]]:
-        with self.guard():
-            for (r,) in self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,)):
-                yield json.loads(r)
-
     def count(self) -> tuple[int, int]:
         with self.guard():
             return (self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0],

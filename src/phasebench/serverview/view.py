@@ -237,7 +237,8 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
         if late is not None and server_ttft is not None and late > max(LATE_FIRST_TOKEN_MS, 0.2 * server_ttft):
             view.warnings.append(
                 f"the client saw the first token {late:.0f} ms (mean) after the engine counted it: it waited in the "
-                "server's HTTP frontend or behind this machine's other work before its bytes left, so the client's "
+                "server's HTTP frontend, behind the machine's other work, or (to a remote server) on the network, "
+                "so the client's "
                 "TTFT holds that time; where the backlog drains, the client's ITL/TPOT come out shorter by as much, "
                 "else the whole stream (and E2E) is that much later; the engine's own TTFT is the cleaner prefill "
                 "figure for this run")
