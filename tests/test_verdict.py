@@ -84,7 +84,7 @@ def test_every_mfu_names_its_peak():
 
 def test_a_peak_the_hardware_lacks_is_not_weighed():
     # a URL plan on hardware with no compute peak at the weights' precision (e.g. --hardware tpu-v4 with fp8)
-    wall = {"probe": {"bandwidth_gbps": 1200.0, "matmul_gflops_fp32": 0.0, "hardware": "tpu-v4", "peak_precision": None},
+    wall = {"probe": {"bandwidth_gbps": 1200.0, "peak_gflops": 0.0, "hardware": "tpu-v4", "peak_precision": None},
             "decode_bytes_per_step": 14e9, "decode_achieved_gbps": 700.0, "decode_mbu": 700 / 1200,
             "prefill_achieved_gflops": 50_000.0}
     prefill = [{"input_tokens": 1024, "ttft_ms_p50": 200, "prefill_tps_p50": 5000.0}]

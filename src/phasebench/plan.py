@@ -227,22 +227,20 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
     wall: dict[str, Any] = {"probe": probe, "weight_bytes": weight_bytes, "kv_bytes_per_token": kvb}
     bw = probe.get("bandwidth_gbps") or 0
     if decode and decode[0]["tpot_ms_p50"] and bw:
-        # context during decode at batch 1: input + half the output, on average
+        # context during decode at batch 1: input + half the output, on average (as model/utilization.phase_work)
         d1 = decode[0]
-        ctx = children[names.index("decode-c1")].summary["phasebench"]["metrics"]["input_tokens"].get("mean", 0) or 0
+        m1 = by[f"decode-c{d1['concurrency']}"].result.phasebench.metrics
+        ctx = (m1.input_tokens.mean or 0) + (m1.output_tokens.mean or 0) / 2
         bytes_step = weight_bytes + kvb * ctx
         achieved = bytes_step / (d1["tpot_ms_p50"] / 1000) / 1e9
         wall["decode_bytes_per_step"] = bytes_step
         wall["decode_achieved_gbps"] = achieved
         wall["decode_mbu"] = achieved / bw
     params = mf.get("parameters") or 0
-    flops_peak = probe.get("matmul_gflops_fp32") or 0
-    if prefill and params and flops_peak:
+    if prefill and params:  # the MFU is the verdict's (phase_verdicts), against the peak it names
         longest = max(prefill, key=lambda p: p["input_tokens"])
         if longest["prefill_tps_p50"]:
-            achieved_gflops = 2 * params * longest["prefill_tps_p50"] / 1e9
-            wall["prefill_achieved_gflops"] = achieved_gflops
-            wall["prefill_mfu_vs_fp32_matmul"] = achieved_gflops / flops_peak
+            wall["prefill_achieved_gflops"] = 2 * params * longest["prefill_tps_p50"] / 1e9
     words, figures = phase_verdicts(prefill, decode, wall)
     return {
         "prefill_sweep": prefill,
@@ -274,8 +272,8 @@ def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]
               f"the probed DRAM bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)")
     bf16 = p.get("matmul_gflops_bf16") or p.get("torch_cpu_bfloat16_gflops")
     if hw:
-        fl = Peak((p.get("matmul_gflops_fp32") or 0) * 1e9, f"the {hw} datasheet {p.get('peak_precision') or 'compute'} "
-                  f"peak ({p.get('matmul_gflops_fp32', 0):,.0f} GFLOP/s)")
+        peak = p.get("peak_gflops", p.get("matmul_gflops_fp32")) or 0  # older URL-plan folders: the second name
+        fl = Peak(peak * 1e9, f"the {hw} datasheet {p.get('peak_precision') or 'compute'} peak ({peak:,.0f} GFLOP/s)")
     elif bf16:
         fl = Peak(bf16 * 1e9, f"the probed bf16 matmul peak ({bf16:,.0f} GFLOP/s, {p.get('bf16_source', 'torch')})")
     else:

@@ -277,6 +277,6 @@ def _wall_source(model_spec: str | None, hardware: str, weights: str | None, not
     notes.append(f"memory wall: {m.name} ({prec} weights, {wbytes / 1e9:.2f} GB) on {hw.key} "
                  f"({hw.memory_gbps:.1f} GB/s" + (f", {peak:,.0f} GFLOP/s {peak_prec} peak)" if peak_prec else
                                                   ", no compute peak known)"))
-    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "matmul_gflops_fp32": peak, "peak_precision": peak_prec,
+    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "peak_gflops": peak, "peak_precision": peak_prec,
                       "hardware": hw.key},
             "model_file": {"bytes": wbytes, "parameters": m.params, "kv_bytes_per_token": m.kv_bytes_per_token("fp16")}}
