@@ -62,7 +62,7 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         try:
             result = run_main(_steps(eng, shape, folder, engine_manifest, console, quality))
         except RunStopped as e:
-            console.print(f"[yellow]{e}: partial results kept in {escape(str(out))}[/]")
+            console.print(f"[yellow]{escape(str(e))}: partial results kept in {escape(str(out))}[/]")
             raise SystemExit(e.exit_code) from e
     if json_out:
         import orjson
@@ -154,6 +154,9 @@ class PlanSteps:
                 self.children.append(e.run)
             self.save_partial(f"partial: the plan stopped in step {name} ({e})")
             raise
+        except BaseException as e:  # the server gone before the step started, a bad answer, a bug: still a plan
+            self.save_partial(f"partial: the plan stopped in step {name} ({type(e).__name__}: {e})")
+            raise
         self.names.append(name)
         self.children.append(r)
         self.save_partial(f"partial: the plan is still running (done: {', '.join(self.names)})")
@@ -176,7 +179,7 @@ class PlanSteps:
 
 
 def _med(run: Run, key: str) -> float | None:
-    return (run.summary.get("phasebench", {}).get("metrics", {}).get(key) or {}).get("p50")
+    return getattr(run.result.phasebench.metrics, key).p50  # a misspelled metric raises, never prints '-'
 
 
 def _server(run: Run, phase: str) -> float | None:
@@ -224,22 +227,20 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
     wall: dict[str, Any] = {"probe": probe, "weight_bytes": weight_bytes, "kv_bytes_per_token": kvb}
     bw = probe.get("bandwidth_gbps") or 0
     if decode and decode[0]["tpot_ms_p50"] and bw:
-        # context during decode at batch 1: input + half the output, on average
+        # context during decode at batch 1: input + half the output, on average (as model/utilization.phase_work)
         d1 = decode[0]
-        ctx = children[names.index("decode-c1")].summary["phasebench"]["metrics"]["input_tokens"].get("mean", 0) or 0
+        m1 = by[f"decode-c{d1['concurrency']}"].result.phasebench.metrics
+        ctx = (m1.input_tokens.mean or 0) + (m1.output_tokens.mean or 0) / 2
         bytes_step = weight_bytes + kvb * ctx
         achieved = bytes_step / (d1["tpot_ms_p50"] / 1000) / 1e9
         wall["decode_bytes_per_step"] = bytes_step
         wall["decode_achieved_gbps"] = achieved
         wall["decode_mbu"] = achieved / bw
     params = mf.get("parameters") or 0
-    flops_peak = probe.get("matmul_gflops_fp32") or 0
-    if prefill and params and flops_peak:
+    if prefill and params:  # the MFU is the verdict's (phase_verdicts), against the peak it names
         longest = max(prefill, key=lambda p: p["input_tokens"])
         if longest["prefill_tps_p50"]:
-            achieved_gflops = 2 * params * longest["prefill_tps_p50"] / 1e9
-            wall["prefill_achieved_gflops"] = achieved_gflops
-            wall["prefill_mfu_vs_fp32_matmul"] = achieved_gflops / flops_peak
+            wall["prefill_achieved_gflops"] = 2 * params * longest["prefill_tps_p50"] / 1e9
     words, figures = phase_verdicts(prefill, decode, wall)
     return {
         "prefill_sweep": prefill,
@@ -257,12 +258,6 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
     }
 
 
-def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> list[str]:
-    """Plain words: each phase against its wall (model/verdict.py says "at the wall" only when it is, and what
-    the roofline says bounds it when not), then what batching bought."""
-    return phase_verdicts(prefill, decode, wall)[0]
-
-
 def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     """The verdicts' words, and the figures they state (``metric``, ``step``, ``fraction``, ``peak``): the one
     decode MBU and prefill MFU of a plan, which its reports show labelled with their step."""
@@ -277,8 +272,8 @@ def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]
               f"the probed DRAM bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)")
     bf16 = p.get("matmul_gflops_bf16") or p.get("torch_cpu_bfloat16_gflops")
     if hw:
-        fl = Peak((p.get("matmul_gflops_fp32") or 0) * 1e9, f"the {hw} datasheet {p.get('peak_precision') or 'compute'} "
-                  f"peak ({p.get('matmul_gflops_fp32', 0):,.0f} GFLOP/s)")
+        peak = p.get("peak_gflops", p.get("matmul_gflops_fp32")) or 0  # older URL-plan folders: the second name
+        fl = Peak(peak * 1e9, f"the {hw} datasheet {p.get('peak_precision') or 'compute'} peak ({peak:,.0f} GFLOP/s)")
     elif bf16:
         fl = Peak(bf16 * 1e9, f"the probed bf16 matmul peak ({bf16:,.0f} GFLOP/s, {p.get('bf16_source', 'torch')})")
     else:

@@ -22,12 +22,12 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
-from rich.markup import escape
 
 from .report import fmt as F
 from .results import Run, RunFolder
 from .runner import RunStopped, api_key, discover, run_main, run_one
 from .spec import SLO, RunSpec, Scenario, SpecError, parse_slo
+from .textsafe import markup as escape
 
 GAIN_STOP = 0.05  # decode sweep: stop doubling when output throughput rises by less than this
 CAPACITY_FRACTION = 0.7
@@ -45,6 +45,7 @@ class AnyShape:
     budget_s: float
 
 
+NO_QUALITY = {"quality": False, "quality_alone": False, "quality_set": None, "quality_ref": None}
 QUICK = AnyShape((32, 256, 1024), 1, 8, 32, 32, 2, 8.0, 180.0)
 FULL = AnyShape((128, 512, 2048, 8192, 32768, 131072), 3, 512, 128, 128, 3, 60.0, 600.0)
 
@@ -169,7 +170,8 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
     extra = {"plan": {"kind": "url", "quick": shape is QUICK, "budget_s": budget_s}}
     base = spec.model_copy(update={"model": target.model, "model_spec": model_spec, "hardware": hardware,
                                    "nonce": nonce, "scenario": Scenario.concurrency, "warmup_requests": 0,
-                                   "rate": [], "duration": None})
+                                   "rate": [], "duration": None, **NO_QUALITY})
+    quality = {k: getattr(spec, k) for k in NO_QUALITY}  # the quality probes ride in the server step's load only
 
     steps = PlanSteps(folder, extra, plan_manifest([], **extra, spec=base.public_dict(), server_engine=engine))
     step, children, names = steps.step, steps.children, steps.names
@@ -230,7 +232,7 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
                   f"{capacity:.2f} req/s measured at concurrency {best['concurrency']}) for {seconds:.0f} s")
     await step("server", step_spec("server", scenario=Scenario.server, rate=[rate], requests=None,
                                    duration=seconds, input_tokens=shape.decode_input,
-                                   output_tokens=shape.decode_output, seed=7, slo=slo))
+                                   output_tokens=shape.decode_output, seed=7, slo=slo, **quality))
     summary = plan_summary(children, names, wall_src["probe"], {"model_file": wall_src["model_file"]})
     summary["decode_stop"] = stop
     summary["capacity_step"] = f"decode-c{best['concurrency']}"
@@ -275,6 +277,6 @@ def _wall_source(model_spec: str | None, hardware: str, weights: str | None, not
     notes.append(f"memory wall: {m.name} ({prec} weights, {wbytes / 1e9:.2f} GB) on {hw.key} "
                  f"({hw.memory_gbps:.1f} GB/s" + (f", {peak:,.0f} GFLOP/s {peak_prec} peak)" if peak_prec else
                                                   ", no compute peak known)"))
-    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "matmul_gflops_fp32": peak, "peak_precision": peak_prec,
+    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "peak_gflops": peak, "peak_precision": peak_prec,
                       "hardware": hw.key},
             "model_file": {"bytes": wbytes, "parameters": m.params, "kv_bytes_per_token": m.kv_bytes_per_token("fp16")}}

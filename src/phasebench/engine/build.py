@@ -88,14 +88,6 @@ def build_llama_server(force: bool = False, console: Console | None = None) -> P
     return build_engine(force=True, console=console)[0]
 
 
-def build_quantize(console: Console | None = None) -> Path:
-    """The cached ``llama-quantize``; a cache made before it was built gets one rebuild of both targets."""
-    q = cached_quantize()
-    if q.is_file():
-        return q
-    return build_engine(force=True, console=console)[1]
-
-
 def build_engine(force: bool = False, console: Console | None = None) -> tuple[Path, Path]:
     """Build ``llama-server`` and ``llama-quantize`` in one cmake build and cache both; returns their paths."""
     console = console or Console(stderr=True)

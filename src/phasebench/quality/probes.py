@@ -81,10 +81,6 @@ class ProbeSet:
     name: str  # "default" or the file's path
     probes: tuple[Probe, ...]
 
-    def by_id(self) -> dict[str, Probe]:
-        return {p.id: p for p in self.probes}
-
-
 def default_path() -> Path:
     return Path(str(resources.files("phasebench") / "data" / "quality" / "default.jsonl"))
 

@@ -31,8 +31,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..metrics import (BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, too_few_for,
-                       workload_block)
+from ..metrics import (
+    BUFFERED_NS_PER_TOKEN,
+    PERCENTILES,
+    RunContext,
+    check_validity,
+    quantile_ci,
+    too_few_for,
+    workload_block,
+)
 from ..records import RequestRecord
 from .replica import SimResult, token_times
 

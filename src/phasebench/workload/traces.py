@@ -113,7 +113,8 @@ def _time(v: Any, name: str, where: str) -> float:
 
 def _json_rows(path: Path, text: str, fmt: str) -> list[TraceRow]:
     rows = []
-    for n, d in object_lines(text.splitlines(), lambda n: f"{path}:{n}", SpecError):
+    # split on newlines only: splitlines would also cut at U+2028, U+0085 and \x1c-\x1e inside JSON strings
+    for n, d in object_lines(text.split("\n"), lambda n: f"{path}:{n}", SpecError):
         where = f"{path}:{n}"
         try:
             if fmt == "mooncake":
