@@ -81,3 +81,10 @@ def wait_port_closed(proc: subprocess.Popen, timeout: float = 5) -> None:
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test on a real engine (llama.cpp, vLLM) is slow by nature: `-m "not slow"` is the fast suite."""
+    for item in items:
+        if item.get_closest_marker("engine") or item.get_closest_marker("vllm"):
+            item.add_marker(pytest.mark.slow)

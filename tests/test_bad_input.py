@@ -106,6 +106,7 @@ def cli(*args: str, env: dict | None = None, **kw) -> subprocess.CompletedProces
                           env=env or ENV, timeout=120, **kw)
 
 
+@pytest.mark.slow
 def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
     p = cli("run", "--url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "x"))
     assert p.returncode == 4 and "cannot reach" in p.stderr and "Traceback" not in p.stderr + p.stdout
@@ -113,6 +114,7 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
     assert p.returncode == 2 and "not a phasebench run folder" in p.stderr
 
 
+@pytest.mark.slow
 def test_server_killed_mid_run_keeps_every_finished_request(tmp_path):
     m = MockProc("--ttft-ms", "5", "--itl-ms", "20")
     out = tmp_path / "run"
@@ -136,6 +138,7 @@ def test_server_killed_mid_run_keeps_every_finished_request(tmp_path):
     assert run_back.summary["completed"] == len(ok)
 
 
+@pytest.mark.slow
 def test_ctrl_c_leaves_a_valid_partial_result(tmp_path):
     m = MockProc("--ttft-ms", "5", "--itl-ms", "20")
     out = tmp_path / "run"
@@ -163,6 +166,7 @@ def test_ctrl_c_leaves_a_valid_partial_result(tmp_path):
     assert "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_api_key_never_written(server, tmp_path):
     secret = "sk-test-SECRET-0123456789"
     env = {**ENV, "MY_KEY": secret}
@@ -200,6 +204,7 @@ from phasebench.exitcodes import SERVER_GONE  # noqa: E402
 # ---- item 9: credentials in the URL never reach a file, the database, the terminal or a report --------------
 
 
+@pytest.mark.slow
 def test_password_with_at_sign_never_stored_or_printed(server, tmp_path):
     from phasebench.spec import redact_url
 
@@ -240,6 +245,7 @@ def _no_controls(text: str) -> bool:
     return not any(c in text for c in ("\x1b", "\x07", "\x9b", "\u202e", "\x00"))
 
 
+@pytest.mark.slow
 def test_terminal_escapes_from_the_server_are_stripped(server, tmp_path):
     from phasebench.textsafe import clean, markup
 
@@ -384,6 +390,7 @@ def test_url_without_v1_gets_a_hint():
     assert url_hint("http://127.0.0.1:8000/v1") == "" and url_hint("http://h/openai/v1/") == ""
 
 
+@pytest.mark.slow
 def test_history_dates_are_checked(server, tmp_path):
     env = {**ENV, "PHASEBENCH_DB": str(tmp_path / "r.db")}
     assert cli("run", "--url", server.url, "--requests", "2", "--out", str(tmp_path / "run"), env=env).returncode == 0

@@ -24,6 +24,7 @@ def test_help_reads_well():
         assert flag in p.stdout, flag
 
 
+@pytest.mark.slow
 def test_spec_file_with_flag_override_and_show(server, tmp_path):
     y = tmp_path / "spec.yaml"
     y.write_text(f"url: {server.url}\nscenario: server\nrate: 20\nrequests: 10\ninput-tokens: 12\noutput_tokens: 4\n"
@@ -60,6 +61,7 @@ def test_rich_markup_in_server_text_is_escaped(server, tmp_path):
     (["--concurrency", "4"], ["--concurrency needs --url"]),
     (["--plan-budget", "5m", "--trace", "t.jsonl"], ["--plan-budget/--trace need --url"]),
 ])
+@pytest.mark.slow
 def test_flags_a_plan_would_ignore_are_refused(args, words):
     p = cli("run", *args)  # refused before anything starts: no engine, no connection, no folder
     assert p.returncode == 2, p.stderr

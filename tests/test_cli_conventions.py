@@ -115,6 +115,7 @@ def test_help_panels_defaults_examples_at_80_columns():
     assert "Examples:" in text and "--extra-body" in text and "--header" in text
 
 
+@pytest.mark.slow
 def test_bad_run_flags_are_one_line_errors_naming_the_flag(tmp_path):
     url = "http://127.0.0.1:9/v1"  # never reached: every case fails before sending
     cases = [
@@ -181,6 +182,7 @@ def test_header_value_scrubbed_from_server_error_texts(server, tmp_path, transpo
         assert secret not in f.read_text(errors="replace"), f.name
 
 
+@pytest.mark.slow
 def test_tags_in_show_history_and_filter(server, tmp_path):
     db = str(tmp_path / "results.db")
 

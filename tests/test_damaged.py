@@ -149,6 +149,7 @@ def _one_line_error(stderr: str) -> bool:
     return len(lines) == 1 and lines[0].startswith("error:")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_every_command_survives_a_damaged_folder(name, damaged, good, tmp_path):
     _, _, code, phrase = VARIANTS[name]
@@ -177,6 +178,7 @@ def test_every_command_survives_a_damaged_folder(name, damaged, good, tmp_path):
             assert phrase in r.stdout, where
 
 
+@pytest.mark.slow
 def test_damaged_folders_as_real_processes(damaged, tmp_path):
     """The same through the installed command line: stderr has one line or warnings, never a traceback."""
     for name in ("bad record lines", "truncated summary", "manifest is a list", "nested cycle"):
@@ -247,6 +249,7 @@ def _cli(*args: str, env: dict) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+@pytest.mark.slow
 def test_damaged_database_is_refused_in_one_line_and_runs_still_finish(damaged_db, mock, tmp_path):
     damaged_db, ids = damaged_db
     env = {**ENV, "PHASEBENCH_DB": str(damaged_db)}

@@ -39,6 +39,7 @@ def quick_plan(tmp_path_factory):
     return out, p
 
 
+@pytest.mark.slow
 @needs_engine
 @pytest.mark.engine
 def test_quick_plan_against_the_real_engine(quick_plan):
@@ -157,6 +158,7 @@ def _split_waves(run, slots: int) -> str | None:  # noqa: ANN001
     return None if all(s == slots for s in sizes[k:]) else f"first tokens came in groups of {sizes}"
 
 
+@pytest.mark.slow
 @needs_engine
 @pytest.mark.engine
 def test_llamacpp_metrics_become_the_server_view(tmp_path):

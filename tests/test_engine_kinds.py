@@ -47,6 +47,7 @@ def test_engine_that_dies_while_starting_says_why(tmp_path):
         ManagedEngine(ManagedConfig(kind=MOCK, model=str(tmp_path), args=["--no-such-flag"])).start()
 
 
+@pytest.mark.slow
 def test_unknown_or_missing_engine_is_one_clear_line(tmp_path):
     with pytest.raises(EngineError, match="unknown engine kind 'tgx'"):
         kind("tgx")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 
 import orjson
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -100,6 +101,7 @@ def sse_streams(draw: st.DrawFn) -> bytes:
     return head + body + tail
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=550)
 @given(st.data())
 def test_sse_matches_reference_at_random_splits(data):
@@ -197,6 +199,7 @@ def test_parse_event_on_any_json(value):
     decode(orjson.dumps(value))
 
 
+@pytest.mark.slow
 @settings(FAST, max_examples=700)
 @given(_openai_like)
 def test_parse_event_on_openai_like_shapes(obj):

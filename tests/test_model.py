@@ -304,6 +304,7 @@ def test_hardware_and_models_commands():
     assert "mixtral-8x7b" in p.stdout and "12.9 active" in p.stdout
 
 
+@pytest.mark.slow
 def test_probe_writes_the_local_record():
     p = cli("probe", "--quick")
     assert p.returncode == 0, p.stderr

@@ -46,6 +46,7 @@ def test_model_guessed_only_when_unambiguous():
     assert guess_model_spec("smollm2-135m-instruct-q4_1")[0] == "smollm2-135m"
 
 
+@pytest.mark.slow
 def test_plan_against_a_url(server, tmp_path):
     server.configure(ttft_ms=20, ttft_per_input_token_ms=0.02, itl_ms=5)
     out = tmp_path / "plan"
@@ -78,6 +79,7 @@ def test_plan_against_a_url(server, tmp_path):
     assert "decode sweep stopped" in p.stdout
 
 
+@pytest.mark.slow
 def test_plan_stops_the_decode_sweep_when_the_slo_breaks(server, tmp_path):
     server.configure(ttft_ms=5, itl_ms=6)
     out = tmp_path / "plan"
@@ -91,6 +93,7 @@ def test_plan_stops_the_decode_sweep_when_the_slo_breaks(server, tmp_path):
     assert any("names no catalog model" in n for n in s["notes"])
 
 
+@pytest.mark.slow
 def test_url_plan_stopped_by_a_signal_still_reads_as_a_plan(server, tmp_path):
     import signal
     import time

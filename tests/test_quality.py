@@ -190,6 +190,7 @@ def test_reference_agreement_and_threshold(server, tmp_path):
     assert rows["quality score"]["values"][0] == rows["quality score"]["values"][1]
 
 
+@pytest.mark.slow
 def test_cli_quality_errors_are_one_line(server, tmp_path):
     bad = tmp_path / "set.jsonl"
     bad.write_text('{"id": "x", "kind": "choice", "prompt": "p", "choices": ["a"], "answer": 0}\n')

@@ -42,6 +42,7 @@ def reference_run(tmp_path_factory):
     return _quality_run(find_model(), out, quality=True)
 
 
+@pytest.mark.slow
 @needs_engine
 @pytest.mark.engine
 def test_real_model_scores_well_above_the_floor_and_is_valid(reference_run):
@@ -52,6 +53,7 @@ def test_real_model_scores_well_above_the_floor_and_is_valid(reference_run):
     assert reference_run.summary["completed"] == 2 and reference_run.valid
 
 
+@pytest.mark.slow
 @needs_quantize
 @pytest.mark.engine
 def test_q2k_variant_scores_no_higher_than_the_reference(reference_run, tmp_path):
@@ -70,6 +72,7 @@ def test_q2k_variant_scores_no_higher_than_the_reference(reference_run, tmp_path
     assert r.summary["completed"] == 2 and r.summary["output_throughput"] > 0
 
 
+@pytest.mark.slow
 @needs_quantize
 @pytest.mark.engine
 def test_quant_command_prints_one_measured_table(tmp_path):

@@ -45,6 +45,7 @@ def db(tmp_path, monkeypatch) -> Path:
     return p
 
 
+@pytest.mark.slow
 def test_runs_are_recorded_and_round_trip(server, tmp_path, db):
     r = run(spec(server, tmp_path, requests=5))
     with Store(db) as st:
@@ -93,6 +94,7 @@ def _writer(db: str, folder: str, n: int) -> None:
             st.record(run_)
 
 
+@pytest.mark.slow
 def test_concurrent_writers_do_not_corrupt(server, tmp_path, db):
     run(spec(server, tmp_path, requests=20))
     ctx = mp.get_context("spawn")
@@ -177,6 +179,7 @@ def test_mann_whitney_matches_scipy():
     assert mann_whitney(a, b) == pytest.approx(mannwhitneyu(a, b, method="asymptotic").pvalue, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_compare_flags_a_real_difference_and_not_noise(server, tmp_path, db):
     def one(name: str, ttft: float) -> Run:
         server.configure(ttft_ms=ttft, itl_ms=2, itl_jitter_ms=0.5)
@@ -223,6 +226,7 @@ def report_runs(tmp_path_factory, mock):
     return d, a, b
 
 
+@pytest.mark.slow
 def test_html_report_is_self_contained_with_every_plot(report_runs):
     d, a, b = report_runs
     out = d / "report.html"
@@ -248,6 +252,7 @@ def test_markdown_report_writes_pngs_and_escapes(report_runs):
     assert md_escape("a|b*c") == r"a\|b\*c"
 
 
+@pytest.mark.slow
 def test_report_command_and_mlperf_summary(report_runs, server, tmp_path):
     d, a, _ = report_runs
     p = cli("report", str(d / "a" / "run"), "-o", str(tmp_path / "x.html"))

@@ -44,6 +44,7 @@ def _db_runs(home: Path) -> list[str]:
         return [r[0] for r in db.execute("select path from runs")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129), (signal.SIGINT, 130)])
 def test_termination_signals_keep_every_record(tmp_path, sig, code):
     m = MockProc("--ttft-ms", "5", "--itl-ms", "20")
@@ -71,6 +72,7 @@ def test_termination_signals_keep_every_record(tmp_path, sig, code):
     assert str(out.resolve()) in {str(Path(p).resolve()) for p in _db_runs(home)}
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_sweep_leaves_a_readable_sweep(tmp_path):
     m = MockProc("--ttft-ms", "5", "--itl-ms", "20")
     out = tmp_path / "sweep"
@@ -91,6 +93,7 @@ def test_sigterm_during_a_sweep_leaves_a_readable_sweep(tmp_path):
     assert shown.returncode == 0 and "00-c1" in o, e
 
 
+@pytest.mark.slow
 def test_exit_codes_valid_invalid_usage_unreachable(tmp_path):
     m = MockProc("--ttft-ms", "2", "--itl-ms", "1")
     try:
@@ -115,6 +118,7 @@ def test_exit_codes_valid_invalid_usage_unreachable(tmp_path):
     assert "Exit codes" in o and "INVALID" in o
 
 
+@pytest.mark.slow
 def test_a_vanished_server_stops_a_duration_run_early(tmp_path):
     m = MockProc("--ttft-ms", "2", "--itl-ms", "2")
     out = tmp_path / "run"
@@ -140,6 +144,7 @@ def _limited(soft: int, hard: int):  # noqa: ANN202
     return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
+@pytest.mark.slow
 def test_open_files_limit_is_raised_or_refused_before_starting(tmp_path):
     m = MockProc("--ttft-ms", "2", "--itl-ms", "1")
     try:
@@ -165,6 +170,7 @@ def test_buffered_streams_are_not_valid(server, tmp_path):
     assert not r.valid and any("all at once" in x for x in r.summary["phasebench"]["reasons"])
 
 
+@pytest.mark.slow
 def test_a_busy_host_is_noticed(server, tmp_path):
     server.configure(itl_ms=20, ttft_ms=5)
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])

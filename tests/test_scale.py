@@ -34,6 +34,7 @@ def test_workers_share_one_run_folder(server, tmp_path):
     assert server.stats()["max_in_flight"] <= 6
 
 
+@pytest.mark.slow
 def test_open_loop_schedule_is_the_same_whatever_the_worker_count(server, tmp_path):
     server.configure(ttft_ms=5, itl_ms=2)
     s = spec(server, tmp_path, scenario="server", rate=[40], requests=40, output_tokens=4, workers=3)
@@ -64,6 +65,7 @@ def _cli(*args: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, env=ENV)
 
 
+@pytest.mark.slow
 def test_a_dead_worker_loses_only_what_it_had_in_flight(tmp_path):
     m = MockProc("--ttft-ms", "5", "--itl-ms", "10")
     out = tmp_path / "run"
@@ -88,6 +90,7 @@ def test_a_dead_worker_loses_only_what_it_had_in_flight(tmp_path):
     assert any(w["died"] for w in back.manifest["client_workers"]["workers"])
 
 
+@pytest.mark.slow
 def test_sigterm_stops_every_worker(tmp_path):
     m = MockProc("--ttft-ms", "5", "--itl-ms", "20")
     out = tmp_path / "run"
@@ -119,6 +122,7 @@ def test_auto_workers():
     assert auto_workers(1000, cores=2) == 1
 
 
+@pytest.mark.slow
 def test_ray_actors_on_a_local_loopback_instance(server, tmp_path, monkeypatch):
     pytest.importorskip("ray")
     monkeypatch.delenv("RAY_ADDRESS", raising=False)

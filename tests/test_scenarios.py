@@ -23,6 +23,7 @@ def test_poisson_schedule_passes_ks_test():
     assert np.array_equal(arrivals(5, 1, 9, 50, None), arrivals(5, 1, 9, 50, None))  # seeded
 
 
+@pytest.mark.slow
 def test_server_run_sends_at_absolute_deadlines(server, tmp_path):
     server.configure(ttft_ms=5, itl_ms=2)
     r = run(spec(server, tmp_path, scenario="server", rate=[40], requests=120, output_tokens=4))

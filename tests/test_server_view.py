@@ -176,6 +176,7 @@ def test_prompts_are_fresh_per_run_and_exact_with_a_seed():
     assert len({re.search(r"[0-9a-f]{6}", t).group() for t in a}) == 3  # each prompt's marker differs
 
 
+@pytest.mark.slow
 def test_report_draws_the_engines_view_over_time(server, tmp_path):
     from phasebench.report.plots import server_timeline
     from phasebench.results import Run

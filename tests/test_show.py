@@ -66,6 +66,7 @@ def test_show_prints_a_sweeps_points_and_verdict(server, tmp_path):
     assert "{'" not in p.stdout and "[1, 2" not in p.stdout
 
 
+@pytest.mark.slow
 def test_show_prints_the_plans_own_tables(plan):
     out, printed = plan
     p = cli("show", str(out))
@@ -81,6 +82,7 @@ def test_show_prints_the_plans_own_tables(plan):
     assert printed.endswith(body), (printed[-1500:], body[-1500:])
 
 
+@pytest.mark.slow
 def test_show_on_a_plan_that_stopped_early(plan, tmp_path):
     out, _ = plan
     part = tmp_path / "partial"
@@ -126,6 +128,7 @@ class _Doc(HTMLParser):
         self.order.append(data)
 
 
+@pytest.mark.slow
 def test_the_plan_report_leads_with_the_answer(plan):
     out, _ = plan
     r = Run.load(out)
@@ -154,6 +157,7 @@ def test_the_plan_report_leads_with_the_answer(plan):
     assert "{'" not in text and "['" not in text and "<script" not in html
 
 
+@pytest.mark.slow
 def test_two_plans_side_by_side_show_only_the_verdicts_mbu(plan):
     out, _ = plan
     r = Run.load(out)

@@ -34,6 +34,7 @@ def const_profile() -> FittedProfile:
     return FittedProfile((CONST, 0.0, 0.0), (CONST, 0.0, 0.0))
 
 
+@pytest.mark.slow
 def test_md1_mean_wait_matches_queueing_theory():
     # one server, deterministic service D, Poisson arrivals: Wq = ρ·D / (2(1−ρ))  (Pollaczek–Khinchine)
     for lam in (5.0, 8.0):
@@ -91,6 +92,7 @@ def test_over_capacity_is_stopped_and_said(tmp_path):
     assert r.summary["failed"] > 0
 
 
+@pytest.mark.slow
 def test_simulated_run_folder_is_a_run_like_any_other(server, tmp_path, monkeypatch):
     db = tmp_path / "r.db"
     monkeypatch.setenv("PHASEBENCH_DB", str(db))
@@ -189,6 +191,7 @@ def test_cost_of_a_measured_run(server, tmp_path):
     assert local_price["price_source"] == "given"
 
 
+@pytest.mark.slow
 def test_simulate_and_disagg_commands(tmp_path):
     env = {**ENV, "PHASEBENCH_DB": "off"}
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "simulate", "--model", "llama-3-8b", "--hardware", "l40s",

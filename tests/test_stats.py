@@ -135,6 +135,7 @@ def test_bootstrap_is_reproducible_and_fast_at_1e5_samples():
 
 
 # --- compare end to end on the mock server ---------------------------------------------------------------------
+@pytest.mark.slow
 def test_compare_tests_each_percentile_and_counts_only_tested_changes(server, tmp_path):
     def one(name: str, itl: float) -> Run:
         server.configure(ttft_ms=30, itl_ms=itl, itl_jitter_ms=0.5)
@@ -216,6 +217,7 @@ def _runs(server, tmp_path, plan, **kw) -> list[str]:
     return paths
 
 
+@pytest.mark.slow
 def test_calibrate_refuses_a_bad_fit_unless_forced(server, tmp_path, home):
     import os
 
@@ -243,6 +245,7 @@ def test_calibrate_refuses_a_bad_fit_unless_forced(server, tmp_path, home):
     assert any("stored with --force" in w for w in json.loads(p.stdout)["phasebench"]["warnings"])
 
 
+@pytest.mark.slow
 def test_profile_fit_refuses_a_bad_fit_unless_forced(server, tmp_path, home):
     from phasebench.sim.profile import FittedProfile, fit_profile
 

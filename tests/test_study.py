@@ -147,6 +147,7 @@ class _Doc(HTMLParser):
         self.text.append(data)
 
 
+@pytest.mark.slow
 def test_study_end_to_end(tmp_path, server):
     measured = _run_plan_like(server, tmp_path)
     out = tmp_path / "study"
@@ -192,6 +193,7 @@ def test_study_end_to_end(tmp_path, server):
     assert shown.stdout == p.stdout.split("\nwrote ")[0] + "\n"
 
 
+@pytest.mark.slow
 def test_study_computation_and_bad_input(tmp_path):
     st = run_study("llama-2-7b", ["h100-sxm", "mi300x"], pairs=[("h100-sxm", "mi300x")], requests=20)
     assert [p.key for p in st.platforms] == ["h100-sxm", "mi300x"] and len(st.gains) == 1
