@@ -31,8 +31,15 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ..metrics import (BUFFERED_NS_PER_TOKEN, PERCENTILES, RunContext, check_validity, quantile_ci, too_few_for,
-                       workload_block)
+from ..metrics import (
+    BUFFERED_NS_PER_TOKEN,
+    PERCENTILES,
+    RunContext,
+    check_validity,
+    quantile_ci,
+    too_few_for,
+    workload_block,
+)
 from ..records import RequestRecord
 from .replica import SimResult, token_times
 
@@ -91,36 +98,39 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
     """Columns of one replica's result. ``index``: the record index of each of its requests (default 0..n−1).
     ``first_s``/``sched_s`` override the first-token and scheduled times (the decode pool of a disaggregated
     deployment: the first token is when the KV cache arrived; the request was scheduled at its arrival)."""
-    reqs = res.reqs
-    n = len(reqs)
-    arrival = np.fromiter((r.arrival for r in reqs), np.float64, n)
-    first_f = np.fromiter((r.first_token for r in reqs), np.float64, n)
-    end_f = np.fromiter((r.end for r in reqs), np.float64, n)
+    st = res.state
+    n = len(st.n_in)
+    arrival = np.array(st.arrival, dtype=np.float64)
+    first_f = np.array(st.first, dtype=np.float64)
+    end_f = np.array(st.end, dtype=np.float64)
     served = end_f >= 0
     if first_s is not None:
         first_f = np.where(served, first_s, -1.0)
     sched = _ns(arrival if sched_s is None else sched_s)
     first = np.where(served, _ns(first_f), -1)
     end = np.where(served, _ns(end_f), -1)
-    n_in = np.fromiter((r.n_in for r in reqs), np.int64, n)
-    n_out = np.fromiter((r.n_out for r in reqs), np.int64, n)
+    n_in = np.array(st.n_in, dtype=np.int64)
+    n_out = np.array(st.n_out, dtype=np.int64)
     dec_pos = np.flatnonzero(res.iter_decodes)
     dec_ns = _ns(res.iter_end[dec_pos]) if len(dec_pos) else np.empty(0, dtype=np.int64)
     lo = np.zeros(n, dtype=np.int64)
     hi = np.zeros(n, dtype=np.int64)
     explicit: dict[int, np.ndarray] = {}
-    seg_a = np.full(n, -1, dtype=np.int64)
-    seg_b = np.full(n, -2, dtype=np.int64)
-    for k, r in enumerate(reqs):
-        if r.end < 0:
+    # irregular requests (preempted, or with token times from recompute prefills) keep explicit times; the
+    # rest have one decode segment (or none: finished by their prefill)
+    seg_a = np.array(st.seg_a, dtype=np.int64)
+    seg_b = np.array(st.seg_b, dtype=np.int64)
+    seg_b[seg_a < 0] = -2
+    irregular = sorted(set(st.more) | set(st.extra))
+    for k in irregular:
+        seg_a[k], seg_b[k] = -1, -2
+        if end_f[k] < 0:
             continue
-        if r.extra or len(r.segments) > 1 or r.preemptions:
-            ts = token_times(res, r)
-            if first_s is not None:
-                ts = [float(first_f[k]), *ts[1:]]
-            explicit[k] = _ns(np.array(ts))
-        elif r.segments:
-            seg_a[k], seg_b[k] = r.segments[0]
+        ts = token_times(res, res.req(k))
+        if first_s is not None:
+            ts = [float(first_f[k]), *ts[1:]]
+        explicit[k] = _ns(np.array(ts))
+    seg_a[~served], seg_b[~served] = -1, -2
     has = seg_b >= seg_a
     lo[has] = np.searchsorted(dec_pos, seg_a[has], "left")
     hi[has] = np.searchsorted(dec_pos, seg_b[has], "right")
@@ -130,7 +140,7 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
         n_tok[k] = len(ts)
         last[k] = ts[-1] if len(ts) else -1
     idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
-    cached = np.fromiter((r.cached for r in reqs), np.int64, n) if res.prefix_cache else None
+    cached = np.array(st.cached, dtype=np.int64) if res.prefix_cache else None
     return Columns(idx, sched, n_in, n_out, first, end, served, n_tok, last, lo, hi, dec_ns, np.zeros(n, dtype=np.int64),
                    [dec_ns], explicit, error or ("not served: the simulation stopped (over capacity)"
                                                  if res.over_capacity else "not served"), cached)
