@@ -192,6 +192,36 @@ def concat(parts: list[Columns]) -> Columns:
 
 
 # ---- records --------------------------------------------------------------------------------------------
+_BLOCK = 4096   # rows whose token times are gathered at once (bounds the gathered arrays' memory)
+
+
+def _token_blocks(c: Columns) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The regular rows' token times, gathered in blocks of rows: (first row, flat times, offsets), row
+    ``first + j``'s tokens being ``flat[off[j]:off[j + 1]]`` (empty for explicit and unserved rows: those come
+    from :meth:`Columns.tokens`). One numpy gather per block instead of an array built per row."""
+    n = len(c)
+    groups = c.dec_groups
+    goff = np.cumsum([0] + [len(g) for g in groups[:-1]]).astype(np.int64)
+    every = np.concatenate([*groups, c.first]) if groups else c.first
+    n_dec = len(every) - n
+    regular = c.served.copy()
+    if c.explicit:
+        regular[list(c.explicit)] = False
+    for r0 in range(0, n, _BLOCK):
+        r1 = min(r0 + _BLOCK, n)
+        reg = regular[r0:r1]
+        lo, hi = c.lo[r0:r1], c.hi[r0:r1]
+        lens = np.where(reg, 1 + hi - lo, 0)
+        off = np.zeros(r1 - r0 + 1, dtype=np.int64)
+        np.cumsum(lens, out=off[1:])
+        starts = np.repeat(off[:-1], lens)
+        pos = np.arange(int(off[-1]), dtype=np.int64) - starts            # position within its row
+        take = np.repeat(goff[c.group[r0:r1]] + lo - 1, lens) + pos       # decode iteration lo - 1 + pos ...
+        has = lens > 0
+        take[off[:-1][has]] = n_dec + r0 + np.flatnonzero(has)            # ... and the row's first token first
+        yield r0, every[take], off
+
+
 def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, Any]]:
     """One dict per row with RequestRecord's fields, in its order, with its types."""
     prefix = uuid.uuid4().hex[:20]
@@ -201,29 +231,37 @@ def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, An
     cached = c.cached.tolist() if c.cached is not None else None
     conv = c.conversation.tolist() if c.conversation is not None else None
     turn = c.turn.tolist() if c.turn is not None else None
-    for k in range(len(c)):
-        d: dict[str, Any] = {"index": idx[k], "request_id": f"{prefix}{idx[k]:012x}", "scheduled_ns": sched[k],
-                             "sent_ns": sched[k]}
-        if served[k]:
-            f = first[k]
-            toks = c.tokens(k)
-            d.update(headers_ns=f, first_byte_ns=f, first_token_ns=f, first_answer_ns=f, last_token_ns=last[k],
-                     end_ns=end[k], chunk_ns=toks, chunk_tokens=ones[:n_tok[k]], reasoning_chunks=0,
-                     input_tokens=n_in[k], prompt_tokens=n_in[k], expected_output_tokens=n_out[k],
-                     output_tokens=n_tok[k], output_tokens_client=n_tok[k], output_tokens_source="simulated",
-                     length_met=n_tok[k] >= n_out[k], finish_reason="length", status=200, error=None, error_type=None)
-        else:
-            d.update(headers_ns=None, first_byte_ns=None, first_token_ns=None, first_answer_ns=None, last_token_ns=None,
-                     end_ns=None, chunk_ns=[], chunk_tokens=[], reasoning_chunks=0, input_tokens=n_in[k],
-                     prompt_tokens=n_in[k], expected_output_tokens=n_out[k], output_tokens=None,
-                     output_tokens_client=None, output_tokens_source=None, length_met=None, finish_reason=None,
-                     status=None, error=c.error, error_type="cancelled")
-        d.update(server_timing=None, server_stamps=None, retries=0, warmup=False, simulated=True)
-        if cached is not None and served[k]:
-            d["cached_tokens"] = cached[k]
-        if conv is not None and turn is not None:
-            d["conversation"], d["turn"] = conv[k], turn[k]
-        yield d
+    explicit = c.explicit
+    for r0, flat, off in _token_blocks(c):
+        offs = off.tolist()
+        for k in range(r0, min(r0 + _BLOCK, len(c))):
+            i = idx[k]
+            if served[k]:
+                f, nt = first[k], n_tok[k]
+                toks = explicit[k] if k in explicit else flat[offs[k - r0]:offs[k - r0 + 1]]
+                d: dict[str, Any] = {
+                    "index": i, "request_id": f"{prefix}{i:012x}", "scheduled_ns": sched[k], "sent_ns": sched[k],
+                    "headers_ns": f, "first_byte_ns": f, "first_token_ns": f, "first_answer_ns": f,
+                    "last_token_ns": last[k], "end_ns": end[k], "chunk_ns": toks, "chunk_tokens": ones[:nt],
+                    "reasoning_chunks": 0, "input_tokens": n_in[k], "prompt_tokens": n_in[k],
+                    "expected_output_tokens": n_out[k], "output_tokens": nt, "output_tokens_client": nt,
+                    "output_tokens_source": "simulated", "length_met": nt >= n_out[k], "finish_reason": "length",
+                    "status": 200, "error": None, "error_type": None,
+                    "server_timing": None, "server_stamps": None, "retries": 0, "warmup": False, "simulated": True}
+                if cached is not None:
+                    d["cached_tokens"] = cached[k]
+            else:
+                d = {"index": i, "request_id": f"{prefix}{i:012x}", "scheduled_ns": sched[k], "sent_ns": sched[k],
+                     "headers_ns": None, "first_byte_ns": None, "first_token_ns": None, "first_answer_ns": None,
+                     "last_token_ns": None, "end_ns": None, "chunk_ns": [], "chunk_tokens": [], "reasoning_chunks": 0,
+                     "input_tokens": n_in[k], "prompt_tokens": n_in[k], "expected_output_tokens": n_out[k],
+                     "output_tokens": None, "output_tokens_client": None, "output_tokens_source": None,
+                     "length_met": None, "finish_reason": None, "status": None, "error": c.error,
+                     "error_type": "cancelled", "server_timing": None, "server_stamps": None, "retries": 0,
+                     "warmup": False, "simulated": True}
+            if conv is not None and turn is not None:
+                d["conversation"], d["turn"] = conv[k], turn[k]
+            yield d
 
 
 def write_jsonl(c: Columns, path: Path) -> None:
