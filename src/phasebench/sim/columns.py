@@ -300,13 +300,13 @@ def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> di
     if not keep.all():
         v = v[keep]
         w = None if w is None else w[keep]
-    order = np.argsort(v, kind="stable")
-    v = v[order]
     if w is not None:
-        w = w[order]
+        order = np.argsort(v, kind="stable")
+        v, w = v[order], w[order]
         cum = np.cumsum(w)
         n = int(cum[-1]) if len(cum) else 0
     else:
+        v = np.sort(v, kind="stable")   # the values argsort + take gives, without the index array
         cum, n = None, len(v)
     if n == 0:
         return {"count": 0}
