@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -266,9 +267,11 @@ def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, An
 
 def write_jsonl(c: Columns, path: Path) -> None:
     """``requests.jsonl``: one RequestRecord per line (orjson, numpy slices for the token times)."""
-    dumps = orjson.dumps
-    with open(path, "wb") as f:
-        f.write(b"".join(dumps(d, option=_OPT | orjson.OPT_APPEND_NEWLINE) for d in _record_dicts(c)))
+    dumps, opt = orjson.dumps, _OPT | orjson.OPT_APPEND_NEWLINE
+    rows = _record_dicts(c)
+    with open(path, "wb") as f:   # a block of lines per write: the file is not built whole in memory
+        while block := b"".join(dumps(d, option=opt) for d in islice(rows, _BLOCK)):
+            f.write(block)
 
 
 def to_records(c: Columns) -> list[RequestRecord]:
