@@ -248,8 +248,9 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     max_queue, max_sim = cfg.max_queue, cfg.max_sim_seconds
     iteration = profile.iteration
     heappush, heappop = heapq.heappush, heapq.heappop
-    arrival, prompt, prefilled, generated, first, end = st.arrival, st.prompt, st.prefilled, st.generated, st.first, st.end
-    adm, d_start, g_start, start_iter, tgt, preempts = st.adm, st.d_start, st.g_start, st.start_iter, st.tgt, st.preempts
+    arrival, prompt, prefilled, generated = st.arrival, st.prompt, st.prefilled, st.generated
+    first, end, adm, d_start, g_start = st.first, st.end, st.adm, st.d_start, st.g_start
+    start_iter, tgt, preempts = st.start_iter, st.tgt, st.preempts
     seg_a, seg_b, more, extra, cached = st.seg_a, st.seg_b, st.more, st.extra, st.cached
     # the loop below uses no closures: every name it touches stays a fast local
 
@@ -274,8 +275,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             # overflow, an arrival that could be admitted, or the over-capacity limits.
             nd = len(decoding)
             seats = max_seqs - nd
-            if seats <= 0 or not waiting:
-                steps = heap[0][0] - D - 1
+            steps = heap[0][0] - D - 1
+            if steps > 0 and (seats <= 0 or not waiting):
                 room = cap - kv_tokens - nd - nd * slack      # KV check before each step: room ≥ j·nd
                 if room < 0:
                     steps = 0
@@ -313,6 +314,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
         batch = len(decoding) if decode_now else 0
         tokens_left = budget - batch
         chunks: list[tuple[int, int]] = []
+        sum_n = sum_n2 = 0         # Σ chunk, Σ chunk·(2·prefix + chunk): each chunk attends to its prefix
         joined: list[int] = []
         if not decode_now or chunked:
             for i in prefilling:
@@ -324,13 +326,16 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                 elif take > tokens_left and chunks:
                     break
                 chunks.append((i, take))
+                sum_n += take
+                sum_n2 += take * (2 * prefilled[i] + take)
                 tokens_left -= take
-            seats = max_seqs - len(decoding) - len(prefilling)
+            running = len(decoding) + len(prefilling)
+            seats = max_seqs - running
             grow = len(decoding) if decode_now else 0
             while admit and waiting and seats > 0 and tokens_left > 0:
                 j = waiting[0]
                 pj = prompt[j]
-                if kv_tokens + pj + grow + (len(decoding) + len(prefilling) + 1) * slack > cap:   # kv_ok
+                if kv_tokens + pj + grow + (running + 1) * slack > cap:   # kv_ok
                     break
                 if pc is not None:
                     keys = prefix_keys[j]      # type: ignore[index]
@@ -338,10 +343,13 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     prefilled[j] = max(hit, 0)
                     if preempts[j] == 0:
                         cached[j] = prefilled[j]
-                take = min(pj - prefilled[j], tokens_left) if chunked else pj - prefilled[j]
-                if not chunked and take > tokens_left and chunks:
-                    prefilled[j] = 0
-                    break
+                take = pj - prefilled[j]
+                if take > tokens_left:
+                    if chunked:
+                        take = tokens_left
+                    elif chunks:
+                        prefilled[j] = 0
+                        break
                 if pc is not None:
                     pc.insert(keys, n_blocks - (kv_tokens + pj) // bs)
                 waiting.popleft()
@@ -362,7 +370,10 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     continue
                 kv_tokens += pj
                 prefilling.append(j)
+                running += 1
                 chunks.append((j, take))
+                sum_n += take
+                sum_n2 += take * (2 * prefilled[j] + take)
                 tokens_left -= take
             if static and chunks:
                 static_open = False
@@ -387,10 +398,6 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     t = max(t, arrive_q[0][0])
                     continue
                 raise NeverFits("waiting requests need more KV cache than the replica has")
-        sum_n = sum_n2 = 0
-        for i, c in chunks:
-            sum_n += c
-            sum_n2 += c * (2 * prefilled[i] + c)   # each chunk attends to its prefix
         dt = iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
         t += max(dt, 1e-9)
         it = len(iter_end)
@@ -467,7 +474,8 @@ class _Release:
 
     def __init__(self, st: _Reqs, follow: list[int] | None, think: list[float] | None, pending: deque[int],
                  arrive_q: deque[tuple[float, int]], closed: bool) -> None:
-        self.arrival, self.follow, self.pending, self.arrive_q, self.closed = st.arrival, follow, pending, arrive_q, closed
+        self.arrival, self.follow, self.pending = st.arrival, follow, pending
+        self.arrive_q, self.closed = arrive_q, closed
         self.think = think if think is not None else [0.0] * len(st.arrival)
 
     def __call__(self, i: int, t: float) -> None:
