@@ -290,7 +290,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                         t_stop = min(t_stop, arrive_q[max(max_queue - len(waiting), 0)][0])   # over capacity
                     k = 0
                     while k < steps:
-                        t += max(iteration(0.0, 0.0, nd, float(sum_ctx)), 1e-9)
+                        dt = iteration(0.0, 0.0, nd, float(sum_ctx))
+                        t += 1e-9 if 1e-9 > dt else dt         # max(dt, 1e-9) without the call
                         iter_end.append(t)
                         sum_ctx += nd
                         k += 1
@@ -399,7 +400,7 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     continue
                 raise NeverFits("waiting requests need more KV cache than the replica has")
         dt = iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
-        t += max(dt, 1e-9)
+        t += 1e-9 if 1e-9 > dt else dt
         it = len(iter_end)
         iter_end.append(t)
         iter_dec.append(batch > 0)
