@@ -61,6 +61,8 @@ class SchedulerConfig:
 
 @dataclass(slots=True)
 class Req:
+    """One request's state as the simulation left it (``SimResult.req``; the loop itself keeps ``_Reqs`` lists)."""
+
     idx: int
     arrival: float
     n_in: int
