@@ -44,6 +44,20 @@ def test_a_failing_step_is_a_warning_and_the_run_is_kept(server, tmp_path, monke
     assert Run.load(tmp_path / "run").summary["phasebench"]["warnings"] == pb["warnings"]
 
 
+def test_a_failing_quality_check_leaves_the_run_invalid(server, tmp_path, monkeypatch):
+    def broken(a: analysis.RunAnalysis) -> dict:
+        raise KeyError("score")
+
+    steps = tuple(Step(s.name, broken, s.key, s.decides_validity) if s.name == "quality" else s for s in STEPS)
+    monkeypatch.setattr(analysis, "STEPS", steps)
+    monkeypatch.setattr(analysis.analyse, "__defaults__", (steps,))
+    r = run(spec(server, tmp_path, requests=4, quality=True))
+    pb = r.summary["phasebench"]
+    assert not r.valid and r.summary["completed"] == 4  # the speed figures are there; the verdict is not VALID
+    assert any("quality check could not be made" in x for x in pb["reasons"]), pb["reasons"]
+    assert any("analysis step 'quality' failed: KeyError" in x for x in pb["warnings"])
+
+
 def test_without_metrics_the_summary_says_why_it_is_not_valid(server, tmp_path):
     r = run(spec(server, tmp_path, requests=2))
     a = analysis.RunAnalysis(r.manifest, r.records, RunSpec(url=server.url), analysis.RunContext("concurrency",

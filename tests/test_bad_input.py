@@ -147,9 +147,10 @@ def test_ctrl_c_leaves_a_valid_partial_result(tmp_path):
         while time.monotonic() < deadline and not ((out / "requests.jsonl").exists()
                                                     and (out / "requests.jsonl").stat().st_size > 2000):
             time.sleep(0.05)
-        # the file grows when the two lockstep slots finish a request; signal inside the next one (each lasts
-        # ~205 ms), not in the instant between two requests, when there is nothing in flight to cancel
-        time.sleep(0.08)
+        # signal while the server holds requests (each lasts ~205 ms), not in the instant between two of them,
+        # when there is nothing in flight to cancel
+        while time.monotonic() < deadline and m.stats()["in_flight"] < 2:
+            time.sleep(0.01)
         proc.send_signal(signal.SIGINT)
         stdout, stderr = proc.communicate(timeout=30)
     finally:

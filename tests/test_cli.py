@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ENV
 
 
@@ -47,3 +49,18 @@ def test_rich_markup_in_server_text_is_escaped(server, tmp_path):
     p = cli("run", "--url", server.url, "--requests", "1", "--out", str(out))
     assert p.returncode in (0, 3), p.stderr  # 3: finished but INVALID (a busy machine can do that)
     assert "[red]evil[/red]" in p.stdout
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--url", "http://127.0.0.1:9/v1", "--plan", "--concurrency", "4", "--input-tokens", "64"],
+     ["--plan shapes its own", "--concurrency/--input-tokens"]),
+    (["--url", "http://127.0.0.1:9/v1", "--plan-budget", "5m"], ["--plan-budget", "need --plan"]),
+    (["--url", "http://127.0.0.1:9/v1", "--quick"], ["--quick", "need --plan"]),
+    (["--url", "http://127.0.0.1:9/v1", "--engine-model", "x.gguf"], ["--engine-model", "embedded engine"]),
+    (["--concurrency", "4"], ["--concurrency needs --url"]),
+    (["--plan-budget", "5m", "--trace", "t.jsonl"], ["--plan-budget/--trace need --url"]),
+])
+def test_flags_a_plan_would_ignore_are_refused(args, words):
+    p = cli("run", *args)  # refused before anything starts: no engine, no connection, no folder
+    assert p.returncode == 2, p.stderr
+    assert all(w in p.stderr for w in words), p.stderr

@@ -288,7 +288,7 @@ def test_predict_command_json_and_sweep():
     assert [r["batch"] for r in rows] == [1, 16, 256]
     assert rows[0]["output_throughput"] < rows[1]["output_throughput"] < rows[2]["output_throughput"]
     p = cli("predict", "--model", "llama-2-70b", "--hardware", "l4")
-    assert p.returncode == 1 and "does not fit" in p.stdout and "TTFT" in p.stdout
+    assert p.returncode == 3 and "does not fit" in p.stdout and "TTFT" in p.stdout
     p = cli("predict", "--model", "llama-2-7b", "--hardware", "a100-80gb-sxm", "--activations", "fp8")
     assert p.returncode == 2 and "no fp8 compute" in p.stderr
 

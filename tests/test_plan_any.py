@@ -57,9 +57,12 @@ def test_plan_against_a_url(server, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert [x["input_tokens"] for x in s["prefill_sweep"]] == [32, 256, 1024]
     assert s["prefill_sweep"][-1]["ttft_ms_p50"] > s["prefill_sweep"][0]["ttft_ms_p50"]
-    # the mock never saturates: the sweep doubles to the quick plan's largest concurrency and says so
-    assert [d["concurrency"] for d in s["decode_sweep"]] == [1, 2, 4, 8]
-    assert "largest concurrency (8)" in s["decode_stop"]
+    # the mock never saturates, so the sweep doubles to the quick plan's largest concurrency and says so; on a
+    # loaded 2-core machine the client's own CPU may flatten 4 -> 8 first, and then the plan says that instead
+    conc = [d["concurrency"] for d in s["decode_sweep"]]
+    assert conc == [1, 2, 4, 8][:len(conc)] and len(conc) >= 2
+    assert ("largest concurrency (8)" in s["decode_stop"]) if conc == [1, 2, 4, 8] else \
+        ("throughput" in s["decode_stop"] or "budget" in s["decode_stop"]), s["decode_stop"]
     # the server's own view fills the server columns (vLLM-style histograms from the mock)
     assert s["decode_sweep"][0]["server_tpot_ms_p50"] == pytest.approx(5.0, abs=0.01)
     assert s["prefill_sweep"][0]["server_prompt_ms_p50"] == pytest.approx(20.64, abs=0.01)
@@ -86,3 +89,33 @@ def test_plan_stops_the_decode_sweep_when_the_slo_breaks(server, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["decode_stop"] == "the SLO broke at concurrency 1" and len(s["decode_sweep"]) == 1
     assert any("names no catalog model" in n for n in s["notes"])
+
+
+def test_url_plan_stopped_by_a_signal_still_reads_as_a_plan(server, tmp_path):
+    import signal
+    import time
+
+    server.configure(ttft_ms=20, itl_ms=30, hostile_model_id=True)  # its model id carries ANSI/OSC escapes
+    out = tmp_path / "plan"
+    p = subprocess.Popen([sys.executable, "-m", "phasebench.cli", "run", "--url", server.url, "--plan", "--quick",
+                          "--plan-budget", "60s", "--out", str(out)], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "decode-c1" / "requests.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()[1][-3000:]
+        p.send_signal(signal.SIGTERM)  # inside decode-c1: the prefill sweep is done, decode-c1 is in flight
+        stdout, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "\x1b" not in stdout and "\x1b" not in err  # the server's text is stripped of control characters
+    plan = Run.load(out)
+    assert plan.manifest["kind"] == "plan" and plan.partial and not plan.valid
+    assert [c.path.name for c in plan.children][:3] == ["prefill-000032", "prefill-000256", "prefill-001024"]
+    assert plan.children[-1].path.name == "decode-c1" and plan.children[-1].partial
+    assert any("stopped in step decode-c1" in r for r in plan.summary["phasebench"]["reasons"])
+    shown = subprocess.run([sys.executable, "-m", "phasebench.cli", "show", str(out)], capture_output=True,
+                           text=True, env=ENV, timeout=60)
+    assert shown.returncode == 0 and "prefill-000032" in shown.stdout, shown.stderr[-2000:]

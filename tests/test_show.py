@@ -164,3 +164,116 @@ def test_two_plans_side_by_side_show_only_the_verdicts_mbu(plan):
     # one row, in the key figures, each cell labelled with its step; the comparison leaves the server step's out
     assert len(rows) == 1 and rows[0].count("step decode\\-c1") == 2, rows
     assert "Comparison (change against the first run)" in text
+
+
+# --- the typed views every reader takes (results.Run.result / Run.meta) --------------------------------------
+@pytest.fixture(scope="module")
+def kinds(plan, mock, tmp_path_factory):
+    """One folder of each kind: a measured run (with roofline and cost), a sweep, the plan, a simulated run."""
+    mock.configure(ttft_ms=10, itl_ms=3)
+    root = tmp_path_factory.mktemp("kinds")
+    try:
+        one = run(spec(mock, root, scenario="concurrency", concurrency=[2], requests=8, model_spec="smollm2-135m",
+                       hardware="h100-sxm", slo="mlperf-llama3.1-8b-server", out=root / "run"))
+        sweep = run(spec(mock, root, scenario="sweep", concurrency=[1, 2], requests=4, out=root / "sweep"))
+    finally:
+        mock.configure()
+    p = cli("simulate", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--rate", "5", "--requests", "60",
+            "--slo", "mlperf-llama3.1-8b-server", "--out", str(root / "sim"))
+    assert p.returncode == 0, p.stderr
+    return {"run": one.path, "sweep": sweep.path, "plan": plan[0], "simulated": root / "sim"}
+
+
+def _every_reader(r: Run) -> str:
+    """What every shipped reader makes of one loaded folder, as one text."""
+    from rich.console import Console
+
+    from phasebench.compare import compare
+    from phasebench.loadgen import log_summary
+    from phasebench.openmetrics import exposition
+    from phasebench.report.blocks import to_markdown
+    from phasebench.report.document import build_blocks
+    from phasebench.report.mlperf import summary_text
+    from phasebench.report.terminal import print_run
+
+    con = Console(record=True, width=200)
+    print_run(r, con)
+    parts = [con.export_text(), to_markdown(build_blocks([r, r], ["a", "b"], []), "x"), exposition([r]).decode()]
+    parts += [log_summary(leaf.meta, leaf.result) + summary_text(leaf) for leaf in r.leaves()]
+    c = compare([r.leaves()[0], r.leaves()[-1]], ["first", "last"])
+    return "\n".join(parts) + "\n" + " ".join(str(row.values) for row in c.rows)
+
+
+def test_every_reader_works_on_the_typed_object_of_each_folder_kind(kinds, tmp_path):
+    from phasebench.report.tables import headline, lead_lines
+    from phasebench.results import Manifest, Summary
+    from phasebench.store import Store, record_run
+
+    for kind, path in kinds.items():
+        r = Run.load(path)
+        assert isinstance(r.result, Summary) and isinstance(r.meta, Manifest) and not r.load_warnings, kind
+        assert all(isinstance(leaf.result, Summary) for leaf in r.leaves())
+        text = _every_reader(r)
+        assert "{'" not in text and "Traceback" not in text, kind
+        head, _ = headline(r)
+        if kind == "plan":   # the plan's own keys, typed: its decode table and its server step's words
+            assert r.result.decode_sweep and r.result.server is not None
+            assert f"{r.result.decode_sweep[0].concurrency} " in text and "Server step at" in text
+        else:   # the headline figures come from the typed summary, formatted once
+            assert f"{F.num(head.result.output_throughput)} output tok/s" in " ".join(lead_lines(r)), kind
+        if kind == "run":
+            rf, c = r.result.phasebench.roofline, r.result.phasebench.cost
+            assert rf is not None and rf.mbu is not None and f"decode MBU {F.pct(rf.mbu)}" in text
+            assert c is not None and F.usd(c.usd_per_1m_tokens) in text
+        if kind == "simulated":
+            assert r.meta.simulated and "simulated" in text
+        rid, warning = record_run(r, tmp_path / f"{kind}.db")
+        assert warning is None and rid
+        with Store(tmp_path / f"{kind}.db") as st:
+            row = next(h for h in st.history() if h["id"] == rid)
+            assert row["output_throughput"] == r.result.output_throughput and row["model"] == r.meta.model
+
+
+def test_a_misspelled_field_raises_instead_of_printing_a_dash(kinds, monkeypatch):
+    from phasebench.report import tables
+
+    r = Run.load(kinds["run"])
+    assert F.num(r.summary.get("output_throughput_tok")) == F.MISSING   # the dict: a typo reads as "-"
+    for typo in (lambda: r.result.output_throughput_tok, lambda: r.result.phasebench.metrics.ttft_msx,
+                 lambda: r.result.phasebench.slo.atainment, lambda: r.meta.spec.scenarioo):
+        with pytest.raises(AttributeError):
+            typo()
+    # a reader with a misspelled key fails loudly, not with a quiet '-' in the key figures
+    rows = list(tables.KEY_ROWS)
+    rows[5] = ("request throughput (req/s)", lambda s, f: F.num(s.request_thruput, 2))
+    monkeypatch.setattr(tables, "KEY_ROWS", tuple(rows))
+    with pytest.raises(AttributeError, match="request_thruput"):
+        tables.key_figures([r], ["a"])
+
+
+def test_an_older_folder_without_the_new_blocks_still_loads_and_renders(kinds, tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(kinds["run"], old)
+    s = json.loads((old / "summary.json").read_text())
+    for k in ("roofline", "cost", "server_view", "workload", "warmup", "slo", "client", "server_timing", "tokens"):
+        s["phasebench"].pop(k, None)
+    for k in [k for k in s if "itl" in k or k in ("request_goodput", "model_id", "date")]:
+        del s[k]
+    (old / "summary.json").write_text(json.dumps(s))
+    m = json.loads((old / "manifest.json").read_text())
+    for k in ("server_engine", "transport", "tokenizer"):
+        m.pop(k, None)
+    for k in ("slo", "tags", "seed", "input_tokens", "output_tokens"):
+        m["spec"].pop(k, None)
+    m["engine"] = {"name": "llama.cpp", "slots": "many"}   # a field of the wrong type: left out, not the folder
+    (old / "manifest.json").write_text(json.dumps(m))
+    r = Run.load(old)
+    assert [w for w in r.load_warnings if "engine ignored" in w] == r.load_warnings and len(r.load_warnings) == 1
+    pb = r.result.phasebench
+    assert pb.roofline is None and pb.cost is None and pb.slo is None and pb.client.max_in_flight is None
+    assert r.result.median_itl_ms is None and r.meta.engine is None
+    text = _every_reader(r)
+    assert "decode MBU" not in text and "cost:" not in text and "{'" not in text
+    p = cli("show", str(old))
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"max in flight\s+│?\s*-", p.stdout) and re.search(r"^(IN)?VALID", p.stdout, re.MULTILINE), p.stdout

@@ -196,6 +196,11 @@ def test_simulate_and_disagg_commands(tmp_path):
                        env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     assert "requests per CPU-second" in p.stdout and (tmp_path / "s" / "summary.json").exists()
+    p = subprocess.run([sys.executable, "-m", "phasebench.cli", "simulate", "--model", "llama-3-8b", "--hardware", "l40s",
+                        "--rate", "5000", "--requests", "20000", "--max-seqs", "2", "--summary-only",
+                        "--out", str(tmp_path / "over")], capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 3, p.stderr  # finished and written, but over capacity: INVALID, not an internal error
+    assert Run.load(tmp_path / "over").manifest["simulation"]["over_capacity"]
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "disagg", "--model", "llama-2-7b", "--prefill", "h100-sxm",
                         "--decode", "groq-rack", "--network", "100gbe", "--input-tokens", "512", "--output-tokens", "128",
                         "--rate", "2", "--requests", "100", "--json"], capture_output=True, text=True, env=env, timeout=120)

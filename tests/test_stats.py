@@ -26,7 +26,7 @@ from phasebench.model.fitcheck import MAX_FIT_ERROR, FitRefused, median_abs
 from phasebench.report.compare import print_comparison
 from phasebench.report.document import write_report
 from phasebench.report.terminal import flag_percentile, latency_table, small_sample_footnote
-from phasebench.results import Run
+from phasebench.results import Run, Summary
 from phasebench.runner import run
 
 from .conftest import ENV, spec
@@ -57,7 +57,7 @@ def test_n50_flags_p99_but_not_p90():
     summary = {"phasebench": {"metrics": {"ttft_ms": describe(np.linspace(10, 20, 50))}}}
     con = Console(record=True, width=200)
     flagged = set()
-    con.print(latency_table(summary, flagged))
+    con.print(latency_table(Summary.model_validate(summary), flagged))
     text = con.export_text()
     assert f"{describe(np.linspace(10, 20, 50))['p99']:,.2f}*" in text and flagged == {"p99"}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from phasebench.model.verdict import Peak, decode_verdict, prefill_verdict
-from phasebench.plan import verdicts
+from phasebench.plan import phase_verdicts
 
 BW = Peak(60e9, "the probed DRAM bandwidth (60.0 GB/s)")
 FL = Peak(340e9, "the probed fp32 matmul peak (340 GFLOP/s)")
@@ -58,7 +58,7 @@ def test_plan_verdicts_use_them_and_label_the_peak():
                "server_tpot_ms_p50": None},
               {"concurrency": 4, "tpot_ms_p50": 20.0, "itl_token_ms_p50": 20.0, "output_throughput": 180.0,
                "server_tpot_ms_p50": None}]
-    out = verdicts(prefill, decode, wall)
+    out, _ = phase_verdicts(prefill, decode, wall)
     assert out[0].startswith("decode reaches 17% of the probed DRAM bandwidth (60.0 GB/s) (decode MBU, step decode-c1): "
                              "not at the memory wall here")
     assert "batching to 4 raises decode throughput 2.0×" in out[1]
@@ -80,3 +80,17 @@ def test_every_mfu_names_its_peak():
                                                     "bf16_source": "torch CPU bf16 matmul, measured (AMX)"},
                                                    {"memory_gib": 8}))
     assert with_bf16.peak_label("bf16") == "bf16 peak 2 TFLOP/s (torch CPU bf16 matmul, measured (AMX))"
+
+
+def test_a_peak_the_hardware_lacks_is_not_weighed():
+    # a URL plan on hardware with no compute peak at the weights' precision (e.g. --hardware tpu-v4 with fp8)
+    wall = {"probe": {"bandwidth_gbps": 1200.0, "peak_gflops": 0.0, "hardware": "tpu-v4", "peak_precision": None},
+            "decode_bytes_per_step": 14e9, "decode_achieved_gbps": 700.0, "decode_mbu": 700 / 1200,
+            "prefill_achieved_gflops": 50_000.0}
+    prefill = [{"input_tokens": 1024, "ttft_ms_p50": 200, "prefill_tps_p50": 5000.0}]
+    decode = [{"concurrency": 1, "tpot_ms_p50": 20.0, "output_throughput": 50.0}]
+    out, figures = phase_verdicts(prefill, decode, wall)
+    assert out[0].startswith("decode reaches 58% of") and "step decode-c1" in out[0]
+    assert [f["metric"] for f in figures] == ["decode MBU"]  # no prefill MFU against a peak nobody knows
+    v = decode_verdict("decode-c1", 14e9, 14e9, 0.02, Peak(1200e9, "HBM"), Peak(0.0, "no compute peak known"))
+    assert v.compute_s == 0 and v.memory_s == pytest.approx(14e9 / 1200e9)

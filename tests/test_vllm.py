@@ -32,13 +32,13 @@ def vllm_env() -> dict[str, str]:
 
 
 def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env):
+    import shutil
+    from pathlib import Path
+
     from phasebench.engine.kinds import kind
     from phasebench.engine.process import ManagedConfig, ManagedEngine, _group_alive
     from phasebench.plan_any import run_url_plan
     from phasebench.spec import RunSpec
-
-    import shutil
-    from pathlib import Path
 
     out = ROOT / "test-artifacts" / "vllm-plan"  # kept for reading afterwards (like the browser screenshot)
     shutil.rmtree(out, ignore_errors=True)
@@ -60,6 +60,7 @@ def test_quick_plan_against_real_vllm_agrees_with_its_histograms(vllm_env):
 def check_plan(out) -> None:  # noqa: ANN001
     """What the plan folder must show; separate so it can be re-checked on a kept folder."""
     from phasebench.results import Run
+    from phasebench.serverview.view import LATE_FIRST_TOKEN_MS
 
     plan = Run.load(out)
     s = plan.summary
@@ -81,23 +82,24 @@ def check_plan(out) -> None:  # noqa: ANN001
         print(f"{step.path.name}: TTFT client {m['ttft_ms']['mean']:.1f} server {v['phases']['ttft']['mean_ms']:.1f} "
               f"(+{gap:.1f} ms); split {v['ttft_split']}")
         assert gap >= 0  # the client never sees the first token before the server sends it
-        # E2E holds whatever the frontend did: the client's is the engine's plus HTTP and network
-        assert m["e2e_ms"]["mean"] == pytest.approx(v["phases"]["e2e"]["mean_ms"], rel=0.05, abs=50)
+        # vLLM stamps TTFT and E2E in its frontend process, before the HTTP layer; a starved API process (beside
+        # its engine core on 2 cores) sends later than it stamps. Seen: the whole stream later by 56 ms at
+        # concurrency 4 (E2E +56 ms), or the first token alone 1,026 ms late and the backlog then drained (E2E
+        # +9 ms, ITL 109 vs 142 ms). So the client's E2E is the server's plus at most that lateness, and its ITL
+        # and TPOT differ from the server's by at most the lateness spread over the decode tokens
+        late = max(gap, 0.0)
+        e2e_c, e2e_s = m["e2e_ms"]["mean"], v["phases"]["e2e"]["mean_ms"]
+        assert -0.01 * e2e_s - 5 <= e2e_c - e2e_s <= late + max(20.0, 0.05 * e2e_s), (e2e_c, e2e_s, late)
+        if late > max(LATE_FIRST_TOKEN_MS, 0.2 * v["ttft_split"]["server_ttft_ms"]):
+            assert any("first token" in w for w in v["warnings"]), v["warnings"]  # and the run says so
         if not m["itl_token_ms"].get("mean"):
             continue  # prefill steps: one output token
         client_itl, server_itl = m["itl_token_ms"]["mean"], v["phases"]["itl"]["mean_ms"]
-        decode_span = server_itl * (m["output_tokens"]["mean"] - 1)
-        print(f"   ITL client {client_itl:.2f} server {server_itl:.2f} ms; E2E client {m['e2e_ms']['mean']:.0f} "
-              f"server {v['phases']['e2e']['mean_ms']:.0f} ms")
-        if gap > 0.05 * decode_span:
-            # the first token left the server late (vLLM's API process starved beside its engine core on 2 cores,
-            # seen in CI: +1,026 ms at concurrency 2): that time moved from the client's ITL into its TTFT, and
-            # the run says so
-            assert client_itl < server_itl
-            assert any("first token" in w for w in v["warnings"]), v["warnings"]
-            continue
-        assert client_itl == pytest.approx(server_itl, rel=0.05)
-        assert m["tpot_ms"]["mean"] == pytest.approx(v["phases"]["tpot"]["mean_ms"], rel=0.05)
+        spread = late / (m["output_tokens"]["mean"] - 1)
+        print(f"   ITL client {client_itl:.2f} server {server_itl:.2f} ms; E2E client {e2e_c:.0f} server {e2e_s:.0f} ms")
+        assert abs(client_itl - server_itl) <= 0.05 * server_itl + spread
+        tpot_c, tpot_s = m["tpot_ms"]["mean"], v["phases"]["tpot"]["mean_ms"]
+        assert abs(tpot_c - tpot_s) <= 0.05 * tpot_s + spread
     # the client's TTFT sits above the server's by HTTP + client time: < 20 ms on a typical step (a busy
     # 2-core host pushes single steps past it, so the median over the plan's steps is what is held to it)
     gaps.sort()

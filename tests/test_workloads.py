@@ -253,7 +253,7 @@ def test_chat_history_carries_the_servers_real_answers(server, tmp_path):
 
     plot = plots.prefill_new([r], ["chat"])  # TTFT against new tokens: the report shows it for this run
     assert plot is not None and plot.png.startswith(b"\x89PNG")
-    lines = workload_lines(r.summary["phasebench"]["workload"])
+    lines = workload_lines(r.result.phasebench.workload)
     assert lines[0].startswith("prompt cache: ") and lines[1].startswith("TTFT p50 by turn: 0: ")
     # think time: the next turn is scheduled no earlier than the answer's end + think time
     for v in by_conv.values():

@@ -91,6 +91,7 @@ class Step:
     name: str
     run: Callable[[RunAnalysis], Any]
     key: str | None  # where the block goes: SUMMARY, TOP, a key of summary["phasebench"], or None (warnings only)
+    decides_validity: bool = False  # its verdict is part of VALID: if it fails, the run cannot be called valid
 
 
 # ---- the steps ----------------------------------------------------------------------------------------
@@ -205,10 +206,10 @@ def cost_step(a: RunAnalysis) -> Any:
 
 STEPS: tuple[Step, ...] = (
     Step("metrics", metrics_step, SUMMARY),
-    Step("capacity", capacity_step, None),
+    Step("capacity", capacity_step, None, decides_validity=True),
     Step("vllm keys", vllm_step, TOP),
     Step("warm-up", warmup_step, "warmup"),
-    Step("quality", quality_step, "quality"),
+    Step("quality", quality_step, "quality", decides_validity=True),
     Step("roofline", roofline_step, "roofline"),
     Step("server view", server_view_step, "server_view"),
     Step("server checks", server_checks_step, None),
@@ -244,9 +245,11 @@ def _place(a: RunAnalysis, step: Step, out: Any) -> None:
 
 def analyse(a: RunAnalysis, steps: Sequence[Step] = STEPS) -> dict[str, Any]:
     """Run ``steps`` in order on ``a``; returns the summary (also ``a.summary``). A step that raises is a warning
-    naming it and the error; the steps after it still run."""
+    naming it and the error; the steps after it still run. A failed step that decides validity (capacity,
+    quality) also makes the run INVALID with that reason: an unchecked run is not a passed one."""
     a.summary = _skeleton()
     failed: list[str] = []
+    unchecked: list[str] = []
     for step in steps:
         try:
             out = step.run(a)
@@ -254,10 +257,16 @@ def analyse(a: RunAnalysis, steps: Sequence[Step] = STEPS) -> dict[str, Any]:
             where = traceback.extract_tb(e.__traceback__)[-1]
             failed.append(f"analysis step {step.name!r} failed: {type(e).__name__}: {e} "
                           f"({where.filename.rsplit('/', 1)[-1]}:{where.lineno}); its block is missing")
+            if step.decides_validity:
+                unchecked.append(f"the {step.name} check could not be made (its analysis step failed: "
+                                 f"{type(e).__name__}); the run is not valid unchecked")
             continue
         if out is not SKIP:
             _place(a, step, out)
     a.phasebench.setdefault("warnings", []).extend(failed)
+    if unchecked:
+        a.phasebench["valid"] = False
+        a.phasebench["reasons"] = [*a.phasebench.get("reasons", []), *unchecked]
     return a.summary
 
 
@@ -265,7 +274,8 @@ def write_run(folder: RunFolder, manifest: dict[str, Any], summary: dict[str, An
     """A finished run's files: the manifest, ``summary.json``, and the same figures in MLPerf LoadGen's
     ``mlperf_log_summary.txt`` (``loadgen.py``)."""
     from .loadgen import LOG_SUMMARY, log_summary
+    from .results import as_manifest, as_summary
 
     folder.write_manifest(manifest)
     folder.write_summary(summary)
-    (folder.path / LOG_SUMMARY).write_text(log_summary(manifest, summary), encoding="utf-8")
+    (folder.path / LOG_SUMMARY).write_text(log_summary(as_manifest(manifest), as_summary(summary)), encoding="utf-8")

@@ -204,9 +204,11 @@ def run(
     max_event_bytes: Optional[int] = opt("max_event_bytes", P_SCALE, "A streamed event larger than this fails its request."),
     plan: bool = typer.Option(False, "--plan", help="With --url: the phase-aware plan (prefill, decode, server).",
                               rich_help_panel=P_PLAN),
-    plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m).",
+    plan_budget: Optional[str] = typer.Option(None, help="Time bound of --plan, e.g. 10m, 600s (default 10m; 3m "
+                                              "with --quick).",
                                               rich_help_panel=P_PLAN),
-    quick: bool = typer.Option(False, help="Embedded engine plan: the < 1 minute version.", rich_help_panel=P_PLAN),
+    quick: bool = typer.Option(False, help="The short plan: embedded engine < 1 minute; with --url --plan, 3 minutes.",
+                               rich_help_panel=P_PLAN),
     engine_binary: Optional[Path] = typer.Option(None, help="Embedded engine: your own llama-server binary.",
                                                  rich_help_panel=P_PLAN),
     engine_model: Optional[Path] = typer.Option(None, help="Embedded engine: any GGUF model file.", rich_help_panel=P_PLAN),
@@ -221,6 +223,15 @@ def run(
     from .spec import build_spec
     from .textsafe import markup
 
+    def named(pairs: tuple[tuple[str, object], ...]) -> str:
+        return "/".join(f for f, v in pairs if v not in (None, False, [], ""))
+
+    # what a plan decides itself (load, prompts): a flag that would be ignored is an error, not a surprise
+    shaping = named((("--scenario", scenario), ("--concurrency", concurrency), ("--rate", rate),
+                     ("--requests", requests), ("--duration", duration), ("--input-tokens", input_tokens),
+                     ("--output-tokens", output_tokens), ("--preset", preset), ("--dataset", dataset),
+                     ("--trace", trace), ("--turns", turns), ("--prefix-tokens", prefix_tokens)))
+    console = err if json_out else out  # --json: stdout holds the JSON alone, the progress lines go to stderr
     try:
         if url is None and not (spec_file and _spec_has_url(spec_file)):
             from .plan import run_default_plan
@@ -228,15 +239,16 @@ def run(
             if quality_alone or quality_set or quality_ref:
                 raise SpecError("--quality-alone/--quality-set/--quality-ref need --url (the embedded plan takes "
                                 "--quality: its server step answers the shipped probes under load)")
-            given = [f for f, v in (("--tag", tag), ("--header", header), ("--temperature", temperature),
-                                    ("--extra-body", extra_body)) if v]
+            given = named((("--tag", tag), ("--header", header), ("--temperature", temperature),
+                           ("--extra-body", extra_body), ("--plan-budget", plan_budget)))
+            given = "/".join(x for x in (given, shaping) if x)
             if given:
-                verb = "needs" if len(given) == 1 else "need"
-                raise SpecError(f"{'/'.join(given)} {verb} --url (the embedded engine's plan shapes its own requests)")
+                verb = "needs" if "/" not in given else "need"
+                raise SpecError(f"{given} {verb} --url (the embedded engine's plan shapes its own requests and load)")
 
             result = run_default_plan(
-                quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=out, json_out=json_out,
-                quality=bool(quality),
+                quick=quick, out=out_dir, binary=engine_binary, model_path=engine_model, console=console,
+                json_out=json_out, quality=bool(quality),
             )
             raise typer.Exit(exitcodes.OK if result is None or result.valid else exitcodes.INVALID)
         spec = build_spec(
@@ -254,10 +266,18 @@ def run(
             trace=trace, trace_speed=trace_speed, trace_window=trace_window, turns=turns, think_time=think_time,
             temperature=temperature, extra_body=extra_body, headers=header or None, tags=tag or None,
         )
+        engine_flags = named((("--engine-binary", engine_binary), ("--engine-model", engine_model)))
+        if engine_flags:
+            raise SpecError(f"{engine_flags}: for the embedded engine (no --url); a server at --url runs its own model")
+        if not plan and (plan_budget or quick):
+            raise SpecError(f"{named((('--plan-budget', plan_budget), ('--quick', quick)))} with --url need --plan")
         if plan:
             from .plan_any import run_url_plan
 
-            result = run_url_plan(spec, quick=quick, budget=plan_budget, console=out, json_out=json_out)
+            if shaping:
+                raise SpecError(f"--plan shapes its own load and prompts (a prefill sweep, a decode sweep, a server "
+                                f"step): drop {shaping}, or run without --plan")
+            result = run_url_plan(spec, quick=quick, budget=plan_budget, console=console, json_out=json_out)
             raise typer.Exit(exitcodes.OK if result.valid else exitcodes.INVALID)  # the exit code tells the truth
         if spec.out is None:
             spec = spec.model_copy(update={"out": default_out()})
@@ -272,11 +292,11 @@ def run(
             else:
                 print_result(e.run, json_out)
                 err.print(f"[yellow]{markup(str(e)) if not _is_signal(e) else 'interrupted (' + _stop_name(e) + ')'}: "
-                          f"partial results kept in {e.run.path}[/]")
-            raise typer.Exit(e.exit_code)
+                          f"partial results kept in {markup(str(e.run.path))}[/]")
+            raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted before the run started; nothing written as a result[/]")
-            raise typer.Exit(exitcodes.for_signal(2))
+            raise typer.Exit(exitcodes.for_signal(2)) from None
         print_result(result, json_out)
         if not result.valid:
             raise typer.Exit(exitcodes.INVALID)

@@ -57,7 +57,8 @@ def print_result(result, json_out: bool) -> None:  # result: a results.Run
     from .report.terminal import print_run
 
     print_run(result, out)
-    tags = ((result.manifest or {}).get("spec") or {}).get("tags") or {}
+    sp = result.meta.spec
+    tags = (sp.tags if sp else None) or {}
     if tags:
         from .textsafe import markup
 

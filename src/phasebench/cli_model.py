@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from . import exitcodes
 from .cli_common import PANEL_MODEL, fail, out
 from .model.errors import ModelError
 from .model.fitcheck import MAX_FIT_ERROR
@@ -78,8 +79,8 @@ def predict(
         out.print_json(json.dumps(d[0] if len(d) == 1 else d))
     else:
         print_predictions(preds, out)
-    if not any(p.fits for p in preds):
-        raise typer.Exit(1)
+    if not any(p.fits for p in preds):  # answered, and the answer is "does not fit": not a usage error
+        raise typer.Exit(exitcodes.INVALID)
 
 
 def probe(

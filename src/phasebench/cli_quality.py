@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from .cli_common import PANEL_QUALITY, fail, out, user_errors
 from .report.fmt import num as _n
+from .textsafe import markup as escape
 
 quality_app = typer.Typer(no_args_is_help=True, help="Quality probes: references, scores (docs/quality.md).")
 

@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from .textsafe import markup as escape
 from rich.table import Table
 
 from .cli_common import PANEL_RESULTS, err, fail, out, warn
 from .report import fmt as F
 from .results import NotARunError, Run
 from .store import StoreError
+from .textsafe import markup as escape
 
 DB_HELP = "Results database (default $PHASEBENCH_DB or ~/.phasebench/results.db)."
 

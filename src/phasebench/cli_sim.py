@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from .textsafe import markup as escape
 
+from . import exitcodes
 from .cli_common import PANEL_SIMULATE, fail, out
 from .model.errors import ModelError
 from .model.fitcheck import MAX_FIT_ERROR
 from .spec import Scenario, SpecError
+from .textsafe import markup as escape
 
 profile_app = typer.Typer(no_args_is_help=True, help="Phase profiles: iteration cost models fitted to measured runs.")
 
@@ -110,8 +111,8 @@ def simulate(
     if not json_out:
         out.print(f"simulated {sim['requests']} requests, {sim['iterations']} iterations, {sim['preemptions']} preemptions "
                   f"in {sim['cpu_s']:.2f} CPU-s ({sim['requests'] / max(sim['cpu_s'], 1e-9):,.0f} requests per CPU-second)")
-    if sim["over_capacity"]:
-        raise typer.Exit(1)
+    if sim["over_capacity"] or not result.valid:  # finished, written, and INVALID: the documented code
+        raise typer.Exit(exitcodes.INVALID)
 
 
 @profile_app.command("fit")

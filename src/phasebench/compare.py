@@ -25,7 +25,7 @@ import numpy as np
 
 from . import metrics as M
 from .records import RequestRecord
-from .results import Run
+from .results import PhasebenchBlock, Run
 
 ALPHA = 0.01
 MIN_EFFECT = 0.01
@@ -153,8 +153,8 @@ def _samples(run: Run, metric: str) -> np.ndarray:
     return np.array([x for x in SAMPLED[metric](recs) if x is not None], dtype=float)
 
 
-def _pb(run: Run) -> dict[str, Any]:
-    return run.summary.get("phasebench") or {}
+def _pb(run: Run) -> PhasebenchBlock:
+    return run.result.phasebench
 
 
 def comparable(runs: list[Run]) -> list[str]:
@@ -163,12 +163,11 @@ def comparable(runs: list[Run]) -> list[str]:
     base = runs[0]
 
     def key(r: Run) -> dict[str, Any]:
-        sp = r.manifest.get("spec") or {}
-        m = _pb(r).get("metrics", {})
-        return {"model": (r.manifest.get("target") or {}).get("model") or (r.manifest.get("model_file") or {}).get("name"),
-                "scenario": sp.get("scenario"), "concurrency": sp.get("concurrency"), "rate": sp.get("rate"),
-                "input": (m.get("input_tokens") or {}).get("mean"), "output": (m.get("output_tokens") or {}).get("mean"),
-                "simulated": bool(r.manifest.get("simulated"))}
+        mf, sp, tgt = r.meta, r.meta.spec, r.meta.target
+        m = _pb(r).metrics
+        return {"model": (tgt and tgt.model) or (mf.model_file and mf.model_file.name),
+                "scenario": sp and sp.scenario, "concurrency": sp and sp.concurrency, "rate": sp and sp.rate,
+                "input": m.input_tokens.mean, "output": m.output_tokens.mean, "simulated": bool(mf.simulated)}
 
     k0 = key(base)
     for i, r in enumerate(runs[1:], 2):
@@ -181,7 +180,7 @@ def comparable(runs: list[Run]) -> list[str]:
                 warn.append(f"run {i} has mean {f} length {k[f]:.0f} tokens vs {k0[f]:.0f}: not the same workload")
         if k["simulated"] != k0["simulated"]:
             warn.append(f"run {i} is {'simulated' if k['simulated'] else 'measured'}, run 1 is not")
-    mism = [i for i, r in enumerate(runs, 1) if any("fewer output tokens than asked" in w for w in _pb(r).get("warnings", []))]
+    mism = [i for i, r in enumerate(runs, 1) if any("fewer output tokens than asked" in w for w in _pb(r).warnings)]
     if mism:
         warn.append(f"output length not met in run(s) {mism}: their TPOT/throughput cover fewer tokens")
     invalid = [i for i, r in enumerate(runs, 1) if not r.valid]
@@ -198,20 +197,20 @@ def compare(runs: list[Run], names: list[str] | None = None) -> Comparison:
         for stat, q in STATS:
             rows.append(percentile_row(metric, stat, q, samples[metric], seed=[SEED, m_i, int(q * 10)]))
     for key in PER_RUN:
-        vals = [r.summary.get(key) for r in runs]
+        vals = [getattr(r.result, key) for r in runs]
         rows.append(Row(key, "", vals, _changes(vals), ["" if i == 0 else "one value per run" for i in range(len(runs))]))
-    mbu = [((_pb(r).get("roofline") or {}).get("mbu")) for r in runs]
+    mbu = [rf.mbu if (rf := _pb(r).roofline) else None for r in runs]
     if any(v is not None for v in mbu):
         rows.append(Row("decode MBU", "", mbu, _changes(mbu), ["" if i == 0 else "follows TPOT" for i in range(len(runs))]))
     for key, label in (("usd_per_1m_tokens", "$/1M tokens (blended)"),
                        ("usd_per_1m_tokens_at_slo", "$/1M tokens at SLO")):
-        vals = [((_pb(r).get("cost") or {}).get(key)) for r in runs]
+        vals = [getattr(c, key) if (c := _pb(r).cost) else None for r in runs]
         if any(v is not None for v in vals):
             known = sorted((v, i) for i, v in enumerate(vals) if v is not None)
             rank = {i: k + 1 for k, (_, i) in enumerate(known)}
             rows.append(Row(label, "", vals, _changes(vals),
                             [f"rank {rank[i]} of {len(known)}" if i in rank else "" for i in range(len(runs))]))
-    att = [(_pb(r).get("slo") or {}).get("attainment") for r in runs]
+    att = [slo.attainment if (slo := _pb(r).slo) else None for r in runs]
     rows.append(Row("SLO attainment", "", att, _changes(att), [""] * len(runs)))
     from .quality.stats import quality_rows
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from .results import Summary, as_summary
+
 IDLE_FRACTION = 0.3   # an idle, powered accelerator draws roughly a quarter to a third of its TDP
 
 
@@ -47,25 +49,27 @@ class Bill:
         }
 
 
-def prefill_share(summary: dict[str, Any]) -> float:
+def prefill_share(summary: dict[str, Any] | Summary) -> float:
     """Share of request time in prefill: mean TTFT (from the send) ÷ (that + (mean output − 1) × mean TPOT)."""
-    m = (summary.get("phasebench") or {}).get("metrics") or {}
-    ttft = (m.get("ttft_sent_ms") or {}).get("mean") or summary.get("mean_ttft_ms") or 0.0
-    tpot = (m.get("tpot_ms") or {}).get("mean") or summary.get("mean_tpot_ms") or 0.0
-    n_out = (m.get("output_tokens") or {}).get("mean") or 1.0
+    s = as_summary(summary)
+    m = s.phasebench.metrics
+    ttft = m.ttft_sent_ms.mean or s.mean_ttft_ms or 0.0
+    tpot = m.tpot_ms.mean or s.mean_tpot_ms or 0.0
+    n_out = m.output_tokens.mean or 1.0
     decode = tpot * max(n_out - 1, 0.0)
     return ttft / (ttft + decode) if ttft + decode > 0 else 0.5
 
 
-def utilisation(summary: dict[str, Any]) -> tuple[float | None, str]:
+def utilisation(summary: dict[str, Any] | Summary) -> tuple[float | None, str]:
     """(utilisation in [0, 1] or None, what it is): MBU/MFU, else the busy fraction, else unknown."""
     from .metrics import mean_in_flight
 
-    roof = (summary.get("phasebench") or {}).get("roofline") or {}
-    util = max([u for u in (roof.get("mbu"), roof.get("mfu")) if u is not None], default=None)
+    s = as_summary(summary)
+    roof = s.phasebench.roofline
+    util = max([u for u in ((roof.mbu, roof.mfu) if roof else ()) if u is not None], default=None)
     if util is not None:
         return min(max(util, 0.0), 1.0), "max(MBU, MFU)"
-    busy = mean_in_flight(summary)
+    busy = mean_in_flight(s.model_dump(include={"request_throughput", "mean_e2el_ms"}))
     if busy is not None:
         return min(busy, 1.0), "busy fraction (min(1, mean requests in flight))"
     return None, "unknown (full TDP, an upper bound)"
@@ -78,9 +82,10 @@ def power_w(tdp_w: float, devices: int, util: float | None, idle_w: float | None
     return devices * (idle + (tdp_w - idle) * u)
 
 
-def cost_block(hardware: str | None, devices: int, summary: dict[str, Any], price_per_hour: float | None = None,
-               power_w_measured: float | None = None) -> dict[str, Any] | None:
-    """The ``cost`` block of a summary; None when the hardware is unknown."""
+def cost_block(hardware: str | None, devices: int, summary: dict[str, Any] | Summary,
+               price_per_hour: float | None = None, power_w_measured: float | None = None) -> dict[str, Any] | None:
+    """The ``cost`` block of a summary (the dict so far, or a typed ``Summary``); None when the hardware is
+    unknown."""
     from .model.errors import ModelError
     from .model.hardware import load_hardware
 
@@ -91,28 +96,28 @@ def cost_block(hardware: str | None, devices: int, summary: dict[str, Any], pric
     except ModelError:
         return None
     price = price_per_hour if price_per_hour is not None else hw.price_per_hour
-    out_tps = summary.get("output_throughput") or 0.0
-    in_tps = max((summary.get("total_token_throughput") or 0.0) - out_tps, 0.0)
-    pb = summary.get("phasebench") or {}
+    s = as_summary(summary)
+    out_tps = s.output_throughput or 0.0
+    in_tps = max((s.total_token_throughput or 0.0) - out_tps, 0.0)
+    pb, slo = s.phasebench, s.phasebench.slo
     block: dict[str, Any] = {"hardware": hw.key, "devices": devices, "price_per_hour": price,
                              "price_source": "given" if price_per_hour is not None else (hw.price_source or None)}
     if price is not None and out_tps > 0:
-        bill = Bill(price * devices / 3600.0, prefill_share(summary))
+        bill = Bill(price * devices / 3600.0, prefill_share(s))
         block.update(bill.split(in_tps, out_tps))
         block["prefill_share_of_bill"] = bill.prefill_share
         block["output_tokens_per_usd"] = out_tps / bill.usd_per_s
-        good = (pb.get("slo") or {}).get("goodput")
-        metrics = pb.get("metrics") or {}
-        mean_out = (metrics.get("output_tokens") or {}).get("mean")
-        mean_in = (metrics.get("input_tokens") or {}).get("mean") or 0.0
+        good = slo.goodput if slo else None
+        mean_out = pb.metrics.output_tokens.mean
+        mean_in = pb.metrics.input_tokens.mean or 0.0
         if good and mean_out:
             at = bill.split(good * mean_in, good * mean_out)
             block["usd_per_1m_tokens_at_slo"] = at["usd_per_1m_tokens"]
             block["usd_per_1m_output_tokens_at_slo"] = at["usd_per_1m_output_tokens"]
-        block["slo"] = (pb.get("slo") or {}).get("slo")
+        block["slo"] = slo.slo.model_dump(exclude_unset=True) if slo and slo.slo else None
     elif price is None:
         block["note"] = f"no price for {hw.key} in the catalog: pass --price-per-hour"
-    util, util_source = utilisation(summary)
+    util, util_source = utilisation(s)
     watts = power_w_measured
     if watts is None and hw.tdp_w:
         idle = hw.extra.get("idle_w") if isinstance(hw.extra, dict) else None

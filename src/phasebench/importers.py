@@ -9,6 +9,7 @@ treat them like any run.
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,21 @@ def _s_to_ns(v: Any) -> int | None:
     return int(round(float(v) * 1e9)) if isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 else None
 
 
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _created(date: Any) -> str | None:
+    """vLLM's ``date`` (``YYYYMMDD-HHMMSS``, local time of the machine that ran it) as ISO 8601, so the results
+    database sorts and filters imported runs with the others (``history --since``); other text is kept as is."""
+    if not isinstance(date, str):
+        return None
+    try:
+        return dt.datetime.strptime(date, "%Y%m%d-%H%M%S").isoformat()
+    except ValueError:
+        return date
+
+
 def vllm_records(obj: dict[str, Any]) -> list[RequestRecord]:
     ttfts, itls = obj.get("ttfts") or [], obj.get("itls") or []
     ins, outs = obj.get("input_lens") or [], obj.get("output_lens") or []
@@ -39,14 +55,15 @@ def vllm_records(obj: dict[str, Any]) -> list[RequestRecord]:
     recs = []
     for i, ttft in enumerate(ttfts):
         start = _s_to_ns((starts[i] - t_first) if i < len(starts) and isinstance(starts[i], (int, float)) else 0.0) or 0
+        n_in = ins[i] if i < len(ins) and _count(ins[i]) else None
         rec = RequestRecord(index=i, request_id=f"vllm-{i}", scheduled_ns=start, sent_ns=start,
-                            input_tokens=ins[i] if i < len(ins) else None,
-                            prompt_tokens=ins[i] if i < len(ins) else None)
+                            input_tokens=n_in, prompt_tokens=n_in)
         err = errors[i] if i < len(errors) else ""
         t = _s_to_ns(ttft)
         gaps = itls[i] if i < len(itls) and isinstance(itls[i], list) else []
         if err or t is None or (not t and not gaps):
-            rec.error_type, rec.error, rec.end_ns = "http_5xx", f"vllm bench: {str(err)[:280] or 'failed'}", start
+            # vLLM's file keeps only the error text: its kind (HTTP status, timeout, client) is not known
+            rec.error_type, rec.error, rec.end_ns = "imported_error", f"vllm bench: {str(err)[:280] or 'failed'}", start
             recs.append(rec)
             continue
         now = start + t
@@ -97,7 +114,7 @@ def import_vllm_bench(path: Path, out: Path | None = None) -> Run:
     for k in VLLM_KEEP:
         if k in obj and (k not in summary or not (obj.get("start_times") or obj.get("request_submit_times"))):
             summary[k] = obj[k]
-    manifest = {"kind": "run", "simulated": False, "phasebench_version": __version__, "created": obj.get("date"),
+    manifest = {"kind": "run", "simulated": False, "phasebench_version": __version__, "created": _created(obj.get("date")),
                 "imported_from": {"tool": "vllm bench serve", "file": str(Path(path).name),
                                   "backend": obj.get("backend")},
                 "spec": {"scenario": ctx.scenario, "concurrency": [conc] if isinstance(conc, int) else [],

@@ -16,9 +16,8 @@ submission. ``phasebench show --mlperf`` prints this file.
 
 from __future__ import annotations
 
-from typing import Any
-
 from .metrics import MLPERF_MIN_DURATION_S, MLPERF_MIN_QUERIES
+from .results import Constraint, Manifest, PhasebenchBlock, SLOTarget, SpecRecord, Stat, Summary
 from .textsafe import clean
 
 LOG_SUMMARY = "mlperf_log_summary.txt"
@@ -43,15 +42,15 @@ def ns(ms: float | None) -> str | None:
     return None if ms is None else str(round(ms * 1e6))
 
 
-def _constraints(pb: dict[str, Any]) -> list[dict[str, Any]]:
-    return list((pb.get("slo") or {}).get("constraints") or [])
+def _constraints(pb: PhasebenchBlock) -> list[Constraint]:
+    return list(pb.slo.constraints) if pb.slo else []
 
 
-def _latency_lines(stat: dict[str, Any], min_key: str, max_key: str, mean_key: str, pct: str) -> list[str]:
-    out = [f"{k}{v}" for k, v in ((min_key, ns(stat.get("min"))), (max_key, ns(stat.get("max"))),
-                                   (mean_key, ns(stat.get("mean")))) if v is not None]
+def _latency_lines(stat: Stat, min_key: str, max_key: str, mean_key: str, pct: str) -> list[str]:
+    out = [f"{k}{v}" for k, v in ((min_key, ns(stat.min)), (max_key, ns(stat.max)),
+                                   (mean_key, ns(stat.mean))) if v is not None]
     for p, key in PERCENTILES:
-        v = ns(stat.get(key))
+        v = ns(getattr(stat, key) if key.isidentifier() else (stat.model_extra or {}).get(key))  # p99.9: kept as read
         if v is not None:  # a summary written before p97 was kept has no p97 line
             out.append(f"{p:.2f}{pct}{v}")
     return out
@@ -62,36 +61,38 @@ def _count(n: int, one: str, many: str, none: str) -> str:
                                 else f"{n} {many} encountered. See detailed log.")
 
 
-def log_summary(manifest: dict[str, Any], summary: dict[str, Any]) -> str:
-    """The ``mlperf_log_summary.txt`` text of one run (not a sweep: each of its steps has its own)."""
-    pb = summary.get("phasebench") or {}
-    m = pb.get("metrics") or {}
-    spec = manifest.get("spec") or {}
-    scen = pb.get("scenario") or spec.get("scenario") or "?"
+def log_summary(manifest: Manifest, summary: Summary) -> str:
+    """The ``mlperf_log_summary.txt`` text of one run (not a sweep: each of its steps has its own), from its typed
+    manifest and summary (``Run.meta``, ``Run.result``; ``results.as_manifest``/``as_summary`` for dicts)."""
+    pb = summary.phasebench
+    m = pb.metrics
+    spec = manifest.spec or SpecRecord()
+    scen = pb.scenario or spec.scenario or "?"
     name = SCENARIOS.get(scen, str(scen))
     # outside text on one line, without escapes: a model id must not break a key : value line or the terminal
-    model = clean((manifest.get("target") or {}).get("model") or (manifest.get("model_file") or {}).get("name") or "-")
-    imported = (manifest.get("imported_from") or {}).get("tool")
-    sut = (f"{model} (simulated by phasebench)" if manifest.get("simulated") else
+    model = clean((manifest.target and manifest.target.model) or (manifest.model_file and manifest.model_file.name)
+                  or "-")
+    imported = manifest.imported_from.tool if manifest.imported_from else None
+    sut = (f"{model} (simulated by phasebench)" if manifest.simulated else
            f"{model} (imported from {clean(imported)})" if imported else f"{model} (phasebench)")
-    e2e, ttft, tpot = m.get("e2e_ms") or {}, m.get("ttft_ms") or {}, m.get("tpot_ms") or {}
-    rps, tps = summary.get("request_throughput"), summary.get("output_throughput")
+    e2e, ttft, tpot = m.e2e_ms, m.ttft_ms, m.tpot_ms
+    rps, tps = summary.request_throughput, summary.output_throughput
 
     lines = [RULE, "MLPerf Results Summary", RULE, f"SUT name : {sut}", f"Scenario : {name}", "Mode     : PerformanceOnly"]
     if name == "SingleStream":
-        lines += [f"90.0th percentile latency (ns) : {ns(e2e.get('p90')) or 0}",
-                  f"90.0th first token percentile latency (ns) : {ns(ttft.get('p90')) or 0}"]
+        lines += [f"90.0th percentile latency (ns) : {ns(e2e.p90) or 0}",
+                  f"90.0th first token percentile latency (ns) : {ns(ttft.p90) or 0}"]
     elif name == "Offline":
         lines += [f"Samples per second: {stream(rps)}", f"Tokens per second: {stream(tps)}"]
     else:
         lines += [f"Completed samples per second    : {double(rps)}", f"Completed tokens per second: {double(tps)}"]
 
-    duration = summary.get("duration") or 0.0
-    queries = (summary.get("completed") or 0) + (summary.get("failed") or 0)
+    duration = summary.duration or 0.0
+    queries = (summary.completed or 0) + (summary.failed or 0)
     cons = _constraints(pb)
-    perf_ok = all(c.get("ok") for c in cons)
+    perf_ok = all(c.ok for c in cons)
     duration_ok, queries_ok = duration >= MLPERF_MIN_DURATION_S, queries >= MLPERF_MIN_QUERIES
-    own = [r for r in pb.get("reasons") or [] if "latency constraint" not in r and not r.startswith("MLPerf")]
+    own = [r for r in pb.reasons if "latency constraint" not in r and not r.startswith("MLPerf")]
     valid = perf_ok and duration_ok and queries_ok and not own
     lines.append(f"Result is : {'VALID' if valid else 'INVALID'}")
     if cons:
@@ -102,38 +103,38 @@ def log_summary(manifest: dict[str, Any], summary: dict[str, Any]) -> str:
     if not valid:
         lines.append("Recommendations:")
         for c in cons:
-            if not c.get("ok"):
-                v = "none" if c.get("value") is None else f"{c['value']:.1f}"
-                lines.append(f" * Reduce target QPS to improve latency: p{c['percentile']:g} {c['metric']} {v} ms "
-                             f"> {c['limit']:g} ms.")
+            if not c.ok:
+                v = "none" if c.value is None else f"{c.value:.1f}"
+                lines.append(f" * Reduce target QPS to improve latency: p{c.percentile:g} {c.metric} {v} ms "
+                             f"> {c.limit:g} ms.")
         if not duration_ok:
             lines.append(f" * The run lasted {duration:.1f} s; MLPerf asks for at least {MLPERF_MIN_DURATION_S:.0f} s.")
         if not queries_ok:
             lines.append(f" * {queries} queries were measured; MLPerf asks for at least {MLPERF_MIN_QUERIES}.")
         lines += [f" * phasebench: {clean(r)}" for r in own]
     if name in ("SingleStream", "Server") or name.startswith("Server"):
-        n = ttft.get("count", 0)
+        n = ttft.count
         for what, key in (("TTFT", "ttft_ms"), ("TPOT", "tpot_ms")):
-            c = next((c for c in cons if c.get("metric") == key), None)
+            c = next((c for c in cons if c.metric == key), None)
             lines.append(f"{what} Early Stopping Result:")
-            lines.append(f" * not estimated (phasebench checks the p{c['percentile']:g} constraint on the {n} "
-                         f"requests directly: {'met' if c['ok'] else 'not met'})." if c else
+            lines.append(f" * not estimated (phasebench checks the p{c.percentile:g} constraint on the {n} "
+                         f"requests directly: {'met' if c.ok else 'not met'})." if c else
                          " * not estimated (phasebench does not compute LoadGen's early-stopping bound; no "
                          "constraint was set).")
 
     lines += ["", RULE, "Additional Stats", RULE]
-    client = pb.get("client") or {}
+    client = pb.client
     if name == "SingleStream":
-        mean_s = (e2e.get("mean") or 0) / 1e3
+        mean_s = (e2e.mean or 0) / 1e3
         lines += [f"QPS w/ loadgen overhead         : {double(rps)}",
                   f"QPS w/o loadgen overhead        : {double(1 / mean_s if mean_s else 0)}", ""]
     elif name.startswith("Server"):
-        lines.append(f"Scheduled samples per second : {double(client.get('scheduled_rate'))}")
+        lines.append(f"Scheduled samples per second : {double(client.scheduled_rate)}")
     lines += _latency_lines(e2e, "Min latency (ns)                : ", "Max latency (ns)                : ",
                             "Mean latency (ns)               : ", " percentile latency (ns)   : ")
     lines.append("")
     if name == "SingleStream":
-        out_mean = (m.get("output_tokens") or {}).get("mean") or 0
+        out_mean = m.output_tokens.mean or 0
         lines += [f"TPS w/ loadgen overhead         : {double(tps)}",
                   f"TPS w/o loadgen overhead        : {double(out_mean / mean_s if mean_s else 0)}"]
     elif name.startswith("Server"):
@@ -149,20 +150,20 @@ def log_summary(manifest: dict[str, Any], summary: dict[str, Any]) -> str:
                                 "Mean Time per Output Token (ns)               : ",
                                 " percentile time to output token (ns)   : ")
 
-    slo = (pb.get("slo") or {}).get("slo") or {}
+    slo = (pb.slo and pb.slo.slo) or SLOTarget()
     lines += ["", RULE, "Test Parameters Used", RULE,
               "samples_per_query : 1",
-              f"target_qps : {stream(client.get('target_rate'))}",
-              f"ttft_latency (ns): {ns(slo.get('ttft_ms')) or 0}",
-              f"tpot_latency (ns): {ns(slo.get('tpot_ms')) or 0}",
+              f"target_qps : {stream(client.target_rate)}",
+              f"ttft_latency (ns): {ns(slo.ttft_ms) or 0}",
+              f"tpot_latency (ns): {ns(slo.tpot_ms) or 0}",
               f"min_duration (ms): {int(MLPERF_MIN_DURATION_S * 1000)}",
               f"min_query_count : {MLPERF_MIN_QUERIES}",
-              f"max_query_count : {spec.get('requests') or 0}",
-              f"schedule_rng_seed : {spec.get('seed', 0)}",
+              f"max_query_count : {spec.requests or 0}",
+              f"schedule_rng_seed : {spec.seed if 'seed' in spec.model_fields_set else 0}",
               "",
-              _count(len(pb.get("warnings") or []), "warning", "warnings", "No warnings encountered during test."),
+              _count(len(pb.warnings), "warning", "warnings", "No warnings encountered during test."),
               "",
-              _count(summary.get("failed") or 0, "ERROR", "ERRORS", "No errors encountered during test."),
+              _count(summary.failed or 0, "ERROR", "ERRORS", "No errors encountered during test."),
               "",
               "phasebench: the detailed log is summary.json and requests.jsonl beside this file; see docs/formats.md.",
               ""]

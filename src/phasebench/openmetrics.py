@@ -16,7 +16,7 @@ from typing import Any
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from .results import Run
+from .results import Run, Stat
 
 PREFIX = "phasebench"
 LATENCIES = (  # summary key, family name, help
@@ -28,22 +28,22 @@ LATENCIES = (  # summary key, family name, help
 QUANTILES = (("0.5", "p50"), ("0.9", "p90"), ("0.95", "p95"), ("0.97", "p97"), ("0.99", "p99"), ("0.999", "p99.9"))
 GAUGES = (  # family name, help, unit, value of (summary, phasebench block)
     ("request_throughput", "Completed requests per second in the measurement window", "",
-     lambda s, pb: s.get("request_throughput")),
+     lambda s, pb: s.request_throughput),
     ("output_throughput", "Output tokens per second in the measurement window", "",
-     lambda s, pb: s.get("output_throughput")),
+     lambda s, pb: s.output_throughput),
     ("total_token_throughput", "Input and output tokens per second in the measurement window", "",
-     lambda s, pb: s.get("total_token_throughput")),
+     lambda s, pb: s.total_token_throughput),
     ("goodput", "Requests per second that met the run's SLO", "",
-     lambda s, pb: (pb.get("slo") or {}).get("goodput")),
+     lambda s, pb: pb.slo and pb.slo.goodput),
     ("slo_attainment", "Fraction of requests that met the run's SLO", "ratio",
-     lambda s, pb: (pb.get("slo") or {}).get("attainment")),
+     lambda s, pb: pb.slo and pb.slo.attainment),
     ("valid", "1 when the run passed phasebench's validity checks, else 0", "",
-     lambda s, pb: None if pb.get("valid") is None else float(bool(pb.get("valid")))),
+     lambda s, pb: None if pb.valid is None else float(pb.valid)),
     ("completed_requests", "Requests that completed in the measurement window", "",
-     lambda s, pb: s.get("completed")),
+     lambda s, pb: s.completed),
     ("failed_requests", "Requests that failed in the measurement window", "",
-     lambda s, pb: s.get("failed")),
-    ("duration", "Length of the measurement window", "seconds", lambda s, pb: s.get("duration")),
+     lambda s, pb: s.failed),
+    ("duration", "Length of the measurement window", "seconds", lambda s, pb: s.duration),
 )
 
 
@@ -51,18 +51,17 @@ def run_labels(run: Run, step: str) -> dict[str, str]:
     """The labels of one run's samples (values are outside text: the library escapes them)."""
     from .store import run_id
 
-    sp = run.manifest.get("spec") or {}
-    pb = run.summary.get("phasebench") or {}
-    conc = sp.get("concurrency") if sp.get("scenario") == "concurrency" else None
-    rate = sp.get("rate") if sp.get("scenario") == "server" else None
+    sp, tgt = run.meta.spec, run.meta.target
+    conc = sp.concurrency if run.scenario == "concurrency" else None
+    rate = sp.rate if run.scenario == "server" else None
     return {
         "run_id": run_id(run),
-        "model": str((run.manifest.get("target") or {}).get("model") or run.summary.get("model_id") or ""),
-        "scenario": str(pb.get("scenario") or sp.get("scenario") or ""),
+        "model": str((tgt and tgt.model) or run.result.model_id or ""),
+        "scenario": str(run.result.phasebench.scenario or run.scenario or ""),
         "concurrency": "" if not conc else str(conc[0]),
         "rate": "" if not rate else f"{rate[0]:g}",
         "step": step,
-        "simulated": "true" if run.manifest.get("simulated") else "false",
+        "simulated": "true" if run.meta.simulated else "false",
     }
 
 
@@ -86,27 +85,27 @@ class RunsCollector(Collector):
     """A prometheus_client collector of finished runs' summaries."""
 
     def __init__(self, runs: Sequence[Run]) -> None:
-        self.samples = [(run_labels(leaf, step), leaf.summary) for run in runs for step, leaf in leaves(run)]
+        self.samples = [(run_labels(leaf, step), leaf.result) for run in runs for step, leaf in leaves(run)]
 
     def collect(self) -> Iterable[Metric]:
         for key, short, doc in LATENCIES:
             fam = Metric(f"{PREFIX}_{short}_seconds", doc, "summary", unit="seconds")
             for labels, s in self.samples:
-                st = ((s.get("phasebench") or {}).get("metrics") or {}).get(key) or {}
-                if not st.get("count"):
+                st: Stat = getattr(s.phasebench.metrics, key)
+                if not st.count:
                     continue
                 for q, k in QUANTILES:
-                    v = _value(st.get(k))
+                    v = _value(getattr(st, k) if k.isidentifier() else (st.model_extra or {}).get(k))  # p99.9: kept as read
                     if v is not None:
                         fam.add_sample(fam.name, {**labels, "quantile": q}, v / 1e3)
-                fam.add_sample(fam.name + "_count", labels, float(st["count"]))
-                fam.add_sample(fam.name + "_sum", labels, (_value(st.get("mean")) or 0.0) * st["count"] / 1e3)
+                fam.add_sample(fam.name + "_count", labels, float(st.count))
+                fam.add_sample(fam.name + "_sum", labels, (_value(st.mean) or 0.0) * st.count / 1e3)
             yield fam
         for short, doc, unit, get in GAUGES:
             name = f"{PREFIX}_{short}" + (f"_{unit}" if unit else "")
             fam = Metric(name, doc, "gauge", unit=unit)
             for labels, s in self.samples:
-                v = _value(get(s, s.get("phasebench") or {}))
+                v = _value(get(s, s.phasebench))
                 if v is not None:
                     fam.add_sample(name, labels, v)
             yield fam

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from .textsafe import markup as escape
 
 from .engine.server import Engine, EngineConfig
 from .progress import RichProgress
@@ -25,6 +24,7 @@ from .report.plan import print_plan
 from .results import Run, RunFolder
 from .runner import RunStopped, run_main, run_one
 from .spec import RunSpec, Scenario, parse_slo
+from .textsafe import markup as escape
 
 DEFAULT_SLO = "ttft=2000,tpot=100"  # the MLPerf llama3.1-8b server thresholds, used as a plain per-request SLO
 
@@ -62,7 +62,7 @@ def run_default_plan(quick: bool = False, out: Path | None = None, binary: Path 
         try:
             result = run_main(_steps(eng, shape, folder, engine_manifest, console, quality))
         except RunStopped as e:
-            console.print(f"[yellow]{e}: partial results kept in {escape(str(out))}[/]")
+            console.print(f"[yellow]{escape(str(e))}: partial results kept in {escape(str(out))}[/]")
             raise SystemExit(e.exit_code) from e
     if json_out:
         import orjson
@@ -81,40 +81,12 @@ def _spec(eng: Engine, nonce: str, out: Path, **kw: Any) -> RunSpec:
 async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manifest: dict[str, Any],
                  console: Console, quality: bool = False) -> Run:
     from .model.probe import probe_and_record
-
     from .workload.synthetic import new_nonce
 
-    progress = RichProgress(Console(stderr=True))
     nonce = new_nonce()
     extra = {**engine_manifest, "plan": {"quick": shape == QUICK}}
-    names: list[str] = []
-    children: list[Run] = []
-
-    from . import __version__
-
-    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                "children": names, **extra}
-
-    def save_partial(reason: str) -> None:
-        """The plan folder as it stands: readable (show, report, import) even if the plan stops here."""
-        folder.write_manifest(manifest)
-        folder.write_summary({"steps": list(names), "phasebench": {
-            "valid": False, "partial": True, "reasons": [reason], "warnings": []}})
-
-    async def step(name: str, spec: RunSpec) -> Run:
-        try:
-            r = await run_one(spec, progress, extra, label=name)
-        except RunStopped as e:
-            if e.run is not None:
-                names.append(name)
-                children.append(e.run)
-            save_partial(f"partial: the plan stopped in step {name} ({e})")
-            raise
-        names.append(name)
-        children.append(r)
-        save_partial(f"partial: the plan is still running (done: {', '.join(names)})")
-        return r
+    steps = PlanSteps(folder, extra, plan_manifest([], **extra))
+    step, children, names = steps.step, steps.children, steps.names
 
     console.print("[bold]1/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s "
                   "(the 'local' hardware record every step's MBU/MFU is measured against)")
@@ -145,23 +117,69 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
     summary = plan_summary(children, names, pr.to_dict(), engine_manifest)
     summary["capacity_step"] = best.path.name if best.path else None
     summary["slo"] = parse_slo(DEFAULT_SLO).model_dump()
-    manifest["probe"] = pr.to_dict()
-    from .env import environment
+    steps.manifest["probe"] = pr.to_dict()
+    return steps.finish(summary, console)
 
-    manifest["environment"] = environment()
-    folder.write_manifest(manifest)
-    folder.write_summary(summary)
-    result = Run(folder.path, manifest, summary, [], children)
-    from .store import record_run
 
-    rid, warning = record_run(result)
-    if warning:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
-    return result
+def plan_manifest(names: list[str], **extra: Any) -> dict[str, Any]:
+    """A plan folder's manifest: its kind, version, creation time and its steps (``names``, filled as they run)."""
+    from . import __version__
+
+    return {"kind": "plan", "simulated": False, "phasebench_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "children": names, **extra}
+
+
+class PlanSteps:
+    """A plan folder filling step by step, for both plans (embedded engine and any URL). After each step the
+    folder's manifest lists the steps done, with a partial summary, so a plan that a signal, a dead server or an
+    error stops still reads as a plan (``show``, ``report``, ``import``); ``finish`` writes the real summary."""
+
+    def __init__(self, folder: RunFolder, extra: dict[str, Any], manifest: dict[str, Any]) -> None:
+        self.folder, self.extra, self.manifest = folder, extra, manifest
+        self.names: list[str] = manifest["children"]
+        self.children: list[Run] = []
+        self.progress = RichProgress(Console(stderr=True))
+
+    def save_partial(self, reason: str) -> None:
+        self.folder.write_manifest(self.manifest)
+        self.folder.write_summary({"steps": list(self.names), "phasebench": {
+            "valid": False, "partial": True, "reasons": [reason], "warnings": []}})
+
+    async def step(self, name: str, spec: RunSpec) -> Run:
+        try:
+            r = await run_one(spec, self.progress, self.extra, label=name)
+        except RunStopped as e:
+            if e.run is not None:
+                self.names.append(name)
+                self.children.append(e.run)
+            self.save_partial(f"partial: the plan stopped in step {name} ({e})")
+            raise
+        except BaseException as e:  # the server gone before the step started, a bad answer, a bug: still a plan
+            self.save_partial(f"partial: the plan stopped in step {name} ({type(e).__name__}: {e})")
+            raise
+        self.names.append(name)
+        self.children.append(r)
+        self.save_partial(f"partial: the plan is still running (done: {', '.join(self.names)})")
+        return r
+
+    def finish(self, summary: dict[str, Any], console: Console) -> Run:
+        """Write the finished plan's manifest (with this machine's environment) and summary, and record it in
+        the results database (a database problem is a warning: the folder is already whole)."""
+        from .env import environment
+        from .store import record_run
+
+        self.manifest["environment"] = environment()
+        self.folder.write_manifest(self.manifest)
+        self.folder.write_summary(summary)
+        result = Run(self.folder.path, self.manifest, summary, [], self.children)
+        _, warning = record_run(result)
+        if warning:
+            console.print(f"[yellow]warning:[/] {escape(warning)}")
+        return result
 
 
 def _med(run: Run, key: str) -> float | None:
-    return (run.summary.get("phasebench", {}).get("metrics", {}).get(key) or {}).get("p50")
+    return getattr(run.result.phasebench.metrics, key).p50  # a misspelled metric raises, never prints '-'
 
 
 def _server(run: Run, phase: str) -> float | None:
@@ -209,22 +227,20 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
     wall: dict[str, Any] = {"probe": probe, "weight_bytes": weight_bytes, "kv_bytes_per_token": kvb}
     bw = probe.get("bandwidth_gbps") or 0
     if decode and decode[0]["tpot_ms_p50"] and bw:
-        # context during decode at batch 1: input + half the output, on average
+        # context during decode at batch 1: input + half the output, on average (as model/utilization.phase_work)
         d1 = decode[0]
-        ctx = children[names.index("decode-c1")].summary["phasebench"]["metrics"]["input_tokens"].get("mean", 0) or 0
+        m1 = by[f"decode-c{d1['concurrency']}"].result.phasebench.metrics
+        ctx = (m1.input_tokens.mean or 0) + (m1.output_tokens.mean or 0) / 2
         bytes_step = weight_bytes + kvb * ctx
         achieved = bytes_step / (d1["tpot_ms_p50"] / 1000) / 1e9
         wall["decode_bytes_per_step"] = bytes_step
         wall["decode_achieved_gbps"] = achieved
         wall["decode_mbu"] = achieved / bw
     params = mf.get("parameters") or 0
-    flops_peak = probe.get("matmul_gflops_fp32") or 0
-    if prefill and params and flops_peak:
+    if prefill and params:  # the MFU is the verdict's (phase_verdicts), against the peak it names
         longest = max(prefill, key=lambda p: p["input_tokens"])
         if longest["prefill_tps_p50"]:
-            achieved_gflops = 2 * params * longest["prefill_tps_p50"] / 1e9
-            wall["prefill_achieved_gflops"] = achieved_gflops
-            wall["prefill_mfu_vs_fp32_matmul"] = achieved_gflops / flops_peak
+            wall["prefill_achieved_gflops"] = 2 * params * longest["prefill_tps_p50"] / 1e9
     words, figures = phase_verdicts(prefill, decode, wall)
     return {
         "prefill_sweep": prefill,
@@ -242,12 +258,6 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
     }
 
 
-def verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> list[str]:
-    """Plain words: each phase against its wall (model/verdict.py says "at the wall" only when it is, and what
-    the roofline says bounds it when not), then what batching bought."""
-    return phase_verdicts(prefill, decode, wall)[0]
-
-
 def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     """The verdicts' words, and the figures they state (``metric``, ``step``, ``fraction``, ``peak``): the one
     decode MBU and prefill MFU of a plan, which its reports show labelled with their step."""
@@ -262,8 +272,8 @@ def phase_verdicts(prefill: list[dict], decode: list[dict], wall: dict[str, Any]
               f"the probed DRAM bandwidth ({p.get('bandwidth_gbps', 0):.1f} GB/s)")
     bf16 = p.get("matmul_gflops_bf16") or p.get("torch_cpu_bfloat16_gflops")
     if hw:
-        fl = Peak((p.get("matmul_gflops_fp32") or 0) * 1e9, f"the {hw} datasheet {p.get('peak_precision') or 'compute'} "
-                  f"peak ({p.get('matmul_gflops_fp32', 0):,.0f} GFLOP/s)")
+        peak = p.get("peak_gflops", p.get("matmul_gflops_fp32")) or 0  # older URL-plan folders: the second name
+        fl = Peak(peak * 1e9, f"the {hw} datasheet {p.get('peak_precision') or 'compute'} peak ({peak:,.0f} GFLOP/s)")
     elif bf16:
         fl = Peak(bf16 * 1e9, f"the probed bf16 matmul peak ({bf16:,.0f} GFLOP/s, {p.get('bf16_source', 'torch')})")
     else:

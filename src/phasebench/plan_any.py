@@ -13,7 +13,6 @@ ordinary run folder carrying the roofline block and the engine's own server view
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import re
 import time
@@ -23,13 +22,12 @@ from typing import Any
 
 import aiohttp
 from rich.console import Console
-from rich.markup import escape
 
-from .progress import RichProgress
 from .report import fmt as F
 from .results import Run, RunFolder
-from .runner import Interrupted, api_key, discover, install_uvloop, run_one
+from .runner import RunStopped, api_key, discover, run_main, run_one
 from .spec import SLO, RunSpec, Scenario, SpecError, parse_slo
+from .textsafe import markup as escape
 
 GAIN_STOP = 0.05  # decode sweep: stop doubling when output throughput rises by less than this
 CAPACITY_FRACTION = 0.7
@@ -47,6 +45,7 @@ class AnyShape:
     budget_s: float
 
 
+NO_QUALITY = {"quality": False, "quality_alone": False, "quality_set": None, "quality_ref": None}
 QUICK = AnyShape((32, 256, 1024), 1, 8, 32, 32, 2, 8.0, 180.0)
 FULL = AnyShape((128, 512, 2048, 8192, 32768, 131072), 3, 512, 128, 128, 3, 60.0, 600.0)
 
@@ -125,12 +124,11 @@ def run_url_plan(spec: RunSpec, quick: bool = False, budget: str | None = None, 
     shape = QUICK if quick else FULL
     seconds = parse_budget(budget, shape.budget_s)
     out = spec.out or Path("runs") / ("plan-" + dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
-    install_uvloop()
     try:
-        result = asyncio.run(_plan(spec, shape, seconds, RunFolder(out), console))
-    except Interrupted as e:
-        console.print(f"[yellow]interrupted: partial results kept in {out}[/]")
-        raise SystemExit(130) from e
+        result = run_main(_plan(spec, shape, seconds, RunFolder(out), console))
+    except RunStopped as e:
+        console.print(f"[yellow]{escape(str(e))}: partial results kept in {escape(str(out))}[/]")
+        raise SystemExit(e.exit_code) from e
     if json_out:
         import orjson
 
@@ -143,7 +141,7 @@ def run_url_plan(spec: RunSpec, quick: bool = False, budget: str | None = None, 
 async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFolder, console: Console) -> Run:
     from .client.engines import max_model_len
     from .model.utilization import ensure_local_hardware
-    from .plan import plan_summary
+    from .plan import PlanSteps, plan_manifest, plan_summary
     from .workload.synthetic import new_nonce
 
     t_start = time.monotonic()
@@ -169,22 +167,17 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
                   f"{F.slo(slo.model_dump())}")
     for n in notes:
         console.print(f"  [dim]{escape(n)}[/]")
-    progress = RichProgress(Console(stderr=True))
     extra = {"plan": {"kind": "url", "quick": shape is QUICK, "budget_s": budget_s}}
-    names: list[str] = []
-    children: list[Run] = []
     base = spec.model_copy(update={"model": target.model, "model_spec": model_spec, "hardware": hardware,
                                    "nonce": nonce, "scenario": Scenario.concurrency, "warmup_requests": 0,
-                                   "rate": [], "duration": None})
+                                   "rate": [], "duration": None, **NO_QUALITY})
+    quality = {k: getattr(spec, k) for k in NO_QUALITY}  # the quality probes ride in the server step's load only
+
+    steps = PlanSteps(folder, extra, plan_manifest([], **extra, spec=base.public_dict(), server_engine=engine))
+    step, children, names = steps.step, steps.children, steps.names
 
     def step_spec(name: str, **kw: Any) -> RunSpec:
         return RunSpec.model_validate({**base.model_dump(), "out": folder.path / name, **kw})
-
-    async def step(name: str, sp: RunSpec) -> Run:
-        r = await run_one(sp, progress, extra, label=name)
-        names.append(name)
-        children.append(r)
-        return r
 
     # warm-up: connections, weights, compile caches; not recorded
     await run_one(step_spec("warmup", out=None, concurrency=[2], requests=2, input_tokens=64, output_tokens=8),
@@ -239,7 +232,7 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
                   f"{capacity:.2f} req/s measured at concurrency {best['concurrency']}) for {seconds:.0f} s")
     await step("server", step_spec("server", scenario=Scenario.server, rate=[rate], requests=None,
                                    duration=seconds, input_tokens=shape.decode_input,
-                                   output_tokens=shape.decode_output, seed=7, slo=slo))
+                                   output_tokens=shape.decode_output, seed=7, slo=slo, **quality))
     summary = plan_summary(children, names, wall_src["probe"], {"model_file": wall_src["model_file"]})
     summary["decode_stop"] = stop
     summary["capacity_step"] = f"decode-c{best['concurrency']}"
@@ -247,22 +240,8 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
     summary["notes"] = notes
     summary["slo"] = slo.model_dump()
     summary["plan_seconds"] = elapsed()
-    from . import __version__
-    from .env import environment
-
-    manifest = {"kind": "plan", "simulated": False, "phasebench_version": __version__,
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "children": names,
-                **extra, "spec": base.public_dict(), "target": children[0].manifest.get("target") if children else None,
-                "server_engine": engine, "environment": environment()}
-    folder.write_manifest(manifest)
-    folder.write_summary(summary)
-    result = Run(folder.path, manifest, summary, [], children)
-    from .store import record_run
-
-    _, warning = record_run(result)
-    if warning:
-        console.print(f"[yellow]warning:[/] {escape(warning)}")
-    return result
+    steps.manifest["target"] = children[0].manifest.get("target") if children else None
+    return steps.finish(summary, console)
 
 
 def _wall_source(model_spec: str | None, hardware: str, weights: str | None, notes: list[str]) -> dict[str, Any]:
@@ -298,6 +277,6 @@ def _wall_source(model_spec: str | None, hardware: str, weights: str | None, not
     notes.append(f"memory wall: {m.name} ({prec} weights, {wbytes / 1e9:.2f} GB) on {hw.key} "
                  f"({hw.memory_gbps:.1f} GB/s" + (f", {peak:,.0f} GFLOP/s {peak_prec} peak)" if peak_prec else
                                                   ", no compute peak known)"))
-    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "matmul_gflops_fp32": peak, "peak_precision": peak_prec,
+    return {"probe": {"bandwidth_gbps": hw.memory_gbps, "peak_gflops": peak, "peak_precision": peak_prec,
                       "hardware": hw.key},
             "model_file": {"bytes": wbytes, "parameters": m.params, "kv_bytes_per_token": m.kv_bytes_per_token("fp16")}}

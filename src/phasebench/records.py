@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable
 
 import orjson
 from pydantic import TypeAdapter, ValidationError
@@ -31,6 +31,7 @@ ERROR_TYPES = (
     "oversize",  # one event grew past ClientConfig.max_event_bytes
     "encoding",  # a Content-Encoding the client does not decode (br, zstd), or a corrupt gzip/deflate stream
     "client_error",  # an unexpected exception in the client itself, with its type and message
+    "imported_error",  # a failed request in another tool's result file (vLLM's keeps only the error's text)
 )
 
 
@@ -171,6 +172,3 @@ def write_records(path: Path, records: Iterable[RequestRecord]) -> None:
         for r in records:
             w.write(r)
 
-
-def iter_ok(records: Iterable[RequestRecord]) -> Iterator[RequestRecord]:
-    return (r for r in records if r.ok and not r.warmup)

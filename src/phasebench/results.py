@@ -9,7 +9,7 @@ import copy
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -18,6 +18,7 @@ from .records import RequestRecord, read_records
 
 SCHEMA_VERSION = 1
 MANIFEST, REQUESTS, SUMMARY = "manifest.json", "requests.jsonl", "summary.json"
+M = TypeVar("M", bound=BaseModel)
 MAX_DEPTH = 8  # plan > sweep > point is 3; anything deeper is a damaged or hostile folder
 
 
@@ -44,6 +45,24 @@ class TargetInfo(_Open):
     models: Any = None  # the server's /v1/models answer, verbatim
 
 
+class SLOTarget(_Open):
+    """An SLO as stored (``spec.SLO``): the limits in ms, at a percentile."""
+
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    itl_ms: float | None = None
+    e2e_ms: float | None = None
+    percentile: float | None = None
+    name: str | None = None
+
+
+class LengthRecord(_Open):
+    """A token length as the spec stores it (``LengthDist``): mean and stddev."""
+
+    mean: int | float | None = None
+    stddev: float | None = None
+
+
 class SpecRecord(_Open):
     """The spec as stored (``RunSpec.public_dict``): the fields readers rely on."""
 
@@ -54,11 +73,40 @@ class SpecRecord(_Open):
     rate: list[int | float] | None = None
     requests: int | None = None
     duration: float | None = None
-    input_tokens: dict[str, int | float] | None = None
-    output_tokens: dict[str, int | float] | None = None
+    input_tokens: LengthRecord | None = None
+    output_tokens: LengthRecord | None = None
+    slo: SLOTarget | None = None
+    seed: int | None = None
+    tags: dict[str, Any] | None = None
     model_spec: str | None = None
     hardware: str | None = None
     devices: int | None = None
+
+
+class EngineInfo(_Open):
+    """The embedded engine a run was measured on (``engine.server``)."""
+
+    name: str | None = None
+    version: str | None = None
+    slots: int | None = None
+
+
+class ModelFile(_Open):
+    """The embedded engine's model file (its GGUF header's facts)."""
+
+    name: str | None = None
+    file: str | None = None
+    path: str | None = None
+    quantization: str | None = None
+    parameters: int | float | None = None
+
+
+class SimulationInfo(_Open):
+    hardware: str | None = None
+
+
+class ImportedFrom(_Open):
+    tool: str | None = None
 
 
 class Manifest(_Open):
@@ -73,9 +121,17 @@ class Manifest(_Open):
     environment: dict[str, Any] | None = None
     t0_monotonic_ns: int | None = None
     children: list[str] | None = None
-    engine: dict[str, Any] | None = None
-    model_file: dict[str, Any] | None = None
-    simulation: dict[str, Any] | None = None
+    engine: EngineInfo | None = None
+    model_file: ModelFile | None = None
+    simulation: SimulationInfo | None = None
+    imported_from: ImportedFrom | None = None
+
+    @property
+    def model(self) -> str | None:
+        """The model a run served: the server's id, else the embedded engine's file, else the spec's."""
+        sp = self.spec
+        return ((self.target.model if self.target else None) or (self.model_file.name if self.model_file else None)
+                or (sp.model if sp else None) or (sp.model_spec if sp else None))
 
 
 class Stat(_Open):
@@ -94,6 +150,148 @@ class Stat(_Open):
     p99_ci95: list[float | None] | None = None
 
 
+METRIC_KEYS = ("ttft_ms", "ttft_sent_ms", "send_lag_ms", "ttfot_ms", "tpot_ms", "itl_chunk_ms", "itl_token_ms", "e2e_ms",
+               "prefill_tps", "decode_tps", "input_tokens", "output_tokens")
+
+
+# ``phasebench.metrics``: one Stat per metric of ``metrics.py``; a metric a run does not have is an empty Stat
+Metrics = create_model("Metrics", __base__=_Open, **{k: (Stat, Stat()) for k in METRIC_KEYS})
+
+
+class ServerTiming(_Open):
+    """``phasebench.server_timing``: what the server said of each request (llama.cpp's timings)."""
+
+    prompt_ms: Stat = Stat()
+    tpot_ms: Stat = Stat()
+
+
+class Constraint(_Open):
+    metric: str | None = None
+    percentile: float | None = None
+    limit: float | None = None
+    value: float | None = None
+    ok: bool | None = None
+
+
+class SloBlock(_Open):
+    """``phasebench.slo``: the SLO, how many requests met it, goodput, each latency constraint."""
+
+    slo: SLOTarget | None = None
+    met: int | None = None
+    total: int | None = None
+    attainment: float | None = None
+    goodput: float | None = None
+    constraints: list[Constraint] = []
+
+
+class ClientBlock(_Open):
+    """``phasebench.client``: what the client saw of itself."""
+
+    cpu_s: float | None = None
+    wall_s: float | None = None
+    cpu_fraction: float | None = None
+    max_in_flight: int | None = None
+    target_rate: float | None = None
+    scheduled_rate: float | None = None
+    achieved_send_rate: float | None = None
+    transport: str | None = None
+
+
+class Roofline(_Open):
+    """``phasebench.roofline`` (``model.utilization``): decode MBU, prefill MFU, their peaks, the prediction."""
+
+    error: str | None = None
+    model: str | None = None
+    hardware: str | None = None
+    precision: str | None = None
+    step: str | None = None
+    mbu: float | None = None
+    mfu: float | None = None
+    peak_bandwidth_gbps: float | None = None
+    peak_tflops: float | None = None
+    peak_flops_label: str | None = None
+
+
+class CostBlock(_Open):
+    """``phasebench.cost`` (``cost.cost_block``): $/1M tokens, energy."""
+
+    hardware: str | None = None
+    devices: int | None = None
+    price_per_hour: float | None = None
+    price_source: str | None = None
+    note: str | None = None
+    usd_per_1m_tokens: float | None = None
+    usd_per_1m_input_tokens: float | None = None
+    usd_per_1m_output_tokens: float | None = None
+    usd_per_1m_tokens_at_slo: float | None = None
+    usd_per_1m_output_tokens_at_slo: float | None = None
+    power_source: str | None = None
+    utilisation: float | None = None
+    watts: float | None = None
+    output_tokens_per_joule: float | None = None
+    tokens_per_joule: float | None = None
+
+
+class ServerPhase(_Open):
+    count: float | None = None
+    mean_ms: float | None = None
+
+
+class ServerView(_Open):
+    """``phasebench.server_view`` (``serverview.view``): the engine's own metrics over the run."""
+
+    available: bool | None = None
+    engine: str | None = None
+    phases: dict[str, ServerPhase] = {}
+    derived: dict[str, Any] = {}
+
+
+class PromptCache(_Open):
+    source: str | None = None
+    prompt_tokens: int | None = None
+    cached_tokens: int | None = None
+    new_tokens: int | None = None
+    cached_fraction: float | None = None
+    requests_not_reporting: int | None = None
+    prefill_new_tps: Stat | None = None
+
+
+class TurnStats(_Open):
+    ttft_ms: Stat | None = None
+    cached_tokens: Stat | None = None
+    prompt_tokens: Stat | None = None
+
+
+class Workload(_Open):
+    """``phasebench.workload``: the prompt cache's split and TTFT by turn (conversations, traces)."""
+
+    prompt_cache: PromptCache | None = None
+    by_turn: dict[str, TurnStats] | None = None
+
+
+class QualityBlock(_Open):
+    """``phasebench.quality`` (``quality.block``), the fields the reports print."""
+
+    valid: bool | None = None
+    score: float | None = None
+    answered: int | None = None
+
+
+class KvTransfer(_Open):
+    """A disaggregated simulation's KV shipped to the decode pool (``sim.disagg``)."""
+
+    kv_bytes_needed: float | None = None
+    kv_bytes_shipped: float | None = None
+    saved_fraction: float | None = None
+    decode_cached_tokens: int | None = None
+    routing: str | None = None
+
+
+class TurnArrivals(_Open):
+    converged: bool | None = None
+    passes: int | None = None
+
+
 class PhasebenchBlock(_Open):
     scenario: str | None = None
     valid: bool | None = None
@@ -101,14 +299,21 @@ class PhasebenchBlock(_Open):
     reasons: list[str] = []
     warnings: list[str] = []
     window_ns: list[int] | None = None
-    metrics: dict[str, Stat] = {}
-    slo: dict[str, Any] | None = None
+    metrics: Metrics = Metrics()
+    slo: SloBlock | None = None
     errors: dict[str, int] = {}
-    client: dict[str, Any] = {}
+    client: ClientBlock = ClientBlock()
     tokens: dict[str, Any] = {}
-    server_timing: dict[str, Stat] = {}
-    roofline: dict[str, Any] | None = None
-    cost: dict[str, Any] | None = None
+    server_timing: ServerTiming = ServerTiming()
+    workload: Workload | None = None
+    warmup: dict[str, Any] | None = None
+    quality: QualityBlock | None = None
+    roofline: Roofline | None = None
+    server_view: ServerView | None = None
+    cost: CostBlock | None = None
+    over_capacity: bool | None = None   # simulated
+    kv_transfer: KvTransfer | None = None   # simulated, disaggregated
+    turn_arrivals: TurnArrivals | None = None   # simulated, disaggregated conversations
 
 
 _VLLM_FLOATS = {
@@ -129,7 +334,43 @@ class _Point(_Open):
 
 Point = create_model("Point", __base__=_Point, **{
     k: (float | None, None) for k in ("request_throughput", "output_throughput", "request_goodput", "median_ttft_ms",
-                                      "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms")})
+                                      "p99_ttft_ms", "median_tpot_ms", "p99_tpot_ms", "median_e2el_ms")})
+
+
+# ---- a plan's own summary keys (plan.py, plan_any.py) --------------------------------------------------
+class PrefillPoint(_Open):
+    step: str | None = None
+    input_tokens: int | None = None
+    ttft_ms_p50: float | None = None
+    prefill_tps_p50: float | None = None
+    server_prompt_ms_p50: float | None = None
+
+
+class DecodePoint(_Open):
+    concurrency: int | None = None
+    tpot_ms_p50: float | None = None
+    itl_token_ms_p50: float | None = None
+    server_tpot_ms_p50: float | None = None
+    output_throughput: float | None = None
+
+
+class PlanServer(Point):  # type: ignore[misc,valid-type]
+    """The plan's server step, as its summary states it."""
+
+    slo_attainment: float | None = None
+
+
+class PlanFigure(_Open):
+    """A figure a plan's verdicts state: its metric ("decode MBU", "prefill MFU"), step, fraction and peak."""
+
+    metric: str | None = None
+    step: str | None = None
+    fraction: float | None = None
+    peak: str | None = None
+
+
+class MemoryWall(_Open):
+    decode_mbu: float | None = None
 
 
 class _Summary(_Open):
@@ -145,8 +386,19 @@ class _Summary(_Open):
     output_throughput: float | None = None
     total_token_throughput: float | None = None
     request_goodput: float | None = None
+    model_id: str | None = None
     points: list[Point] | None = None  # type: ignore[valid-type]
     verdicts: list[str] | None = None
+    # a plan's
+    prefill_sweep: list[PrefillPoint] | None = None
+    decode_sweep: list[DecodePoint] | None = None
+    decode_stop: str | None = None
+    capacity_step: str | None = None
+    server: PlanServer | None = None
+    memory_wall: MemoryWall | None = None
+    figures: list[PlanFigure] | None = None
+    notes: list[str] | None = None
+    slo: SLOTarget | None = None
     phasebench: PhasebenchBlock = PhasebenchBlock()
 
 
@@ -171,15 +423,18 @@ def _drop(data: Any, loc: tuple[Any, ...]) -> str:
     return ".".join(path)
 
 
-def validated(model: type[BaseModel], data: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
-    """``data`` checked against ``model``: the whole of it that is valid (as its typed values), and one
-    warning per field that was not (that field is left out)."""
+def typed(model: type[M], data: dict[str, Any], what: str) -> tuple[M, list[str]]:
+    """``data`` as a ``model`` instance: the whole of it that is valid, and one warning per field that was not
+    (that field is left out)."""
+    try:
+        return model.model_validate(data), []
+    except ValidationError:
+        pass
     data = copy.deepcopy(data)
     notes: list[str] = []
     for _ in range(200):
         try:
-            obj = model.model_validate(data)
-            return obj.model_dump(exclude_unset=True), notes
+            return model.model_validate(data), notes
         except ValidationError as e:
             err = e.errors()[0]
             try:
@@ -187,19 +442,66 @@ def validated(model: type[BaseModel], data: dict[str, Any], what: str) -> tuple[
             except ValueError:
                 break
             notes.append(f"{what}: {where} ignored ({str(err.get('msg', 'not valid')).lower()})")
-    return {}, [*notes, f"{what}: too damaged to read; ignored"]
+    return model(), [*notes, f"{what}: too damaged to read; ignored"]
 
 
-def check_manifest(manifest: Any, where: Path | str = MANIFEST) -> dict[str, Any]:
-    """The manifest as written and read: a JSON object whose known fields have their types, or NotARunError."""
+def validated(model: type[BaseModel], data: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
+    """``data`` checked against ``model``: the whole of it that is valid (as its typed values), and one
+    warning per field that was not (that field is left out)."""
+    obj, notes = typed(model, data, what)
+    if notes and notes[-1].endswith("too damaged to read; ignored"):
+        return {}, notes
+    return _ordered(obj.model_dump(exclude_unset=True), data), notes
+
+
+def _ordered(dumped: Any, original: Any) -> Any:
+    """``dumped`` with its keys in ``original``'s order, at every depth (a model dumps its declared fields first)."""
+    if isinstance(dumped, dict) and isinstance(original, dict):
+        keys = [k for k in original if k in dumped] + [k for k in dumped if k not in original]
+        return {k: _ordered(dumped[k], original.get(k)) for k in keys}
+    if isinstance(dumped, list) and isinstance(original, list) and len(dumped) == len(original):
+        return [_ordered(d, o) for d, o in zip(dumped, original)]
+    return dumped
+
+
+def as_summary(summary: dict[str, Any] | BaseModel) -> Any:
+    """A summary (``summary.json``'s object, or already a ``Summary``) as the typed ``Summary`` readers take;
+    fields of the wrong type are left out (as ``Run.load`` leaves them)."""
+    return summary if isinstance(summary, Summary) else typed(Summary, summary, SUMMARY)[0]
+
+
+def as_manifest(manifest: dict[str, Any] | Manifest) -> Manifest:
+    """A manifest (a dict, or already a ``Manifest``) as the typed ``Manifest``; bad fields left out."""
+    return manifest if isinstance(manifest, Manifest) else typed(Manifest, manifest, MANIFEST)[0]
+
+
+# manifest fields typed since the first schema: one of the wrong type is left out with a warning, never the folder
+_LENIENT = {"engine", "model_file", "simulation", "imported_from", ("spec", "input_tokens"), ("spec", "output_tokens"),
+            ("spec", "slo"), ("spec", "seed"), ("spec", "tags")}
+
+
+def check_manifest(manifest: Any, where: Path | str = MANIFEST, notes: list[str] | None = None) -> dict[str, Any]:
+    """The manifest as written and read: a JSON object whose known fields have their types, or NotARunError.
+    A wrong-typed field among those typed later (``_LENIENT``) is left out instead, with a line in ``notes``."""
     if not isinstance(manifest, dict):
         raise NotARunError(f"{where} is not a run manifest (a JSON object); it holds {type(manifest).__name__}")
-    try:
-        return Manifest.model_validate(manifest).model_dump(exclude_unset=True)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(p) for p in err.get("loc", ()))
-        raise NotARunError(f"{where}: field {loc!r} {str(err.get('msg', 'is not valid')).lower()}") from None
+    data = manifest
+    for _ in range(50):
+        try:
+            return _ordered(Manifest.model_validate(data).model_dump(exclude_unset=True), manifest)
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = tuple(err.get("loc", ()))
+            if loc[:1] and (loc[0] in _LENIENT or loc[:2] in _LENIENT):
+                data = copy.deepcopy(data) if data is manifest else data
+                dropped = _drop(data, loc[:1] if loc[0] in _LENIENT else loc[:2])
+                if notes is not None:
+                    notes.append(f"{where}: {dropped} ignored ({str(err.get('msg', 'not valid')).lower()})")
+                continue
+            raise NotARunError(f"{where}: field {'.'.join(map(str, loc))!r} "
+                               f"{str(err.get('msg', 'is not valid')).lower()}") from None
+    raise NotARunError(f"{where}: too damaged to read")
+
 
 def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
@@ -222,14 +524,26 @@ class Run:
     children: list["Run"] = field(default_factory=list)
     skipped_lines: int = 0
     load_warnings: list[str] = field(default_factory=list)  # what Run.load found damaged and left out
+    # the typed views every reader takes, made once from the two dicts when the Run is made (loaded, or at the
+    # end of a run); ``summary``/``manifest`` stay the JSON objects as written
+    result: Summary = field(init=False, repr=False, compare=False)  # type: ignore[valid-type]
+    meta: Manifest = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.result = as_summary(self.summary)
+        self.meta = as_manifest(self.manifest)
 
     @property
     def valid(self) -> bool:
-        return bool(self.summary.get("phasebench", {}).get("valid", False))
+        return bool(self.result.phasebench.valid)
 
     @property
     def partial(self) -> bool:
-        return bool(self.summary.get("phasebench", {}).get("partial", False))
+        return bool(self.result.phasebench.partial)
+
+    @property
+    def is_plan(self) -> bool:
+        return self.meta.kind == "plan"
 
     @property
     def is_sweep(self) -> bool:
@@ -240,14 +554,19 @@ class Run:
         return [leaf for c in self.children for leaf in c.leaves()] if self.children else [self]
 
     @property
+    def scenario(self) -> str | None:
+        """The spec's scenario (None for a plan or a folder without a spec)."""
+        return self.meta.spec.scenario if self.meta.spec else None
+
+    @property
     def closed_loop(self) -> bool:
-        return (self.manifest.get("spec") or {}).get("scenario") in ("concurrency", "single-stream")
+        return self.scenario in ("concurrency", "single-stream")
 
     @property
     def ran_alone(self) -> bool:
         """Its requests had the engine to themselves: single-stream, or concurrency 1."""
-        sp = self.manifest.get("spec") or {}
-        return sp.get("scenario") == "single-stream" or (sp.get("scenario") == "concurrency" and sp.get("concurrency") == [1])
+        return self.scenario == "single-stream" or (
+            self.scenario == "concurrency" and self.meta.spec is not None and self.meta.spec.concurrency == [1])
 
     @classmethod
     def load(cls, path: Path | str) -> "Run":
@@ -268,7 +587,7 @@ class Run:
             raise UnsafeFolderError(f"{path}: the run folders' children loop back to {real}")
         if len(seen) >= MAX_DEPTH:
             raise UnsafeFolderError(f"{path}: run folders nested more than {MAX_DEPTH} deep")
-        manifest = check_manifest(_read_json(path / MANIFEST, fatal=True, notes=notes), path / MANIFEST)
+        manifest = check_manifest(_read_json(path / MANIFEST, fatal=True, notes=notes), path / MANIFEST, notes)
         summary: dict[str, Any] = {}
         if (path / SUMMARY).exists():
             raw = _read_json(path / SUMMARY, fatal=False, notes=notes)

@@ -64,17 +64,6 @@ class Target:
     extra_manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def install_uvloop() -> bool:
-    """Kept for callers that want uvloop process-wide; phasebench itself uses ``run_main`` (no policy change)."""
-    try:
-        import uvloop
-
-        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-        return True
-    except ImportError:
-        return False
-
-
 def api_key(spec: RunSpec) -> str | None:
     if not spec.api_key_env:
         return None
@@ -110,7 +99,6 @@ async def discover(spec: RunSpec, session: aiohttp.ClientSession, key: str | Non
     elif served and model not in served:
         raise RunError(f"model {model!r} is not served by {_safe(base)}; it serves: {', '.join(map(str, served))}")
     from .client.engines import detect_engine  # which engine (manifest; its exact-length knobs)
-
     from .engine.process import managed_manifest  # started by `phasebench engine start`: version, flags, log
 
     engine = await detect_engine(session, server_root(base), answer, headers)

@@ -423,6 +423,8 @@ class RunSpec(BaseModel):
         """The spec as written to results: secrets are never in it (only the env var's *name*)."""
         d = self.model_dump(mode="json")
         d["url"] = redact_url(d.get("url"))
+        if d.get("metrics_url") not in (None, "off", "none", ""):
+            d["metrics_url"] = redact_url(d["metrics_url"])
         d["headers"] = sorted(self.headers)  # header values may be credentials: the names only
         return d
 

@@ -24,7 +24,7 @@ import orjson
 
 from .paths import home
 from .records import RequestRecord, parse_record
-from .results import NotARunError, Run
+from .results import Manifest, NotARunError, Run, SpecRecord, TargetInfo, as_manifest, as_summary
 
 # Each entry migrates from version i to i + 1. Never edit a shipped entry: append a new one.
 MIGRATIONS: list[str] = [
@@ -117,7 +117,10 @@ def default_path() -> Path | None:
 
 def run_id(run: Run) -> str:
     """Stable per run: the folder's absolute path and creation time (re-importing updates, never duplicates)."""
-    key = f"{run.path.resolve() if run.path else ''}|{run.manifest.get('created', '')}|{run.manifest.get('t0_monotonic_ns', '')}"
+    m = as_manifest(run.manifest)   # the object stored, as it is now (not the view made when the Run was)
+    created = m.created if "created" in m.model_fields_set else ""
+    t0 = m.t0_monotonic_ns if "t0_monotonic_ns" in m.model_fields_set else ""
+    key = f"{run.path.resolve() if run.path else ''}|{created}|{t0}"
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -206,7 +209,7 @@ class Store:
 
     def _backfill_v2(self) -> None:
         for rid, manifest in self.db.execute("SELECT id, manifest FROM runs").fetchall():
-            hw, eng = _hw_engine(json.loads(manifest))
+            hw, eng = _hw_engine(as_manifest(json.loads(manifest)))
             self.db.execute("UPDATE runs SET hardware=?, engine=? WHERE id=?", (hw, eng, rid))
         for rid, idx, rec in self.db.execute("SELECT run_id, idx, record FROM requests").fetchall():
             self.db.execute("UPDATE requests SET ttft_ms=?, tpot_ms=?, e2e_ms=?, error_type=? WHERE run_id=? AND idx=?",
@@ -214,9 +217,9 @@ class Store:
 
     def _backfill_v3(self) -> None:
         for rid, manifest in self.db.execute("SELECT id, manifest FROM runs").fetchall():
-            self._insert_tags(rid, json.loads(manifest))
+            self._insert_tags(rid, as_manifest(json.loads(manifest)))
 
-    def _insert_tags(self, rid: str, manifest: dict[str, Any]) -> None:
+    def _insert_tags(self, rid: str, manifest: Manifest) -> None:
         self.db.executemany("INSERT OR REPLACE INTO tags (run_id, key, value) VALUES (?,?,?)",
                             ((rid, k, v) for k, v in run_tags(manifest).items()))
 
@@ -235,19 +238,17 @@ class Store:
         return rid
 
     def _insert(self, run: Run, parent: str | None) -> str:
-        m, s = run.manifest, run.summary
+        m, s = as_manifest(run.manifest), as_summary(run.summary)   # typed from the very objects stored below
         rid = run_id(run)
-        spec = m.get("spec") or {}
-        target = m.get("target") or {}
-        model = target.get("model") or (m.get("model_file") or {}).get("name") or spec.get("model") or spec.get("model_spec")
+        spec, target = m.spec or SpecRecord(), m.target or TargetInfo()
         hw, eng = _hw_engine(m)
         self.db.execute("DELETE FROM runs WHERE id=?", (rid,))
         self.db.execute(
             "INSERT INTO runs (id, parent_id, path, kind, scenario, model, target, created, simulated, valid, completed,"
             " failed, manifest, summary, hardware, engine) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (rid, parent, str(run.path.resolve()) if run.path else None, m.get("kind", "run"), spec.get("scenario"),
-             model, target.get("url") or spec.get("url"), m.get("created"), int(bool(m.get("simulated"))),
-             int(run.valid), s.get("completed"), s.get("failed"), _j(m), _j(s), hw, eng))
+            (rid, parent, str(run.path.resolve()) if run.path else None, m.kind if "kind" in m.model_fields_set else "run",
+             spec.scenario, m.model, target.url or spec.url, m.created, int(bool(m.simulated)),
+             int(run.valid), s.completed, s.failed, _j(run.manifest), _j(run.summary), hw, eng))
         self._insert_tags(rid, m)
         self.db.executemany(
             "INSERT INTO requests (run_id, idx, record, ttft_ms, tpot_ms, e2e_ms, error_type) VALUES (?,?,?,?,?,?,?)",
@@ -295,8 +296,8 @@ class Store:
             if d["completed"] is None:  # a sweep or plan: the sum of its steps
                 d["completed"], d["failed"] = self.db.execute(
                     "SELECT SUM(completed), SUM(failed) FROM runs WHERE parent_id=?", (d["id"],)).fetchone()
-            s = json.loads(row[-1])
-            d |= {k: s.get(k) for k in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput",
+            s = as_summary(json.loads(row[-1]))
+            d |= {k: getattr(s, k) for k in ("median_ttft_ms", "p99_ttft_ms", "median_tpot_ms", "output_throughput",
                                         "request_goodput")}
             d["tags"] = dict(self.db.execute("SELECT key, value FROM tags WHERE run_id=? ORDER BY key", (d["id"],)))
             out.append(d)
@@ -332,11 +333,6 @@ class Store:
                     self.db.execute("SELECT id FROM runs WHERE parent_id=? ORDER BY path", (rid,)).fetchall()]
         return Run(Path(row[0]) if row[0] else None, json.loads(row[1]), json.loads(row[2]), recs, children)
 
-    def request_rows(self, rid: str) -> Iterator[dict[str, Any]]:
-        with self.guard():
-            for (r,) in self.db.execute("SELECT record FROM requests WHERE run_id=? ORDER BY idx", (rid,)):
-                yield json.loads(r)
-
     def count(self) -> tuple[int, int]:
         with self.guard():
             return (self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0],
@@ -349,18 +345,17 @@ def _metrics(r: RequestRecord) -> tuple[float | None, float | None, float | None
     return ttft_ms(r), tpot_ms(r), e2e_ms(r), r.error_type
 
 
-def run_tags(manifest: dict[str, Any]) -> dict[str, str]:
+def run_tags(manifest: Manifest) -> dict[str, str]:
     """A run's tags as its manifest holds them (``spec.tags``; none in runs older than ``--tag``)."""
-    tags = (manifest.get("spec") or {}).get("tags") or {}
-    return {str(k): str(v) for k, v in tags.items()} if isinstance(tags, dict) else {}
+    tags = (manifest.spec.tags if manifest.spec else None) or {}
+    return {str(k): str(v) for k, v in tags.items()}
 
 
-def _hw_engine(m: dict[str, Any]) -> tuple[str | None, str | None]:
-    spec = m.get("spec") or {}
-    hw = spec.get("hardware") or ("local" if m.get("model_file") else None)
-    if m.get("simulated"):
-        hw = (m.get("simulation") or {}).get("hardware") or hw
-    eng = (m.get("engine") or {}).get("name") or ("simulator" if m.get("simulated") else None)
+def _hw_engine(m: Manifest) -> tuple[str | None, str | None]:
+    hw = (m.spec.hardware if m.spec else None) or ("local" if m.model_file else None)
+    if m.simulated:
+        hw = (m.simulation.hardware if m.simulation else None) or hw
+    eng = (m.engine.name if m.engine else None) or ("simulator" if m.simulated else None)
     return hw, eng
 
 
@@ -432,7 +427,7 @@ def import_folder(path: Path, db: Path | None = None) -> tuple[str, list[str]]:
 
         path = import_vllm_bench(Path(path)).path or path
     run = Run.load(path)
-    if run.manifest.get("kind") is None and not run.summary:
+    if run.meta.kind is None and not run.summary:
         raise NotARunError(f"{path} is not a run folder")
     with Store(db or default_path() or home() / "results.db") as st:
         return st.record(run), run.load_warnings

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -34,10 +33,6 @@ SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 ANC_BUF = 64
 READ_SIZE = 65536
 OFFSET_REFRESH_NS = 1_000_000_000
-
-
-def kernel_stamps_supported() -> bool:
-    return sys.platform.startswith("linux")
 
 
 class ClockOffset:

@@ -23,7 +23,14 @@ from pathlib import Path
 from rich.console import Console
 
 from .errors import EngineError
-from .locate import LLAMA_CPP_PYTHON_VERSION, build_flags, build_key, cache_dir, cached_binary, cached_quantize
+from .locate import (
+    LLAMA_CPP_PYTHON_VERSION,
+    build_flags,
+    build_key,
+    cache_dir,
+    cached_binary,
+    cached_quantize,
+)
 
 # built together, from the same tree and flags: the server, and the tool that makes lower-bit GGUF variants
 TARGETS = ("llama-server", "llama-quantize")
@@ -79,14 +86,6 @@ def build_llama_server(force: bool = False, console: Console | None = None) -> P
     if target.is_file() and not force:
         return target
     return build_engine(force=True, console=console)[0]
-
-
-def build_quantize(console: Console | None = None) -> Path:
-    """The cached ``llama-quantize``; a cache made before it was built gets one rebuild of both targets."""
-    q = cached_quantize()
-    if q.is_file():
-        return q
-    return build_engine(force=True, console=console)[1]
 
 
 def build_engine(force: bool = False, console: Console | None = None) -> tuple[Path, Path]:

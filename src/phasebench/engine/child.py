@@ -16,6 +16,20 @@ from pathlib import Path
 from .errors import EngineError
 
 
+class ChildProcess:
+    """What both engine starters share once their process runs: ``proc`` and ``log_path``."""
+
+    proc: subprocess.Popen | None
+    log_path: Path
+    LOG_TAIL = 15
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int | None = None) -> str:
+        return log_tail(self.log_path, n or self.LOG_TAIL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

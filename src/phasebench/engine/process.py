@@ -20,7 +20,7 @@ from typing import Any
 
 from rich.console import Console
 
-from .child import free_port, log_tail, pdeathsig, port_in_use, wait_healthy
+from .child import ChildProcess, free_port, pdeathsig, port_in_use, wait_healthy
 from .errors import EngineError
 from .kinds import EngineKind
 from .locate import cache_dir
@@ -38,7 +38,7 @@ class ManagedConfig:
     env: dict[str, str] = field(default_factory=dict)
 
 
-class ManagedEngine:
+class ManagedEngine(ChildProcess):
     def __init__(self, cfg: ManagedConfig, console: Console | None = None) -> None:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
@@ -102,12 +102,6 @@ class ManagedEngine:
 
             wait_healthy(self.proc, self.root + self.cfg.kind.health_path, self.cfg.startup_timeout, name,
                          self.log_path, poll_s=1.0, tick=tick)
-
-    def log_tail(self, n: int = 15) -> str:
-        return log_tail(self.log_path, n)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         p, self.proc = self.proc, None

@@ -20,7 +20,7 @@ from typing import Any
 from rich.console import Console
 
 from .build import build_info, build_llama_server
-from .child import free_port, log_tail, pdeathsig, port_in_use, wait_healthy
+from .child import ChildProcess, free_port, pdeathsig, port_in_use, wait_healthy
 from .errors import EngineError
 from .gguf import read_gguf
 from .locate import MODEL_ALIAS, cache_dir, find_binary, find_model
@@ -39,7 +39,9 @@ class EngineConfig:
     extra_args: list[str] = field(default_factory=list)
 
 
-class Engine:
+class Engine(ChildProcess):
+    LOG_TAIL = 12
+
     def __init__(self, cfg: EngineConfig, console: Console | None = None) -> None:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
@@ -101,12 +103,6 @@ class Engine:
     def _wait_healthy(self) -> None:
         assert self.proc is not None
         wait_healthy(self.proc, self.root + "/health", self.cfg.startup_timeout, "llama-server", self.log_path, tail=12)
-
-    def log_tail(self, n: int = 12) -> str:
-        return log_tail(self.log_path, n)
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
         p, self.proc = self.proc, None

@@ -10,7 +10,7 @@ calibration (``model/calibration.py``) > the fitted value for (device class, eng
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -174,10 +174,6 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
     vals["moe_compute"] = min(get("moe_compute", base["moe_compute"]), 1.0)
     src = f"fitted on the corpus ({fitted().get('corpus', {}).get('rows', '?')} rows)" if used_fit else "prior"
     return Efficiency(**vals, source=f"{eng} on {cls}: {src}", engine=eng, device_class=cls)
-
-
-def with_engine(eff: Efficiency, engine: str) -> Efficiency:
-    return replace(eff, engine=engine)
 
 
 def listing() -> list[dict[str, Any]]:

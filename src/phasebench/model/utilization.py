@@ -27,7 +27,6 @@ from .phases import (
     resolve_precision,
 )
 
-
 MBU_DEFINITION = ("decode MBU = (weights touched at the mean batch + mean batch × KV of the mean context "
                   "(input + output/2)) ÷ median TPOT ÷ peak bandwidth")
 MFU_DEFINITION = "prefill MFU = prefill FLOPs of the mean prompt ÷ median TTFT from send ÷ peak FLOP/s (peak named)"

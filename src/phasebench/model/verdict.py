@@ -49,7 +49,10 @@ class Verdict:
 
 def _judge(phase: str, step: str, measured_s: float, nbytes: float, flops: float, bw: Peak, fl: Peak,
            cores: int | None, wall: str) -> Verdict:
-    t_mem, t_comp = nbytes / bw.value, flops / fl.value
+    # a peak the hardware record lacks (a TPU's fp8, an SRAM machine's) is not a resource the roofline can weigh:
+    # its time counts as 0, so the verdict names what is known
+    t_mem = nbytes / bw.value if bw.value else 0.0
+    t_comp = flops / fl.value if fl.value else 0.0
     mbu, mfu = t_mem / measured_s, t_comp / measured_s
     frac, metric = (mbu, "decode MBU") if wall == "memory" else (mfu, "prefill MFU")
     overhead = max(measured_s - max(t_mem, t_comp), 0.0)

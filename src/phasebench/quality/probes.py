@@ -14,9 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from ..jsonl import object_lines
 from ..spec import SpecError
 
 TOP_LOGPROBS = 5  # OpenAI's legacy completions allow at most 5; llama.cpp and vLLM accept it
@@ -81,10 +81,6 @@ class ProbeSet:
     name: str  # "default" or the file's path
     probes: tuple[Probe, ...]
 
-    def by_id(self) -> dict[str, Probe]:
-        return {p.id: p for p in self.probes}
-
-
 def default_path() -> Path:
     return Path(str(resources.files("phasebench") / "data" / "quality" / "default.jsonl"))
 
@@ -101,15 +97,7 @@ def load_probe_set(path: Path | str | None = None) -> ProbeSet:
         raise QualityError(f"--quality-set {src}: cannot read it ({e.strerror})") from None
     probes: list[Probe] = []
     seen: set[str] = set()
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise QualityError(f"{src} line {n}: not valid JSON") from None
-        if not isinstance(obj, dict):
-            raise QualityError(f"{src} line {n}: each line must be a JSON object")
+    for n, obj in object_lines(lines, lambda n: f"{src} line {n}", QualityError):
         try:
             m = ProbeModel(**obj)
         except ValidationError as e:

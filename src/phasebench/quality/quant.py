@@ -135,11 +135,6 @@ class VariantResult:
         return asdict(self)
 
 
-def _median(run: Any, key: str) -> float | None:
-    m = ((run.summary.get("phasebench") or {}).get("metrics") or {}).get(key) or {}
-    return m.get("p50")
-
-
 def _prefill_tok_s(run: Any) -> float | None:
     """Prompt tokens per second of the prefill step: the engine's own timing where it gave one, else TTFT."""
     rates = []

@@ -218,7 +218,11 @@ def rich_table(t: Table):
     rt = RichTable(title=markup(t.title) if t.title else None, title_justify="left", caption=markup(t.note) if t.note else None,
                    caption_justify="left")
     for j, c in enumerate(t.columns):
-        rt.add_column(markup(c), justify="left" if t.left or j < t.labels else "right")
+        if j < t.labels:  # a row's name (a step, a metric) is never cut: the value columns wrap first
+            width = min(40, max((len(str(r[j])) for r in t.rows if j < len(r)), default=0))
+            rt.add_column(markup(c), justify="left", no_wrap=True, min_width=width or None)
+        else:
+            rt.add_column(markup(c), justify="left" if t.left else "right")
     for i, r in enumerate(t.rows):
         rt.add_row(*(markup(c) for c in r), style="bold" if i in t.marked else None)
     return rt

@@ -40,26 +40,25 @@ __all__ = ["build_blocks", "describe", "md_escape", "write_report"]
 
 def describe(run: Run) -> dict[str, str]:
     """Plain facts about a run for its "what was run" table, every value as text (no Python reprs)."""
-    m = run.manifest
-    sp = m.get("spec") or {}
-    first = run.leaves()[0].manifest
-    tgt = m.get("target") or first.get("target") or {}
-    eng = m.get("engine") or {}
-    mf = m.get("model_file") or {}
-    sim = {k: v for k, v in (m.get("simulation") or {}).items() if not isinstance(v, (dict, list))}
+    m = run.meta
+    sp = m.spec
+    tgt = m.target or run.leaves()[0].meta.target
+    eng, mf = m.engine, m.model_file
+    sim = {k: v for k, v in (m.simulation.model_dump(exclude_unset=True) if m.simulation else {}).items()
+           if not isinstance(v, (dict, list))}
     what = {
-        "kind": str(m.get("kind") or "run") + (" (simulated)" if m.get("simulated") else ""),
-        "scenario": sp.get("scenario"),
-        "model": tgt.get("model") or mf.get("name") or sp.get("model_spec"),
-        "target": tgt.get("url") or (eng.get("name") and f"embedded {eng.get('name')}"),
-        "created": m.get("created"),
-        "input / output tokens": sp and f"{F.text((sp.get('input_tokens') or {}).get('mean'))} / "
-                                        f"{F.text((sp.get('output_tokens') or {}).get('mean'))}",
-        "concurrency / rate": sp and f"{F.text(sp.get('concurrency'))} / {F.text(sp.get('rate'))}",
-        "SLO": F.slo(sp.get("slo")) if sp.get("slo") else None,
-        "steps": m.get("children") and F.text(m["children"]),
-        "model file": mf and f"{mf.get('file')} ({mf.get('quantization')}, {F.num((mf.get('parameters') or 0) / 1e6)} M params)",
-        "engine": eng and f"{eng.get('name')} {eng.get('version', '')} · {eng.get('slots')} slots",
+        "kind": str(m.kind or "run") + (" (simulated)" if m.simulated else ""),
+        "scenario": sp and sp.scenario,
+        "model": (tgt and tgt.model) or (mf and mf.name) or (sp and sp.model_spec),
+        "target": (tgt and tgt.url) or (eng and eng.name and f"embedded {eng.name}"),
+        "created": m.created,
+        "input / output tokens": sp and f"{F.text(sp.input_tokens and sp.input_tokens.mean)} / "
+                                        f"{F.text(sp.output_tokens and sp.output_tokens.mean)}",
+        "concurrency / rate": sp and f"{F.text(sp.concurrency)} / {F.text(sp.rate)}",
+        "SLO": F.slo(sp.slo) if sp and sp.slo else None,
+        "steps": m.children and F.text(m.children),
+        "model file": mf and f"{mf.file} ({mf.quantization}, {F.num((mf.parameters or 0) / 1e6)} M params)",
+        "engine": eng and f"{eng.name} {eng.version or ''} · {eng.slots} slots",
         "simulation": sim and F.text(sim),
     }
     return {k: F.text(v) for k, v in what.items() if v and F.text(v) not in (F.MISSING, f"{F.MISSING} / {F.MISSING}")}
@@ -70,20 +69,20 @@ def _kv_table(title: str, d: dict[str, Any]) -> Table:
 
 
 def _run_blocks(name: str, run: Run) -> list[Block]:
-    pb = run.summary.get("phasebench") or {}
+    pb = run.result.phasebench
     d = describe(run)
     out: list[Block] = [Heading(name),
                         Para(" · ".join(x for x in (d.get("kind"), d.get("model"), d.get("target")) if x), "small")]
     state = "VALID" if run.valid else "INVALID" + (" (partial: stopped early)" if run.partial else "")
     out.append(Para(f"Result: {state}", "ok" if run.valid else "bad"))
-    reasons = [str(r) for r in pb.get("reasons", [])] or [
-        f"{step_name(c, i)}: {r}" for i, c in enumerate(run.children) for r in (c.summary.get("phasebench") or {}).get("reasons", [])]
+    reasons = [str(r) for r in pb.reasons] or [
+        f"{step_name(c, i)}: {r}" for i, c in enumerate(run.children) for r in c.result.phasebench.reasons]
     out.append(Bullets(reasons, "bad"))
-    out.append(Bullets([str(w) for w in pb.get("warnings", [])], "warn"))
+    out.append(Bullets([str(w) for w in pb.warnings], "warn"))
     out.append(Bullets(lead_lines(run)))
     if is_plan(run):
         out += [t.compact() for t in plan_tables(run)]
-        out.append(Bullets([str(n) for n in run.summary.get("notes") or []], "small"))
+        out.append(Bullets([str(n) for n in run.result.notes or []], "small"))
     elif run.children:
         out.append(sweep_table(run).compact())
     return out
@@ -112,7 +111,7 @@ def build_blocks(runs: list[Run], names: list[str], plots: list[P.Plot]) -> list
         out += [Heading(p.title, 3), Figure(p.key, p.title, p.caption, p.png)]
     out.append(Heading("What was run, and on what"))
     for name, run in zip(names, runs):
-        env = run.manifest.get("environment") or run.leaves()[0].manifest.get("environment") or {}
+        env = run.meta.environment or run.leaves()[0].meta.environment or {}
         out.append(Details(f"{name}: the run and its environment",
                            [_kv_table("What was run", describe(run)), _kv_table("On what (environment)", env)]))
     out.append(Para("Metric definitions: docs/metrics.md in phasebench; MBU and MFU: docs/model.md. This file is "

@@ -13,6 +13,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from pydantic import BaseModel
+
 MISSING = "-"
 
 
@@ -118,6 +120,8 @@ def text(v: Any) -> str:
     numbers through ``auto``, booleans as yes/no, ``None`` as ``-``."""
     if v is None:
         return MISSING
+    if isinstance(v, BaseModel):   # a typed block of a summary or manifest (results.py): as the mapping it was read from
+        v = v.model_dump(exclude_unset=True)
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, (int, float)):
@@ -129,8 +133,11 @@ def text(v: Any) -> str:
     return str(v)
 
 
-def slo(d: Mapping[str, Any] | None) -> str:
-    """An SLO block (``spec.SLO`` as a dict) in words: ``p99 ttft≤2000 ms, tpot≤100 ms``; ``-`` when empty."""
+def slo(d: Mapping[str, Any] | BaseModel | None) -> str:
+    """An SLO block (``spec.SLO`` as a dict, or the typed ``results.SLOTarget``) in words: ``p99 ttft≤2000 ms,
+    tpot≤100 ms``; ``-`` when empty."""
+    if isinstance(d, BaseModel):
+        d = d.model_dump(exclude_unset=True)
     if not d:
         return MISSING
     parts = [f"{k[:-3]}≤{d[k]:g} ms" for k in ("ttft_ms", "tpot_ms", "itl_ms", "e2e_ms") if d.get(k)]

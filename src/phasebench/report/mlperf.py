@@ -16,4 +16,4 @@ def summary_text(run: Run) -> str:
             return (run.path / LOG_SUMMARY).read_text(encoding="utf-8", errors="replace")
         except OSError:
             pass  # unreadable: made again from summary.json below
-    return log_summary(run.manifest, run.summary)
+    return log_summary(run.meta, run.result)

@@ -7,13 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from ..textsafe import markup as escape
 from rich.table import Table
 
 from ..model.arch import ModelArch
 from ..model.fitcheck import MAX_FIT_ERROR
 from ..model.hardware import Hardware
 from ..model.phases import Prediction
+from ..textsafe import markup as escape
 from . import fmt as F
 from .fmt import auto as _f
 

@@ -12,22 +12,22 @@ from .tables import plan_tables, quality_line, server_lines, utilization
 
 
 def print_plan(run: Run, console: Console) -> None:
-    s = run.summary
+    s = run.result
     for t in plan_tables(run):
         console.print(rich_table(t.compact()))
     for line in server_lines(run):
         console.print(escape(line))
-    for n in s.get("notes", []):
+    for n in s.notes or []:
         console.print(f"[dim]  {escape(n)}[/]")
     q = quality_line(run)
     if q:
         console.print(escape(q))
-    if s.get("verdicts") or utilization(run):
+    if s.verdicts or utilization(run):
         console.print("[bold]Where the phases sit[/]")
-    for v in utilization(run) + list(s.get("verdicts") or []):
+    for v in utilization(run) + list(s.verdicts or []):
         console.print(f"  • {escape(v)}")
-    pb = s.get("phasebench") or {}
-    for r in pb.get("reasons", []) + pb.get("warnings", []):
+    pb = s.phasebench
+    for r in pb.reasons + pb.warnings:
         console.print(f"[yellow]  ! {escape(r)}[/]")
     state = "[green]VALID[/]" if run.valid else "[red]INVALID[/] (exit code 3; the reasons are above)"
     if run.partial:

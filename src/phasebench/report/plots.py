@@ -214,15 +214,20 @@ def cdfs(runs: list[Run], names: list[str]) -> Plot | None:
                 _png(fig))
 
 
+def _clock_leaf(run: Run) -> Run:
+    """The step whose clock a timeline shows: each step of a sweep or plan has its own, so one is drawn: the
+    server step, or else the longest."""
+    ls = run.leaves()
+    return next((x for x in ls if x.path and x.path.name == "server"), None) or \
+        max(ls, key=lambda x: x.summary.get("duration") or 0)
+
+
 def timeline(runs: list[Run], names: list[str]) -> Plot | None:
     fig, ax = _fig(2)
     drawn = False
     for i, (run, name) in enumerate(zip(runs, names)):
-        # each step of a sweep or plan has its own clock: show one, the server step or else the longest
-        ls = run.leaves()
-        leaf = next((x for x in ls if x.path and x.path.name == "server"), None) or \
-            max(ls, key=lambda x: x.summary.get("duration") or 0)
-        if len(ls) > 1 and leaf.path:
+        leaf = _clock_leaf(run)
+        if run.children and leaf.path:
             name = f"{name}: {leaf.path.name}"
         recs = [r for r in leaf.records if r.sent_ns]
         if not recs:
@@ -298,16 +303,14 @@ def server_timeline(runs: list[Run], names: list[str]) -> Plot | None:
     fig, ax = _fig(2)
     drawn = False
     for i, (run, name) in enumerate(zip(runs, names)):
-        ls = run.leaves()
-        leaf = next((x for x in ls if x.path and x.path.name == "server"), None) or \
-            max(ls, key=lambda x: x.summary.get("duration") or 0)
+        leaf = _clock_leaf(run)
         f = leaf.path / "server_metrics.jsonl" if leaf.path else None
         if f is None or not f.is_file():
             continue
         rows = [orjson.loads(x) for x in f.read_bytes().splitlines() if x.strip()]
         if not rows:
             continue
-        name = f"{name}: {leaf.path.name}" if len(ls) > 1 else name
+        name = f"{name}: {leaf.path.name}" if run.children else name
         c = COLORS[i % len(COLORS)]
         t = [r["t_s"] for r in rows]
         if any("running" in r for r in rows):

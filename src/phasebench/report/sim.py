@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-
 from rich.console import Console
-from ..textsafe import markup as escape
 from rich.table import Table
 
+from ..results import CostBlock, as_summary
+from ..textsafe import markup as escape
 from .fmt import num as _n
 
 
@@ -37,24 +37,26 @@ def print_disagg(model: str, ps, ds, cs, link, point, grid: list[dict], ratio: d
         t = Table(title="Simulated under load (Poisson)", title_justify="left")
         for col in ("", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "E2E p50 ms", "goodput req/s", "out tok/s", "$/1M tok", "$/1M tok at SLO"):
             t.add_column(col, justify="right")
-        for name, s in sims.items():
-            cb = (s.get("phasebench") or {}).get("cost") or {}
-            cost, cost_slo = cb.get("usd_per_1m_tokens"), cb.get("usd_per_1m_tokens_at_slo")
-            over = " [red](over capacity)[/]" if (s.get("phasebench") or {}).get("over_capacity") else ""
-            t.add_row(name + over, f"{_n(s.get('median_ttft_ms'))}/{_n(s.get('p99_ttft_ms'))}",
-                      f"{_n(s.get('median_tpot_ms'), 2)}/{_n(s.get('p99_tpot_ms'), 2)}", _n(s.get("median_e2el_ms")),
-                      _n(s.get("request_goodput"), 2), _n(s.get("output_throughput")), _n(cost, 3),
-                      _n(cost_slo, 3) if cost is not None or not cb.get("note") else escape(cb["note"]))
+        typed = {name: as_summary(s) for name, s in sims.items()}
+        for name, s in typed.items():
+            cb = s.phasebench.cost or CostBlock()
+            cost, cost_slo = cb.usd_per_1m_tokens, cb.usd_per_1m_tokens_at_slo
+            over = " [red](over capacity)[/]" if s.phasebench.over_capacity else ""
+            t.add_row(name + over, f"{_n(s.median_ttft_ms)}/{_n(s.p99_ttft_ms)}",
+                      f"{_n(s.median_tpot_ms, 2)}/{_n(s.p99_tpot_ms, 2)}", _n(s.median_e2el_ms),
+                      _n(s.request_goodput, 2), _n(s.output_throughput), _n(cost, 3),
+                      _n(cost_slo, 3) if cost is not None or not cb.note else escape(cb.note))
         console.print(t)
-        kt = ((sims.get("disaggregated") or {}).get("phasebench") or {}).get("kv_transfer")
-        if kt and kt.get("kv_bytes_needed"):
-            console.print(f"KV shipped to the decode pool: {kt['kv_bytes_shipped'] / 2**30:,.2f} of "
-                          f"{kt['kv_bytes_needed'] / 2**30:,.2f} GiB ({kt['saved_fraction']:.0%} saved: "
-                          f"{kt['decode_cached_tokens']:,} prompt tokens already there; routing {kt['routing']})")
-        ta = ((sims.get("disaggregated") or {}).get("phasebench") or {}).get("turn_arrivals")
+        dis = typed.get("disaggregated")
+        kt = dis.phasebench.kv_transfer if dis else None
+        if kt and kt.kv_bytes_needed:
+            console.print(f"KV shipped to the decode pool: {kt.kv_bytes_shipped / 2**30:,.2f} of "
+                          f"{kt.kv_bytes_needed / 2**30:,.2f} GiB ({kt.saved_fraction:.0%} saved: "
+                          f"{kt.decode_cached_tokens:,} prompt tokens already there; routing {kt.routing})")
+        ta = dis.phasebench.turn_arrivals if dis else None
         if ta:
             console.print(f"later turns' arrivals (previous answer + think time) "
-                          f"{'settled' if ta['converged'] else '[yellow]did not settle[/]'} in {ta['passes']} passes")
+                          f"{'settled' if ta.converged else '[yellow]did not settle[/]'} in {ta.passes} passes")
     t = Table(title="Where disaggregation wins (E2E / TTFT) by input length and link bandwidth", title_justify="left")
     t.add_column("input tokens", justify="right")
     bws = sorted({r["bandwidth_gbps"] for r in grid})

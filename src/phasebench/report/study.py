@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from ..sim.gain import CSV_COLUMNS, GainTable
 from ..study import Point, Study
+from ..textsafe import markup as escape
 from . import fmt as F
 from .blocks import Block, Bullets, Figure, Heading, Para
 from .blocks import Table as DocTable

@@ -22,6 +22,8 @@ from typing import Any, Callable
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from ..spec import redact_url
+
 now_ns = time.perf_counter_ns
 
 
@@ -147,20 +149,38 @@ def _parse_trtllm_json(text: str, snap: Snapshot) -> Snapshot:
     return snap
 
 
+MAX_BODY = 32 * 2**20
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: following it would send the scrape's Authorization header to another place."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {redact_url(newurl)} not followed", headers, fp)
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
 def fetch(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> Snapshot:
     """GET and parse one scrape; the time stamp is the middle of the request (perf_counter_ns)."""
     req = urllib.request.Request(url, headers={"Accept": "text/plain", **(headers or {})})
+    shown = redact_url(url)
     t1 = now_ns()
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            body = r.read(32 * 2**20).decode("utf-8", "replace")
+        with _OPENER.open(req, timeout=timeout) as r:
+            raw = r.read(MAX_BODY + 1)
     except urllib.error.HTTPError as e:
-        raise ScrapeError(f"{url} answered HTTP {e.code}") from None
+        raise ScrapeError(f"{shown} answered HTTP {e.code}") from None
     except (urllib.error.URLError, OSError, TimeoutError) as e:
-        raise ScrapeError(f"cannot read {url}: {getattr(e, 'reason', e)}") from None
+        raise ScrapeError(f"cannot read {shown}: {getattr(e, 'reason', e)}") from None
     t2 = now_ns()
+    if len(raw) > MAX_BODY:
+        raise ScrapeError(f"{shown} answered more than {MAX_BODY // 2**20} MiB: not read (a partial scrape would "
+                          "difference wrongly)")
+    body = raw.decode("utf-8", "replace")
     if not body.strip():
-        raise ScrapeError(f"{url} answered an empty body")
+        raise ScrapeError(f"{shown} answered an empty body")
     return parse_metrics(body, (t1 + t2) // 2)
 
 
@@ -172,6 +192,7 @@ class Scraper:
                  headers: dict[str, str] | None = None,
                  row: Callable[[Snapshot, Snapshot], dict[str, Any]] | None = None) -> None:
         self.url = url
+        self.source = redact_url(url)  # what results and messages show: no credentials, query or fragment
         self.series_path = series_path
         self.interval = interval
         self.timeout = timeout

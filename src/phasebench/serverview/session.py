@@ -65,10 +65,10 @@ def server_view(scraper: Scraper | None, spec: RunSpec, records: Sequence[Reques
     if scraper is None:
         return None, []
     if scraper.before is None:
-        return {"available": False, "source": scraper.url, "reason": scraper.error}, []
+        return {"available": False, "source": scraper.source, "reason": scraper.error}, []
     scraper.finish()  # already done in run_one's finally; a second call does nothing
     if scraper.after is None:
-        return {"available": False, "source": scraper.url, "reason": scraper.error}, []
+        return {"available": False, "source": scraper.source, "reason": scraper.error}, []
     ok = [r for r in records if r.ok and not r.warmup]
     cached = [getattr(r, "cached_tokens", None) for r in ok]
     cached_known = [c for c in cached if c is not None]

@@ -189,7 +189,7 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
     """Difference ``scraper.before``/``after`` into a ``ServerView`` and split the client's mean TTFT."""
     b, a = scraper.before, scraper.after
     assert b is not None and a is not None
-    view = ServerView(engine=engine, source=scraper.url, scrapes=scraper.scrapes, window_s=(a.t_ns - b.t_ns) / 1e9)
+    view = ServerView(engine=engine, source=scraper.source, scrapes=scraper.scrapes, window_s=(a.t_ns - b.t_ns) / 1e9)
     view.notes.append("histograms and counters differenced between the scrape before and the one after the run "
                       "(warm-up excluded, warmup/cooldown seconds included); *_est percentiles are estimated from "
                       "histogram buckets")
@@ -237,9 +237,11 @@ def build_view(scraper: Scraper, engine: str, client_ttft_ms: float | None, comp
         if late is not None and server_ttft is not None and late > max(LATE_FIRST_TOKEN_MS, 0.2 * server_ttft):
             view.warnings.append(
                 f"the client saw the first token {late:.0f} ms (mean) after the engine counted it: it waited in the "
-                "server's HTTP frontend or behind this machine's other work before its bytes left, so the client's "
-                "TTFT holds that time and its ITL/TPOT are shorter by as much while the backlog drains (E2E is "
-                "unaffected); the engine's own TTFT is the cleaner prefill figure for this run")
+                "server's HTTP frontend, behind the machine's other work, or (to a remote server) on the network, "
+                "so the client's "
+                "TTFT holds that time; where the backlog drains, the client's ITL/TPOT come out shorter by as much, "
+                "else the whole stream (and E2E) is that much later; the engine's own TTFT is the cleaner prefill "
+                "figure for this run")
     rate = view.derived.get("prefix_cache_hit_rate")
     if rate is None and cached_tokens_client is not None and prompt_tokens_client:
         rate = cached_tokens_client / prompt_tokens_client

@@ -33,9 +33,8 @@ import numpy as np
 from ..metrics import RunContext
 from ..model.errors import ModelError
 from ..model.phases import Setup, predict
-from ..records import RequestRecord
 from ..spec import RunSpec
-from .columns import Columns, concat, from_result, summarize_columns, to_records, unserved
+from .columns import Columns, concat, from_result, summarize_columns, unserved
 from .profile import AnalyticProfile, Profile
 from .replica import SchedulerConfig, simulate
 from .run import _requests
@@ -327,20 +326,6 @@ def simulate_disagg_columns(arr: np.ndarray, ins: np.ndarray, outs: np.ndarray, 
                 "decode_cached_tokens": int(cached[sent].sum()), "routing": "round-robin" if keys is None else
                 "cache-aware (the decode replica holding the longest prefix)"}
     return cols, {"over_capacity": over or o2, "notes": notes + n2, "kv_transfer": transfer}
-
-
-def simulate_disagg(spec: RunSpec, prefill: Setup, decode: Setup, link: Link, prefill_replicas: int,
-                    decode_replicas: int, cfg_for: Callable[[Setup], SchedulerConfig], overlap: bool = False,
-                    prefill_profile: Profile | None = None, decode_profile: Profile | None = None
-                    ) -> tuple[list[RequestRecord], dict[str, Any]]:
-    """Serve the spec's workload on the two pools; returns the per-request records (as a measured run's)."""
-    arr, ins, outs, _, _ = _requests(spec, None)
-    if arr is None:
-        raise ModelError("disaggregation is simulated for open-loop scenarios (server or offline)")
-    cols, info = simulate_disagg_columns(np.asarray(arr, dtype=np.float64), np.asarray(ins), np.asarray(outs), prefill,
-                                         decode, link, prefill_replicas, decode_replicas, cfg_for, overlap,
-                                         prefill_profile, decode_profile)
-    return to_records(cols), info
 
 
 def deployment_cost(summary: dict[str, Any], pools: list[tuple[Setup, int]]) -> dict[str, Any] | None:

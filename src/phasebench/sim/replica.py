@@ -37,10 +37,6 @@ import numpy as np
 from .profile import Profile
 
 
-class OverCapacity(RuntimeError):
-    """The queue grows without bound: the offered load exceeds what the replica can serve."""
-
-
 class NeverFits(ValueError):
     """A request needs more KV cache than the replica has at all."""
 

@@ -16,7 +16,6 @@ from .. import env as envmod
 from ..analysis import RunAnalysis, Simulated, analyse, write_run
 from ..metrics import RunContext
 from ..model.phases import Setup
-from ..records import RequestRecord
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
 from ..spec import LengthDist, RunSpec, Scenario, SpecError
@@ -110,11 +109,6 @@ def _requests(spec: RunSpec, trace: Path | None, speed: float = 1.0, window: str
         raise SpecError("a simulated closed-loop run needs --requests")
     ins, outs = workload(spec, n)
     return None, ins, outs, sched.concurrency, None
-
-
-def records_from(res: SimResult, offset: int = 0) -> list[RequestRecord]:
-    """``RequestRecord``s of one replica's result (index = position + ``offset``)."""
-    return to_records(from_result(res, np.arange(len(res.reqs)) + offset))
 
 
 def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas: int = 1,

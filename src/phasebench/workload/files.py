@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from ..client.openai import Prompt
+from ..jsonl import object_lines
 from ..spec import MAX_TOKENS, SpecError
 from .tokens import Tokenizer
 
@@ -144,15 +145,7 @@ def load_dataset(path: Path) -> list[Row]:
                 raise SpecError(f"dataset {path} row {n} is not a JSON object (got {type(obj).__name__})")
             rows.append(_typed(obj, path, f"row {n}"))
     else:
-        for n, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                raise SpecError(f"dataset {path} line {n} is not valid JSON") from None
-            if not isinstance(obj, dict):
-                raise SpecError(f"dataset {path} line {n} is not a JSON object")
+        for n, obj in object_lines(raw.splitlines(), lambda n: f"dataset {path} line {n}", SpecError):
             rows.append(_typed(obj, path, f"line {n}"))
     if not rows:
         raise SpecError(f"dataset {path} has no usable rows")

@@ -30,6 +30,7 @@ import numpy as np
 import orjson
 
 from ..client.openai import Prompt
+from ..jsonl import object_lines
 from ..spec import SpecError
 from .synthetic import exact_prompt
 from .tokens import Tokenizer
@@ -112,16 +113,9 @@ def _time(v: Any, name: str, where: str) -> float:
 
 def _json_rows(path: Path, text: str, fmt: str) -> list[TraceRow]:
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
+    # split on newlines only: splitlines would also cut at U+2028, U+0085 and \x1c-\x1e inside JSON strings
+    for n, d in object_lines(text.split("\n"), lambda n: f"{path}:{n}", SpecError):
         where = f"{path}:{n}"
-        try:
-            d = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            raise SpecError(f"{where}: not valid JSON") from None
-        if not isinstance(d, dict):
-            raise SpecError(f"{where}: not a JSON object")
         try:
             if fmt == "mooncake":
                 hashes = d.get("hash_ids")
