@@ -8,8 +8,6 @@ import socket
 import sys
 from typing import Any
 
-import psutil
-
 
 def cpu_model() -> str:
     try:
@@ -25,12 +23,11 @@ def cpu_model() -> str:
 def environment() -> dict[str, Any]:
     from . import __version__
 
-    vm = psutil.virtual_memory()
     return {
         "host": socket.gethostname(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        "memory_gib": round(vm.total / 2**30, 1),
+        "memory_gib": round(_memory_bytes() / 2**30, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": sys.version.split()[0],
         "phasebench": __version__,
@@ -38,10 +35,19 @@ def environment() -> dict[str, Any]:
     }
 
 
-def _has_uvloop() -> bool:
+def _memory_bytes() -> int:
+    """Physical memory: the kernel's page count (what psutil's total reads), psutil where sysconf has none.
+    Not psutil first: importing it is a fair share of a simulated run's start-up."""
     try:
-        import uvloop  # noqa: F401
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        import psutil
 
-        return True
-    except ImportError:
-        return False
+        return psutil.virtual_memory().total
+
+
+def _has_uvloop() -> bool:
+    """Whether uvloop is installed (found, not imported: importing it brings in asyncio)."""
+    from importlib.util import find_spec
+
+    return find_spec("uvloop") is not None

@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rich.markup import escape
-
 # ESC-introduced sequences (7-bit) and their 8-bit C1 equivalents. Unterminated strings run to the end.
 _ESCAPES = re.compile(
     r"""
@@ -51,4 +49,6 @@ def clean(text: Any, multiline: bool = False) -> str:
 
 def markup(text: Any, multiline: bool = False) -> str:
     """``clean`` and then rich-markup escaped, for interpolating outside text into a rich format string."""
+    from rich.markup import escape  # here, not at import: clean() serves paths that never print (run folders)
+
     return escape(clean(text, multiline))

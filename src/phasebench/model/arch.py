@@ -13,8 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from .. import yamlio
 from .errors import ModelError, unknown
 
 BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
@@ -164,7 +163,7 @@ _FIELDS = {f for f in ModelArch.__dataclass_fields__}
 
 @cache
 def catalog() -> dict[str, ModelArch]:
-    raw = yaml.safe_load(resources.files("phasebench").joinpath("data/models.yaml").read_text())
+    raw = yamlio.safe_load(resources.files("phasebench").joinpath("data/models.yaml").read_text())
     out = {}
     for name, rec in raw.items():
         hf = rec.pop("hf", "")

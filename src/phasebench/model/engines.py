@@ -15,8 +15,7 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
-
+from .. import yamlio
 from .errors import ModelError, unknown
 from .hardware import Hardware
 
@@ -63,7 +62,7 @@ PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms"
 
 @cache
 def _data() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("phasebench").joinpath("data/engines.yaml").read_text())
+    return yamlio.safe_load(resources.files("phasebench").joinpath("data/engines.yaml").read_text())
 
 
 @cache
@@ -72,7 +71,7 @@ def fitted() -> dict[str, Any]:
     f = resources.files("phasebench").joinpath("data/engines_fit.yaml")
     if not f.is_file():
         return {}
-    return yaml.safe_load(f.read_text()) or {}
+    return yamlio.safe_load(f.read_text()) or {}
 
 
 def engines() -> dict[str, dict[str, Any]]:

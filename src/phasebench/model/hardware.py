@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from .. import yamlio
 from ..paths import home
 from .errors import ModelError, unknown
 
@@ -96,7 +97,7 @@ def _from_record(key: str, rec: dict[str, Any]) -> Hardware:
 
 @cache
 def _builtin() -> dict[str, Hardware]:
-    raw = yaml.safe_load(resources.files("phasebench").joinpath("data/hardware.yaml").read_text())
+    raw = yamlio.safe_load(resources.files("phasebench").joinpath("data/hardware.yaml").read_text())
     return {k: _from_record(k, v) for k, v in raw.items()}
 
 
@@ -111,7 +112,7 @@ def catalog() -> dict[str, Hardware]:
     if d.is_dir():
         for p in sorted(d.glob("*.yaml")):
             try:
-                out[p.stem] = _from_record(p.stem, yaml.safe_load(p.read_text()))
+                out[p.stem] = _from_record(p.stem, yamlio.safe_load(p.read_text()))
             except (ModelError, TypeError, yaml.YAMLError) as e:
                 raise ModelError(f"bad hardware record {p}: {e}") from None
     return out
@@ -121,7 +122,7 @@ def load_hardware(ref: str) -> Hardware:
     key = ref.lower()
     p = Path(ref).expanduser()
     if p.suffix in (".yaml", ".yml") and p.exists():
-        return _from_record(p.stem, yaml.safe_load(p.read_text()))
+        return _from_record(p.stem, yamlio.safe_load(p.read_text()))
     cat = catalog()
     if key in cat:
         return cat[key]

@@ -25,6 +25,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -98,36 +99,39 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
     """Columns of one replica's result. ``index``: the record index of each of its requests (default 0..n−1).
     ``first_s``/``sched_s`` override the first-token and scheduled times (the decode pool of a disaggregated
     deployment: the first token is when the KV cache arrived; the request was scheduled at its arrival)."""
-    reqs = res.reqs
-    n = len(reqs)
-    arrival = np.fromiter((r.arrival for r in reqs), np.float64, n)
-    first_f = np.fromiter((r.first_token for r in reqs), np.float64, n)
-    end_f = np.fromiter((r.end for r in reqs), np.float64, n)
+    st = res.state
+    n = len(st.n_in)
+    arrival = np.array(st.arrival, dtype=np.float64)
+    first_f = np.array(st.first, dtype=np.float64)
+    end_f = np.array(st.end, dtype=np.float64)
     served = end_f >= 0
     if first_s is not None:
         first_f = np.where(served, first_s, -1.0)
     sched = _ns(arrival if sched_s is None else sched_s)
     first = np.where(served, _ns(first_f), -1)
     end = np.where(served, _ns(end_f), -1)
-    n_in = np.fromiter((r.n_in for r in reqs), np.int64, n)
-    n_out = np.fromiter((r.n_out for r in reqs), np.int64, n)
+    n_in = np.array(st.n_in, dtype=np.int64)
+    n_out = np.array(st.n_out, dtype=np.int64)
     dec_pos = np.flatnonzero(res.iter_decodes)
     dec_ns = _ns(res.iter_end[dec_pos]) if len(dec_pos) else np.empty(0, dtype=np.int64)
     lo = np.zeros(n, dtype=np.int64)
     hi = np.zeros(n, dtype=np.int64)
     explicit: dict[int, np.ndarray] = {}
-    seg_a = np.full(n, -1, dtype=np.int64)
-    seg_b = np.full(n, -2, dtype=np.int64)
-    for k, r in enumerate(reqs):
-        if r.end < 0:
+    # irregular requests (preempted, or with token times from recompute prefills) keep explicit times; the
+    # rest have one decode segment (or none: finished by their prefill)
+    seg_a = np.array(st.seg_a, dtype=np.int64)
+    seg_b = np.array(st.seg_b, dtype=np.int64)
+    seg_b[seg_a < 0] = -2
+    irregular = sorted(set(st.more) | set(st.extra))
+    for k in irregular:
+        seg_a[k], seg_b[k] = -1, -2
+        if end_f[k] < 0:
             continue
-        if r.extra or len(r.segments) > 1 or r.preemptions:
-            ts = token_times(res, r)
-            if first_s is not None:
-                ts = [float(first_f[k]), *ts[1:]]
-            explicit[k] = _ns(np.array(ts))
-        elif r.segments:
-            seg_a[k], seg_b[k] = r.segments[0]
+        ts = token_times(res, res.req(k))
+        if first_s is not None:
+            ts = [float(first_f[k]), *ts[1:]]
+        explicit[k] = _ns(np.array(ts))
+    seg_a[~served], seg_b[~served] = -1, -2
     has = seg_b >= seg_a
     lo[has] = np.searchsorted(dec_pos, seg_a[has], "left")
     hi[has] = np.searchsorted(dec_pos, seg_b[has], "right")
@@ -137,7 +141,7 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
         n_tok[k] = len(ts)
         last[k] = ts[-1] if len(ts) else -1
     idx = np.arange(n, dtype=np.int64) if index is None else np.asarray(index, dtype=np.int64)
-    cached = np.fromiter((r.cached for r in reqs), np.int64, n) if res.prefix_cache else None
+    cached = np.array(st.cached, dtype=np.int64) if res.prefix_cache else None
     return Columns(idx, sched, n_in, n_out, first, end, served, n_tok, last, lo, hi, dec_ns, np.zeros(n, dtype=np.int64),
                    [dec_ns], explicit, error or ("not served: the simulation stopped (over capacity)"
                                                  if res.over_capacity else "not served"), cached)
@@ -189,6 +193,36 @@ def concat(parts: list[Columns]) -> Columns:
 
 
 # ---- records --------------------------------------------------------------------------------------------
+_BLOCK = 4096   # rows whose token times are gathered at once (bounds the gathered arrays' memory)
+
+
+def _token_blocks(c: Columns) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """The regular rows' token times, gathered in blocks of rows: (first row, flat times, offsets), row
+    ``first + j``'s tokens being ``flat[off[j]:off[j + 1]]`` (empty for explicit and unserved rows: those come
+    from :meth:`Columns.tokens`). One numpy gather per block instead of an array built per row."""
+    n = len(c)
+    groups = c.dec_groups
+    goff = np.cumsum([0] + [len(g) for g in groups[:-1]]).astype(np.int64)
+    every = np.concatenate([*groups, c.first]) if groups else c.first
+    n_dec = len(every) - n
+    regular = c.served.copy()
+    if c.explicit:
+        regular[list(c.explicit)] = False
+    for r0 in range(0, n, _BLOCK):
+        r1 = min(r0 + _BLOCK, n)
+        reg = regular[r0:r1]
+        lo, hi = c.lo[r0:r1], c.hi[r0:r1]
+        lens = np.where(reg, 1 + hi - lo, 0)
+        off = np.zeros(r1 - r0 + 1, dtype=np.int64)
+        np.cumsum(lens, out=off[1:])
+        starts = np.repeat(off[:-1], lens)
+        pos = np.arange(int(off[-1]), dtype=np.int64) - starts            # position within its row
+        take = np.repeat(goff[c.group[r0:r1]] + lo - 1, lens) + pos       # decode iteration lo - 1 + pos ...
+        has = lens > 0
+        take[off[:-1][has]] = n_dec + r0 + np.flatnonzero(has)            # ... and the row's first token first
+        yield r0, every[take], off
+
+
 def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, Any]]:
     """One dict per row with RequestRecord's fields, in its order, with its types."""
     prefix = uuid.uuid4().hex[:20]
@@ -198,36 +232,46 @@ def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, An
     cached = c.cached.tolist() if c.cached is not None else None
     conv = c.conversation.tolist() if c.conversation is not None else None
     turn = c.turn.tolist() if c.turn is not None else None
-    for k in range(len(c)):
-        d: dict[str, Any] = {"index": idx[k], "request_id": f"{prefix}{idx[k]:012x}", "scheduled_ns": sched[k],
-                             "sent_ns": sched[k]}
-        if served[k]:
-            f = first[k]
-            toks = c.tokens(k)
-            d.update(headers_ns=f, first_byte_ns=f, first_token_ns=f, first_answer_ns=f, last_token_ns=last[k],
-                     end_ns=end[k], chunk_ns=toks, chunk_tokens=ones[:n_tok[k]], reasoning_chunks=0,
-                     input_tokens=n_in[k], prompt_tokens=n_in[k], expected_output_tokens=n_out[k],
-                     output_tokens=n_tok[k], output_tokens_client=n_tok[k], output_tokens_source="simulated",
-                     length_met=n_tok[k] >= n_out[k], finish_reason="length", status=200, error=None, error_type=None)
-        else:
-            d.update(headers_ns=None, first_byte_ns=None, first_token_ns=None, first_answer_ns=None, last_token_ns=None,
-                     end_ns=None, chunk_ns=[], chunk_tokens=[], reasoning_chunks=0, input_tokens=n_in[k],
-                     prompt_tokens=n_in[k], expected_output_tokens=n_out[k], output_tokens=None,
-                     output_tokens_client=None, output_tokens_source=None, length_met=None, finish_reason=None,
-                     status=None, error=c.error, error_type="cancelled")
-        d.update(server_timing=None, server_stamps=None, retries=0, warmup=False, simulated=True)
-        if cached is not None and served[k]:
-            d["cached_tokens"] = cached[k]
-        if conv is not None and turn is not None:
-            d["conversation"], d["turn"] = conv[k], turn[k]
-        yield d
+    explicit = c.explicit
+    for r0, flat, off in _token_blocks(c):
+        offs = off.tolist()
+        for k in range(r0, min(r0 + _BLOCK, len(c))):
+            i = idx[k]
+            if served[k]:
+                f, nt = first[k], n_tok[k]
+                toks = explicit[k] if k in explicit else flat[offs[k - r0]:offs[k - r0 + 1]]
+                d: dict[str, Any] = {
+                    "index": i, "request_id": f"{prefix}{i:012x}", "scheduled_ns": sched[k], "sent_ns": sched[k],
+                    "headers_ns": f, "first_byte_ns": f, "first_token_ns": f, "first_answer_ns": f,
+                    "last_token_ns": last[k], "end_ns": end[k], "chunk_ns": toks, "chunk_tokens": ones[:nt],
+                    "reasoning_chunks": 0, "input_tokens": n_in[k], "prompt_tokens": n_in[k],
+                    "expected_output_tokens": n_out[k], "output_tokens": nt, "output_tokens_client": nt,
+                    "output_tokens_source": "simulated", "length_met": nt >= n_out[k], "finish_reason": "length",
+                    "status": 200, "error": None, "error_type": None,
+                    "server_timing": None, "server_stamps": None, "retries": 0, "warmup": False, "simulated": True}
+                if cached is not None:
+                    d["cached_tokens"] = cached[k]
+            else:
+                d = {"index": i, "request_id": f"{prefix}{i:012x}", "scheduled_ns": sched[k], "sent_ns": sched[k],
+                     "headers_ns": None, "first_byte_ns": None, "first_token_ns": None, "first_answer_ns": None,
+                     "last_token_ns": None, "end_ns": None, "chunk_ns": [], "chunk_tokens": [], "reasoning_chunks": 0,
+                     "input_tokens": n_in[k], "prompt_tokens": n_in[k], "expected_output_tokens": n_out[k],
+                     "output_tokens": None, "output_tokens_client": None, "output_tokens_source": None,
+                     "length_met": None, "finish_reason": None, "status": None, "error": c.error,
+                     "error_type": "cancelled", "server_timing": None, "server_stamps": None, "retries": 0,
+                     "warmup": False, "simulated": True}
+            if conv is not None and turn is not None:
+                d["conversation"], d["turn"] = conv[k], turn[k]
+            yield d
 
 
 def write_jsonl(c: Columns, path: Path) -> None:
     """``requests.jsonl``: one RequestRecord per line (orjson, numpy slices for the token times)."""
-    dumps = orjson.dumps
-    with open(path, "wb") as f:
-        f.write(b"".join(dumps(d, option=_OPT | orjson.OPT_APPEND_NEWLINE) for d in _record_dicts(c)))
+    dumps, opt = orjson.dumps, _OPT | orjson.OPT_APPEND_NEWLINE
+    rows = _record_dicts(c)
+    with open(path, "wb") as f:   # a block of lines per write: the file is not built whole in memory
+        while block := b"".join(dumps(d, option=opt) for d in islice(rows, _BLOCK)):
+            f.write(block)
 
 
 def to_records(c: Columns) -> list[RequestRecord]:
@@ -259,13 +303,13 @@ def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> di
     if not keep.all():
         v = v[keep]
         w = None if w is None else w[keep]
-    order = np.argsort(v, kind="stable")
-    v = v[order]
     if w is not None:
-        w = w[order]
+        order = np.argsort(v, kind="stable")
+        v, w = v[order], w[order]
         cum = np.cumsum(w)
         n = int(cum[-1]) if len(cum) else 0
     else:
+        v = np.sort(v, kind="stable")   # the values argsort + take gives, without the index array
         cum, n = None, len(v)
     if n == 0:
         return {"count": 0}

@@ -221,7 +221,7 @@ def prefill_pool(profile: Profile, cfg: SchedulerConfig, arr: np.ndarray, ins: n
                        prefix_keys=None if keys is None else [keys[i] for i in idx])
         over |= res.over_capacity
         notes += res.notes
-        f = np.fromiter((r.first_token for r in res.reqs), np.float64, len(idx))
+        f = np.array(res.state.first, dtype=np.float64)
         first[idx] = np.where(f >= 0, f, np.nan)
     return first, over, notes
 

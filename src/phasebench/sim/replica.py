@@ -30,6 +30,7 @@ import bisect
 import heapq
 from collections import deque
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -56,6 +57,8 @@ class SchedulerConfig:
 
 @dataclass(slots=True)
 class Req:
+    """One request's state as the simulation left it (``SimResult.req``; the loop itself keeps ``_Reqs`` lists)."""
+
     idx: int
     arrival: float
     n_in: int
@@ -117,9 +120,37 @@ class PrefixCache:
         return len(self._keys)
 
 
+class _Reqs:
+    """The requests' state as parallel lists (one entry per request), which the hot loop indexes: creating 10⁵
+    ``Req`` objects cost more than scheduling them. ``SimResult.req``/``reqs`` give ``Req`` views."""
+
+    __slots__ = ("adm", "arrival", "cached", "d_start", "end", "extra", "first", "g_start", "generated", "more", "n_in",
+                 "n_out", "preempts", "prefilled", "prompt", "seg_a", "seg_b", "start_iter", "tgt")
+
+    def __init__(self, arrival: list[float], n_in: list[int], n_out: list[int]) -> None:
+        n = len(n_in)
+        self.arrival, self.n_in, self.n_out = arrival, n_in, n_out
+        self.prompt = list(n_in)          # tokens to prefill: n_in, or n_in + generated after a preemption
+        self.prefilled = [0] * n
+        self.generated = [0] * n          # tokens produced (kept up to date except while decoding)
+        self.first = [-1.0] * n
+        self.end = [-1.0] * n
+        self.adm = [0] * n                # admission order (preemption takes the latest)
+        self.d_start = [0] * n            # decode-iteration count when the current decode segment began
+        self.g_start = [0] * n            # tokens generated when it began
+        self.start_iter = [0] * n         # first iteration index of the current decode segment
+        self.tgt = [0] * n                # decode-iteration count at which it finishes
+        self.preempts = [0] * n
+        self.cached = [0] * n             # prompt tokens served from the prefix cache at first admission
+        self.seg_a = [-1] * n             # the decode segment [a, b] of a request never preempted (a = -1: none)
+        self.seg_b = [-1] * n
+        self.more: dict[int, list[tuple[int, int]]] = {}   # a preempted request's segments, all of them
+        self.extra: dict[int, list[float]] = {}            # token times not from decode steps (recompute prefills)
+
+
 @dataclass
 class SimResult:
-    reqs: list[Req]
+    state: _Reqs
     iter_end: np.ndarray              # end time of each iteration (s)
     iter_decodes: np.ndarray          # whether the iteration ran decode steps
     iterations: int
@@ -128,6 +159,18 @@ class SimResult:
     sim_seconds: float
     notes: list[str]
     prefix_cache: bool = False
+
+    def req(self, i: int) -> Req:
+        """Request ``i`` as a ``Req``."""
+        s = self.state
+        segs = list(s.more[i]) if i in s.more else ([(s.seg_a[i], s.seg_b[i])] if s.seg_a[i] >= 0 else [])
+        return Req(i, s.arrival[i], s.n_in[i], s.n_out[i], s.prompt[i], s.prefilled[i], s.generated[i], s.first[i],
+                   s.end[i], s.adm[i], s.d_start[i], s.g_start[i], s.start_iter[i], s.tgt[i], segs,
+                   list(s.extra.get(i, ())), s.preempts[i], s.cached[i])
+
+    @cached_property
+    def reqs(self) -> list[Req]:
+        return [self.req(i) for i in range(len(self.state.n_in))]
 
 
 def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[int], profile: Profile,
@@ -164,16 +207,18 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
         f = np.asarray(follow, dtype=np.int64)
         followers[f[f >= 0]] = True
     if closed_concurrency:
-        reqs = [Req(i, 0.0, ins[i], outs[i], prompt=ins[i]) for i in range(n)]
+        st = _Reqs([0.0] * n, ins, outs)
         pending.extend(np.flatnonzero(~followers).tolist())
         arrive_q = deque((0.0, pending.popleft()) for _ in range(min(closed_concurrency, len(pending))))
     else:
         a = np.where(followers, np.inf, np.asarray(arrivals, dtype=np.float64))
         al = a.tolist()
-        reqs = [Req(i, al[i], ins[i], outs[i], prompt=ins[i]) for i in range(n)]
+        st = _Reqs(al, ins, outs)
         order_ = np.argsort(a, kind="stable")[: n - int(followers.sum())].tolist()   # = sorted((arrival, i))
         arrive_q = deque(zip((al[i] for i in order_), order_))
-    release = _Release(reqs, follow, think, pending, arrive_q, bool(closed_concurrency))
+    # what a completion lets in; nothing (None) in an open loop without conversations
+    release = _Release(st, follow, think, pending, arrive_q, bool(closed_concurrency)) \
+        if follow is not None or closed_concurrency else None
     max_seqs = cfg.max_seqs if cfg.batching else 1
     budget = cfg.max_batched_tokens if cfg.batching else 1 << 40
 
@@ -201,6 +246,10 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
     max_queue, max_sim = cfg.max_queue, cfg.max_sim_seconds
     iteration = profile.iteration
     heappush, heappop = heapq.heappush, heapq.heappop
+    arrival, prompt, prefilled, generated = st.arrival, st.prompt, st.prefilled, st.generated
+    first, end, adm, d_start, g_start = st.first, st.end, st.adm, st.d_start, st.g_start
+    start_iter, tgt, preempts = st.start_iter, st.tgt, st.preempts
+    seg_a, seg_b, more, extra, cached = st.seg_a, st.seg_b, st.more, st.extra, st.cached
     # the loop below uses no closures: every name it touches stays a fast local
 
     while done < n:
@@ -224,8 +273,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             # overflow, an arrival that could be admitted, or the over-capacity limits.
             nd = len(decoding)
             seats = max_seqs - nd
-            if seats <= 0 or not waiting:
-                steps = heap[0][0] - D - 1
+            steps = heap[0][0] - D - 1
+            if steps > 0 and (seats <= 0 or not waiting):
                 room = cap - kv_tokens - nd - nd * slack      # KV check before each step: room ≥ j·nd
                 if room < 0:
                     steps = 0
@@ -239,7 +288,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                         t_stop = min(t_stop, arrive_q[max(max_queue - len(waiting), 0)][0])   # over capacity
                     k = 0
                     while k < steps:
-                        t += max(iteration(0.0, 0.0, nd, float(sum_ctx)), 1e-9)
+                        dt = iteration(0.0, 0.0, nd, float(sum_ctx))
+                        t += 1e-9 if 1e-9 > dt else dt         # max(dt, 1e-9) without the call
                         iter_end.append(t)
                         sum_ctx += nd
                         k += 1
@@ -256,78 +306,88 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
         if decode_now:
             nd = len(decoding)
             if kv_tokens + nd + (nd + len(prefilling)) * slack > cap:   # a decode step would overflow KV
-                kv_tokens, sum_ctx, k = _preempt(reqs, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
+                kv_tokens, sum_ctx, k = _preempt(st, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
                                                  sum_ctx, cap, slack)
                 preemptions += k
             decode_now = bool(decoding)
         batch = len(decoding) if decode_now else 0
         tokens_left = budget - batch
         chunks: list[tuple[int, int]] = []
+        sum_n = sum_n2 = 0         # Σ chunk, Σ chunk·(2·prefix + chunk): each chunk attends to its prefix
         joined: list[int] = []
         if not decode_now or chunked:
             for i in prefilling:
                 if tokens_left <= 0:
                     break
-                r = reqs[i]
-                take = r.prompt - r.prefilled
+                take = prompt[i] - prefilled[i]
                 if chunked:
                     take = min(take, tokens_left)
                 elif take > tokens_left and chunks:
                     break
                 chunks.append((i, take))
+                sum_n += take
+                sum_n2 += take * (2 * prefilled[i] + take)
                 tokens_left -= take
-            seats = max_seqs - len(decoding) - len(prefilling)
+            running = len(decoding) + len(prefilling)
+            seats = max_seqs - running
             grow = len(decoding) if decode_now else 0
             while admit and waiting and seats > 0 and tokens_left > 0:
-                r = reqs[waiting[0]]
-                if kv_tokens + r.prompt + grow + (len(decoding) + len(prefilling) + 1) * slack > cap:   # kv_ok
+                j = waiting[0]
+                pj = prompt[j]
+                if kv_tokens + pj + grow + (running + 1) * slack > cap:   # kv_ok
                     break
                 if pc is not None:
-                    keys = prefix_keys[r.idx]      # type: ignore[index]
-                    hit = min(pc.match(keys[: r.n_in // bs]) * bs, r.prompt - 1)
-                    r.prefilled = max(hit, 0)
-                    if r.preemptions == 0:
-                        r.cached = r.prefilled
-                take = min(r.prompt - r.prefilled, tokens_left) if chunked else r.prompt - r.prefilled
-                if not chunked and take > tokens_left and chunks:
-                    r.prefilled = 0
-                    break
+                    keys = prefix_keys[j]      # type: ignore[index]
+                    hit = min(pc.match(keys[: ins[j] // bs]) * bs, pj - 1)
+                    prefilled[j] = max(hit, 0)
+                    if preempts[j] == 0:
+                        cached[j] = prefilled[j]
+                take = pj - prefilled[j]
+                if take > tokens_left:
+                    if chunked:
+                        take = tokens_left
+                    elif chunks:
+                        prefilled[j] = 0
+                        break
                 if pc is not None:
-                    pc.insert(keys, n_blocks - (kv_tokens + r.prompt) // bs)
+                    pc.insert(keys, n_blocks - (kv_tokens + pj) // bs)
                 waiting.popleft()
                 order += 1
-                r.order = order
+                adm[j] = order
                 seats -= 1
-                if decode_only and r.preemptions == 0:
-                    r.first_token, r.generated = r.arrival, 1
-                    kv_tokens += r.n_in + 1
-                    if r.n_out <= 1:
-                        kv_tokens -= r.n_in + 1
-                        reqs[r.idx].end = t
+                if decode_only and preempts[j] == 0:
+                    first[j], generated[j] = arrival[j], 1
+                    kv_tokens += ins[j] + 1
+                    if outs[j] <= 1:
+                        kv_tokens -= ins[j] + 1
+                        end[j] = t
                         done += 1
-                        release(r.idx, t)
+                        if release is not None:
+                            release(j, t)
                         continue
-                    joined.append(r.idx)   # joins the running batch after this iteration
+                    joined.append(j)   # joins the running batch after this iteration
                     continue
-                kv_tokens += r.prompt
-                prefilling.append(r.idx)
-                chunks.append((r.idx, take))
+                kv_tokens += pj
+                prefilling.append(j)
+                running += 1
+                chunks.append((j, take))
+                sum_n += take
+                sum_n2 += take * (2 * prefilled[j] + take)
                 tokens_left -= take
             if static and chunks:
                 static_open = False
         if joined and not chunks and not decode_now:
             for i in joined:
-                r = reqs[i]
                 decoding.add(i)
-                sum_ctx += r.n_in + 1
-                r.d_start, r.g_start, r.start_iter = D, 1, len(iter_end)
-                r.target = D + (r.n_out - 1)
-                heappush(heap, (r.target, i))
+                sum_ctx += ins[i] + 1
+                d_start[i], g_start[i], start_iter[i] = D, 1, len(iter_end)
+                tgt[i] = D + (outs[i] - 1)
+                heappush(heap, (tgt[i], i))
             continue
         if not chunks and not decode_now:
             nd = len(decoding)
             if kv_tokens + nd + (nd + len(prefilling)) * slack > cap:
-                kv_tokens, sum_ctx, k = _preempt(reqs, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
+                kv_tokens, sum_ctx, k = _preempt(st, decoding, prefilling, waiting, len(iter_end), D, kv_tokens,
                                                  sum_ctx, cap, slack)
                 preemptions += k
             if decoding:
@@ -337,12 +397,8 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
                     t = max(t, arrive_q[0][0])
                     continue
                 raise NeverFits("waiting requests need more KV cache than the replica has")
-        sum_n = sum_n2 = 0
-        for i, c in chunks:
-            sum_n += c
-            sum_n2 += c * (2 * reqs[i].prefilled + c)   # each chunk attends to its prefix
         dt = iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
-        t += max(dt, 1e-9)
+        t += 1e-9 if 1e-9 > dt else dt
         it = len(iter_end)
         iter_end.append(t)
         iter_dec.append(batch > 0)
@@ -353,54 +409,59 @@ def simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[in
             kv_tokens += batch
             while heap and heap[0][0] <= D:
                 target, i = heappop(heap)
-                r = reqs[i]
-                if i not in decoding or r.target != target:
+                if i not in decoding or tgt[i] != target:
                     continue                      # stale entry of a preempted sequence
                 decoding.discard(i)
-                sum_ctx -= r.n_in + r.n_out
-                kv_tokens -= r.n_in + r.n_out
-                r.generated = r.n_out
-                r.segments.append((r.start_iter, it))
-                reqs[i].end = t
+                sum_ctx -= ins[i] + outs[i]
+                kv_tokens -= ins[i] + outs[i]
+                generated[i] = outs[i]
+                if preempts[i]:
+                    more[i].append((start_iter[i], it))
+                else:
+                    seg_a[i], seg_b[i] = start_iter[i], it
+                end[i] = t
                 done += 1
-                release(i, t)
+                if release is not None:
+                    release(i, t)
         if joined:
             for i in joined:
-                r = reqs[i]
                 decoding.add(i)
-                sum_ctx += r.n_in + 1
-                r.d_start, r.g_start, r.start_iter = D, 1, it + 1
-                r.target = D + (r.n_out - 1)
-                heappush(heap, (r.target, i))
+                sum_ctx += ins[i] + 1
+                d_start[i], g_start[i], start_iter[i] = D, 1, it + 1
+                tgt[i] = D + (outs[i] - 1)
+                heappush(heap, (tgt[i], i))
         for i, c in chunks:
-            r = reqs[i]
-            r.prefilled += c
-            if r.prefilled < r.prompt:
+            p = prefilled[i] + c
+            prefilled[i] = p
+            if p < prompt[i]:
                 continue
             prefilling.remove(i)
-            r.generated += 1                      # the prefill's last position yields a token
-            if r.first_token < 0:
-                r.first_token = t
+            g = generated[i] + 1                  # the prefill's last position yields a token
+            generated[i] = g
+            if first[i] < 0:
+                first[i] = t
             else:
-                r.extra.append(t)                 # a resumed sequence's recompute yields its next token
-            kv_tokens += r.n_in + r.generated - r.prompt
-            if r.generated >= r.n_out:
-                kv_tokens -= r.n_in + r.generated
-                reqs[i].end = t
+                extra.setdefault(i, []).append(t)   # a resumed sequence's recompute yields its next token
+            kv_tokens += ins[i] + g - prompt[i]
+            if g >= outs[i]:
+                kv_tokens -= ins[i] + g
+                end[i] = t
                 done += 1
-                release(i, t)
+                if release is not None:
+                    release(i, t)
                 continue
             decoding.add(i)
-            sum_ctx += r.n_in + r.generated
-            r.d_start, r.g_start, r.start_iter = D, r.generated, it + 1
-            r.target = D + (r.n_out - r.generated)
-            heappush(heap, (r.target, i))
+            sum_ctx += ins[i] + g
+            d_start[i], g_start[i], start_iter[i] = D, g, it + 1
+            tgt[i] = D + (outs[i] - g)
+            heappush(heap, (tgt[i], i))
         if static and not static_open and not prefilling and not decoding:
             static_open = True
-    for r in reqs:
-        if r.arrival == np.inf:           # a later turn never released (the run stopped over capacity)
-            r.arrival = t
-    return SimResult(reqs, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes,
+    if followers.any():
+        for i in range(n):
+            if arrival[i] == np.inf:      # a later turn never released (the run stopped over capacity)
+                arrival[i] = t
+    return SimResult(st, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes,
                      pc is not None)
 
 
@@ -408,41 +469,43 @@ class _Release:
     """What a completion lets in: the conversation's next turn after its think time, else (closed loop) the
     next queued request at once."""
 
-    __slots__ = ("arrive_q", "closed", "follow", "pending", "reqs", "think")
+    __slots__ = ("arrival", "arrive_q", "closed", "follow", "pending", "think")
 
-    def __init__(self, reqs: list[Req], follow: list[int] | None, think: list[float] | None, pending: deque[int],
+    def __init__(self, st: _Reqs, follow: list[int] | None, think: list[float] | None, pending: deque[int],
                  arrive_q: deque[tuple[float, int]], closed: bool) -> None:
-        self.reqs, self.follow, self.pending, self.arrive_q, self.closed = reqs, follow, pending, arrive_q, closed
-        self.think = think if think is not None else [0.0] * len(reqs)
+        self.arrival, self.follow, self.pending = st.arrival, follow, pending
+        self.arrive_q, self.closed = arrive_q, closed
+        self.think = think if think is not None else [0.0] * len(st.arrival)
 
     def __call__(self, i: int, t: float) -> None:
         nxt = self.follow[i] if self.follow is not None else -1
         if nxt >= 0:
             at = t + self.think[i]
-            self.reqs[nxt].arrival = at
+            self.arrival[nxt] = at
             bisect.insort(self.arrive_q, (at, nxt))   # think times differ: keep the queue in time order
         elif self.closed and self.pending:
             nxt = self.pending.popleft()
-            self.reqs[nxt].arrival = t
+            self.arrival[nxt] = t
             self.arrive_q.append((t, nxt))
 
 
-def _preempt(reqs: list[Req], decoding: set[int], prefilling: list[int], waiting: deque[int], n_iter: int, D: int,
+def _preempt(st: _Reqs, decoding: set[int], prefilling: list[int], waiting: deque[int], n_iter: int, D: int,
              kv_tokens: int, sum_ctx: int, cap: int, slack: int) -> tuple[int, int, int]:
     """Before a decode step (each decoding sequence grows by one token): preempt LIFO until KV fits, as vLLM's
     recompute preemption; returns (KV tokens held, Σctx, sequences preempted)."""
     k = 0
+    adm = st.adm
     while decoding and kv_tokens + len(decoding) + (len(decoding) + len(prefilling)) * slack > cap:
-        v = max(decoding, key=lambda i: reqs[i].order)
-        r = reqs[v]
-        g = r.g_start + (D - r.d_start)          # tokens generated so far
+        v = max(decoding, key=adm.__getitem__)
+        g = st.g_start[v] + (D - st.d_start[v])          # tokens generated so far
+        n_in = st.n_in[v]
         decoding.discard(v)
-        sum_ctx -= r.n_in + g
-        kv_tokens -= r.n_in + g
-        r.segments.append((r.start_iter, n_iter - 1))
-        r.generated = g
-        r.prompt, r.prefilled = r.n_in + g, 0   # recompute: prompt + generated, as a new prefill
-        r.preemptions += 1
+        sum_ctx -= n_in + g
+        kv_tokens -= n_in + g
+        st.more.setdefault(v, []).append((st.start_iter[v], n_iter - 1))
+        st.generated[v] = g
+        st.prompt[v], st.prefilled[v] = n_in + g, 0   # recompute: prompt + generated, as a new prefill
+        st.preempts[v] += 1
         k += 1
         waiting.appendleft(v)
     return kv_tokens, sum_ctx, k

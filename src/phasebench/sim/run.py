@@ -150,8 +150,10 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
         if not len(idx):
             continue
         sub_conc = None if conc is None else max(1, conc // replicas + (1 if k < conc % replicas else 0))
-        res = simulate(None if arr is None else arr[idx], [ins[i] for i in idx], [outs[i] for i in idx], profile, cfg,
-                       closed_concurrency=sub_conc, prefix_keys=None if keys is None else [keys[i] for i in idx],
+        whole = replicas == 1 and convs is None    # all of them, in order: no copies
+        res = simulate(None if arr is None else arr if whole else arr[idx], ins if whole else [ins[i] for i in idx],
+                       outs if whole else [outs[i] for i in idx], profile, cfg, closed_concurrency=sub_conc,
+                       prefix_keys=None if keys is None else keys if whole else [keys[i] for i in idx],
                        follow=follow, think=None if convs is None else [convs.think[i] for i in idx])
         results.append(res)
         parts.append(from_result(res, idx))
