@@ -210,7 +210,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
         if name.startswith("prefill-"):
             prefill.append({"step": name, "input_tokens": int(name.split("-")[1]), "ttft_ms_p50": _med(r, "ttft_ms"),
                             "prefill_tps_p50": _med(r, "prefill_tps"),
-                            "server_prompt_ms_p50": (r.summary["phasebench"]["server_timing"]["prompt_ms"] or {}).get("p50")
+                            "server_prompt_ms_p50": r.result.phasebench.server_timing.prompt_ms.p50
                             or _server(r, "prefill")})
     decode = []
     for name, r in by.items():
@@ -218,7 +218,7 @@ def plan_summary(children: list[Run], names: list[str], probe: dict[str, Any], e
             decode.append({"concurrency": int(name[len("decode-c"):]), "tpot_ms_p50": _med(r, "tpot_ms"),
                            "itl_token_ms_p50": _med(r, "itl_token_ms"),
                            "output_throughput": r.summary.get("output_throughput"),
-                           "server_tpot_ms_p50": (r.summary["phasebench"]["server_timing"]["tpot_ms"] or {}).get("p50")
+                           "server_tpot_ms_p50": r.result.phasebench.server_timing.tpot_ms.p50
                            or _server(r, "itl")})
     server = by.get("server")
     mf = engine.get("model_file", {})

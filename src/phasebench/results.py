@@ -210,6 +210,7 @@ class Roofline(_Open):
     peak_bandwidth_gbps: float | None = None
     peak_tflops: float | None = None
     peak_flops_label: str | None = None
+    weight_bytes: float | None = None
 
 
 class CostBlock(_Open):

@@ -250,10 +250,11 @@ def measured_points(runs_dir: Path | None) -> tuple[list[Point], list[Point], st
     for leaf in run.leaves():
         s = leaf.summary
         sp = leaf.manifest.get("spec") or {}
-        model = model or (leaf.manifest.get("model_file") or {}).get("name") or sp.get("model_spec")
+        mf = leaf.meta.model_file
+        model = model or (mf.name if mf else None) or sp.get("model_spec")
         if s.get("completed", 0) == 0:
             continue
-        n_in = ((s.get("phasebench") or {}).get("metrics") or {}).get("input_tokens", {}).get("p50")
+        n_in = leaf.result.phasebench.metrics.input_tokens.p50
         if leaf.ran_alone and s.get("median_ttft_ms") and n_in:
             pre.append(Point("local", int(n_in), s["median_ttft_ms"], None, None, n_in / (s["median_ttft_ms"] / 1e3),
                              None, measured=True))

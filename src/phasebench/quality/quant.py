@@ -173,11 +173,11 @@ async def measure_variant(eng: Any, shape: QuantShape, out: Path, name: str, pro
         steps.append(r)
         res["runs"][f"decode-c{c}"] = str(r.path)
         thr = r.summary.get("output_throughput")
-        roof = (r.summary.get("phasebench") or {}).get("roofline") or {}
+        roof = r.result.phasebench.roofline
         if c == 1:
             res["decode_tok_s_b1"] = thr
-            res["mbu"] = roof.get("mbu")
-            res["weight_bytes"] = roof.get("weight_bytes")
+            res["mbu"] = roof.mbu if roof else None
+            res["weight_bytes"] = roof.weight_bytes if roof else None
         if c == top:
             res["decode_tok_s_top"] = thr
             res["top_concurrency"] = c
@@ -190,7 +190,7 @@ async def measure_variant(eng: Any, shape: QuantShape, out: Path, name: str, pro
     res["runs"]["quality"] = str(q.path)
     block = (q.summary.get("phasebench") or {}).get("quality") or {}
     busy = [Path(str(s.path)).name for s in steps
-            if any("host was busy" in w for w in (s.summary.get("phasebench") or {}).get("warnings", []))]
+            if any("host was busy" in w for w in s.result.phasebench.warnings)]
     res["notes"] = [f"host busy during {', '.join(busy)} (other processes on the cores): those speeds are low"] if busy else []
     return res, block
 

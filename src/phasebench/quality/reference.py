@@ -98,7 +98,8 @@ def reference_from_run(run: Any) -> Reference:
     for leaf in (run.leaves() if hasattr(run, "leaves") else [run]):
         block = leaf.summary.get("phasebench", {}).get("quality")
         if block:
-            src = {"run": str(leaf.path) if leaf.path else None, "model": (leaf.manifest.get("target") or {}).get("model"),
-                   "created": leaf.manifest.get("created"), "model_file": (leaf.manifest.get("model_file") or {}).get("path")}
+            m = leaf.meta
+            src = {"run": str(leaf.path) if leaf.path else None, "model": m.target.model if m.target else None,
+                   "created": m.created, "model_file": m.model_file.path if m.model_file else None}
             return Reference.from_block(block, src)
     raise QualityError(f"{run.path}: this run has no quality block (run it with --quality)")
