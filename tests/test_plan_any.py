@@ -84,11 +84,13 @@ def test_plan_stops_the_decode_sweep_when_the_slo_breaks(server, tmp_path):
     server.configure(ttft_ms=5, itl_ms=6)
     out = tmp_path / "plan"
     p = subprocess.run([sys.executable, "-m", "phasebench.cli", "run", "--url", server.url, "--plan", "--quick",
-                        "--plan-budget", "30s", "--slo", "ttft=2000,tpot=4", "--out", str(out)],
+                        "--plan-budget", "30s", "--slo", "ttft=2000,tpot=4", "--out", str(out), "--json"],
                        capture_output=True, text=True, env=ENV, timeout=240)
     # the exit code tells the truth: 0 for a VALID plan, 3 when a step came out INVALID (a busy machine's late reads)
     assert p.returncode == (0 if Run.load(out).valid else 3), p.stderr[-3000:]
     s = json.loads((out / "summary.json").read_text())
+    assert json.loads(p.stdout) == s  # --json: stdout is the summary alone, the progress lines went to stderr
+    assert "decode sweep stopped" in p.stderr
     assert s["decode_stop"] == "the SLO broke at concurrency 1" and len(s["decode_sweep"]) == 1
     assert any("names no catalog model" in n for n in s["notes"])
 
