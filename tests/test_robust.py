@@ -169,7 +169,9 @@ def test_open_files_limit_is_raised_or_refused_before_starting(tmp_path):
 
 
 def test_buffered_streams_are_not_valid(server, tmp_path):
-    server.configure(itl_ms=0, ttft_ms=2)
+    # a buffering proxy hands on the whole answer in one piece: 16 tokens in one chunk (an ITL of 0 alone is not
+    # deterministic: on a busy machine the mock's back-to-back writes can spread past 50 µs a token)
+    server.configure(itl_ms=0, ttft_ms=2, tokens_per_chunk=16)
     r = phasebench.run(spec(server, tmp_path, requests=4, output_tokens=16))
     assert r.summary["phasebench"]["streams"]["buffered"] == 4
     assert not r.valid and any("all at once" in x for x in r.summary["phasebench"]["reasons"])
