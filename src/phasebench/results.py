@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -424,9 +425,14 @@ def _drop(data: Any, loc: tuple[Any, ...]) -> str:
     return ".".join(path)
 
 
-def typed(model: type[M], data: dict[str, Any], what: str) -> tuple[M, list[str]]:
+TOO_DAMAGED = "too damaged to read; ignored"
+
+
+def typed(model: type[M], data: dict[str, Any], what: str,
+          droppable: Callable[[tuple[Any, ...]], tuple[Any, ...] | None] | None = None) -> tuple[M, list[str]]:
     """``data`` as a ``model`` instance: the whole of it that is valid, and one warning per field that was not
-    (that field is left out)."""
+    (that field is left out). ``droppable(loc)`` says which part of a bad field's location may go (None: the
+    field may not, and its ``ValidationError`` is raised); by default the deepest bad item goes."""
     try:
         return model.model_validate(data), []
     except ValidationError:
@@ -438,21 +444,24 @@ def typed(model: type[M], data: dict[str, Any], what: str) -> tuple[M, list[str]
             return model.model_validate(data), notes
         except ValidationError as e:
             err = e.errors()[0]
+            loc = tuple(err.get("loc", ()))
+            if droppable is not None:
+                loc = droppable(loc)
+                if loc is None:
+                    raise
             try:
-                where = _drop(data, tuple(err.get("loc", ())))
+                where = _drop(data, loc)
             except ValueError:
                 break
             notes.append(f"{what}: {where} ignored ({str(err.get('msg', 'not valid')).lower()})")
-    return model(), [*notes, f"{what}: too damaged to read; ignored"]
+    return model(), [*notes, f"{what}: {TOO_DAMAGED}"]
 
 
-def validated(model: type[BaseModel], data: dict[str, Any], what: str) -> tuple[dict[str, Any], list[str]]:
-    """``data`` checked against ``model``: the whole of it that is valid (as its typed values), and one
-    warning per field that was not (that field is left out)."""
-    obj, notes = typed(model, data, what)
-    if notes and notes[-1].endswith("too damaged to read; ignored"):
-        return {}, notes
-    return _ordered(obj.model_dump(exclude_unset=True), data), notes
+def _as_read(obj: BaseModel, data: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    """The dict a reader keeps of ``data`` once typed as ``obj``: its valid fields, in the file's key order."""
+    if notes and notes[-1].endswith(TOO_DAMAGED):
+        return {}
+    return _ordered(obj.model_dump(exclude_unset=True), data)
 
 
 def _ordered(dumped: Any, original: Any) -> Any:
@@ -481,27 +490,30 @@ _LENIENT = {"engine", "model_file", "simulation", "imported_from", ("spec", "inp
             ("spec", "slo"), ("spec", "seed"), ("spec", "tags")}
 
 
-def check_manifest(manifest: Any, where: Path | str = MANIFEST, notes: list[str] | None = None) -> dict[str, Any]:
-    """The manifest as written and read: a JSON object whose known fields have their types, or NotARunError.
-    A wrong-typed field among those typed later (``_LENIENT``) is left out instead, with a line in ``notes``."""
+def _lenient(loc: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """The part of a bad manifest field that may be left out: a field typed since the first schema, else None."""
+    if loc[:1] and loc[0] in _LENIENT:
+        return loc[:1]
+    return loc[:2] if loc[:2] in _LENIENT else None
+
+
+def _typed_manifest(manifest: Any, where: Path | str, notes: list[str] | None) -> tuple[Manifest, dict[str, Any]]:
+    """The manifest as read, typed and as its dict: a JSON object whose known fields have their types, or
+    NotARunError. A wrong-typed field among those typed later (``_LENIENT``) is left out instead, with a line in
+    ``notes``."""
     if not isinstance(manifest, dict):
         raise NotARunError(f"{where} is not a run manifest (a JSON object); it holds {type(manifest).__name__}")
-    data = manifest
-    for _ in range(50):
-        try:
-            return _ordered(Manifest.model_validate(data).model_dump(exclude_unset=True), manifest)
-        except ValidationError as e:
-            err = e.errors()[0]
-            loc = tuple(err.get("loc", ()))
-            if loc[:1] and (loc[0] in _LENIENT or loc[:2] in _LENIENT):
-                data = copy.deepcopy(data) if data is manifest else data
-                dropped = _drop(data, loc[:1] if loc[0] in _LENIENT else loc[:2])
-                if notes is not None:
-                    notes.append(f"{where}: {dropped} ignored ({str(err.get('msg', 'not valid')).lower()})")
-                continue
-            raise NotARunError(f"{where}: field {'.'.join(map(str, loc))!r} "
-                               f"{str(err.get('msg', 'is not valid')).lower()}") from None
-    raise NotARunError(f"{where}: too damaged to read")
+    try:
+        obj, bad = typed(Manifest, manifest, str(where), _lenient)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise NotARunError(f"{where}: field {'.'.join(map(str, err.get('loc', ())))!r} "
+                           f"{str(err.get('msg', 'is not valid')).lower()}") from None
+    if bad and bad[-1].endswith(TOO_DAMAGED):
+        raise NotARunError(f"{where}: too damaged to read")
+    if notes is not None:
+        notes.extend(bad)
+    return obj, _as_read(obj, manifest, bad)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -527,12 +539,15 @@ class Run:
     load_warnings: list[str] = field(default_factory=list)  # what Run.load found damaged and left out
     # the typed views every reader takes, made once from the two dicts when the Run is made (loaded, or at the
     # end of a run); ``summary``/``manifest`` stay the JSON objects as written
-    result: Summary = field(init=False, repr=False, compare=False)  # type: ignore[valid-type]
-    meta: Manifest = field(init=False, repr=False, compare=False)
+    # (``Run.load`` hands over the ones it typed while reading the files: they are not made twice)
+    result: Summary = field(default=None, repr=False, compare=False)  # type: ignore[valid-type]
+    meta: Manifest = field(default=None, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        self.result = as_summary(self.summary)
-        self.meta = as_manifest(self.manifest)
+        if self.result is None:
+            self.result = as_summary(self.summary)
+        if self.meta is None:
+            self.meta = as_manifest(self.manifest)
 
     @property
     def valid(self) -> bool:
@@ -588,14 +603,16 @@ class Run:
             raise UnsafeFolderError(f"{path}: the run folders' children loop back to {real}")
         if len(seen) >= MAX_DEPTH:
             raise UnsafeFolderError(f"{path}: run folders nested more than {MAX_DEPTH} deep")
-        manifest = check_manifest(_read_json(path / MANIFEST, fatal=True, notes=notes), path / MANIFEST, notes)
+        meta, manifest = _typed_manifest(_read_json(path / MANIFEST, fatal=True, notes=notes), path / MANIFEST, notes)
         summary: dict[str, Any] = {}
+        result = None
         if (path / SUMMARY).exists():
             raw = _read_json(path / SUMMARY, fatal=False, notes=notes)
             if raw is not None and not isinstance(raw, dict):
                 notes.append(f"{path / SUMMARY} holds {type(raw).__name__}, not a summary object; ignored")
             elif isinstance(raw, dict):
-                summary, bad = validated(Summary, raw, str(path / SUMMARY))
+                result, bad = typed(Summary, raw, str(path / SUMMARY))
+                summary = _as_read(result, raw, bad)
                 notes.extend(bad)
         children = []
         for name in manifest.get("children") or []:
@@ -620,7 +637,7 @@ class Run:
                 records, skipped = rr.records, rr.skipped
                 if skipped:
                     notes.append(f"{path / REQUESTS}: {skipped} damaged line(s) skipped ({rr.describe_bad()})")
-        run = cls(path, manifest, summary, records, children, skipped)
+        run = cls(path, manifest, summary, records, children, skipped, result=result, meta=meta)
         run.load_warnings = notes
         return run
 
