@@ -85,7 +85,7 @@ async def _steps(eng: Engine, shape: PlanShape, folder: RunFolder, engine_manife
 
     nonce = new_nonce()
     extra = {**engine_manifest, "plan": {"quick": shape == QUICK}}
-    steps = PlanSteps(folder, extra, plan_manifest([], **extra))
+    steps = PlanSteps(folder, extra)
     step, children, names = steps.step, steps.children, steps.names
 
     console.print("[bold]1/4 memory wall[/]: probing this machine's DRAM bandwidth and matmul FLOP/s "
@@ -132,12 +132,14 @@ def plan_manifest(names: list[str], **extra: Any) -> dict[str, Any]:
 class PlanSteps:
     """A plan folder filling step by step, for both plans (embedded engine and any URL). After each step the
     folder's manifest lists the steps done, with a partial summary, so a plan that a signal, a dead server or an
-    error stops still reads as a plan (``show``, ``report``, ``import``); ``finish`` writes the real summary."""
+    error stops still reads as a plan (``show``, ``report``, ``import``); ``finish`` writes the real summary.
+    ``extra`` goes into every step's manifest and the plan's; ``more`` into the plan's alone."""
 
-    def __init__(self, folder: RunFolder, extra: dict[str, Any], manifest: dict[str, Any]) -> None:
-        self.folder, self.extra, self.manifest = folder, extra, manifest
-        self.names: list[str] = manifest["children"]
+    def __init__(self, folder: RunFolder, extra: dict[str, Any], **more: Any) -> None:
+        self.folder, self.extra = folder, extra
+        self.names: list[str] = []  # the manifest's children: the steps done, in order
         self.children: list[Run] = []
+        self.manifest = plan_manifest(self.names, **extra, **more)
         self.progress = RichProgress(Console(stderr=True))
 
     def save_partial(self, reason: str) -> None:

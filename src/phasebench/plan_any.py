@@ -141,7 +141,7 @@ def run_url_plan(spec: RunSpec, quick: bool = False, budget: str | None = None, 
 async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFolder, console: Console) -> Run:
     from .client.engines import max_model_len
     from .model.utilization import ensure_local_hardware
-    from .plan import PlanSteps, plan_manifest, plan_summary
+    from .plan import PlanSteps, plan_summary
     from .workload.synthetic import new_nonce
 
     t_start = time.monotonic()
@@ -173,7 +173,7 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
                                    "rate": [], "duration": None, **NO_QUALITY})
     quality = {k: getattr(spec, k) for k in NO_QUALITY}  # the quality probes ride in the server step's load only
 
-    steps = PlanSteps(folder, extra, plan_manifest([], **extra, spec=base.public_dict(), server_engine=engine))
+    steps = PlanSteps(folder, extra, spec=base.public_dict(), server_engine=engine)
     step, children, names = steps.step, steps.children, steps.names
 
     def step_spec(name: str, **kw: Any) -> RunSpec:
