@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
@@ -281,15 +282,28 @@ def score(rows: list[Row], params: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def leave_one_source_out(rows: list[Row], max_nfev: int = 60) -> dict[str, float]:
-    """Each source scored by a fit on every other source: row id -> log error."""
+def _held_out(rows: list[Row], src: str, max_nfev: int) -> dict[str, float]:
+    """One source scored by a fit on every other source (parameters the training rows never saw stay at their
+    priors: profile() falls back to them)."""
+    f = fit([r for r in rows if r.source != src], max_nfev=max_nfev)
+    return score([r for r in rows if r.source == src], f.parameters)
+
+
+def leave_one_source_out(rows: list[Row], max_nfev: int = 60, jobs: int = 1) -> dict[str, float]:
+    """Each source scored by a fit on every other source: row id -> log error. ``jobs`` > 1 runs the fits in
+    that many processes (each fit is deterministic and independent: the result does not depend on ``jobs``)."""
+    sources = sorted({r.source for r in rows})
+    if jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor
+        from functools import partial
+
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            parts = list(pool.map(partial(_held_out, rows, max_nfev=max_nfev), sources))
+    else:
+        parts = [_held_out(rows, src, max_nfev) for src in sources]
     out: dict[str, float] = {}
-    for src in sorted({r.source for r in rows}):
-        train = [r for r in rows if r.source != src]
-        test = [r for r in rows if r.source == src]
-        f = fit(train, max_nfev=max_nfev)
-        # parameters the training rows never saw stay at their priors (profile() falls back to them)
-        out |= score(test, f.parameters)
+    for part in parts:
+        out |= part
     return out
 
 
@@ -341,11 +355,12 @@ def document(rows: list[Row], skipped: list[tuple[str, str]], f: Fit, loso: dict
     }
 
 
-def build(path: Path | None = None, max_nfev: int = 60) -> dict[str, Any]:
+def build(path: Path | None = None, max_nfev: int = 60, jobs: int = 1) -> dict[str, Any]:
     """Fit on the whole corpus, score it leave-one-source-out, and return the engines_fit.yaml document."""
     path = Path(path or corpus_path())
     rows, skipped = load(path)
-    return document(rows, skipped, fit(rows, max_nfev=max_nfev), leave_one_source_out(rows, max_nfev=max_nfev), path)
+    return document(rows, skipped, fit(rows, max_nfev=max_nfev),
+                    leave_one_source_out(rows, max_nfev=max_nfev, jobs=jobs), path)
 
 
 def write(doc: dict[str, Any], out: Path | None = None) -> Path:
@@ -366,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus", type=Path, default=None)
     ap.add_argument("--write", action="store_true", help="write src/phasebench/data/engines_fit.yaml")
     ap.add_argument("--max-nfev", type=int, default=60)
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="processes for the held-out fits")
     a = ap.parse_args(argv)
-    doc = build(a.corpus, a.max_nfev)
+    doc = build(a.corpus, a.max_nfev, a.jobs)
     if a.write:
         print(f"wrote {write(doc)}")
     print(yaml.safe_dump({k: doc[k] for k in ("corpus", "parameters", "median_abs_error_pct")}, sort_keys=False))
