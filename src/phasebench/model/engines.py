@@ -166,11 +166,13 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
         pooled = k in fit and f"{k}@{eng}" not in fit and eng not in UNPOOLED_ENGINES
         vals[k] = get(k if pooled else f"{k}@{eng}", eng_prior.get(k, base[k]))
     vals["layer_overhead_us"] = get(f"layer_overhead_us|{cls}", eng_prior.get("layer_overhead_us", base["layer_overhead_us"]))
-    vals["allreduce_us"] = get(f"allreduce_us|{hw.kind}", base["allreduce_us"])
+    # the interconnect is the device family's (NVLink, Infinity Fabric, NeuronLink, Gaudi's RoCE ports), so its
+    # all-reduce floor and achievable link fraction are kept per device class
+    vals["allreduce_us"] = get(f"allreduce_us|{cls}", base["allreduce_us"])
     vals["sharpness"] = get("sharpness", base["sharpness"])
     vals["kv_memory"] = min(get("kv_memory", base["kv_memory"]), 1.0)
     vals["gemm_half_rows"] = get("gemm_half_rows", base["gemm_half_rows"])
-    vals["link"] = min(get(f"link|{hw.kind}", base["link"]), 1.0)
+    vals["link"] = min(get(f"link|{cls}", base["link"]), 1.0)
     vals["moe_compute"] = min(get("moe_compute", base["moe_compute"]), 1.0)
     src = f"fitted on the corpus ({fitted().get('corpus', {}).get('rows', '?')} rows)" if used_fit else "prior"
     return Efficiency(**vals, source=f"{eng} on {cls}: {src}", engine=eng, device_class=cls)

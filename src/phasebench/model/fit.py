@@ -9,7 +9,9 @@ The parameters (``engines.profile`` composes them; docs/model.md lists them):
   synchronisation of the pipeline);
 - per engine e with rows: ``memory@e``, ``compute@e`` (multipliers on the class's fractions; TensorRT-LLM is
   the reference, fixed at 1), ``request_ms@e`` (fixed per request, in TTFT) and ``step_us@e`` (per forward pass);
-- per kind with tensor-parallel rows: ``allreduce_us|kind``; and one roofline knee ``sharpness``.
+- per device class with tensor-parallel rows: ``allreduce_us|c`` and ``link|c`` (the all-reduce latency floor and
+  the fraction of the interconnect's bandwidth a ring reaches: the interconnect is the device family's); and one
+  roofline knee ``sharpness``.
 
 The fit is a MAP estimate: scipy's ``least_squares`` (trust-region reflective, deterministic, started at the
 priors) on log(predicted / measured) of every row, with a soft-L1 loss (robust to a few rows that mean something
@@ -35,7 +37,7 @@ import yaml
 
 from . import engines
 from .corpus import Row, corpus_path, load
-from .engines import DEFAULT_EFFICIENCY, profile
+from .engines import profile
 
 REFERENCE_ENGINE = "trt-llm"
 # A row measured by a client over the public internet (LLMPerf's leaderboard, from AWS us-west-2) pays a network
@@ -111,11 +113,9 @@ def prior_value(key: str, rows: list[Row]) -> float:
         row = next(r for r in rows if r.engine == eng)
         return max(float(getattr(profile(row.setup.hardware, eng, fit={}), name)), FAMILY[fam][1])
     name, cls = key.split("|")
-    if name == "allreduce_us":
-        return float(DEFAULT_EFFICIENCY[cls].allreduce_us)
-    if name == "link":
-        return min(float(data.get("priors", {}).get(cls, {}).get("link", 0.7)), 1.0 - 1e-6)
     row = next(r for r in rows if r.device_class == cls)
+    if name in ("allreduce_us", "link"):   # the class's prior (its kind's, unless the class has its own)
+        return min(float(getattr(profile(row.setup.hardware, fit={}), name)), FAMILY[fam][2] - 1e-6)
     p = profile(row.setup.hardware, REFERENCE_ENGINE if REFERENCE_ENGINE in data["engines"] else None, fit={})
     base = {"memory": p.memory, "compute": p.compute}.get(name)
     if base is not None:
@@ -147,7 +147,7 @@ def parameters_for(rows: list[Row]) -> list[str]:
             if parent(f"{name}@{r.engine}"):
                 keys.add(name)
         if r.setup.tp > 1 and r.setup.hardware.kind != "sram-dataflow":
-            keys |= {f"allreduce_us|{r.setup.hardware.kind}", f"link|{r.setup.hardware.kind}"}
+            keys |= {f"allreduce_us|{r.device_class}", f"link|{r.device_class}"}
     return sorted(keys)
 
 
@@ -165,7 +165,7 @@ def _depends(r: Row, key: str) -> bool:
     if "@" in key:
         return key.split("@")[1] == r.engine
     name, c = key.split("|")
-    return c == r.device_class or (name in ("allreduce_us", "link") and c == r.setup.hardware.kind and r.setup.tp > 1)
+    return c == r.device_class and (name not in ("allreduce_us", "link") or r.setup.tp > 1)
 
 
 def _generation_groups(keys: list[str], rows: list[Row]) -> list[list[int]]:
