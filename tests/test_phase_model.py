@@ -218,6 +218,17 @@ def test_the_corpus_fit_is_reproducible():
     assert a.parameters == b.parameters and a.residuals == b.residuals
 
 
+def test_leave_one_source_out_does_not_depend_on_the_processes():
+    from phasebench.model import fit as F
+    from phasebench.model.corpus import load
+
+    rows, _ = load()
+    some = [r for r in rows if r.source in ("llmperf-leaderboard", "techpowerup-groq-lpu-2024", "trtllm-blog-h200-v0.7a")]
+    serial = F.leave_one_source_out(some, max_nfev=4, jobs=1)
+    assert serial and serial == F.leave_one_source_out(some, max_nfev=4, jobs=2)
+    assert set(serial) <= {r.id for r in some}
+
+
 def test_closed_loop_clients_are_continuous_batching_not_a_static_batch():
     """NIM's genai-perf concurrency: each client's prompt is prefilled on its own (plus the queue of other clients'
     prefills), and every other client's prefill stalls the running streams once per request."""
