@@ -275,8 +275,8 @@ def cli(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_predict_command_json_and_sweep():
-    # the reference engine (TensorRT-LLM): under vLLM's fitted per-step CPU cost (~2.3 ms) plus the per-layer launch
-    # cost, fixed overheads and the weights' read are within a few percent of each other for a 7B model on an H100
+    # under the reference engine (TensorRT-LLM): with vLLM's fitted per-step CPU cost (~2.3 ms) and the per-layer
+    # launch cost, a 7B model's fixed overhead and weight read on an H100 are within a few percent of each other
     p = cli("predict", "--model", "llama-2-7b", "--hardware", "h100-sxm", "--devices", "1", "--precision", "fp16",
             "--batch", "1", "--input-len", "128", "--output-len", "128", "--engine", "trt-llm", "--json")
     assert p.returncode == 0, p.stderr
