@@ -40,6 +40,28 @@ def test_simulate_alone_agrees_with_predict_on_every_platform(hw):
         assert tpot == pytest.approx(p.tpot_s, rel=0.02), (hw, n_in, tpot, p.tpot_s)
 
 
+@pytest.mark.parametrize("model,hw,devices,precision", [
+    ("llama-2-70b", "h100-sxm", 4, "fp8"), ("mixtral-8x7b", "a100-80gb-sxm", 2, "fp16"),
+    ("llama-3-8b", "inferentia2", 2, "bf16"), ("llama-2-7b", "mi300x", 1, "fp16"), ("llama-2-7b", "tpu-v5e", 4, "bf16")])
+def test_the_simulators_pass_time_is_the_phase_breakdowns_time(model, hw, devices, precision):
+    """Pass.time (the simulator's per-iteration call, no breakdown built) is forward()'s time_s: tensor
+    parallel, MoE, fp8 and the GEMM-rows knee included; and a pass's compute, memory, communication and
+    overhead add up as the roofline says."""
+    from dataclasses import replace
+
+    from phasebench.model.phases import Pass, _roof, forward
+
+    s = setup_for(model, hw, devices=devices, precision=precision)[0].resolved()
+    for eff in (s.efficiency, replace(s.efficiency, gemm_half_rows=8.0, sharpness=3.0)):
+        ps = replace(s, efficiency=eff)
+        ts = Pass(ps)
+        for tokens, attn, kv, lm in ((1, 1e6, 1e7, 1), (64, 5e8, 2e9, 64), (2048, 3e11, 1e9, 1), (300, 2e10, 4e9, 44)):
+            ph = forward(ps, tokens, attn, kv, lm)
+            assert ts.time(tokens, attn, kv, lm) == ph.time_s
+            assert ph.time_s == pytest.approx(_roof(ph.compute_s, ph.memory_s, eff.sharpness) + ph.comm_s + ph.overhead_s)
+            assert (ph.comm_s > 0) == (ps.tp > 1 or ps.pp > 1)
+
+
 def test_groq_prefill_is_the_same_in_the_simulator_and_predict():
     s, _ = setup_for("llama-2-7b", "groq-rack")
     prof = AnalyticProfile(s)

@@ -236,7 +236,19 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
 
     from phasebench.metrics import RunContext, summarize
     from phasebench.records import read_records
-    from phasebench.sim.columns import concat, from_result, summarize_columns, to_records, write_jsonl
+    import orjson
+
+    from phasebench.sim.columns import (
+        _lines,
+        _Lists,
+        _record_dict,
+        _row_tokens,
+        concat,
+        from_result,
+        summarize_columns,
+        to_records,
+        write_jsonl,
+    )
     from phasebench.spec import SLO
 
     prof = FittedProfile((0.01, 1e-5, 0.0), (0.005, 1e-7, 1e-4))
@@ -266,6 +278,11 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
         for ctx in (RunContext("server", slo), RunContext("server", slo, warmup_s=0.5, cooldown_s=0.3)):
             _same(summarize(recs, ctx), summarize_columns(cols, ctx), name)
         write_jsonl(cols, tmp_path / "r.jsonl")
+        # the writer's byte templates give what orjson writes for each row's record dict, byte for byte
+        lists, ones = _Lists(cols), np.ones(int(cols.n_tok.max()), dtype=np.int64)
+        want = [orjson.dumps(_record_dict(lists, k, t, ones), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+                for k, t in _row_tokens(cols)]
+        assert list(_lines(cols, lists)) == want, name
         back = read_records(tmp_path / "r.jsonl")
         assert back.skipped == 0
         strip = lambda r: {k: v for k, v in asdict(r).items() if k != "request_id"}  # noqa: E731

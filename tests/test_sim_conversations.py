@@ -94,3 +94,20 @@ def test_turns_do_not_combine_with_a_trace_or_a_dataset(tmp_path):
     ds.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     with pytest.raises(SpecError, match="synthetic conversations"):
         simulate_run(_spec(dataset=ds), PROFILE, cfg)
+
+
+def test_written_records_keep_conversation_turn_and_cached_tokens(tmp_path, monkeypatch):
+    """requests.jsonl (written from byte templates, not record dicts) reads back as the run's records."""
+    from dataclasses import asdict
+
+    from phasebench.records import read_records
+
+    monkeypatch.setenv("PHASEBENCH_DB", "off")
+    r = simulate_run(_spec(requests=3, concurrency=[2], out=tmp_path / "run"), PROFILE,
+                     SchedulerConfig(prefix_cache=True, block_size=16))
+    back = read_records(tmp_path / "run" / "requests.jsonl")
+    assert back.skipped == 0 and len(back.records) == 9
+    strip = lambda x: {k: v for k, v in asdict(x).items() if k != "request_id"}  # noqa: E731
+    assert [strip(x) for x in back.records] == [strip(x) for x in r.records]
+    assert {(x.conversation, x.turn) for x in back.records} == {(c, t) for c in range(3) for t in range(3)}
+    assert sorted(x.cached_tokens for x in back.records) == [0, 0, 0, 32, 32, 32, 64, 64, 64]

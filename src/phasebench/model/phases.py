@@ -272,18 +272,21 @@ def _phase(compute: float, memory: float, comm: float, overhead: float, flops: f
     return Phase(flops, nbytes, compute, memory, comm, overhead, t, bound)
 
 
-def _comm(s: Setup, tokens: float, act_bytes: float) -> float:
-    """Tensor parallel: 2 ring all-reduces per layer of tokens·h activations (16-bit) at the link's achievable
-    bandwidth; pipeline: pp − 1 hops."""
+def _comm_terms(s: Setup, act_bytes: float) -> tuple[float, float]:
+    """Communication of a pass as (fixed seconds, seconds per token). Tensor parallel: 2 ring all-reduces per
+    layer of tokens·h activations (16-bit) at the link's achievable bandwidth, each with a latency floor;
+    pipeline: pp − 1 hops."""
     hw, m, eff = s.hardware, s.model, s.efficiency
     bw = hw.interconnect_gbps * 1e9 * (eff.link if eff else 1.0) or 1e18
-    msg = tokens * m.hidden * max(act_bytes, 2.0)   # activations travel in 16 bits even when GEMMs run in fp8
-    t = 0.0
+    per_msg_token = m.hidden * max(act_bytes, 2.0) / bw   # activations travel in 16 bits even when GEMMs run in fp8
+    fixed = per_token = 0.0
     if s.tp > 1:
-        t += 2 * m.layers * (eff.allreduce_us * 1e-6 + 2 * (s.tp - 1) / s.tp * msg / bw)
+        fixed += 2 * m.layers * eff.allreduce_us * 1e-6
+        per_token += 2 * m.layers * 2 * (s.tp - 1) / s.tp * per_msg_token
     if s.pp > 1:
-        t += (s.pp - 1) * (hw.interconnect_latency_us * 1e-6 + msg / bw)
-    return t
+        fixed += (s.pp - 1) * hw.interconnect_latency_us * 1e-6
+        per_token += (s.pp - 1) * per_msg_token
+    return fixed, per_token
 
 
 def _peak16(hw: Hardware) -> float:
@@ -294,32 +297,75 @@ def _peak16(hw: Hardware) -> float:
     return max(hw.tflops.values()) * 1e12
 
 
-def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> Phase:
+class Pass:
     """One forward pass (one engine iteration) of a resolved HBM setup: the one cost function behind
     ``predict``'s prefill and decode steps, the simulator's analytic profile and a run's predicted phases.
+
+    The setup's constants (weight bytes per rank, achievable bandwidth and FLOP/s, fixed overheads, the
+    all-reduce's fixed and per-token parts) are worked out once, here; :meth:`phase` and :meth:`time` price a
+    pass from its four aggregates. The simulator keeps one and calls :meth:`time` every iteration.
 
     ``tokens``: tokens through the layers (prefill chunk tokens + one per decoding sequence); ``attn_flops``:
     QKᵀ and AV FLOPs of those tokens; ``kv_bytes``: KV cache read and written (whole model, all sequences);
     ``lm_tokens``: tokens through the LM head (one per sequence that makes a token)."""
-    m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
-    assert eff is not None, "forward() needs a resolved setup"
-    w = m.weight_bytes(pr.weights)
-    lm = m.lm_head_params
-    flops = 2.0 * (m.compute_params - lm) * tokens + 2.0 * lm * lm_tokens + attn_flops
-    w_rank = _moe_weight_bytes(m, w, max(tokens, 1.0)) / s.tp
-    kv_rank = kv_bytes * kv_heads_per_rank(m, s.tp) / m.kv_heads
-    bw = hw.bandwidth * eff.memory
-    overhead = m.layers * eff.layer_overhead_us * 1e-6 + eff.step_us * 1e-6
-    rows = tokens * (m.experts_active / m.experts if m.experts > 1 else 1.0)   # GEMM rows per weight matrix
-    eta_c = eff.compute * (rows / (rows + eff.gemm_half_rows) if eff.gemm_half_rows else 1.0)
-    peak = hw.peak_flops(pr.activations) * eta_c * s.tp
-    compute = flops / peak
-    if m.experts > 1:   # the routed experts' grouped GEMMs: at most the 16-bit rate, times moe_compute
-        expert = 2.0 * tokens * m.layers * m.experts_active * m._expert_params()
-        peak16 = peak if precision_bytes(pr.activations) >= 2 else min(peak, _peak16(hw) * eta_c * s.tp)
-        compute += expert / (peak16 * eff.moe_compute) - expert / peak
-    return _phase(compute, w_rank / bw + kv_rank / (bw * eff.kv_memory),
-                  _comm(s, tokens, precision_bytes(pr.activations)), overhead, flops, w_rank + kv_rank, eff.sharpness)
+
+    __slots__ = ("s", "body_flops", "lm_flops", "w", "kv_share", "inv_bw", "inv_kv_bw", "overhead", "peak",
+                 "half_rows", "row_frac", "knee", "comm_fixed", "comm_token", "moe", "expert_flops", "peak16_ratio")
+
+    def __init__(self, s: Setup) -> None:
+        m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
+        assert eff is not None, "forward() needs a resolved setup"
+        self.s = s
+        lm = m.lm_head_params
+        self.body_flops = 2.0 * (m.compute_params - lm)   # per token through the layers
+        self.lm_flops = 2.0 * lm                          # per token through the LM head
+        self.w = m.weight_bytes(pr.weights)
+        self.kv_share = kv_heads_per_rank(m, s.tp) / m.kv_heads
+        bw = hw.bandwidth * eff.memory
+        self.inv_bw, self.inv_kv_bw = 1.0 / bw, 1.0 / (bw * eff.kv_memory)
+        self.overhead = m.layers * eff.layer_overhead_us * 1e-6 + eff.step_us * 1e-6
+        self.peak = hw.peak_flops(pr.activations) * eff.compute * s.tp
+        self.half_rows = eff.gemm_half_rows
+        self.row_frac = m.experts_active / m.experts if m.experts > 1 else 1.0   # GEMM rows per weight matrix
+        self.knee = eff.sharpness
+        act_bytes = precision_bytes(pr.activations)
+        self.comm_fixed, self.comm_token = _comm_terms(s, act_bytes)
+        self.moe = m.experts > 1
+        if self.moe:   # the routed experts' grouped GEMMs: at most the 16-bit rate, times moe_compute
+            self.expert_flops = 2.0 * m.layers * m.experts_active * m._expert_params()   # per token
+            p16 = 1.0 if act_bytes >= 2 else min(1.0, _peak16(hw) / hw.peak_flops(pr.activations))
+            self.peak16_ratio = p16 * eff.moe_compute
+
+    def terms(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float
+              ) -> tuple[float, float, float, float, float, float]:
+        """(compute s, memory s, communication s, overhead s, FLOPs, bytes) of a pass."""
+        flops = self.body_flops * tokens + self.lm_flops * lm_tokens + attn_flops
+        w_rank = (_moe_weight_bytes(self.s.model, self.w, max(tokens, 1.0)) if self.moe else self.w) / self.s.tp
+        kv_rank = kv_bytes * self.kv_share
+        peak = self.peak
+        if self.half_rows:
+            rows = tokens * self.row_frac
+            peak = peak * (rows / (rows + self.half_rows))
+        compute = flops / peak
+        if self.moe:
+            expert = self.expert_flops * tokens
+            compute += expert / (peak * self.peak16_ratio) - expert / peak
+        memory = w_rank * self.inv_bw + kv_rank * self.inv_kv_bw
+        return compute, memory, self.comm_fixed + self.comm_token * tokens, self.overhead, flops, w_rank + kv_rank
+
+    def time(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> float:
+        """The pass's seconds (what :meth:`phase` puts in ``time_s``), without building the breakdown."""
+        c, mem, comm, ov, _, _ = self.terms(tokens, attn_flops, kv_bytes, lm_tokens)
+        return _roof(c, mem, self.knee) + comm + ov
+
+    def phase(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> Phase:
+        c, mem, comm, ov, flops, nbytes = self.terms(tokens, attn_flops, kv_bytes, lm_tokens)
+        return _phase(c, mem, comm, ov, flops, nbytes, self.knee)
+
+
+def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> Phase:
+    """One forward pass of a resolved HBM setup (:class:`Pass`, whose docstring says what the arguments are)."""
+    return Pass(s).phase(tokens, attn_flops, kv_bytes, lm_tokens)
 
 
 def request_s(s: Setup) -> float:

@@ -223,54 +223,110 @@ def _token_blocks(c: Columns) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         yield r0, every[take], off
 
 
-def _record_dicts(c: Columns, request_ids: bool = True) -> Iterator[dict[str, Any]]:
-    """One dict per row with RequestRecord's fields, in its order, with its types."""
-    prefix = uuid.uuid4().hex[:20]
-    idx, sched, n_in, n_out = c.index.tolist(), c.sched.tolist(), c.n_in.tolist(), c.n_out.tolist()
-    first, end, last, served, n_tok = c.first.tolist(), c.end.tolist(), c.last.tolist(), c.served.tolist(), c.n_tok.tolist()
-    ones = np.ones(int(c.n_tok.max()) if len(c) else 0, dtype=np.int64)
-    cached = c.cached.tolist() if c.cached is not None else None
-    conv = c.conversation.tolist() if c.conversation is not None else None
-    turn = c.turn.tolist() if c.turn is not None else None
-    explicit = c.explicit
+class _Lists:
+    """A Columns' per-row fields as Python lists (one tolist each; indexing lists is what the row loops do)."""
+
+    def __init__(self, c: Columns) -> None:
+        self.prefix = uuid.uuid4().hex[:20]
+        self.idx, self.sched, self.n_in, self.n_out = c.index.tolist(), c.sched.tolist(), c.n_in.tolist(), c.n_out.tolist()
+        self.first, self.end, self.last = c.first.tolist(), c.end.tolist(), c.last.tolist()
+        self.served, self.n_tok = c.served.tolist(), c.n_tok.tolist()
+        self.cached = c.cached.tolist() if c.cached is not None else None
+        self.conv = c.conversation.tolist() if c.conversation is not None else None
+        self.turn = c.turn.tolist() if c.turn is not None else None
+        self.error = c.error
+
+
+def _row_tokens(c: Columns) -> Iterator[tuple[int, Any]]:
+    """(row, its token times: a numpy slice, an explicit row's list, or None for an unserved row), in order."""
+    served, explicit = c.served.tolist(), c.explicit
     for r0, flat, off in _token_blocks(c):
         offs = off.tolist()
         for k in range(r0, min(r0 + _BLOCK, len(c))):
-            i = idx[k]
-            if served[k]:
-                f, nt = first[k], n_tok[k]
-                toks = explicit[k] if k in explicit else flat[offs[k - r0]:offs[k - r0 + 1]]
-                d: dict[str, Any] = {
-                    "index": i, "request_id": f"{prefix}{i:012x}", "scheduled_ns": sched[k], "sent_ns": sched[k],
-                    "headers_ns": f, "first_byte_ns": f, "first_token_ns": f, "first_answer_ns": f,
-                    "last_token_ns": last[k], "end_ns": end[k], "chunk_ns": toks, "chunk_tokens": ones[:nt],
-                    "reasoning_chunks": 0, "input_tokens": n_in[k], "prompt_tokens": n_in[k],
-                    "expected_output_tokens": n_out[k], "output_tokens": nt, "output_tokens_client": nt,
-                    "output_tokens_source": "simulated", "length_met": nt >= n_out[k], "finish_reason": "length",
-                    "status": 200, "error": None, "error_type": None,
-                    "server_timing": None, "server_stamps": None, "retries": 0, "warmup": False, "simulated": True}
-                if cached is not None:
-                    d["cached_tokens"] = cached[k]
+            if not served[k]:
+                yield k, None
             else:
-                d = {"index": i, "request_id": f"{prefix}{i:012x}", "scheduled_ns": sched[k], "sent_ns": sched[k],
-                     "headers_ns": None, "first_byte_ns": None, "first_token_ns": None, "first_answer_ns": None,
-                     "last_token_ns": None, "end_ns": None, "chunk_ns": [], "chunk_tokens": [], "reasoning_chunks": 0,
-                     "input_tokens": n_in[k], "prompt_tokens": n_in[k], "expected_output_tokens": n_out[k],
-                     "output_tokens": None, "output_tokens_client": None, "output_tokens_source": None,
-                     "length_met": None, "finish_reason": None, "status": None, "error": c.error,
-                     "error_type": "cancelled", "server_timing": None, "server_stamps": None, "retries": 0,
-                     "warmup": False, "simulated": True}
-            if conv is not None and turn is not None:
-                d["conversation"], d["turn"] = conv[k], turn[k]
-            yield d
+                yield k, explicit[k] if k in explicit else flat[offs[k - r0]:offs[k - r0 + 1]]
+
+
+def _record_dict(L: _Lists, k: int, toks: Any, ones: np.ndarray) -> dict[str, Any]:
+    """Row ``k``'s dict with RequestRecord's fields, in its order, with its types."""
+    i = L.idx[k]
+    s = L.sched[k]
+    if toks is not None:
+        f, nt = L.first[k], L.n_tok[k]
+        d: dict[str, Any] = {
+            "index": i, "request_id": f"{L.prefix}{i:012x}", "scheduled_ns": s, "sent_ns": s,
+            "headers_ns": f, "first_byte_ns": f, "first_token_ns": f, "first_answer_ns": f,
+            "last_token_ns": L.last[k], "end_ns": L.end[k], "chunk_ns": toks, "chunk_tokens": ones[:nt],
+            "reasoning_chunks": 0, "input_tokens": L.n_in[k], "prompt_tokens": L.n_in[k],
+            "expected_output_tokens": L.n_out[k], "output_tokens": nt, "output_tokens_client": nt,
+            "output_tokens_source": "simulated", "length_met": nt >= L.n_out[k], "finish_reason": "length",
+            "status": 200, "error": None, "error_type": None,
+            "server_timing": None, "server_stamps": None, "retries": 0, "warmup": False, "simulated": True}
+        if L.cached is not None:
+            d["cached_tokens"] = L.cached[k]
+    else:
+        d = {"index": i, "request_id": f"{L.prefix}{i:012x}", "scheduled_ns": s, "sent_ns": s,
+             "headers_ns": None, "first_byte_ns": None, "first_token_ns": None, "first_answer_ns": None,
+             "last_token_ns": None, "end_ns": None, "chunk_ns": [], "chunk_tokens": [], "reasoning_chunks": 0,
+             "input_tokens": L.n_in[k], "prompt_tokens": L.n_in[k], "expected_output_tokens": L.n_out[k],
+             "output_tokens": None, "output_tokens_client": None, "output_tokens_source": None,
+             "length_met": None, "finish_reason": None, "status": None, "error": L.error,
+             "error_type": "cancelled", "server_timing": None, "server_stamps": None, "retries": 0,
+             "warmup": False, "simulated": True}
+    if L.conv is not None and L.turn is not None:
+        d["conversation"], d["turn"] = L.conv[k], L.turn[k]
+    return d
+
+
+def _record_dicts(c: Columns) -> Iterator[dict[str, Any]]:
+    """One dict per row with RequestRecord's fields, in its order, with its types."""
+    L = _Lists(c)
+    ones = np.ones(int(c.n_tok.max()) if len(c) else 0, dtype=np.int64)
+    for k, toks in _row_tokens(c):
+        yield _record_dict(L, k, toks, ones)
+
+
+# A served row's line around its values, in RequestRecord's field order: what orjson writes for the row's
+# _record_dict (tests/test_sim.py holds the two byte for byte equal), without building the dict.
+_LINE = (b'{"index":%d,"request_id":"%s%012x","scheduled_ns":%d,"sent_ns":%d,"headers_ns":%d,"first_byte_ns":%d,'
+         b'"first_token_ns":%d,"first_answer_ns":%d,"last_token_ns":%d,"end_ns":%d,"chunk_ns":%s,"chunk_tokens":%s,'
+         b'"reasoning_chunks":0,"input_tokens":%d,"prompt_tokens":%d,"expected_output_tokens":%d,'
+         b'"output_tokens":%d,"output_tokens_client":%d,"output_tokens_source":"simulated","length_met":%s,'
+         b'"finish_reason":"length","status":200,"error":null,"error_type":null,"server_timing":null,'
+         b'"server_stamps":null,"retries":0,"warmup":false,"simulated":true%s}\n')
+
+
+def _lines(c: Columns, L: _Lists | None = None) -> Iterator[bytes]:
+    """``requests.jsonl``'s lines: a served row's from :data:`_LINE` with its numbers put in
+    (orjson for the token times), an unserved row's by orjson from its :func:`_record_dict`."""
+    dumps, opt = orjson.dumps, _OPT | orjson.OPT_APPEND_NEWLINE
+    L = L or _Lists(c)
+    prefix = L.prefix.encode()
+    idx, sched, n_in, n_out, first, end, last, n_tok = L.idx, L.sched, L.n_in, L.n_out, L.first, L.end, L.last, L.n_tok
+    cached, conv, turn = L.cached, L.conv, L.turn
+    ones: dict[int, bytes] = {}
+    for k, toks in _row_tokens(c):
+        if toks is None:
+            yield dumps(_record_dict(L, k, None, np.ones(0, dtype=np.int64)), option=opt)
+            continue
+        i, f, nt, s = idx[k], first[k], n_tok[k], sched[k]
+        tok = ones.get(nt)
+        if tok is None:
+            tok = ones[nt] = dumps([1] * nt)
+        extra = b',"cached_tokens":%d' % cached[k] if cached is not None else b""
+        if conv is not None and turn is not None:
+            extra += b',"conversation":%d,"turn":%d' % (conv[k], turn[k])
+        yield _LINE % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], dumps(toks, option=_OPT), tok,
+                       n_in[k], n_in[k], n_out[k], nt, nt, b"true" if nt >= n_out[k] else b"false", extra)
 
 
 def write_jsonl(c: Columns, path: Path) -> None:
-    """``requests.jsonl``: one RequestRecord per line (orjson, numpy slices for the token times)."""
-    dumps, opt = orjson.dumps, _OPT | orjson.OPT_APPEND_NEWLINE
-    rows = _record_dicts(c)
+    """``requests.jsonl``: one RequestRecord per line (:func:`_lines`)."""
+    lines = _lines(c)
     with open(path, "wb") as f:   # a block of lines per write: the file is not built whole in memory
-        while block := b"".join(dumps(d, option=opt) for d in islice(rows, _BLOCK)):
+        while block := b"".join(islice(lines, _BLOCK)):
             f.write(block)
 
 

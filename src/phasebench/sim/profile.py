@@ -34,7 +34,7 @@ class Profile(Protocol):
 class AnalyticProfile:
     """Iteration time from the roofline phase model of a (model, hardware, devices, precision, engine) setup.
 
-    It calls the same cost functions as ``predict`` (``phases.forward`` for HBM devices, ``phases.sram_pass`` /
+    It calls the same cost functions as ``predict`` (``phases.Pass`` for HBM devices, ``phases.sram_pass`` /
     ``sram_prefill`` for SRAM pipelines), so a simulated request alone on the replica takes what ``predict``
     says (tested within 2% on every catalog device). An iteration that finishes a prompt pays the engine's fixed
     per-request cost (``request_s``) once: exact for one request at a time, and under load it stands for the
@@ -53,6 +53,7 @@ class AnalyticProfile:
         self.attn = 4.0 * m.q_dim * m.layers
         self.request_s = phases.request_s(s)
         self.sram = phases._sram_only(s.hardware)
+        self._time = None if self.sram else phases.Pass(s).time   # the setup's constants, worked out once
 
     def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float:
         s = self.s
@@ -62,8 +63,7 @@ class AnalyticProfile:
                 t += batch * phases.sram_pass(s, sum_ctx / batch).time_s
             return t + (self.request_s if sum_n else 0.0)
         lm = batch + (1 if sum_n else 0)   # one LM-head row per decoding sequence and per finishing prompt
-        t = phases.forward(s, sum_n + batch, self.attn * (sum_n2 / 2 + sum_ctx), self.kv_tok * (sum_ctx + sum_n),
-                           lm).time_s
+        t = self._time(sum_n + batch, self.attn * (sum_n2 / 2 + sum_ctx), self.kv_tok * (sum_ctx + sum_n), lm)
         return t + (self.request_s if sum_n else 0.0)
 
     def forced_note(self) -> str | None:
