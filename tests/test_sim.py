@@ -234,10 +234,10 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
     summary as metrics.summarize on the records, and records read_records reads back field for field."""
     from dataclasses import asdict
 
-    from phasebench.metrics import RunContext, summarize
-    from phasebench.records import read_records
     import orjson
 
+    from phasebench.metrics import RunContext, summarize
+    from phasebench.records import read_records
     from phasebench.sim.columns import (
         _lines,
         _Lists,
