@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from .records import RequestRecord, read_records
 
@@ -37,7 +37,9 @@ class UnsafeFolderError(NotARunError):
 
 
 class _Open(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # defer_build: a model's validator is built when first used, not at import (a process that never reads or
+    # writes a run folder does not pay for the ~40 models); defaults are factories for the same reason
+    model_config = ConfigDict(extra="allow", defer_build=True)
 
 
 class TargetInfo(_Open):
@@ -156,14 +158,14 @@ METRIC_KEYS = ("ttft_ms", "ttft_sent_ms", "send_lag_ms", "ttfot_ms", "tpot_ms", 
 
 
 # ``phasebench.metrics``: one Stat per metric of ``metrics.py``; a metric a run does not have is an empty Stat
-Metrics = create_model("Metrics", __base__=_Open, **{k: (Stat, Stat()) for k in METRIC_KEYS})
+Metrics = create_model("Metrics", __base__=_Open, **{k: (Stat, Field(default_factory=Stat)) for k in METRIC_KEYS})
 
 
 class ServerTiming(_Open):
     """``phasebench.server_timing``: what the server said of each request (llama.cpp's timings)."""
 
-    prompt_ms: Stat = Stat()
-    tpot_ms: Stat = Stat()
+    prompt_ms: Stat = Field(default_factory=Stat)
+    tpot_ms: Stat = Field(default_factory=Stat)
 
 
 class Constraint(_Open):
@@ -301,12 +303,12 @@ class PhasebenchBlock(_Open):
     reasons: list[str] = []
     warnings: list[str] = []
     window_ns: list[int] | None = None
-    metrics: Metrics = Metrics()
+    metrics: Metrics = Field(default_factory=Metrics)
     slo: SloBlock | None = None
     errors: dict[str, int] = {}
-    client: ClientBlock = ClientBlock()
+    client: ClientBlock = Field(default_factory=ClientBlock)
     tokens: dict[str, Any] = {}
-    server_timing: ServerTiming = ServerTiming()
+    server_timing: ServerTiming = Field(default_factory=ServerTiming)
     workload: Workload | None = None
     warmup: dict[str, Any] | None = None
     quality: QualityBlock | None = None
@@ -401,7 +403,7 @@ class _Summary(_Open):
     figures: list[PlanFigure] | None = None
     notes: list[str] | None = None
     slo: SLOTarget | None = None
-    phasebench: PhasebenchBlock = PhasebenchBlock()
+    phasebench: PhasebenchBlock = Field(default_factory=PhasebenchBlock)
 
 
 Summary = create_model("Summary", __base__=_Summary, **_VLLM_FLOATS)
