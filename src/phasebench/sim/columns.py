@@ -161,7 +161,7 @@ def concat(parts: list[Columns]) -> Columns:
     """Several replicas' columns as one, rows sorted by record index."""
     if len(parts) == 1:
         c = parts[0]
-        order = np.argsort(c.index, kind="stable")
+        order = np.argsort(c.index)   # record indices are unique: any sort gives this order
         if (order == np.arange(len(order))).all():
             return c
     cat = lambda name: np.concatenate([getattr(p, name) for p in parts])
@@ -180,7 +180,7 @@ def concat(parts: list[Columns]) -> Columns:
     for name in ("cached", "conversation", "turn"):
         if all(getattr(p, name) is not None for p in parts):
             setattr(c, name, cat(name))
-    order = np.argsort(c.index, kind="stable")
+    order = np.argsort(c.index)   # unique indices
     inv = np.empty_like(order)
     inv[order] = np.arange(len(order))
     for name in ("index", "sched", "n_in", "n_out", "first", "end", "served", "n_tok", "last", "lo", "hi", "group"):
@@ -359,13 +359,17 @@ def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> di
     if not keep.all():
         v = v[keep]
         w = None if w is None else w[keep]
+    # numpy's default (SIMD quick) sort, ~10x the stable one on 10^6 floats: the sorted values are the same
+    # (ties are equal values; + 0.0 makes a -0.0 the 0.0 it equals, so min/max/percentiles cannot differ in sign),
+    # and within a run of equal values the order of their weights does not change the value at any position
+    v = v + 0.0
     if w is not None:
-        order = np.argsort(v, kind="stable")
+        order = np.argsort(v)
         v, w = v[order], w[order]
         cum = np.cumsum(w)
         n = int(cum[-1]) if len(cum) else 0
     else:
-        v = np.sort(v, kind="stable")   # the values argsort + take gives, without the index array
+        v = np.sort(v)
         cum, n = None, len(v)
     if n == 0:
         return {"count": 0}
