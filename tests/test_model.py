@@ -304,6 +304,13 @@ def test_hardware_and_models_commands():
     assert p.returncode == 2 and "did you mean" in p.stderr
     p = cli("models", "list")
     assert "mixtral-8x7b" in p.stdout and "12.9 active" in p.stdout
+    p = cli("engines", "list", "--json")
+    rows = {e["engine"]: e for e in json.loads(p.stdout)}
+    assert p.returncode == 0 and {"trt-llm", "vllm", "sglang", "tgi", "tgi-1", "deepspeed", "llama.cpp", "mlc", "neuronx",
+                                  "fastertransformer"} <= set(rows)
+    assert "tensorrt-llm" in rows["trt-llm"]["aliases"] and rows["vllm"]["default_for"][0] == "gpu"
+    assert rows["tgi-1"]["corpus_rows"] > 0 and rows["fastertransformer"]["corpus_rows"] == 0
+    assert "text-generation-inference" in cli("engines", "list").stdout
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Commands of the analytic side: ``predict``, ``probe``, ``calibrate``, ``hardware list/show``, ``models list/show``."""
+"""Commands of the analytic side: ``predict``, ``probe``, ``calibrate``, ``hardware list/show``, ``models list/show``,
+``engines list``."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from .model.fitcheck import MAX_FIT_ERROR
 
 hardware_app = typer.Typer(no_args_is_help=True, help="The hardware catalog: peaks, memory, links, power, prices, sources.")
 models_app = typer.Typer(no_args_is_help=True, help="The model catalog: architectures and parameter counts.")
+engines_app = typer.Typer(no_args_is_help=True, help="The serving engines --engine names: aliases, corpus coverage.")
 
 
 def register(app: typer.Typer) -> None:
@@ -23,6 +25,7 @@ def register(app: typer.Typer) -> None:
     app.command(rich_help_panel=PANEL_MODEL)(calibrate)
     app.add_typer(hardware_app, name="hardware", rich_help_panel=PANEL_MODEL)
     app.add_typer(models_app, name="models", rich_help_panel=PANEL_MODEL)
+    app.add_typer(engines_app, name="engines", rich_help_panel=PANEL_MODEL)
 
 
 def _ints(s: str, what: str) -> list[int]:
@@ -171,6 +174,31 @@ def models_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.
         out.print_json(json.dumps({k: m.summary() for k, m in catalog().items()}))
         return
     out.print(models_table(catalog().values()))
+
+
+@engines_app.command("list")
+def engines_list(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every engine --engine accepts: its name, aliases, the published rows its profile is fitted on, and the
+    devices it is the default for."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .model.engines import _data, listing
+
+    defaults: dict[str, list[str]] = {}
+    for where, eng in _data()["defaults"].items():
+        defaults.setdefault(eng, []).append(where)
+    rows = [{**e, "default_for": defaults.get(e["engine"], [])} for e in listing()]
+    if json_out:
+        out.print_json(json.dumps(rows))
+        return
+    t = Table(title="Serving engines (--engine NAME; any alias is accepted)", title_justify="left")
+    for c in ("engine", "name", "aliases", "fitted on (corpus rows)", "default for"):
+        t.add_column(c, justify="right" if c.startswith("fitted") else "left")
+    for e in rows:
+        t.add_row(e["engine"], escape(e["name"]), escape(", ".join(e["aliases"])), str(e["corpus_rows"]),
+                  ", ".join(e["default_for"]) or "-")
+    out.print(t)
 
 
 @models_app.command("show")

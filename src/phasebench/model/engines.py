@@ -179,7 +179,7 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
 
 
 def listing() -> list[dict[str, Any]]:
-    """Every engine with its aliases and where the corpus covers it (for ``phasebench engines`` and docs)."""
+    """Every engine with its aliases and the corpus rows its profile is fitted on (``phasebench engines list``)."""
     cov = fitted().get("coverage", {})
     return [{"engine": k, "name": v.get("name", k), "aliases": v.get("aliases", []),
              "corpus_rows": sum(n for c, n in cov.items() if c.split("|")[0] == k)} for k, v in engines().items()]
