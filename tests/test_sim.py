@@ -281,7 +281,7 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
         # the writer's byte templates give what orjson writes for each row's record dict, byte for byte
         lists, ones = _Lists(cols), np.ones(int(cols.n_tok.max()), dtype=np.int64)
         want = [orjson.dumps(_record_dict(lists, k, t, ones), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
-                for k, t in _row_tokens(cols)]
+                for k, t in _row_tokens(cols, lists.served)]
         assert list(_lines(cols, lists)) == want, name
         back = read_records(tmp_path / "r.jsonl")
         assert back.skipped == 0

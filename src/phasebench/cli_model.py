@@ -183,12 +183,9 @@ def engines_list(json_out: bool = typer.Option(False, "--json", help="Print JSON
     from rich.markup import escape
     from rich.table import Table
 
-    from .model.engines import _data, listing
+    from .model.engines import listing
 
-    defaults: dict[str, list[str]] = {}
-    for where, eng in _data()["defaults"].items():
-        defaults.setdefault(eng, []).append(where)
-    rows = [{**e, "default_for": defaults.get(e["engine"], [])} for e in listing()]
+    rows = listing()
     if json_out:
         out.print_json(json.dumps(rows))
         return

@@ -179,10 +179,15 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
 
 
 def listing() -> list[dict[str, Any]]:
-    """Every engine with its aliases and the corpus rows its profile is fitted on (``phasebench engines list``)."""
+    """Every engine with its aliases, the corpus rows its profile is fitted on and the device keys, classes or
+    kinds it is the default engine for (``phasebench engines list``)."""
     cov = fitted().get("coverage", {})
+    default_for: dict[str, list[str]] = {}
+    for where, eng in _data()["defaults"].items():
+        default_for.setdefault(eng, []).append(where)
     return [{"engine": k, "name": v.get("name", k), "aliases": v.get("aliases", []),
-             "corpus_rows": sum(n for c, n in cov.items() if c.split("|")[0] == k)} for k, v in engines().items()]
+             "corpus_rows": sum(n for c, n in cov.items() if c.split("|")[0] == k),
+             "default_for": default_for.get(k, [])} for k, v in engines().items()]
 
 
 def covered(hw: Hardware, engine: str) -> tuple[bool, str | None]:

@@ -237,9 +237,10 @@ class _Lists:
         self.error = c.error
 
 
-def _row_tokens(c: Columns) -> Iterator[tuple[int, Any]]:
-    """(row, its token times: a numpy slice, an explicit row's list, or None for an unserved row), in order."""
-    served, explicit = c.served.tolist(), c.explicit
+def _row_tokens(c: Columns, served: list[bool]) -> Iterator[tuple[int, Any]]:
+    """(row, its token times: a numpy slice, an explicit row's list, or None for an unserved row), in order
+    (``served``: ``c.served`` as a list, from :class:`_Lists`)."""
+    explicit = c.explicit
     for r0, flat, off in _token_blocks(c):
         offs = off.tolist()
         for k in range(r0, min(r0 + _BLOCK, len(c))):
@@ -284,7 +285,7 @@ def _record_dicts(c: Columns) -> Iterator[dict[str, Any]]:
     """One dict per row with RequestRecord's fields, in its order, with its types."""
     L = _Lists(c)
     ones = np.ones(int(c.n_tok.max()) if len(c) else 0, dtype=np.int64)
-    for k, toks in _row_tokens(c):
+    for k, toks in _row_tokens(c, L.served):
         yield _record_dict(L, k, toks, ones)
 
 
@@ -307,9 +308,10 @@ def _lines(c: Columns, L: _Lists | None = None) -> Iterator[bytes]:
     idx, sched, n_in, n_out, first, end, last, n_tok = L.idx, L.sched, L.n_in, L.n_out, L.first, L.end, L.last, L.n_tok
     cached, conv, turn = L.cached, L.conv, L.turn
     ones: dict[int, bytes] = {}
-    for k, toks in _row_tokens(c):
+    no_tokens = np.ones(0, dtype=np.int64)
+    for k, toks in _row_tokens(c, L.served):
         if toks is None:
-            yield dumps(_record_dict(L, k, None, np.ones(0, dtype=np.int64)), option=opt)
+            yield dumps(_record_dict(L, k, None, no_tokens), option=opt)
             continue
         i, f, nt, s = idx[k], first[k], n_tok[k], sched[k]
         tok = ones.get(nt)
