@@ -3,7 +3,8 @@
 Three columns per line: the priors alone (data/engines.yaml, no fit), the fit scored on the rows it was fitted on
 (in-sample), and leave-one-source-out (each source scored by a fit on all the other sources: the honest figure).
 Lines: overall, per phase group (prefill = TTFT, decode = TPOT / a stream's tok/s, e2e, throughput), per source,
-per engine|device class. |error| = |predicted / measured − 1|.
+per engine|device class; then leave-one-source-out split by what the other sources had of each row's engine and
+device class (so a covered prediction and one outside the corpus are told apart). |error| = |predicted / measured − 1|.
 
     PYTHONPATH=src python benchmarks/predict_accuracy.py            # full fit (a few CPU-minutes)
     PYTHONPATH=src python benchmarks/predict_accuracy.py --quick    # fewer fit iterations, for checking
@@ -74,6 +75,17 @@ def main() -> int:
             groups[keyf(r)].append(r.id)
         for k in sorted(groups):
             line(f"{label}: {k}", groups[k])
+    cov = F.held_out_coverage(rows)
+    print("\nleave-one-source-out by what the other sources had of the row's engine and device class (covered: "
+          "another source measured that engine on that class; engine elsewhere: only on other classes; engine "
+          "unseen: no other source has the engine):\n")
+    groups_ = ("prefill", "decode", "e2e", "throughput")
+    print("| held out | n | overall | " + " | ".join(groups_) + " |")
+    print("|---|---:|---:|" + "---:|" * len(groups_))
+    for c in F.HELD_OUT_COVERAGE:
+        ids = {r.id for r in rows if r.id in loso and cov[r.id] == c}
+        per = [_med([F.abs_pct(loso[r.id]) for r in rows if r.id in ids and r.group == g]) for g in groups_]
+        print(f"| {c} | {len(ids)} | {_med([F.abs_pct(loso[i]) for i in ids])} | " + " | ".join(per) + " |")
     worst = sorted((r for r in rows if r.id in loso), key=lambda r: -abs(loso[r.id]))[: a.worst]
     if worst:
         print(f"\nworst {len(worst)} rows leave-one-source-out (predicted ÷ measured, as time):")

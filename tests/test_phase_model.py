@@ -220,6 +220,42 @@ def test_every_prediction_carries_a_range_and_says_when_outside_the_corpus():
     assert wide > r["tpot_ms"][1] / r["tpot_ms"][0]
 
 
+def test_held_out_rows_are_told_apart_by_what_the_other_sources_had():
+    """A row is "covered" held out when another source measured its engine on its device class, "engine
+    elsewhere" when another source has the engine only on other classes, "engine unseen" when none has it."""
+    from dataclasses import replace
+
+    from phasebench.model import fit as F
+    from phasebench.model.corpus import load
+
+    rows, _ = load()
+    r = rows[0]
+    made = [replace(r, id="a", source="s1", engine="e1", device_class="c1"),
+            replace(r, id="b", source="s2", engine="e1", device_class="c1"),   # e1 on c1 in two sources
+            replace(r, id="c", source="s2", engine="e1", device_class="c2"),   # e1 on c2 only in s2
+            replace(r, id="d", source="s3", engine="e2", device_class="c1")]   # e2 only in s3
+    assert F.held_out_coverage(made) == {"a": "covered", "b": "covered", "c": "engine elsewhere", "d": "engine unseen"}
+    loso = {"a": 0.1, "b": -0.1, "c": 0.5, "d": -1.0}
+    rg = F.ranges(made, loso)
+    g = r.group
+    assert rg["*covered"][g][2] == 2 and rg["*outside"][g][2] == 2 and rg["*"][g][2] == 4
+    assert rg["*outside"][g][1] > rg["*covered"][g][1]        # d: measured 2.7x the prediction
+
+
+def test_a_prediction_outside_the_corpus_is_as_wide_as_held_out_misses_outside_it():
+    from phasebench.model.engines import fitted
+    from phasebench.model.uncertainty import MIN_OUTSIDE, factors
+
+    rg = fitted()["ranges"]
+    tpu = load_hardware("tpu-v5e")
+    for g in ("prefill", "decode", "e2e", "throughput"):
+        lo, hi, where = factors(tpu, "tgi", g)
+        pooled, out = rg["*"][g], rg.get("*outside", {}).get(g)
+        assert lo <= pooled[0] ** 2 * 1.0001 and hi >= pooled[1] ** 2 * 0.9999        # at least the widened pool
+        if out and out[2] >= MIN_OUTSIDE:
+            assert lo <= out[0] and hi >= out[1] and "outside their source's coverage" in where
+
+
 def test_the_installed_fit_is_of_the_shipped_corpus():
     from phasebench.model import fit as F
     from phasebench.model.corpus import corpus_path

@@ -312,14 +312,35 @@ def abs_pct(lr: float) -> float:
     return abs(math.exp(lr) - 1.0) * 100
 
 
+HELD_OUT_COVERAGE = ("covered", "engine elsewhere", "engine unseen")
+
+
+def held_out_coverage(rows: list[Row]) -> dict[str, str]:
+    """What the corpus had of each row's engine and device class once the row's own source was left out:
+    "covered" (another source measured that engine on that class), "engine elsewhere" (the engine, but only on
+    other classes) or "engine unseen" (no other source has the engine). A held-out row that is not "covered" is
+    scored as a prediction outside the corpus is made: from priors and other engines' and classes' parameters."""
+    by_key: dict[str, set[str]] = defaultdict(set)
+    by_engine: dict[str, set[str]] = defaultdict(set)
+    for r in rows:
+        by_key[r.key].add(r.source)
+        by_engine[r.engine].add(r.source)
+    return {r.id: HELD_OUT_COVERAGE[0] if by_key[r.key] - {r.source} else
+            HELD_OUT_COVERAGE[1] if by_engine[r.engine] - {r.source} else HELD_OUT_COVERAGE[2] for r in rows}
+
+
 def ranges(rows: list[Row], loso: dict[str, float]) -> dict[str, dict[str, list[float]]]:
-    """10th/90th percentiles of measured ÷ predicted time per engine|class and group, from LOSO residuals."""
+    """10th/90th percentiles of measured ÷ predicted time per engine|class and group, from LOSO residuals; also
+    pooled over every class ("*"), over the rows that were covered when held out ("*covered") and over those that
+    were not ("*outside": what a prediction outside the corpus has been seen to miss by)."""
     groups: dict[tuple[str, str], list[float]] = defaultdict(list)
+    cov = held_out_coverage(rows)
     for r in rows:
         if r.id in loso:
             ratio = -loso[r.id]        # log(measured / predicted) in time orientation
             groups[(r.key, r.group)].append(ratio)
             groups[("*", r.group)].append(ratio)
+            groups[("*covered" if cov[r.id] == "covered" else "*outside", r.group)].append(ratio)
     out: dict[str, dict[str, list[float]]] = defaultdict(dict)
     for (key, g), v in sorted(groups.items()):
         a = np.array(v)

@@ -5,7 +5,9 @@ keeps, per ``engine|device class`` and phase group, the 10th and 90th percentile
 (for a throughput, predicted ÷ measured, so both read as "how much longer it really took"). A prediction's range
 is its point value scaled by those two factors. A class with fewer than 4 such residuals in a group uses the
 pooled residuals of every class, widened 1.5×; a pair the corpus has no rows for at all gets the pooled range
-widened 2× and a note saying it is outside what the corpus covers. Nothing installed: no range, and a note.
+widened 2× — or, where wider, the spread of the held-out rows that were outside their source's coverage (their
+engine and class in no other source: ``fit.held_out_coverage``), which is what such predictions have been seen to
+miss by — and a note saying it is outside what the corpus covers. Nothing installed: no range, and a note.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .engines import covered, device_class, fitted
 from .hardware import Hardware
 
 MIN_RESIDUALS = 4
+MIN_OUTSIDE = 10     # held-out rows outside their source's coverage, per group, before their spread is used
 
 
 def factors(hw: Hardware, engine: str, group: str) -> tuple[float, float, str] | None:
@@ -33,8 +36,13 @@ def factors(hw: Hardware, engine: str, group: str) -> tuple[float, float, str] |
         return None
     ok, _ = covered(hw, engine)
     widen = 1.5 if ok else 2.0
-    lo, hi = math.log(pooled[0]) * widen, math.log(pooled[1]) * widen
-    return math.exp(lo), math.exp(hi), f"all classes ({pooled[2]} residuals), widened {widen}×"
+    lo, hi = math.exp(math.log(pooled[0]) * widen), math.exp(math.log(pooled[1]) * widen)
+    where = f"all classes ({pooled[2]} residuals), widened {widen}×"
+    outside = ranges.get("*outside", {}).get(group)
+    if not ok and outside and outside[2] >= MIN_OUTSIDE:
+        lo, hi = min(lo, outside[0]), max(hi, outside[1])
+        where += f", or as far as held-out rows outside their source's coverage missed ({outside[2]} residuals)"
+    return lo, hi, where
 
 
 def attach_range(p: Any, hw: Hardware | None = None) -> None:
