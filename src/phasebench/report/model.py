@@ -26,7 +26,7 @@ def print_predictions(preds: list[Prediction], console: Console) -> None:
                   f"efficiency: memory {e.memory:.0%}, compute {e.compute:.0%}, {e.layer_overhead_us:.3g} µs/layer, "
                   f"{e.step_us:.3g} µs/step, {e.request_ms:.3g} ms/request ({escape(e.source)})")
     t = Table(title_justify="left", caption="bound: prefill/decode (mem = memory, comp = compute, comm = links, ovh = fixed "
-              "overhead); (low–high): the 10th–90th percentile range from the corpus residuals of this engine and class")
+              "overhead); (low–high): the 10th–90th percentile of held-out corpus residuals (range: below says whose)")
     for c in ("B", "in", "out", "TTFT ms (low–high)", "TPOT ms (low–high)", "E2E s", "out tok/s (low–high)", "bound",
               "GB/dev", "max B"):
         t.add_column(c, justify="right")
@@ -53,6 +53,9 @@ def print_predictions(preds: list[Prediction], console: Console) -> None:
         pf = p0.prefill
         console.print(f"prefill: {pf.flops / 1e12:.3f} TFLOP over {pf.bytes / 1e9:.2f} GB, intensity "
                       f"{pf.intensity:.0f} FLOP/byte → {pf.bound}-bound")
+    for b in dict.fromkeys((p.range or {}).get("basis") for p in preds if p.fits):
+        if b:
+            console.print(f"[dim]range: {escape(b)}[/]")
     for n in dict.fromkeys(n for p in preds for n in p.notes):
         console.print(f"[yellow]note:[/] {escape(n)}")
     if not p0.fits and len(preds) == 1:
