@@ -125,6 +125,7 @@ def test_engine_defaults_and_profiles_differ():
     assert default_engine(load_hardware("h100-sxm")) == "vllm"
     assert default_engine(load_hardware("inferentia2")) == "neuronx"
     assert default_engine(load_hardware("xeon-8480")) == "llama.cpp"
+    assert default_engine(load_hardware("gaudi2")) == "optimum-habana"     # the engine the corpus has Gaudi rows of
     assert device_class(load_hardware("mi300x")) == "amd-gpu"
     h = load_hardware("h100-sxm")
     a, b = profile(h, "trt-llm"), profile(h, "tgi")
