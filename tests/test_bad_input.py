@@ -414,7 +414,7 @@ def test_history_dates_are_checked(server, tmp_path):
 
 # ---- properties: no input gets a control character through, or a password past the redactor ---------------
 
-from hypothesis import given, settings  # noqa: E402
+from hypothesis import example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 
@@ -436,6 +436,7 @@ def test_clean_never_lets_a_control_character_through(text):
 @given(user=st.text(st.characters(codec="ascii", exclude_characters="\x00"), min_size=1, max_size=12),
        password=st.text(st.characters(codec="ascii", exclude_characters="\x00"), min_size=4, max_size=16),
        port=st.integers(1, 65535), path=st.sampled_from(["", "/", "/v1", "/openai/v1/"]))
+@example(user="[]", password="00@/", port=1, path="")  # yarl 1.25 raised IndexError on this authority
 def test_redacted_urls_never_hold_the_password(user, password, port, path):
     from phasebench.spec import redact_url
 
@@ -443,3 +444,13 @@ def test_redacted_urls_never_hold_the_password(user, password, port, path):
     red = redact_url(url)
     assert password not in red or password in f"h.example:{port}{path}", (url, red)
     assert "@" not in red
+
+
+def test_a_url_the_parser_trips_on_is_a_clear_error():
+    """yarl raises IndexError (not ValueError) on some malformed authorities: --url still gets one line."""
+    from phasebench.spec import SpecError, check_url, redact_url
+
+    bad = "http://[]:00@/@h.example:1/v1"
+    assert "00@/" not in redact_url(bad) and "@" not in redact_url(bad)
+    with pytest.raises(SpecError, match="not a valid URL"):
+        check_url(bad)

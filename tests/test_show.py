@@ -172,8 +172,9 @@ def test_two_plans_side_by_side_show_only_the_verdicts_mbu(plan):
 
 # --- the typed views every reader takes (results.Run.result / Run.meta) --------------------------------------
 @pytest.fixture(scope="module")
-def kinds(plan, mock, tmp_path_factory):
-    """One folder of each kind: a measured run (with roofline and cost), a sweep, the plan, a simulated run."""
+def kinds(mock, tmp_path_factory):
+    """One folder of each kind but the plan (which needs the real engine: its own, slow, test): a measured run
+    (with roofline and cost), a sweep, a simulated run."""
     mock.configure(ttft_ms=10, itl_ms=3)
     root = tmp_path_factory.mktemp("kinds")
     try:
@@ -185,7 +186,7 @@ def kinds(plan, mock, tmp_path_factory):
     p = cli("simulate", "--model", "llama-3.1-8b", "--hardware", "h100-sxm", "--rate", "5", "--requests", "60",
             "--slo", "mlperf-llama3.1-8b-server", "--out", str(root / "sim"))
     assert p.returncode == 0, p.stderr
-    return {"run": one.path, "sweep": sweep.path, "plan": plan[0], "simulated": root / "sim"}
+    return {"run": one.path, "sweep": sweep.path, "simulated": root / "sim"}
 
 
 def _every_reader(r: Run) -> str:
@@ -209,6 +210,15 @@ def _every_reader(r: Run) -> str:
 
 
 def test_every_reader_works_on_the_typed_object_of_each_folder_kind(kinds, tmp_path):
+    _every_reader_on(kinds, tmp_path)
+
+
+@pytest.mark.slow
+def test_every_reader_works_on_the_typed_object_of_a_plan(plan, tmp_path):
+    _every_reader_on({"plan": plan[0]}, tmp_path)
+
+
+def _every_reader_on(kinds: dict, tmp_path) -> None:
     from phasebench.report.tables import headline, lead_lines
     from phasebench.results import Manifest, Summary
     from phasebench.store import Store, record_run

@@ -529,6 +529,20 @@ def parse_extra_body(value: Any) -> dict[str, Any]:
     return {str(k): v for k, v in value.items()}
 
 
+def parse_url(text: str):
+    """``yarl.URL(text)``, with any failure to parse raised as ValueError: yarl raises IndexError or TypeError
+    on some malformed authorities (``http://[]:x@/@host``), and a user's URL must give a clear error, not a
+    traceback."""
+    from yarl import URL
+
+    try:
+        return URL(text)
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the parser trips on is a malformed URL
+        raise ValueError(f"malformed URL ({type(e).__name__})") from None
+
+
 def redact_url(url: str | None) -> str | None:
     """The URL without user:password@, query and fragment (which may hold keys); safe to store and print.
 
@@ -541,7 +555,7 @@ def redact_url(url: str | None) -> str | None:
 
     text = str(url)
     try:
-        u = URL(text)
+        u = parse_url(text)
         if u.is_absolute() and u.host and "@" not in u.raw_path:
             bare = u.raw_path == "/" and not re.split(r"[?#]", text, maxsplit=1)[0].endswith("/")
             return str(URL.build(scheme=u.scheme, host=u.raw_host or "", port=u.explicit_port, encoded=True,
@@ -556,10 +570,8 @@ URL_SCHEMES = ("http", "https")
 
 
 def _has_credentials(url: str) -> bool:
-    from yarl import URL
-
     try:
-        u = URL(url)
+        u = parse_url(url)
     except ValueError:
         return False
     return bool(u.raw_user or u.raw_password)
@@ -567,15 +579,13 @@ def _has_credentials(url: str) -> bool:
 
 def check_url(url: str) -> str:
     """An OpenAI-compatible base URL must be absolute http(s) with a host; say what would be accepted."""
-    from yarl import URL
-
     text = url.strip()
     shown = redact_url(text)
     example = "e.g. http://127.0.0.1:8000/v1"
     if "://" not in text:
         raise SpecError(f"--url {shown!r} has no scheme: write it in full, e.g. http://{shown}")
     try:
-        u = URL(text)
+        u = parse_url(text)
         u.port  # noqa: B018 - parses the port, raising on a bad one
     except (ValueError, TypeError) as e:
         raise SpecError(f"--url {shown!r} is not a valid URL ({e}); {example}") from None
@@ -593,10 +603,8 @@ def url_hint(url: str | None) -> str:
     """A hint for a server that listed no model: most OpenAI-compatible servers live under ``/v1``."""
     if not url:
         return ""
-    from yarl import URL
-
     try:
-        path = URL(url).path.rstrip("/")
+        path = parse_url(url).path.rstrip("/")
     except ValueError:
         return ""
     if path.endswith("/v1") or "/v1/" in path:

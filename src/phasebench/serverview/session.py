@@ -29,10 +29,10 @@ def _without_credentials(url: str) -> tuple[str, str | None]:
     """The URL without ``user:password@``, and those credentials as a Basic Authorization header."""
     import base64
 
-    from yarl import URL
+    from ..spec import parse_url
 
     try:
-        u = URL(url)
+        u = parse_url(url)
     except ValueError:
         return url, None
     if u.user is None and u.password is None:
