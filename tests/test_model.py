@@ -95,6 +95,24 @@ def test_gguf_file_gives_the_architecture_and_file_size():
     assert m.weight_bytes("native") == path.stat().st_size
 
 
+@pytest.mark.parametrize("ref, key", [
+    ("meta-llama/Llama-2-7b-chat-hf", "llama-2-7b"), ("Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b"),
+    ("meta-llama/Meta-Llama-3-8B", "llama-3-8b"), ("mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b"),
+    ("microsoft/Phi-3-mini-4k-instruct", "phi-3-mini"), ("google/gemma-2-9b-it", "gemma-2-9b"),
+    ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b"), ("meta-llama/Llama-3.1-405B-Instruct-FP8", "llama-3.1-405b"),
+    ("LLAMA-2-70B", "llama-2-70b"), ("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b"), ("codellama/CodeLlama-7b-hf", "codellama-7b"),
+])
+def test_hugging_face_names_resolve_to_the_catalog_model(ref, key):
+    assert load_model(ref).name == key
+
+
+def test_a_path_that_is_not_there_and_not_a_catalog_id_says_both(tmp_path):
+    with pytest.raises(ModelError, match="no such file or folder, and not the Hugging Face id"):
+        load_model("someorg/some-model-7b")
+    with pytest.raises(ModelError, match="model file not found"):
+        load_model(str(tmp_path / "config.json"))
+
+
 def test_unknown_names_list_close_ones():
     with pytest.raises(ModelError, match="did you mean llama-2-7b"):
         load_model("lama-2-7b")

@@ -7,6 +7,7 @@ A :class:`ModelArch` knows its shape; parameter counts, weight bytes and KV-cach
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from importlib import resources
@@ -180,13 +181,48 @@ def load_model(ref: str) -> ModelArch:
         return from_gguf(p)
     if p.suffix == ".json" and p.exists():
         return from_hf_config(p)
-    if p.suffix in (".gguf", ".json") or "/" in ref:
-        raise ModelError(f"model file not found: {ref}")
-    key = ref.lower()
     cat = catalog()
-    if key in cat:
+    key = catalog_key(ref)
+    if key is not None:
         return cat[key]
+    if p.suffix in (".gguf", ".json") or ref.startswith((".", "/", "~")):
+        raise ModelError(f"model file not found: {ref}")
+    if "/" in ref:
+        raise ModelError(f"model {ref!r}: no such file or folder, and not the Hugging Face id of a catalog model "
+                         f"({', '.join(sorted(cat))}); for another model pass its config.json (or a folder or "
+                         ".gguf file)")
     raise unknown("model", ref, cat)
+
+
+# variant words a Hugging Face name adds to the base model's (same architecture): chat/instruct tunes, the
+# "-hf" conversions, context-length tags, the quantized uploads' format, and a release's "-v0.1"
+_VARIANT = re.compile(r"-(instruct|chat|hf|it|base|fp8|fp16|bf16|awq|gptq|int4|int8|w4a16|w8a8|gguf|\d+k|v\d+(\.\d+)*)$")
+
+
+def catalog_key(ref: str) -> str | None:
+    """The catalog key a model reference names: the key itself (any case), the Hugging Face id in the
+    catalog's ``hf`` field (``meta-llama/Meta-Llama-3-8B``), or a Hugging Face name of the same model's variants
+    (``meta-llama/Llama-2-7b-chat-hf``, ``Meta-Llama-3.1-8B-Instruct``, ``mistralai/Mistral-7B-Instruct-v0.2``,
+    ``Phi-3-mini-4k-instruct``): the organisation, the ``Meta-`` prefix and variant suffixes are dropped. None
+    when nothing matches."""
+    cat = catalog()
+    key = ref.strip().lower()
+    if key in cat:
+        return key
+    by_hf = {m.source.split("huggingface.co/", 1)[-1].split("/blob/", 1)[0].lower(): k for k, m in cat.items()}
+    if key in by_hf:
+        return by_hf[key]
+    base = key.rsplit("/", 1)[-1].replace("_", "-").replace(" ", "-")
+    base = base.removeprefix("meta-")
+    while True:
+        if base in cat:
+            return base
+        stripped = _VARIANT.sub("", base)
+        if stripped == base:
+            break
+        base = stripped
+    short = {hf.rsplit("/", 1)[-1].removeprefix("meta-"): k for hf, k in by_hf.items()}
+    return short.get(base)
 
 
 _HF_REQUIRED = {
