@@ -109,7 +109,10 @@ def test_each_model_module_imports_fresh(mod):
                                            ("llama_cpp", "llama.cpp"), ("vLLM", "vllm"), ("text-generation-inference", "tgi"),
                                            ("deepspeed-mii", "deepspeed"), ("mlc-llm", "mlc"),
                                            ("transformers-neuronx", "neuronx"), ("FasterTransformer", "fastertransformer"),
-                                           ("sglang", "sglang")])
+                                           ("sglang", "sglang"), ("vllm-0.6.3", "vllm"), ("vLLM 0.5.4", "vllm"),
+                                           ("tgi-1.4.5", "tgi-1"), ("tgi-2.0.4", "tgi"), ("trt-llm-v0.9", "trt-llm"),
+                                           ("tensorrt-llm 0.10.0rc1", "trt-llm"), ("llama.cpp-b3000", "llama.cpp"),
+                                           ("turbomind", "lmdeploy"), ("mlx-lm", "mlx")])
 def test_engine_spellings(spelling, name):
     assert canonical_engine(spelling) == name
 

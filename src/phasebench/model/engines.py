@@ -10,6 +10,8 @@ calibration (``model/calibration.py``) > the fitted value for (device class, eng
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
@@ -95,11 +97,24 @@ def canonical_engine(name: str) -> str:
     """The engine's canonical name from any accepted spelling (``tensorrt-llm`` → ``trt-llm``)."""
     al = _aliases()
     n = _norm(name)
-    if n in al:
-        return al[n]
-    if n.replace("-", "") in {k.replace("-", "") for k in al}:
-        return next(v for k, v in al.items() if k.replace("-", "") == n.replace("-", ""))
+    squashed = {k.replace("-", ""): v for k, v in al.items()}
+    for cand in _version_stripped(n):
+        if cand in al:
+            return al[cand]
+        if cand.replace("-", "") in squashed:
+            return squashed[cand.replace("-", "")]
     raise unknown("engine", name, engines())
+
+
+def _version_stripped(n: str) -> list[str]:
+    """The name, then (when it ends in a release or build: ``vllm-0.6.3``, ``tgi-1.4.5``, ``trt-llm-v0.9``,
+    ``llama.cpp-b3000``) the name
+    with its major release (``tgi-1``: an alias where releases differ), then the bare name."""
+    m = re.match(r"^(.*?)[-@]?[vb]?(\d+)(\.\d+)*(-?(rc|post|dev)\d*)?$", n)
+    if not m or not m.group(1):
+        return [n]
+    base = m.group(1).rstrip("-")
+    return [n, f"{base}-{m.group(2)}", base]
 
 
 def device_class(hw: Hardware) -> str:
