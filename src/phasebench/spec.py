@@ -613,26 +613,30 @@ def url_hint(url: str | None) -> str:
 
 
 def check_hardware(name: str) -> str:
-    """--hardware must name a catalog record, a user record, ``local`` or a .yaml file; list the known ones."""
+    """--hardware must name a catalog record (by key or alias), a user record, ``local`` or a .yaml file; list the
+    known ones. Returns the record's canonical key (``h100`` → ``h100-sxm``)."""
     if name.lower() == "local" or Path(name).expanduser().suffix in (".yaml", ".yml"):
         if Path(name).expanduser().suffix in (".yaml", ".yml") and not Path(name).expanduser().exists():
             raise SpecError(f"--hardware {name!r}: no such file")
         return name
     from .model.errors import ModelError
-    from .model.hardware import catalog
+    from .model.hardware import aliases, catalog, resolve_key
 
     try:
         known = catalog()
+        key = resolve_key(name, known)
+        al = aliases(known)
     except ModelError as e:
         raise SpecError(f"--hardware: {e}") from None
-    if name.lower() not in known:
+    if key is None:
         import difflib
 
-        close = difflib.get_close_matches(name.lower(), list(known), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name.lower(), [*known, *al], n=6, cutoff=0.5)
+        close = list(dict.fromkeys(al.get(c, c) if c not in known else c for c in close))[:3]
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise SpecError(f"--hardware {name!r} is not a known hardware record{hint} (known: local, {', '.join(sorted(known))}; "
-                        "`phasebench hardware list` shows them)")
-    return name
+                        "`phasebench hardware list` shows them and their aliases)")
+    return key          # an alias or other spelling is stored as the record's canonical key
 
 
 def load_spec_file(path: Path) -> dict[str, Any]:

@@ -1,15 +1,26 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 
 class ModelError(ValueError):
     """A user mistake in the analytic model's inputs (unknown name, missing field, impossible setting)."""
 
 
-def unknown(what: str, name: str, known: Iterable[str]) -> ModelError:
+def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> ModelError:
+    """'unknown X'; the close names are the known keys' and any aliases' (``alias -> key``), each given as its
+    key (``h100 (h100-sxm)`` where the match was an alias)."""
     known = sorted(known)
-    close = difflib.get_close_matches(name.lower(), known, n=4, cutoff=0.4)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    aliases = dict(aliases or {})
+    close = difflib.get_close_matches(name.lower(), [*known, *aliases], n=6, cutoff=0.4)
+    picks: list[str] = []
+    seen: set[str] = set()
+    for c in close:
+        key = aliases.get(c, c) if c not in known else c
+        if key in seen:
+            continue
+        seen.add(key)
+        picks.append(key if key == c else f"{key} ({c})")
+    hint = f"; did you mean {', '.join(picks[:4])}?" if picks else ""
     return ModelError(f"unknown {what} {name!r}{hint} (known: {', '.join(known)})")

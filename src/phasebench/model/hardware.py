@@ -95,10 +95,53 @@ def _from_record(key: str, rec: dict[str, Any]) -> Hardware:
     return Hardware(key=key, extra=extra, **main)
 
 
+def norm_name(name: str) -> str:
+    """A hardware name as looked up: case-insensitive, ``_`` and spaces read as ``-``."""
+    return "-".join(str(name).strip().lower().replace("_", "-").split())
+
+
+def alias_map(records: dict[str, Hardware]) -> dict[str, str]:
+    """Normalised alias -> canonical key for ``records`` (their optional ``aliases: [...]``).
+
+    Fails loudly (ModelError) when two records claim the same alias, when an alias is (after normalising)
+    another record's key, or when two keys normalise alike: a spelling must mean one device."""
+    keys: dict[str, str] = {}
+    for k in records:
+        n = norm_name(k)
+        if n in keys and keys[n] != k:
+            raise ModelError(f"hardware records {keys[n]!r} and {k!r} differ only in case, '_' or spaces")
+        keys[n] = k
+    out: dict[str, str] = {}
+    for k, h in records.items():
+        al = h.extra.get("aliases") or []
+        if isinstance(al, str) or not isinstance(al, (list, tuple)):
+            raise ModelError(f"hardware {k}: aliases must be a list of names")
+        for a in al:
+            if not isinstance(a, str):
+                raise ModelError(f"hardware {k}: alias {a!r} must be a string (quote it in YAML: \"{a}\")")
+            n = norm_name(a)
+            if not n:
+                raise ModelError(f"hardware {k}: empty alias")
+            if n in keys and keys[n] != k:
+                raise ModelError(f"hardware {k}: alias {a!r} is the key of another record ({keys[n]})")
+            if n in out and out[n] != k:
+                raise ModelError(f"hardware alias {a!r} is claimed by both {out[n]} and {k}")
+            if n != norm_name(k):
+                out[n] = k
+    return out
+
+
 @cache
 def _builtin() -> dict[str, Hardware]:
     raw = yamlio.safe_load(resources.files("phasebench").joinpath("data/hardware.yaml").read_text())
-    return {k: _from_record(k, v) for k, v in raw.items()}
+    recs = {k: _from_record(k, v) for k, v in raw.items()}
+    alias_map(recs)        # duplicate or clashing aliases are an error at load time
+    return recs
+
+
+@cache
+def _builtin_aliases() -> dict[str, str]:
+    return alias_map(_builtin())
 
 
 def local_path() -> Path:
@@ -118,17 +161,55 @@ def catalog() -> dict[str, Hardware]:
     return out
 
 
+def aliases(cat: dict[str, Hardware] | None = None) -> dict[str, str]:
+    """Normalised alias -> key over the catalog: the built-in records' aliases (checked at load) plus those of
+    user records (``$PHASEBENCH_HOME/hardware/*.yaml``) that no built-in name already takes."""
+    cat = catalog() if cat is None else cat
+    out = dict(_builtin_aliases())
+    builtin = _builtin()
+    user = {k: h for k, h in cat.items() if builtin.get(k) is not h}
+    if user:
+        taken = {norm_name(k) for k in cat}
+        for a, k in alias_map(user).items():
+            if a in out and out[a] != k:
+                raise ModelError(f"hardware record {k}: alias {a!r} is already {out[a]}'s")
+            if a not in taken:
+                out[a] = k
+    return out
+
+
+def resolve_key(ref: str, cat: dict[str, Hardware] | None = None) -> str | None:
+    """The catalog key ``ref`` names (a key or an alias, any case, ``_``/space for ``-``), or None."""
+    cat = catalog() if cat is None else cat
+    if ref in cat:
+        return ref
+    n = norm_name(ref)
+    by_norm = {norm_name(k): k for k in cat}
+    if n in by_norm:
+        return by_norm[n]
+    al = aliases(cat)
+    if n in al:
+        return al[n]
+    # hyphens left out ("h100sxm", "rtx4090"): only where that spelling means one record
+    flat = {}
+    for name, k in [*by_norm.items(), *al.items()]:
+        flat.setdefault(name.replace("-", ""), set()).add(k)
+    hit = flat.get(n.replace("-", ""))
+    return next(iter(hit)) if hit and len(hit) == 1 else None
+
+
 def load_hardware(ref: str) -> Hardware:
-    key = ref.lower()
+    """A catalog record by key or alias (returned under its canonical key), or a ``.yaml`` record file."""
     p = Path(ref).expanduser()
     if p.suffix in (".yaml", ".yml") and p.exists():
         return _from_record(p.stem, yamlio.safe_load(p.read_text()))
     cat = catalog()
-    if key in cat:
+    key = resolve_key(ref, cat)
+    if key is not None:
         return cat[key]
-    if key == "local":
+    if norm_name(ref) == "local":
         raise ModelError("no 'local' hardware record yet: run `phasebench probe` first")
-    raise unknown("hardware", ref, cat)
+    raise unknown("hardware", ref, cat, aliases(cat))
 
 
 def local_record(probe: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:

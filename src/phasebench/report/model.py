@@ -87,6 +87,11 @@ def print_hardware(hws: Iterable[Hardware], console: Console) -> None:
     for h in hws:
         console.print(f"  {h.key}: {escape(h.name)} — {escape(h.source)} ({escape(h.date)}); price: {escape(h.price_source)}",
                       soft_wrap=True)
+    named = [h for h in hws if h.extra.get("aliases")]
+    if named:
+        console.print("[bold]aliases[/] (other spellings --hardware accepts; case, '_' and spaces are ignored)")
+        for h in named:
+            console.print(f"  {h.key}: {escape(', '.join(map(str, h.extra['aliases'])))}", soft_wrap=True)
 
 
 def models_table(models: Iterable[ModelArch]) -> Table:
@@ -109,6 +114,8 @@ def print_record(d: dict[str, Any], console: Console, extra: dict[str, Any] | No
     for k, v in {**d, **(extra or {})}.items():
         if isinstance(v, dict):
             v = ", ".join(f"{a}: {b}" for a, b in v.items())
+        elif isinstance(v, (list, tuple)):
+            v = ", ".join(map(str, v))
         t.add_row(escape(str(k)), escape(str(v)))
     console.print(t)
 
