@@ -24,8 +24,8 @@ from .conftest import ENV
 CAT = _builtin()
 
 NEW = ["b200", "h20", "l40", "a10g", "a10", "t4", "v100-sxm-32gb", "rtx-a6000", "rtx-3090", "a100-80gb-pcie",
-       "mi325x", "mi210", "tpu-v5p", "tpu-v6e", "m2-ultra", "m3-max", "m4-max"]
-APPLE = ["m2-ultra", "m3-max", "m4-max"]
+       "mi325x", "mi210", "tpu-v5p", "tpu-v6e", "m1-max", "m2-ultra", "m3-max", "m4-max"]
+APPLE = ["m1-max", "m2-ultra", "m3-max", "m4-max"]
 
 # (memory GB/s, 16-bit-or-best TFLOP/s) a device of each kind plausibly has: catches a unit slip (TB/s for GB/s,
 # a sparse figure for a dense one would still pass; the per-device checks below look at those)
@@ -41,7 +41,7 @@ def _half(h) -> float:
 
 def test_every_record_loads_and_is_under_its_key():
     raw = yamlio.safe_load((Path(phasebench.__file__).parent / "data" / "hardware.yaml").read_text())
-    assert set(raw) == set(CAT) and len(CAT) >= 39
+    assert set(raw) == set(CAT) and len(CAT) >= 40
     for k, rec in raw.items():
         h = _from_record(k, rec)
         assert h.key == k and load_hardware(k) is CAT[k]
@@ -90,7 +90,7 @@ def test_new_devices_datasheet_figures():
     assert CAT["t4"].extra["arch"] == "turing" and CAT["v100-sxm-32gb"].extra["arch"] == "volta"
     assert "bf16" not in CAT["t4"].tflops and CAT["t4"].peak_flops("bf16") == 65e12      # fp16 stands in
     assert (CAT["tpu-v5p"].kind, CAT["tpu-v6e"].kind) == ("tpu", "tpu")
-    assert [CAT[k].memory_gbps for k in APPLE] == [800, 400, 546]
+    assert [CAT[k].memory_gbps for k in APPLE] == [400, 800, 400, 546]
 
 
 # --- aliases ----------------------------------------------------------------------------------------------------
