@@ -350,3 +350,39 @@ def test_generation_factors_are_fitted_only_against_the_reference_engine():
     no_trt = [r for r in rows if r.engine != "trt-llm"]
     assert not any("#" in k for k in F.parameters_for(no_trt))
     assert "step_us" in keys and F.parent("step_us@vllm") == "step_us" and F.parent("step_us@vendor") is None
+
+
+# --- unfused attention (an engine that materialises the scores) ---------------------------------------------------
+def test_materialised_attention_scores_are_priced_by_hand():
+    """llama.cpp without flash attention moves 16 bytes per attention score (F32 KQ written, softmax read and
+    written, read for AV) in kernels of their own, after the GEMMs: Llama-3-8B, a 4,096-token prompt on an RTX 4090,
+    with the knee off so each roofline is a plain max."""
+    from dataclasses import replace
+
+    from phasebench.model.phases import Pass, prefill_phase
+
+    s = setup_for("llama-3-8b", "rtx-4090", precision="fp16", engine="llama.cpp")[0]
+    assert s.efficiency.attn_score_bytes == 16
+    assert setup_for("llama-3-8b", "rtx-4090", precision="fp16", engine="vllm")[0].efficiency.attn_score_bytes == 0
+    s = replace(s, efficiency=replace(s.efficiency, sharpness=0.0)).resolved()
+    n = 4096
+    # causal scores: 32 layers x 32 heads x 4096²/2 = 8.59e9; x 16 B = 137.4 GB
+    scores = 32 * 32 * n * n / 2
+    bw = 1008e9 * s.efficiency.memory
+    attn_memory = scores * 16 / bw
+    attn_flops = 4 * 4096 * n * n * 32 / 2           # QKᵀ and AV, causal half
+    p = Pass(s)
+    attn_compute = attn_flops / p.peak
+    assert attn_memory > attn_compute                 # memory-bound on the scores, as measured
+    c, m, comm, ov, flops, nbytes, attn = p.terms(n, attn_flops, 0.0, 1)
+    assert attn == pytest.approx(attn_memory, rel=1e-9)
+    rows = n * p.row_frac
+    assert c == pytest.approx((flops - attn_flops) / (p.peak * rows / (rows + p.half_rows)))   # the GEMMs alone
+    fused = replace(s, efficiency=replace(s.efficiency, attn_score_bytes=0.0))
+    # the prompt's time grows by exactly the attention kernels' time minus the attention FLOPs the GEMM roof had
+    t, t0 = prefill_phase(s, 1, n).time_s, prefill_phase(fused, 1, n).time_s
+    assert t > t0 and prefill_phase(s, 1, n).bytes - prefill_phase(fused, 1, n).bytes == pytest.approx(scores * 16)
+    # the first decode step after an 8,192-token prompt attends to 8,193 tokens: 32 x 32 x 8193 scores, 134 MB,
+    # beside the 16 GB of weights
+    d, d0 = predict(s, 1, 8192, 2).decode_first, predict(fused, 1, 8192, 2).decode_first
+    assert d.bytes - d0.bytes == pytest.approx(32 * 32 * 8193 * 16, rel=1e-9)

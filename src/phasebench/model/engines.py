@@ -40,6 +40,8 @@ class Efficiency:
     engine: str = ""
     device_class: str = ""
     warning: str = ""               # a caveat that travels with these factors (a calibration stored with --force)
+    attn_score_bytes: float = 0.0   # bytes moved per attention score an engine materialises (QKᵀ written, softmax
+    #                                 read and written, read again for AV); 0: fused (flash) attention keeps them on chip
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -189,6 +191,8 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
     vals["gemm_half_rows"] = get("gemm_half_rows", base["gemm_half_rows"])
     vals["link"] = min(get(f"link|{cls}", base["link"]), 1.0)
     vals["moe_compute"] = min(get("moe_compute", base["moe_compute"]), 1.0)
+    # a structural fact of the engine's attention kernels (data/engines.yaml, with its source), not fitted
+    vals["attn_score_bytes"] = float(data["engines"][eng].get("attention_score_bytes", 0.0))
     src = f"fitted on the corpus ({fitted().get('corpus', {}).get('rows', '?')} rows)" if used_fit else "prior"
     return Efficiency(**vals, source=f"{eng} on {cls}: {src}", engine=eng, device_class=cls)
 

@@ -265,8 +265,11 @@ def _roof(compute: float, memory: float, k: float) -> float:
 
 
 def _phase(compute: float, memory: float, comm: float, overhead: float, flops: float, nbytes: float,
-           knee: float = 0.0) -> Phase:
-    t = _roof(compute, memory, knee) + comm + overhead
+           knee: float = 0.0, attn: float = 0.0) -> Phase:
+    """The breakdown; ``attn``: unfused attention kernels' seconds (memory-bound on the scores they move), added
+    to the GEMMs' roofline time and counted in the memory figure."""
+    t = _roof(compute, memory, knee) + attn + comm + overhead
+    memory += attn
     bound = max((("compute", compute), ("memory", memory), ("communication", comm), ("overhead", overhead)),
                 key=lambda kv: kv[1])[0]
     return Phase(flops, nbytes, compute, memory, comm, overhead, t, bound)
@@ -310,7 +313,8 @@ class Pass:
     ``lm_tokens``: tokens through the LM head (one per sequence that makes a token)."""
 
     __slots__ = ("s", "body_flops", "lm_flops", "w", "kv_share", "inv_bw", "inv_kv_bw", "overhead", "peak",
-                 "half_rows", "row_frac", "knee", "comm_fixed", "comm_token", "moe", "expert_flops", "peak16_ratio")
+                 "half_rows", "row_frac", "knee", "comm_fixed", "comm_token", "moe", "expert_flops", "peak16_ratio",
+                 "score_bytes")
 
     def __init__(self, s: Setup) -> None:
         m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
@@ -328,6 +332,10 @@ class Pass:
         self.half_rows = eff.gemm_half_rows
         self.row_frac = m.experts_active / m.experts if m.experts > 1 else 1.0   # GEMM rows per weight matrix
         self.knee = eff.sharpness
+        # an engine that materialises the attention scores (llama.cpp without -fa) moves attn_score_bytes per
+        # score through memory; scores per pass = attn_flops / (4 · head_dim) (QKᵀ and AV, 2 FLOPs each per
+        # score and head dimension), split over the tensor-parallel ranks with the heads
+        self.score_bytes = eff.attn_score_bytes / (4.0 * m.head_dim) / s.tp if eff.attn_score_bytes else 0.0
         act_bytes = precision_bytes(pr.activations)
         self.comm_fixed, self.comm_token = _comm_terms(s, act_bytes)
         self.moe = m.experts > 1
@@ -338,7 +346,8 @@ class Pass:
 
     def terms(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float
               ) -> tuple[float, float, float, float, float, float]:
-        """(compute s, memory s, communication s, overhead s, FLOPs, bytes) of a pass."""
+        """(compute s, memory s, communication s, overhead s, FLOPs, bytes, unfused attention s) of a pass; the
+        last is 0 unless the engine materialises the attention scores (then compute s is the GEMMs' alone)."""
         flops = self.body_flops * tokens + self.lm_flops * lm_tokens + attn_flops
         w_rank = (_moe_weight_bytes(self.s.model, self.w, max(tokens, 1.0)) if self.moe else self.w) / self.s.tp
         kv_rank = kv_bytes * self.kv_share
@@ -346,21 +355,32 @@ class Pass:
         if self.half_rows:
             rows = tokens * self.row_frac
             peak = peak * (rows / (rows + self.half_rows))
-        compute = flops / peak
+        memory = w_rank * self.inv_bw + kv_rank * self.inv_kv_bw
+        nbytes = w_rank + kv_rank
+        attn = 0.0
+        if self.score_bytes:
+            # unfused attention: its own kernels, after the layer's GEMMs, each its own roofline (memory-bound
+            # on the scores they move), so added to the GEMMs' time rather than overlapped with it
+            scores = attn_flops * self.score_bytes
+            attn = _roof(attn_flops / self.peak, scores * self.inv_bw, self.knee)
+            nbytes += scores
+            flops_gemm = flops - attn_flops
+        else:
+            flops_gemm = flops
+        compute = flops_gemm / peak
         if self.moe:
             expert = self.expert_flops * tokens
             compute += expert / (peak * self.peak16_ratio) - expert / peak
-        memory = w_rank * self.inv_bw + kv_rank * self.inv_kv_bw
-        return compute, memory, self.comm_fixed + self.comm_token * tokens, self.overhead, flops, w_rank + kv_rank
+        return compute, memory, self.comm_fixed + self.comm_token * tokens, self.overhead, flops, nbytes, attn
 
     def time(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> float:
         """The pass's seconds (what :meth:`phase` puts in ``time_s``), without building the breakdown."""
-        c, mem, comm, ov, _, _ = self.terms(tokens, attn_flops, kv_bytes, lm_tokens)
-        return _roof(c, mem, self.knee) + comm + ov
+        c, mem, comm, ov, _, _, attn = self.terms(tokens, attn_flops, kv_bytes, lm_tokens)
+        return _roof(c, mem, self.knee) + attn + comm + ov
 
     def phase(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> Phase:
-        c, mem, comm, ov, flops, nbytes = self.terms(tokens, attn_flops, kv_bytes, lm_tokens)
-        return _phase(c, mem, comm, ov, flops, nbytes, self.knee)
+        c, mem, comm, ov, flops, nbytes, attn = self.terms(tokens, attn_flops, kv_bytes, lm_tokens)
+        return _phase(c, mem, comm, ov, flops, nbytes, self.knee, attn)
 
 
 def forward(s: Setup, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> Phase:
