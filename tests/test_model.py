@@ -97,20 +97,36 @@ def test_gguf_file_gives_the_architecture_and_file_size():
 
 @pytest.mark.parametrize("ref, key", [
     ("meta-llama/Llama-2-7b-chat-hf", "llama-2-7b"), ("Meta-Llama-3.1-8B-Instruct", "llama-3.1-8b"),
-    ("meta-llama/Meta-Llama-3-8B", "llama-3-8b"), ("mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b"),
+    ("meta-llama/Meta-Llama-3-8B", "llama-3-8b"), ("mistralai/Mistral-7B-Instruct-v0.1", "mistral-7b"),
     ("microsoft/Phi-3-mini-4k-instruct", "phi-3-mini"), ("google/gemma-2-9b-it", "gemma-2-9b"),
-    ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b"), ("meta-llama/Llama-3.1-405B-Instruct-FP8", "llama-3.1-405b"),
+    ("mistralai/Mixtral-8x7B-Instruct-v0.1", "mixtral-8x7b"), ("mistralai/Mistral-Nemo-Instruct-2407", "mistral-nemo-12b"),
     ("LLAMA-2-70B", "llama-2-70b"), ("Qwen/Qwen3-30B-A3B", "qwen3-30b-a3b"), ("codellama/CodeLlama-7b-hf", "codellama-7b"),
 ])
 def test_hugging_face_names_resolve_to_the_catalog_model(ref, key):
     assert load_model(ref).name == key
 
 
-def test_a_path_that_is_not_there_and_not_a_catalog_id_says_both(tmp_path):
-    with pytest.raises(ModelError, match="no such file or folder, and not the Hugging Face id"):
-        load_model("someorg/some-model-7b")
+@pytest.mark.parametrize("ref", [
+    "mistralai/Mistral-7B-Instruct-v0.2",     # another release: no sliding window (the catalog's is v0.1)
+    "mistralai/Mistral-7B-v0.3",              # another vocabulary
+    "microsoft/Phi-3-mini-128k-instruct",     # another context and RoPE
+    "Qwen/Qwen2.5-7B-Instruct-1M",
+    "meta-llama/Llama-3.1-405B-Instruct-FP8",  # another weight format: say so, do not price 16-bit weights
+])
+def test_a_name_that_differs_in_release_context_or_quantization_is_not_the_catalog_model(ref):
+    with pytest.raises(ModelError, match="not the Hugging Face id of a catalog model"):
+        load_model(ref)
+
+
+def test_a_path_is_a_file_never_a_catalog_name(tmp_path):
+    """A checkpoint folder named like a catalog model may have another architecture: never matched by name."""
+    for ref in ("/nonexistent/Llama-2-7b-chat-hf", "./models/Meta-Llama-3-8B-Instruct", str(tmp_path / "llama-2-7b"),
+                str(tmp_path / "config.json")):
+        with pytest.raises(ModelError, match="model file not found"):
+            load_model(ref)
+    (tmp_path / "llama-2-7b").mkdir()   # an existing folder without config.json is not the catalog's either
     with pytest.raises(ModelError, match="model file not found"):
-        load_model(str(tmp_path / "config.json"))
+        load_model(str(tmp_path / "llama-2-7b"))
 
 
 def test_unknown_names_list_close_ones():

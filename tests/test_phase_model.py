@@ -112,7 +112,9 @@ def test_each_model_module_imports_fresh(mod):
                                            ("sglang", "sglang"), ("vllm-0.6.3", "vllm"), ("vLLM 0.5.4", "vllm"),
                                            ("tgi-1.4.5", "tgi-1"), ("tgi-2.0.4", "tgi"), ("trt-llm-v0.9", "trt-llm"),
                                            ("tensorrt-llm 0.10.0rc1", "trt-llm"), ("llama.cpp-b3000", "llama.cpp"),
-                                           ("turbomind", "lmdeploy"), ("mlx-lm", "mlx")])
+                                           ("turbomind", "lmdeploy"), ("mlx-lm", "mlx"), ("vllm-0.6.3.post1", "vllm"),
+                                           ("vllm-0.6.3+cu121", "vllm"), ("sglang-0.4.1.post3", "sglang"),
+                                           ("tgi-0.9.4", "tgi-1"), ("hf-tgi-1.4.5", "tgi-1"), ("TGI 3.0", "tgi")])
 def test_engine_spellings(spelling, name):
     assert canonical_engine(spelling) == name
 
@@ -386,3 +388,18 @@ def test_materialised_attention_scores_are_priced_by_hand():
     # beside the 16 GB of weights
     d, d0 = predict(s, 1, 8192, 2).decode_first, predict(fused, 1, 8192, 2).decode_first
     assert d.bytes - d0.bytes == pytest.approx(32 * 32 * 8193 * 16, rel=1e-9)
+
+
+def test_tpot_under_the_hard_roof_keeps_the_unfused_attention_when_compute_bound():
+    """With the knee off, TPOT is the exact mean of the steps over the contexts; the unfused attention kernels are
+    added after the GEMMs' max, so a compute-bound batch must not lose them (M1 Max, batch 32, 2,048 + 2,048)."""
+    from dataclasses import replace
+
+    from phasebench.model.phases import decode_phase
+
+    s = setup_for("llama-3-8b", "m1-max", precision="int4", engine="llama.cpp")[0]
+    s = replace(s, efficiency=replace(s.efficiency, sharpness=0.0)).resolved()
+    p = predict(s, 32, 2048, 2048)
+    steps = [decode_phase(s, 32, 2049 + i).time_s for i in range(0, 2047, 8)]
+    assert p.decode_first.attn_s > 0
+    assert p.tpot_s == pytest.approx(sum(steps) / len(steps), rel=5e-3)

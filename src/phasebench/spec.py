@@ -614,7 +614,7 @@ def url_hint(url: str | None) -> str:
 
 def check_hardware(name: str) -> str:
     """--hardware must name a catalog record (by key or alias), a user record, ``local`` or a .yaml file; list the
-    known ones. Returns the record's canonical key (``h100`` → ``h100-sxm``)."""
+    known ones. Returns the record's canonical key (``h100-sxm5`` → ``h100-sxm``)."""
     if name.lower() == "local" or Path(name).expanduser().suffix in (".yaml", ".yml"):
         if Path(name).expanduser().suffix in (".yaml", ".yml") and not Path(name).expanduser().exists():
             raise SpecError(f"--hardware {name!r}: no such file")
@@ -629,11 +629,10 @@ def check_hardware(name: str) -> str:
     except ModelError as e:
         raise SpecError(f"--hardware: {e}") from None
     if key is None:
-        import difflib
+        from .model.errors import unknown
 
-        close = difflib.get_close_matches(name.lower(), [*known, *al], n=6, cutoff=0.5)
-        close = list(dict.fromkeys(al.get(c, c) if c not in known else c for c in close))[:3]
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        m = re.search(r"; did you mean [^?]*\?", str(unknown("hardware", name, known, al)))
+        hint = m.group(0) if m else ""
         raise SpecError(f"--hardware {name!r} is not a known hardware record{hint} (known: local, {', '.join(sorted(known))}; "
                         "`phasebench hardware list` shows them and their aliases)")
     return key          # an alias or other spelling is stored as the record's canonical key

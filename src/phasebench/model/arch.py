@@ -7,7 +7,6 @@ A :class:`ModelArch` knows its shape; parameter counts, weight bytes and KV-cach
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, replace
 from functools import cache, cached_property
 from importlib import resources
@@ -182,29 +181,38 @@ def load_model(ref: str) -> ModelArch:
     if p.suffix == ".json" and p.exists():
         return from_hf_config(p)
     cat = catalog()
-    key = catalog_key(ref)
+    local = ref.startswith((".", "/", "~")) or p.exists() or p.suffix in (".gguf", ".json") or ref.count("/") > 1
+    key = None if local else catalog_key(ref)
     if key is not None:
         return cat[key]
-    if p.suffix in (".gguf", ".json") or ref.startswith((".", "/", "~")):
-        raise ModelError(f"model file not found: {ref}")
+    if local:
+        raise ModelError(f"model file not found: {ref} (a path is read as a file or folder, never matched to the "
+                         "catalog by its name: its architecture may differ)")
     if "/" in ref:
-        raise ModelError(f"model {ref!r}: no such file or folder, and not the Hugging Face id of a catalog model "
-                         f"({', '.join(sorted(cat))}); for another model pass its config.json (or a folder or "
-                         ".gguf file)")
+        raise ModelError(f"model {ref!r}: not the Hugging Face id of a catalog model ({', '.join(sorted(cat))}), "
+                         "nor a variant of one; for another model pass its config.json (or a folder or .gguf file)")
     raise unknown("model", ref, cat)
 
 
-# variant words a Hugging Face name adds to the base model's (same architecture): chat/instruct tunes, the
-# "-hf" conversions, context-length tags, the quantized uploads' format, and a release's "-v0.1"
-_VARIANT = re.compile(r"-(instruct|chat|hf|it|base|fp8|fp16|bf16|awq|gptq|int4|int8|w4a16|w8a8|gguf|\d+k|v\d+(\.\d+)*)$")
+# variant words a Hugging Face name adds to the base model's without changing its architecture: chat and
+# instruct tunes, the "-hf" conversions. Not dropped: a release ("-v0.2": Mistral's v0.2 has no sliding window),
+# a context length ("-128k": another RoPE and context), a quantization ("-awq", "-fp8": other weight bytes).
+_VARIANT_WORDS = {"instruct", "chat", "hf", "it", "base"}
+
+
+def _name_form(name: str) -> str:
+    """A model name as compared: the last path part, lower case, ``_``/space as ``-``, without ``Meta-`` and the
+    variant words (anywhere: ``Mixtral-8x7B-Instruct-v0.1`` → ``mixtral-8x7b-v0.1``)."""
+    base = name.strip().lower().rsplit("/", 1)[-1].replace("_", "-").replace(" ", "-").removeprefix("meta-")
+    return "-".join(t for t in base.split("-") if t not in _VARIANT_WORDS)
 
 
 def catalog_key(ref: str) -> str | None:
     """The catalog key a model reference names: the key itself (any case), the Hugging Face id in the
-    catalog's ``hf`` field (``meta-llama/Meta-Llama-3-8B``), or a Hugging Face name of the same model's variants
-    (``meta-llama/Llama-2-7b-chat-hf``, ``Meta-Llama-3.1-8B-Instruct``, ``mistralai/Mistral-7B-Instruct-v0.2``,
-    ``Phi-3-mini-4k-instruct``): the organisation, the ``Meta-`` prefix and variant suffixes are dropped. None
-    when nothing matches."""
+    catalog's ``hf`` field (``meta-llama/Meta-Llama-3-8B``), or a Hugging Face name of the same model's chat or
+    instruct variants (``meta-llama/Llama-2-7b-chat-hf``, ``Meta-Llama-3.1-8B-Instruct``,
+    ``mistralai/Mixtral-8x7B-Instruct-v0.1``). A name that differs in release, context length or quantization
+    (``Mistral-7B-Instruct-v0.2``, ``Phi-3-mini-128k-instruct``, ``...-AWQ``) is not one: None."""
     cat = catalog()
     key = ref.strip().lower()
     if key in cat:
@@ -212,17 +220,13 @@ def catalog_key(ref: str) -> str | None:
     by_hf = {m.source.split("huggingface.co/", 1)[-1].split("/blob/", 1)[0].lower(): k for k, m in cat.items()}
     if key in by_hf:
         return by_hf[key]
-    base = key.rsplit("/", 1)[-1].replace("_", "-").replace(" ", "-")
-    base = base.removeprefix("meta-")
-    while True:
-        if base in cat:
-            return base
-        stripped = _VARIANT.sub("", base)
-        if stripped == base:
-            break
-        base = stripped
-    short = {hf.rsplit("/", 1)[-1].removeprefix("meta-"): k for hf, k in by_hf.items()}
-    return short.get(base)
+    form = _name_form(ref)
+    forms: dict[str, str] = {}
+    for k in cat:
+        forms.setdefault(_name_form(k), k)
+    for hf, k in by_hf.items():
+        forms.setdefault(_name_form(hf), k)
+    return forms.get(form)
 
 
 _HF_REQUIRED = {

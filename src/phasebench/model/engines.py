@@ -98,25 +98,28 @@ def _norm(s: str) -> str:
 def canonical_engine(name: str) -> str:
     """The engine's canonical name from any accepted spelling (``tensorrt-llm`` → ``trt-llm``)."""
     al = _aliases()
-    n = _norm(name)
     squashed = {k.replace("-", ""): v for k, v in al.items()}
-    for cand in _version_stripped(n):
-        if cand in al:
-            return al[cand]
-        if cand.replace("-", "") in squashed:
-            return squashed[cand.replace("-", "")]
+
+    def lookup(n: str) -> str | None:
+        return al.get(n) or squashed.get(n.replace("-", ""))
+
+    n = _norm(name)
+    hit = lookup(n)
+    if hit:
+        return hit
+    # a release or build after the name: ``vllm-0.6.3.post1``, ``tensorrt-llm 0.10.0rc1``, ``llama.cpp-b3000``,
+    # ``vllm-0.6.3+cu121``; the bare name's engine, or its major release's where releases are separate engines
+    m = re.match(r"^(.*?)[-@]?[vb]?(\d+)(\.\d+)*([.-]?(rc|post|dev|a|b)\d*)*(\+[\w.]+)?$", n)
+    if m and m.group(1):
+        base = lookup(m.group(1).rstrip("-"))
+        if base:
+            major = int(m.group(2))
+            return lookup(f"{base}-{major}") or _MAJOR_RELEASES.get(base, {}).get(major) or base
     raise unknown("engine", name, engines())
 
 
-def _version_stripped(n: str) -> list[str]:
-    """The name, then (when it ends in a release or build: ``vllm-0.6.3``, ``tgi-1.4.5``, ``trt-llm-v0.9``,
-    ``llama.cpp-b3000``) the name
-    with its major release (``tgi-1``: an alias where releases differ), then the bare name."""
-    m = re.match(r"^(.*?)[-@]?[vb]?(\d+)(\.\d+)*(-?(rc|post|dev)\d*)?$", n)
-    if not m or not m.group(1):
-        return [n]
-    base = m.group(1).rstrip("-")
-    return [n, f"{base}-{m.group(2)}", base]
+# engines whose early major releases are a separate engine (before TGI 2.0's CUDA graphs: ``tgi-1``)
+_MAJOR_RELEASES = {"tgi": {0: "tgi-1", 1: "tgi-1"}}
 
 
 def device_class(hw: Hardware) -> str:

@@ -13,7 +13,11 @@ def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, st
     key (``h100 (h100-sxm)`` where the match was an alias)."""
     known = sorted(known)
     aliases = dict(aliases or {})
-    close = difflib.get_close_matches(name.lower(), [*known, *aliases], n=6, cutoff=0.4)
+    n = name.lower().strip()
+    # the names a short one is the start of first (``a100`` → the three A100 records), then the close spellings
+    prefixed = [k for k in known if n and k.startswith(n) and k != n]
+    close = prefixed + [c for c in difflib.get_close_matches(n, [*known, *aliases], n=6, cutoff=0.4)
+                        if c not in prefixed]
     picks: list[str] = []
     seen: set[str] = set()
     for c in close:
@@ -22,5 +26,5 @@ def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, st
             continue
         seen.add(key)
         picks.append(key if key == c else f"{key} ({c})")
-    hint = f"; did you mean {', '.join(picks[:4])}?" if picks else ""
+    hint = f"; did you mean {', '.join(picks[:max(4, len(prefixed))])}?" if picks else ""
     return ModelError(f"unknown {what} {name!r}{hint} (known: {', '.join(known)})")

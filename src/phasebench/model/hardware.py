@@ -169,12 +169,17 @@ def aliases(cat: dict[str, Hardware] | None = None) -> dict[str, str]:
     builtin = _builtin()
     user = {k: h for k, h in cat.items() if builtin.get(k) is not h}
     if user:
+        # a user record's alias that another name already takes is left out, not an error: one odd file in
+        # $PHASEBENCH_HOME must not stop every other lookup (its own key still finds it)
         taken = {norm_name(k) for k in cat}
-        for a, k in alias_map(user).items():
-            if a in out and out[a] != k:
-                raise ModelError(f"hardware record {k}: alias {a!r} is already {out[a]}'s")
-            if a not in taken:
-                out[a] = k
+        for k, h in user.items():
+            try:
+                mine = alias_map({k: h})
+            except ModelError:
+                continue
+            for a, key in mine.items():
+                if a not in taken and a not in out:
+                    out[a] = key
     return out
 
 
@@ -184,7 +189,9 @@ def resolve_key(ref: str, cat: dict[str, Hardware] | None = None) -> str | None:
     if ref in cat:
         return ref
     n = norm_name(ref)
-    by_norm = {norm_name(k): k for k in cat}
+    builtin = _builtin()
+    # a user key that only normalises like a built-in one (H100_SXM.yaml) does not take the built-in's spellings
+    by_norm = {norm_name(k): k for k in cat if k not in builtin} | {norm_name(k): k for k in cat if k in builtin}
     if n in by_norm:
         return by_norm[n]
     al = aliases(cat)

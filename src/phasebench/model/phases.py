@@ -101,6 +101,7 @@ class Phase:
     overhead_s: float
     time_s: float
     bound: str
+    attn_s: float = 0.0   # unfused attention kernels' seconds (in memory_s too; added to the GEMMs' roof, not in it)
 
     @property
     def intensity(self) -> float:
@@ -272,7 +273,7 @@ def _phase(compute: float, memory: float, comm: float, overhead: float, flops: f
     memory += attn
     bound = max((("compute", compute), ("memory", memory), ("communication", comm), ("overhead", overhead)),
                 key=lambda kv: kv[1])[0]
-    return Phase(flops, nbytes, compute, memory, comm, overhead, t, bound)
+    return Phase(flops, nbytes, compute, memory, comm, overhead, t, bound, attn)
 
 
 def _comm_terms(s: Setup, act_bytes: float) -> tuple[float, float]:
@@ -345,7 +346,7 @@ class Pass:
             self.peak16_ratio = p16 * eff.moe_compute
 
     def terms(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float
-              ) -> tuple[float, float, float, float, float, float]:
+              ) -> tuple[float, float, float, float, float, float, float]:
         """(compute s, memory s, communication s, overhead s, FLOPs, bytes, unfused attention s) of a pass; the
         last is 0 unless the engine materialises the attention scores (then compute s is the GEMMs' alone)."""
         flops = self.body_flops * tokens + self.lm_flops * lm_tokens + attn_flops
@@ -510,10 +511,11 @@ def _mean_decode(s: Setup, batch: int, c0: float, c1: float, a: Phase, b: Phase)
 
 def _mean_step(a: Phase, b: Phase, c0: float, c1: float) -> float:
     """Mean of max(compute(c), memory(c)) + fixed over c in [c0, c1], both linear in c (sliding windows aside)."""
-    fixed = a.comm_s + a.overhead_s
+    # unfused attention (linear in c) is added after the GEMMs' max, so it is averaged on its own
+    fixed = a.comm_s + a.overhead_s + (a.attn_s + b.attn_s) / 2
     if c1 <= c0:
         return a.time_s
-    ca0, ca1, ma0, ma1 = a.compute_s, b.compute_s, a.memory_s, b.memory_s
+    ca0, ca1, ma0, ma1 = a.compute_s, b.compute_s, a.memory_s - a.attn_s, b.memory_s - b.attn_s
     d0, d1 = ca0 - ma0, ca1 - ma1
     if d0 * d1 >= 0:  # the same bound throughout
         return fixed + (max(ca0, ma0) + max(ca1, ma1)) / 2
