@@ -11,7 +11,6 @@ calibration (``model/calibration.py``) > the fitted value for (device class, eng
 from __future__ import annotations
 
 import re
-
 from dataclasses import asdict, dataclass
 from functools import cache
 from importlib import resources
