@@ -625,14 +625,13 @@ def check_hardware(name: str) -> str:
     try:
         known = catalog()
         key = resolve_key(name, known)
-        al = aliases(known)
     except ModelError as e:
         raise SpecError(f"--hardware: {e}") from None
     if key is None:
-        from .model.errors import unknown
+        from .model.errors import close_names
 
-        m = re.search(r"; did you mean [^?]*\?", str(unknown("hardware", name, known, al)))
-        hint = m.group(0) if m else ""
+        picks = close_names(name, known, aliases(known))
+        hint = f"; did you mean {', '.join(picks)}?" if picks else ""
         raise SpecError(f"--hardware {name!r} is not a known hardware record{hint} (known: local, {', '.join(sorted(known))}; "
                         "`phasebench hardware list` shows them and their aliases)")
     return key          # an alias or other spelling is stored as the record's canonical key

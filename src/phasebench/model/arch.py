@@ -213,20 +213,22 @@ def catalog_key(ref: str) -> str | None:
     instruct variants (``meta-llama/Llama-2-7b-chat-hf``, ``Meta-Llama-3.1-8B-Instruct``,
     ``mistralai/Mixtral-8x7B-Instruct-v0.1``). A name that differs in release, context length or quantization
     (``Mistral-7B-Instruct-v0.2``, ``Phi-3-mini-128k-instruct``, ``...-AWQ``) is not one: None."""
-    cat = catalog()
     key = ref.strip().lower()
-    if key in cat:
+    if key in catalog():
         return key
+    by_hf, forms = _catalog_names()
+    return by_hf.get(key) or forms.get(_name_form(ref))
+
+
+@cache
+def _catalog_names() -> tuple[dict[str, str], dict[str, str]]:
+    """The catalog's Hugging Face ids (lower case) and the compared forms of its keys and ids, each -> key."""
+    cat = catalog()
     by_hf = {m.source.split("huggingface.co/", 1)[-1].split("/blob/", 1)[0].lower(): k for k, m in cat.items()}
-    if key in by_hf:
-        return by_hf[key]
-    form = _name_form(ref)
     forms: dict[str, str] = {}
-    for k in cat:
-        forms.setdefault(_name_form(k), k)
-    for hf, k in by_hf.items():
-        forms.setdefault(_name_form(hf), k)
-    return forms.get(form)
+    for name, k in [*((k, k) for k in cat), *by_hf.items()]:
+        forms.setdefault(_name_form(name), k)
+    return by_hf, forms
 
 
 _HF_REQUIRED = {

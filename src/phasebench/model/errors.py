@@ -8,13 +8,13 @@ class ModelError(ValueError):
     """A user mistake in the analytic model's inputs (unknown name, missing field, impossible setting)."""
 
 
-def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> ModelError:
-    """'unknown X'; the close names are the known keys' and any aliases' (``alias -> key``), each given as its
-    key (``h100 (h100-sxm)`` where the match was an alias)."""
+def close_names(name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> list[str]:
+    """The known names ``name`` may have meant: the keys it is the start of first (``a100`` → the three A100
+    records), then close spellings of keys and aliases (``alias -> key``), each given as its key (``tpu-v6e
+    (trillium)`` where the match was an alias)."""
     known = sorted(known)
     aliases = dict(aliases or {})
     n = name.lower().strip()
-    # the names a short one is the start of first (``a100`` → the three A100 records), then the close spellings
     prefixed = [k for k in known if n and k.startswith(n) and k != n]
     close = prefixed + [c for c in difflib.get_close_matches(n, [*known, *aliases], n=6, cutoff=0.4)
                         if c not in prefixed]
@@ -26,5 +26,12 @@ def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, st
             continue
         seen.add(key)
         picks.append(key if key == c else f"{key} ({c})")
-    hint = f"; did you mean {', '.join(picks[:max(4, len(prefixed))])}?" if picks else ""
+    return picks[:max(4, len(prefixed))]
+
+
+def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> ModelError:
+    """'unknown X', with :func:`close_names` as the "did you mean"."""
+    known = sorted(known)
+    picks = close_names(name, known, aliases)
+    hint = f"; did you mean {', '.join(picks)}?" if picks else ""
     return ModelError(f"unknown {what} {name!r}{hint} (known: {', '.join(known)})")
