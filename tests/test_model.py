@@ -202,6 +202,42 @@ def test_impossible_precision_is_an_error_and_weight_only_is_the_documented_fall
     assert pr.activations == "bf16" and "weight-only" in note
 
 
+def test_gguf_formats_count_their_scales_and_stay_weight_only():
+    m, h = load_model("llama-2-7b"), load_hardware("rtx-4090")
+    # ggml's blocks: Q4_0 = fp16 scale + 32 nibbles = 18 B per 32 weights; Q8_0 = 34 B per 32; Q6_K = 210 B per 256
+    assert m.weight_bytes("q4_0") == pytest.approx(m.weight_bytes("fp16") * 18 / 64)
+    assert m.weight_bytes("q8_0") == pytest.approx(m.weight_bytes("fp16") * 34 / 64)
+    assert m.weight_bytes("q6_k") == pytest.approx(m.params * 210 / 256)
+    # Q4_K_M's mix (4.85 bits): Llama-2-7B's file is 3.80 GiB = 4.08 GB; plain int4 would say 3.4 GB
+    assert m.weight_bytes("q4_k_m") == pytest.approx(3.80 * 2**30, rel=0.03)
+    assert m.weight_bytes("int4") < 0.85 * m.weight_bytes("q4_k_m")
+    pr, note = resolve_precision(h, "q4_k_m")
+    assert (pr.activations, pr.kv) == ("bf16", "fp16") and "weight-only" in note
+    q4, q4km = (predict(Setup(m, h, precision=resolve_precision(h, w)[0], efficiency=IDEAL), 1, 512, 64)
+                for w in ("q4_0", "q4_k_m"))
+    assert q4.prefill.compute_s == pytest.approx(q4km.prefill.compute_s)    # same fp16 tensor cores
+    assert q4km.tpot_s > q4.tpot_s                                          # 4.85 bits read per weight, not 4.5
+    with pytest.raises(ModelError, match="storage format, not a compute precision"):
+        Precision("q4_0", "q4_0", "fp16")
+
+
+def test_weight_only_gemms_run_at_wq_compute_of_the_rate_and_attention_does_not():
+    from dataclasses import replace
+
+    m, h = load_model("llama-2-7b"), load_hardware("rtx-4090")
+    half = replace(IDEAL, wq_compute=0.5)
+    fp16 = predict(Setup(m, h, precision=Precision.uniform("fp16"), efficiency=half), 1, 2048, 16)
+    q4 = predict(Setup(m, h, precision=resolve_precision(h, "q4_0")[0], efficiency=half), 1, 2048, 16)
+    # by hand: the weight GEMMs' FLOPs (2 · body params · S + 2 · LM head · 1) cost twice as long; attention's do not
+    weight_flops = 2 * (m.compute_params - m.lm_head_params) * 2048 + 2 * m.lm_head_params
+    assert q4.prefill.compute_s - fp16.prefill.compute_s == pytest.approx(weight_flops / h.peak_flops("fp16"), rel=1e-6)
+    # weights in their compute precision (fp8 on an H100) are not weight-only: no charge
+    h100 = load_hardware("h100-sxm")
+    a = predict(Setup(m, h100, precision=Precision.uniform("fp8"), efficiency=half), 1, 2048, 16)
+    b = predict(Setup(m, h100, precision=Precision.uniform("fp8"), efficiency=IDEAL), 1, 2048, 16)
+    assert a.prefill.compute_s == pytest.approx(b.prefill.compute_s)
+
+
 def test_python_api():
     import phasebench
 

@@ -112,7 +112,8 @@ def test_each_model_module_imports_fresh(mod):
                                            ("sglang", "sglang"), ("vllm-0.6.3", "vllm"), ("vLLM 0.5.4", "vllm"),
                                            ("tgi-1.4.5", "tgi-1"), ("tgi-2.0.4", "tgi"), ("trt-llm-v0.9", "trt-llm"),
                                            ("tensorrt-llm 0.10.0rc1", "trt-llm"), ("llama.cpp-b3000", "llama.cpp"),
-                                           ("turbomind", "lmdeploy"), ("mlx-lm", "mlx"), ("vllm-0.6.3.post1", "vllm"),
+                                           ("turbomind", "lmdeploy"), ("mlx-lm", "mlx"),
+                                           ("llama-cpp-python", "llama-cpp-python"), ("llama_cpp_python", "llama-cpp-python"), ("vllm-0.6.3.post1", "vllm"),
                                            ("vllm-0.6.3+cu121", "vllm"), ("sglang-0.4.1.post3", "sglang"),
                                            ("tgi-0.9.4", "tgi-1"), ("hf-tgi-1.4.5", "tgi-1"), ("TGI 3.0", "tgi")])
 def test_engine_spellings(spelling, name):
@@ -270,6 +271,23 @@ def test_the_installed_fit_is_of_the_shipped_corpus():
     doc = fitted()
     assert doc["corpus"]["sha256_16"] == F.digest(corpus_path()), "corpus changed: run python -m phasebench.model.fit --write"
     assert doc["corpus"]["rows"] >= 80 and doc["corpus"]["sources"] >= 8
+
+
+def test_llama_cpp_rows_carry_the_gguf_format_their_source_names():
+    """Q4_K_M is 4.85 bits per weight, not int4's 4: a row entered as plain int4 would charge a fifth too few bytes."""
+    import csv
+    import re
+
+    from phasebench.model.corpus import corpus_path
+
+    names = {"Q8_0": "q8_0", "Q4_0": "q4_0", "Q4_K_M": "q4_k_m"}
+    with open(corpus_path(), newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["engine"] in ("llama.cpp", "llama-cpp-python")]
+    quantized = [r for r in rows if r["weight_precision"] not in ("fp16", "bf16", "")]
+    assert len(quantized) >= 60
+    for r in quantized:
+        named = {names[m] for m in re.findall(r"Q8_0|Q4_0|Q4_K_M", r["notes"])}
+        assert r["weight_precision"] in named, (r["id"], r["weight_precision"], named)
 
 
 def test_the_corpus_fit_is_reproducible():

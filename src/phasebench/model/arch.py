@@ -18,6 +18,19 @@ from .errors import ModelError, unknown
 
 BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8": 1.0, "int4": 0.5}
 
+# GGUF (llama.cpp) weight storage formats: bytes per weight, scales included. Block formats from ggml's
+# block structs: Q8_0 = fp16 scale + 32 int8 (34 B / 32 weights), Q5_0 = scale + 32 5-bit (22 B / 32),
+# Q4_1 = scale + min + 32 nibbles (20 B / 32), Q4_0 = scale + 32 nibbles (18 B / 32), Q6_K = 210 B / 256.
+# The _K_M "mixes" keep some tensors (half the layers' attn_v and ffn_down, the output matrix) at Q6_K, so
+# their average is a file's size over its parameters: llama.cpp's quantize table for Llama-3-8B
+# (Q4_K_M 4.58 GiB, Q5_K_M 5.33 GiB over 8.03 B parameters) gives 4.90 and 5.70 bits; Llama-2-7B's
+# Q4_K_M file (3.80 GiB over 6.74 B) gives 4.84. 4.85 and 5.69 are taken. Storage only: a GGUF format
+# is never a compute precision (llama.cpp dequantizes to fp16/fp32 or multiplies in int8 with fp scales).
+GGUF_BYTES = {"q8_0": 34 / 32, "q6_k": 210 / 256, "q5_k_m": 5.69 / 8, "q5_0": 22 / 32, "q4_1": 20 / 32,
+              "q4_k_m": 4.85 / 8, "q4_0": 18 / 32}
+BYTES.update(GGUF_BYTES)
+WEIGHT_ONLY = frozenset({"int4", "native", *GGUF_BYTES})  # storage formats no device computes in
+
 
 def precision_bytes(p: str) -> float:
     try:

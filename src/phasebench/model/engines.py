@@ -41,6 +41,8 @@ class Efficiency:
     warning: str = ""               # a caveat that travels with these factors (a calibration stored with --force)
     attn_score_bytes: float = 0.0   # bytes moved per attention score an engine materialises (QKᵀ written, softmax
     #                                 read and written, read again for AV); 0: fused (flash) attention keeps them on chip
+    wq_compute: float = 1.0         # weight GEMMs over weight-only quantized weights (dequantized in the kernel's
+    #                                 main loop) reach this fraction of ``compute``; 1 for weights in the compute precision
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -58,6 +60,10 @@ DEFAULT_EFFICIENCY = {
 # The engines' fixed costs have a hierarchical prior in the fit (model/fit.py): an engine with no fitted value
 # takes the fitted typical engine's, except the device vendors' own compilers (no host-driven steps).
 POOLED = ("request_ms", "step_us")
+# Prior of an engine's wq_compute: dequantizing weight tiles inside a GEMM's main loop costs issue slots and
+# shared-memory traffic the fp16 GEMM does not pay (llama.cpp's own pp 512 tables put Q4_0 and Q8_0 below F16 on the
+# same GPU); a weak prior, fitted per engine where the corpus has weight-only rows.
+WQ_COMPUTE_PRIOR = 0.8
 UNPOOLED_ENGINES = ("vendor",)
 
 PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness", "kv_memory", "gemm_half_rows", "link", "moe_compute")
@@ -195,6 +201,7 @@ def profile(hw: Hardware, engine: str | None = None, fit: dict[str, float] | Non
     vals["moe_compute"] = min(get("moe_compute", base["moe_compute"]), 1.0)
     # a structural fact of the engine's attention kernels (data/engines.yaml, with its source), not fitted
     vals["attn_score_bytes"] = float(data["engines"][eng].get("attention_score_bytes", 0.0))
+    vals["wq_compute"] = min(get(f"wq_compute@{eng}", eng_prior.get("wq_compute", WQ_COMPUTE_PRIOR)), 1.0)
     src = f"fitted on the corpus ({fitted().get('corpus', {}).get('rows', '?')} rows)" if used_fit else "prior"
     return Efficiency(**vals, source=f"{eng} on {cls}: {src}", engine=eng, device_class=cls)
 

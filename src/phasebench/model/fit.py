@@ -38,6 +38,7 @@ import yaml
 from . import engines
 from .corpus import Row, corpus_path, load
 from .engines import profile
+from .phases import weight_only
 
 REFERENCE_ENGINE = "trt-llm"
 # A row measured by a client over the public internet (LLMPerf's leaderboard, from AWS us-west-2) pays a network
@@ -55,7 +56,7 @@ FAMILY = {
     "request_ms": (1.2, 0.05, 3000.0), "step_us": (1.2, 1.0, 1e5),
     "layer_overhead_us": (1.2, 0.01, 2000.0), "allreduce_us": (0.8, 1.0, 300.0), "sharpness": (0.8, 1.0, 30.0),
     "internet_rtt_ms": (1.0, 1.0, 2000.0), "gemm_half_rows": (1.0, 0.5, 16.0), "link": (0.4, 0.05, 1.0),
-    "moe_compute": (0.5, 0.05, 1.0), "memory#": (0.2, 0.3, 3.0), "compute#": (0.25, 0.3, 3.0),
+    "moe_compute": (0.5, 0.05, 1.0), "wq_compute": (0.3, 0.2, 1.0), "memory#": (0.2, 0.3, 3.0), "compute#": (0.25, 0.3, 3.0),
 }
 
 
@@ -143,6 +144,8 @@ def parameters_for(rows: list[Row]) -> list[str]:
             keys |= {f"memory@{r.engine}", f"compute@{r.engine}"}
         if r.setup.model.experts > 1:
             keys.add("moe_compute")
+        if weight_only(r.setup.model, r.setup.precision):
+            keys.add(f"wq_compute@{r.engine}")
         for name in POOLED:
             if parent(f"{name}@{r.engine}"):
                 keys.add(name)
@@ -163,7 +166,8 @@ def _depends(r: Row, key: str) -> bool:
     if "#" in key:
         return key.split("#")[1] == engines.device_arch(r.setup.hardware)
     if "@" in key:
-        return key.split("@")[1] == r.engine
+        name, eng = key.split("@")
+        return eng == r.engine and (name != "wq_compute" or weight_only(r.setup.model, r.setup.precision))
     name, c = key.split("|")
     return c == r.device_class and (name not in ("allreduce_us", "link") or r.setup.tp > 1)
 

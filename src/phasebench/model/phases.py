@@ -12,14 +12,15 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .arch import ModelArch, precision_bytes
+from .arch import GGUF_BYTES, WEIGHT_ONLY, ModelArch, precision_bytes
 from .calibration import efficiency_for
 from .engines import DEFAULT_EFFICIENCY, Efficiency, canonical_engine, profile
 from .errors import ModelError
 from .hardware import Hardware
 
 __all__ = ["DEFAULT_EFFICIENCY", "Efficiency", "Precision", "Setup", "Prediction", "Phase", "Memory", "predict",
-           "setup_for", "sweep", "closed_loop", "forward", "prefill_flops", "decode_flops", "kv_heads_per_rank", "resolve_precision"]
+           "setup_for", "sweep", "closed_loop", "forward", "prefill_flops", "decode_flops", "kv_heads_per_rank", "resolve_precision",
+           "weight_only"]
 
 USABLE_MEMORY = 0.90  # fraction of device memory for weights + KV (the rest: activations, runtime, fragmentation)
 SRAM_USABLE = 1.0     # SRAM machines: the compiler places weights and KV statically, no allocator slack
@@ -27,7 +28,7 @@ SRAM_USABLE = 1.0     # SRAM machines: the compiler places weights and KV static
 
 @dataclass(frozen=True)
 class Precision:
-    weights: str = "fp16"          # storage of weights: fp32 bf16 fp16 fp8 int8 int4, or native (a GGUF file's size)
+    weights: str = "fp16"          # storage: fp32 bf16 fp16 fp8 int8 int4, a GGUF format (q4_k_m, q8_0…), or native (a GGUF file's size)
     activations: str = "fp16"      # compute precision: selects the device's peak
     kv: str = "fp16"               # KV cache element
 
@@ -35,6 +36,9 @@ class Precision:
         if self.weights != "native":
             precision_bytes(self.weights)
         precision_bytes(self.activations)
+        if self.activations in GGUF_BYTES:
+            raise ModelError(f"{self.activations} is a GGUF storage format, not a compute precision "
+                             "(activations: fp16, bf16, fp8, int8…)")
         precision_bytes(self.kv)
 
     @classmethod
@@ -204,7 +208,7 @@ def resolve_precision(hw: Hardware, weights: str = "fp16", activations: str | No
     default is not the weights' own precision."""
     note = None
     if activations is None:
-        for cand in ([weights] if weights not in ("native", "int4") else []) + ["bf16", "fp16", "fp32"]:
+        for cand in ([weights] if weights not in WEIGHT_ONLY else []) + ["bf16", "fp16", "fp32"]:
             if hw.tflops.get(cand) or (cand in ("bf16", "fp16") and (hw.tflops.get("bf16") or hw.tflops.get("fp16"))):
                 activations = cand
                 break
@@ -212,7 +216,7 @@ def resolve_precision(hw: Hardware, weights: str = "fp16", activations: str | No
             activations = max(hw.tflops, key=lambda k: hw.tflops[k])
         if activations != weights:
             note = f"activations computed in {activations} (weight-only {weights} on {hw.key})"
-    return Precision(weights, activations, kv or ("fp16" if weights in ("native", "int4", "int8") else weights)), note
+    return Precision(weights, activations, kv or ("fp16" if weights in WEIGHT_ONLY | {"int8"} else weights)), note
 
 
 def _sram_only(hw: Hardware) -> bool:
@@ -301,6 +305,15 @@ def _peak16(hw: Hardware) -> float:
     return max(hw.tflops.values()) * 1e12
 
 
+def weight_only(m: ModelArch, pr: Precision) -> bool:
+    """Weights stored narrower than the compute precision (int4/int8/fp8 weights with bf16 compute, a GGUF
+    format, a quantized GGUF file): their GEMMs dequantize in the kernel (``Efficiency.wq_compute``)."""
+    act = precision_bytes(pr.activations)
+    if pr.weights == "native":
+        return bool(m.weight_bytes_actual) and m.weight_bytes_actual < 0.95 * act * m.params
+    return precision_bytes(pr.weights) < act
+
+
 class Pass:
     """One forward pass (one engine iteration) of a resolved HBM setup: the one cost function behind
     ``predict``'s prefill and decode steps, the simulator's analytic profile and a run's predicted phases.
@@ -315,7 +328,7 @@ class Pass:
 
     __slots__ = ("s", "body_flops", "lm_flops", "w", "kv_share", "inv_bw", "inv_kv_bw", "overhead", "peak",
                  "half_rows", "row_frac", "knee", "comm_fixed", "comm_token", "moe", "expert_flops", "peak16_ratio",
-                 "score_bytes")
+                 "score_bytes", "wq_extra")
 
     def __init__(self, s: Setup) -> None:
         m, hw, eff, pr = s.model, s.hardware, s.efficiency, s.precision
@@ -337,6 +350,8 @@ class Pass:
         # score through memory; scores per pass = attn_flops / (4 · head_dim) (QKᵀ and AV, 2 FLOPs each per
         # score and head dimension), split over the tensor-parallel ranks with the heads
         self.score_bytes = eff.attn_score_bytes / (4.0 * m.head_dim) / s.tp if eff.attn_score_bytes else 0.0
+        # weight-only quantized weights: the weight GEMMs (not attention) reach wq_compute of the rate
+        self.wq_extra = 1.0 / eff.wq_compute - 1.0 if eff.wq_compute < 1.0 and weight_only(m, pr) else 0.0
         act_bytes = precision_bytes(pr.activations)
         self.comm_fixed, self.comm_token = _comm_terms(s, act_bytes)
         self.moe = m.experts > 1
@@ -369,6 +384,8 @@ class Pass:
         else:
             flops_gemm = flops
         compute = flops_gemm / peak
+        if self.wq_extra:
+            compute += (self.body_flops * tokens + self.lm_flops * lm_tokens) * self.wq_extra / peak
         if self.moe:
             expert = self.expert_flops * tokens
             compute += expert / (peak * self.peak16_ratio) - expert / peak
