@@ -628,10 +628,9 @@ def check_hardware(name: str) -> str:
     except ModelError as e:
         raise SpecError(f"--hardware: {e}") from None
     if key is None:
-        from .model.errors import close_names
+        from .model.errors import did_you_mean
 
-        picks = close_names(name, known, aliases(known))
-        hint = f"; did you mean {', '.join(picks)}?" if picks else ""
+        hint = did_you_mean(name, known, aliases(known))
         raise SpecError(f"--hardware {name!r} is not a known hardware record{hint} (known: local, {', '.join(sorted(known))}; "
                         "`phasebench hardware list` shows them and their aliases)")
     return key          # an alias or other spelling is stored as the record's canonical key

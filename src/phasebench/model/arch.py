@@ -29,7 +29,7 @@ BYTES = {"fp32": 4.0, "tf32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8": 1.0, "int8":
 GGUF_BYTES = {"q8_0": 34 / 32, "q6_k": 210 / 256, "q5_k_m": 5.69 / 8, "q5_0": 22 / 32, "q4_1": 20 / 32,
               "q4_k_m": 4.85 / 8, "q4_0": 18 / 32}
 BYTES.update(GGUF_BYTES)
-WEIGHT_ONLY = frozenset({"int4", "native", *GGUF_BYTES})  # storage formats no device computes in
+STORAGE_ONLY = frozenset({"int4", "native", *GGUF_BYTES})  # weight storage formats no device computes in
 
 
 def precision_bytes(p: str) -> float:

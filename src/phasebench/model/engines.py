@@ -60,11 +60,11 @@ DEFAULT_EFFICIENCY = {
 # The engines' fixed costs have a hierarchical prior in the fit (model/fit.py): an engine with no fitted value
 # takes the fitted typical engine's, except the device vendors' own compilers (no host-driven steps).
 POOLED = ("request_ms", "step_us")
+UNPOOLED_ENGINES = ("vendor",)
 # Prior of an engine's wq_compute: dequantizing weight tiles inside a GEMM's main loop costs issue slots and
 # shared-memory traffic the fp16 GEMM does not pay (llama.cpp's own pp 512 tables put Q4_0 and Q8_0 below F16 on the
 # same GPU); a weak prior, fitted per engine where the corpus has weight-only rows.
 WQ_COMPUTE_PRIOR = 0.8
-UNPOOLED_ENGINES = ("vendor",)
 
 PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms", "step_us", "sharpness", "kv_memory", "gemm_half_rows", "link", "moe_compute")
 

@@ -29,9 +29,13 @@ def close_names(name: str, known: Iterable[str], aliases: Mapping[str, str] | No
     return picks[:max(4, len(prefixed))]
 
 
-def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> ModelError:
-    """'unknown X', with :func:`close_names` as the "did you mean"."""
-    known = sorted(known)
+def did_you_mean(name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> str:
+    """``"; did you mean a, b?"`` from :func:`close_names`, or "" when nothing is close."""
     picks = close_names(name, known, aliases)
-    hint = f"; did you mean {', '.join(picks)}?" if picks else ""
-    return ModelError(f"unknown {what} {name!r}{hint} (known: {', '.join(known)})")
+    return f"; did you mean {', '.join(picks)}?" if picks else ""
+
+
+def unknown(what: str, name: str, known: Iterable[str], aliases: Mapping[str, str] | None = None) -> ModelError:
+    """'unknown X', with :func:`did_you_mean`'s hint."""
+    known = sorted(known)
+    return ModelError(f"unknown {what} {name!r}{did_you_mean(name, known, aliases)} (known: {', '.join(known)})")

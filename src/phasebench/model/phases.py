@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from .arch import GGUF_BYTES, WEIGHT_ONLY, ModelArch, precision_bytes
+from .arch import GGUF_BYTES, STORAGE_ONLY, ModelArch, precision_bytes
 from .calibration import efficiency_for
 from .engines import DEFAULT_EFFICIENCY, Efficiency, canonical_engine, profile
 from .errors import ModelError
@@ -208,7 +208,7 @@ def resolve_precision(hw: Hardware, weights: str = "fp16", activations: str | No
     default is not the weights' own precision."""
     note = None
     if activations is None:
-        for cand in ([weights] if weights not in WEIGHT_ONLY else []) + ["bf16", "fp16", "fp32"]:
+        for cand in ([weights] if weights not in STORAGE_ONLY else []) + ["bf16", "fp16", "fp32"]:
             if hw.tflops.get(cand) or (cand in ("bf16", "fp16") and (hw.tflops.get("bf16") or hw.tflops.get("fp16"))):
                 activations = cand
                 break
@@ -216,7 +216,7 @@ def resolve_precision(hw: Hardware, weights: str = "fp16", activations: str | No
             activations = max(hw.tflops, key=lambda k: hw.tflops[k])
         if activations != weights:
             note = f"activations computed in {activations} (weight-only {weights} on {hw.key})"
-    return Precision(weights, activations, kv or ("fp16" if weights in WEIGHT_ONLY | {"int8"} else weights)), note
+    return Precision(weights, activations, kv or ("fp16" if weights in STORAGE_ONLY or weights == "int8" else weights)), note
 
 
 def _sram_only(hw: Hardware) -> bool:
@@ -384,8 +384,8 @@ class Pass:
         else:
             flops_gemm = flops
         compute = flops_gemm / peak
-        if self.wq_extra:
-            compute += (self.body_flops * tokens + self.lm_flops * lm_tokens) * self.wq_extra / peak
+        if self.wq_extra:   # the weight GEMMs' FLOPs: all but attention's
+            compute += (flops - attn_flops) * self.wq_extra / peak
         if self.moe:
             expert = self.expert_flops * tokens
             compute += expert / (peak * self.peak16_ratio) - expert / peak
