@@ -238,6 +238,71 @@ def test_weight_only_gemms_run_at_wq_compute_of_the_rate_and_attention_does_not(
     assert a.prefill.compute_s == pytest.approx(b.prefill.compute_s)
 
 
+def test_sixteen_bit_weights_on_an_fp32_only_cpu_are_not_weight_only():
+    from dataclasses import replace
+
+    from phasebench.model.phases import weight_only
+
+    cpu = replace(load_hardware("rtx-4090"), key="fp32-cpu", tflops={"fp32": 1.0})   # a probed CPU: fp32 only
+    m = load_model("llama-2-7b")
+    for w in ("fp16", "bf16"):
+        pr, _ = resolve_precision(cpu, w)
+        assert pr.activations == "fp32" and not weight_only(m, pr)
+    assert weight_only(m, resolve_precision(cpu, "q8_0")[0]) and weight_only(m, resolve_precision(cpu, "int8")[0])
+    half = replace(IDEAL, wq_compute=0.5)
+    f16 = predict(Setup(m, cpu, precision=resolve_precision(cpu, "fp16")[0], efficiency=half), 1, 512, 8)
+    f16_ideal = predict(Setup(m, cpu, precision=resolve_precision(cpu, "fp16")[0], efficiency=IDEAL), 1, 512, 8)
+    assert f16.prefill.compute_s == pytest.approx(f16_ideal.prefill.compute_s)   # no dequantization charge
+
+
+def test_kv_cache_takes_llama_cpp_cache_types_not_k_quant_mixes():
+    for kv in ("q8_0", "q4_0", "q5_0", "q4_1", "fp8", "int8"):
+        assert Precision("fp16", "fp16", kv).kv == kv
+    for kv in ("q4_k_m", "q5_k_m", "q6_k"):
+        with pytest.raises(ModelError, match="no KV-cache type"):
+            Precision("fp16", "fp16", kv)
+
+
+def test_moe_expert_rate_and_dequantization_multiply():
+    from dataclasses import replace
+
+    m, h = load_model("mixtral-8x7b"), load_hardware("h100-sxm")
+    pr = resolve_precision(h, "int4")[0]
+    t = {}
+    for wq in (1.0, 0.5):
+        for mc in (1.0, 0.5):
+            eff = replace(IDEAL, wq_compute=wq, moe_compute=mc)
+            t[wq, mc] = predict(Setup(m, h, precision=pr, efficiency=eff), 1, 2048, 4).prefill.compute_s
+    expert = 2.0 * m.layers * m.experts_active * m._expert_params() * 2048 / h.peak_flops("bf16")
+    # by hand: the experts at half the grouped rate and half the dequantized rate take 4x, not 1 + 1 + 1 = 3x
+    assert t[0.5, 0.5] - t[0.5, 1.0] == pytest.approx(2 * expert, rel=1e-6)
+    assert t[1.0, 0.5] - t[1.0, 1.0] == pytest.approx(expert, rel=1e-6)
+
+
+def test_flop_eff_override_is_the_achieved_fraction_with_dequantization_included():
+    compute = {}
+    for w in ("q4_0", "fp16"):
+        r = cli("predict", "--model", "llama-2-7b", "--hardware", "rtx-4090", "--precision", w, "--batch", "1",
+                 "--input-len", "2048", "--output-len", "8", "--json", "--flop-eff", "0.5", "--mem-eff", "0.9")
+        assert r.returncode == 0, r.stderr
+        compute[w] = json.loads(r.stdout)["prefill"]["compute_ms"]
+    assert compute["q4_0"] == pytest.approx(compute["fp16"], rel=1e-6)   # the same GEMMs at the stated 50%
+
+
+def test_plan_memory_wall_takes_the_compute_peak_of_a_gguf_weight_format():
+    from phasebench.plan_any import _wall_source
+
+    for w, act in (("q4_k_m", "bf16"), ("int4", "bf16"), ("fp16", "fp16"), ("fp8", "fp8")):
+        notes: list[str] = []
+        got = _wall_source("llama-2-7b", "h100-sxm", w, notes)["probe"]
+        assert got["peak_precision"] == act, (w, got)
+        assert got["peak_gflops"] == pytest.approx(load_hardware("h100-sxm").peak_flops(act) / 1e9)
+    from phasebench.spec import SpecError
+
+    with pytest.raises(SpecError, match="q4_k_m"):
+        _wall_source("llama-2-7b", "h100-sxm", "q3_k", [])
+
+
 def test_python_api():
     import phasebench
 

@@ -55,7 +55,7 @@ def predict(
                                          "default: the device's (vllm on GPUs). Its efficiency profile, or your "
                                          "calibration for (hardware, engine) when stored."),
     mem_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak bandwidth achieved."),
-    flop_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak FLOP/s achieved."),
+    flop_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak FLOP/s the GEMMs achieve (dequantization of weight-only weights included)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Predict TTFT, TPOT, E2E and throughput from the roofline phase model (no server needed)."""
@@ -68,7 +68,9 @@ def predict(
         setup, notes = setup_for(model, hardware, devices, tp, pp, precision, activations, kv, engine)
         if mem_eff is not None or flop_eff is not None:
             eff = setup.efficiency
+            # --flop-eff is the fraction the GEMMs reach, dequantization included: no wq_compute on top of it
             setup = replace(setup, efficiency=replace(eff, memory=mem_eff or eff.memory, compute=flop_eff or eff.compute,
+                                                      wq_compute=1.0 if flop_eff else eff.wq_compute,
                                                       source="command line"))
             notes.append("efficiency overridden on the command line: the corpus range no longer applies")
             notes = [n for n in notes if not n.startswith("using calibrated factors")]

@@ -246,9 +246,10 @@ async def _plan(spec: RunSpec, shape: AnyShape, budget_s: float, folder: RunFold
 
 def _wall_source(model_spec: str | None, hardware: str, weights: str | None, notes: list[str]) -> dict[str, Any]:
     """What the plan summary's memory wall needs, from the named model and hardware (empty when unknown)."""
-    from .model.arch import load_model
+    from .model.arch import BYTES, load_model
     from .model.errors import ModelError
     from .model.hardware import load_hardware
+    from .model.phases import resolve_precision
 
     empty = {"probe": {}, "model_file": {}}
     if not model_spec:
@@ -266,9 +267,14 @@ def _wall_source(model_spec: str | None, hardware: str, weights: str | None, not
     try:
         wbytes = m.weight_bytes(prec)
     except (ModelError, KeyError, ValueError):
-        raise SpecError(f"--weight-precision {prec}: not a precision phasebench knows (fp16, bf16, fp8, int8, int4)") from None
+        raise SpecError(f"--weight-precision {prec}: not a precision phasebench knows "
+                        f"({', '.join(k for k in BYTES if k != 'tf32')})") from None
+    try:   # the compute precision (a GGUF or int4 weight format computes in bf16/fp16, or fp32 on a CPU)
+        act = resolve_precision(hw, "bf16" if prec == "native" else prec)[0].activations
+    except ModelError:
+        act = "bf16"
     peak, peak_prec = 0.0, None
-    for p in (("bf16", "fp32") if prec in ("native", "bf16", "fp16") else (prec, "fp32")):
+    for p in (act, "fp32"):
         try:
             peak, peak_prec = hw.peak_flops(p) / 1e9, p
             break

@@ -26,6 +26,9 @@ USABLE_MEMORY = 0.90  # fraction of device memory for weights + KV (the rest: ac
 SRAM_USABLE = 1.0     # SRAM machines: the compiler places weights and KV statically, no allocator slack
 
 
+_NOT_KV = frozenset({"q4_k_m", "q5_k_m", "q6_k"})   # k-quant mixes: weight files only, never a KV cache
+
+
 @dataclass(frozen=True)
 class Precision:
     weights: str = "fp16"          # storage: fp32 bf16 fp16 fp8 int8 int4, a GGUF format (q4_k_m, q8_0…), or native (a GGUF file's size)
@@ -40,6 +43,9 @@ class Precision:
             raise ModelError(f"{self.activations} is a GGUF storage format, not a compute precision "
                              "(activations: fp16, bf16, fp8, int8…)")
         precision_bytes(self.kv)
+        if self.kv in _NOT_KV:   # llama.cpp's cache types: f32 f16 bf16 q8_0 q4_0 q4_1 iq4_nl q5_0 q5_1
+            raise ModelError(f"{self.kv} is a GGUF weight format with no KV-cache type of that name "
+                             f"(KV: fp16, bf16, fp8, int8, {', '.join(k for k in GGUF_BYTES if k not in _NOT_KV)})")
 
     @classmethod
     def uniform(cls, p: str) -> Precision:
@@ -307,8 +313,9 @@ def _peak16(hw: Hardware) -> float:
 
 def weight_only(m: ModelArch, pr: Precision) -> bool:
     """Weights stored narrower than the compute precision (int4/int8/fp8 weights with bf16 compute, a GGUF
-    format, a quantized GGUF file): their GEMMs dequantize in the kernel (``Efficiency.wq_compute``)."""
-    act = precision_bytes(pr.activations)
+    format, a quantized GGUF file): their GEMMs dequantize in the kernel (``Efficiency.wq_compute``). Weights
+    of 16 bits or more are never weight-only, also where the device computes in fp32 (a CPU without bf16)."""
+    act = min(precision_bytes(pr.activations), 2.0)   # 16-bit weights on an fp32-only device are not quantized
     if pr.weights == "native":
         return bool(m.weight_bytes_actual) and m.weight_bytes_actual < 0.95 * act * m.params
     return precision_bytes(pr.weights) < act
@@ -386,9 +393,9 @@ class Pass:
         compute = flops_gemm / peak
         if self.wq_extra:   # the weight GEMMs' FLOPs: all but attention's
             compute += (flops - attn_flops) * self.wq_extra / peak
-        if self.moe:
+        if self.moe:   # the experts' slower rate compounds the dequantization's (rates multiply)
             expert = self.expert_flops * tokens
-            compute += expert / (peak * self.peak16_ratio) - expert / peak
+            compute += expert * (1.0 + self.wq_extra) * (1.0 / self.peak16_ratio - 1.0) / peak
         return compute, memory, self.comm_fixed + self.comm_token * tokens, self.overhead, flops, nbytes, attn
 
     def time(self, tokens: float, attn_flops: float, kv_bytes: float, lm_tokens: float) -> float:
