@@ -72,6 +72,31 @@ def test_kv_pressure_preempts_and_recomputes_without_losing_tokens():
         simulate(np.zeros(1), [10_000], [10], prof, SchedulerConfig(kv_blocks=100))
 
 
+def test_the_simulator_pauses_the_garbage_collector_and_gives_it_back():
+    import gc
+
+    prof = FittedProfile((0.01, 1e-5, 0.0), (0.005, 1e-7, 1e-4))
+    seen = []
+
+    class Spy:   # records whether the collector runs while the loop asks for iteration times
+        def iteration(self, *a):
+            seen.append(gc.isenabled())
+            return prof.iteration(*a)
+
+    assert gc.isenabled()
+    simulate(np.zeros(3), [10] * 3, [5] * 3, Spy(), SchedulerConfig())
+    assert seen and not any(seen) and gc.isenabled()
+    with pytest.raises(NeverFits):   # an error inside gives it back too
+        simulate(np.zeros(1), [10_000], [10], prof, SchedulerConfig(kv_blocks=100))
+    assert gc.isenabled()
+    gc.disable()
+    try:   # a caller that paused it keeps it paused
+        simulate(np.zeros(2), [10] * 2, [5] * 2, prof, SchedulerConfig())
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
 def test_chunked_prefill_keeps_decode_flowing():
     prof = FittedProfile((0.005, 2e-5, 0.0), (0.005, 1e-7, 1e-4))
     arr = np.array([0.0] + [0.05 * i for i in range(1, 40)])

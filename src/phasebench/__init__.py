@@ -10,10 +10,15 @@ Public API::
     p.ttft_s, p.tpot_s, p.fits, p.to_dict()
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 __version__ = "0.1.0"
 
-from .results import Run
-from .spec import SLO, LengthDist, RunSpec, Scenario
+if TYPE_CHECKING:
+    from .results import Run
+    from .spec import SLO, LengthDist, RunSpec, Scenario
 
 
 def run(spec: RunSpec, progress=None) -> Run:
@@ -24,14 +29,17 @@ def run(spec: RunSpec, progress=None) -> Run:
 
 
 _ERRORS = ("Interrupted", "RunError", "RunStopped", "ServerGone", "TargetUnreachable")
+_TYPES = {"Run": "results", "RunSpec": "spec", "SLO": "spec", "LengthDist": "spec", "Scenario": "spec"}
 
 
-def __getattr__(name: str):  # noqa: ANN202 - the exception types, without importing the client at start-up
+def __getattr__(name: str):  # noqa: ANN202 - imported on first use: `import phasebench.x` stays light
+    import importlib
+
     if name in _ERRORS:
-        from . import runner
-
-        return getattr(runner, name)
-    raise AttributeError(name)
+        return getattr(importlib.import_module(".runner", __name__), name)
+    if name in _TYPES:
+        return getattr(importlib.import_module("." + _TYPES[name], __name__), name)
+    raise AttributeError(f"module 'phasebench' has no attribute {name!r}")
 
 
 async def arun(spec: RunSpec, progress=None) -> Run:

@@ -21,7 +21,7 @@ from ..schedule import make_schedule
 from ..spec import LengthDist, RunSpec, Scenario, SpecError
 from .columns import concat, from_result, to_records, write_jsonl
 from .profile import AnalyticProfile, Profile
-from .replica import SchedulerConfig, SimResult, simulate
+from .replica import SchedulerConfig, SimResult, gc_paused, simulate
 
 
 def _lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> list[int]:
@@ -122,6 +122,15 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     returned run (manifest and summary are still written when ``spec.out`` is set). ``record``: also record
     the run in the results database. ``keep_records``: put the ``RequestRecord``s in the returned run (always
     when it is recorded: the database stores them)."""
+    with gc_paused():   # see replica.gc_paused
+        return _simulate_run(spec, profile, cfg, replicas, trace, extra_manifest, summary_only, record, keep_records,
+                             trace_speed, trace_window)
+
+
+def _simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas: int = 1,
+                 trace: Path | None = None, extra_manifest: dict[str, Any] | None = None,
+                 summary_only: bool = False, record: bool = True, keep_records: bool = True,
+                 trace_speed: float = 1.0, trace_window: str | None = None) -> Run:
     if spec.scenario == Scenario.sweep:
         raise SpecError("simulate one point at a time (a sweep scenario is not simulated)")
     if replicas < 1:
