@@ -29,7 +29,9 @@ APPLE = ["m1-max", "m2-ultra", "m3-max", "m4-max"]
 
 # (memory GB/s, 16-bit-or-best TFLOP/s) a device of each kind plausibly has: catches a unit slip (TB/s for GB/s,
 # a sparse figure for a dense one would still pass; the per-device checks below look at those)
-RANGES = {"gpu": ((100, 10_000), (10, 3_000)), "tpu": ((500, 8_000), (100, 3_000)),
+# GPUs from a base Apple M1 (68 GB/s, 2.6 TFLOPS) to a B200: wide enough for every real part, narrow enough to
+# catch a unit slip (TB/s for GB/s, GFLOPS for TFLOPS)
+RANGES = {"gpu": ((50, 10_000), (2, 3_000)), "tpu": ((500, 8_000), (100, 3_000)),
           "accelerator": ((500, 8_000), (100, 3_000)), "sram-dataflow": ((1_000, 1e7), (100, 1e5)),
           "cpu": ((50, 1_500), (0.5, 500))}
 
