@@ -320,10 +320,58 @@ def test_model_that_does_not_fit_gives_numbers_not_a_time():
 
 def test_kv_cache_limits_batch():
     p = predict(setup("llama-2-7b", "h100-sxm", eff=None), 1, 1024, 1024)
-    # (0.9 · 80 GB − 13.48 GB) / (2048 tokens · 512 KiB)
-    expect = (0.9 * 80e9 - 6.738e9 * 2) // (2048 * 512 * KIB)
+    # vLLM (the default engine): (0.9 · 80 GiB − 13.48 GB) / (2048 tokens · 512 KiB)
+    expect = (0.9 * 80 * 2**30 - 6.738e9 * 2) // (2048 * 512 * KIB)
     assert p.memory.max_batch == pytest.approx(expect, abs=1)
     assert not predict(setup("llama-2-7b", "h100-sxm", eff=None), int(expect) + 2, 1024, 1024).fits
+
+
+def test_each_engine_sizes_memory_by_its_own_allocator():
+    """Usable memory per device follows the engine's allocator (data/engines.yaml memory_use), on the vendor's GB
+    read as GiB: vLLM 90% of it, SGLang 88%, TensorRT-LLM the weights plus 90% of what they leave, llama.cpp all
+    but 0.5 GiB, and on Apple silicon Metal's working-set limit (3/4 of unified memory; 2/3 below 48 GiB)."""
+    w = models()["llama-2-7b"].weight_bytes("fp16")
+    cap80 = 80 * 2**30
+
+    def usable(hw: str, engine: str) -> float:
+        return predict(setup("llama-2-7b", hw, eff=None, engine=engine), 1, 128, 128).memory.capacity
+
+    assert usable("h100-sxm", "vllm") == pytest.approx(0.9 * cap80)
+    assert usable("h100-sxm", "sglang") == pytest.approx(0.88 * cap80)
+    assert usable("h100-sxm", "trtllm") == pytest.approx(w + 0.9 * (cap80 - w))
+    assert usable("h100-sxm", "llama.cpp") == pytest.approx(cap80 - 0.5 * 2**30)
+    assert usable("m2-ultra", "llama.cpp") == pytest.approx(0.75 * 192 * 2**30)
+    assert usable("m1", "llama.cpp") == pytest.approx(0.6667 * 16 * 2**30)   # the m1 record: 16 GB, below 48 GiB: 2/3
+    assert usable("h100-sxm", "mlx") == pytest.approx(0.75 * cap80)
+
+
+def test_llama_cpp_fits_what_it_ran():
+    """X. Dai ran Llama-3-8B in F16 (16.06 GB) under llama.cpp on a 16 GB RTX 4080 (40.3 tok/s): it fits with
+    llama.cpp's allocator, not under vLLM's 90%."""
+    lcpp = setup("llama-3-8b", "rtx-4080", eff=None, engine="llama.cpp")
+    assert predict(lcpp, 1, 512, 512).fits
+    # and, as in its table, 'tg 4096' ran while 'tg 8192' was OOM (1 GiB of F16 KV cache more than the card has)
+    assert predict(lcpp, 1, 1, 4095).fits and not predict(lcpp, 1, 1, 8191).timed
+    assert not predict(setup("llama-3-8b", "rtx-4080", eff=None, engine="vllm"), 1, 512, 512).timed
+
+
+def test_a_batch_beyond_the_kv_cache_runs_as_many_as_it_holds():
+    """Argonne's 64 × 1024/1024 Llama-2-7B on an A100 40GB under vLLM (88.3 s measured): the KV cache holds
+    ~23 sequences, so vLLM runs that many at a time; the batch takes 64/held times as long as held sequences."""
+    s = setup("llama-2-7b", "a100-40gb-sxm", eff=None, engine="vllm")
+    p = predict(s, 64, 1024, 1024)
+    held = p.memory.max_batch
+    assert not p.fits and p.timed and 1 <= held < 64 and p.concurrency == held
+    q = predict(s, held, 1024, 1024)
+    assert p.e2e_s == pytest.approx(64 / held * q.e2e_s)
+    assert p.output_throughput == pytest.approx(q.output_throughput)
+    assert p.ttft_s == pytest.approx(q.ttft_s) and any("at a time" in n for n in p.notes)
+    assert p.to_dict()["concurrency"] == held
+    # engines that size their KV cache up front do not queue: no time
+    s2 = setup("llama-2-7b", "a100-40gb-sxm", eff=None, engine="llama.cpp")
+    assert not predict(s2, 64, 1024, 1024).timed
+    # weights that do not fit never get a time
+    assert not predict(setup("llama-2-70b", "a100-40gb-sxm", eff=None, engine="vllm"), 4, 128, 128).timed
 
 
 def test_tpot_grows_with_context():

@@ -84,7 +84,7 @@ def predict(
         out.print_json(json.dumps(d[0] if len(d) == 1 else d))
     else:
         print_predictions(preds, out)
-    if not any(p.fits for p in preds):  # answered, and the answer is "does not fit": not a usage error
+    if not any(p.timed for p in preds):  # answered, and the answer is "does not fit": not a usage error
         raise typer.Exit(exitcodes.INVALID)
 
 

@@ -69,7 +69,7 @@ class Row:
     def predicted(self, p: Prediction, rtt_s: float = 0.0) -> float | None:
         """The corpus metric computed from a prediction (None if it does not fit). A row measured over the
         public internet adds ``rtt_s`` (the network round trip and API gateway) to its TTFT."""
-        if not p.fits or p.ttft_s is None:
+        if not p.timed:
             return None
         if self.internet and rtt_s:
             p = replace(p, ttft_s=p.ttft_s + rtt_s)

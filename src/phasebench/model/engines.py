@@ -48,6 +48,49 @@ class Efficiency:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class MemoryUse:
+    """How much of a device's memory an engine's allocator gives the weights and the KV cache.
+
+    ``data/engines.yaml`` holds each engine's policy with its source (``memory_use``); an engine without one
+    takes the default, 90% of device memory (vLLM's ``--gpu-memory-utilization``)."""
+    fraction: float = 0.90      # of device memory, or (``of_free``) of what is left once the weights are in
+    reserve_gib: float = 0.0    # set aside first: the runtime's context, compute buffers
+    of_free: bool = False       # the KV cache takes ``fraction`` of the memory free after the weights (TensorRT-LLM)
+    small_gib: float = 0.0      # a device with less memory than this (GiB) ...
+    small_fraction: float = 0.0  # ... gets this fraction instead (Metal's working-set limit on small Macs)
+    queues_over_capacity: bool = True   # a batch whose KV cache outgrows memory runs as many sequences as it holds
+    #                                     (continuous batching queues or preempts the rest); False: it fails to
+    #                                     allocate (slots or static shapes sized up front: llama.cpp, Neuron)
+    source: str = "default: 90% of device memory for weights and KV cache"
+
+    def usable(self, capacity: float, weights: float) -> float:
+        """Bytes per device for weights + KV cache, given the device's capacity and the weights it holds."""
+        f = self.small_fraction if capacity < self.small_gib * 2**30 else self.fraction
+        cap = capacity - self.reserve_gib * 2**30
+        if self.of_free:
+            return weights + f * (cap - weights) if weights <= cap else cap
+        return cap * f
+
+
+def memory_use(hw: Hardware, engine: str | None = None) -> MemoryUse:
+    """``engine``'s memory policy on ``hw`` (default engine when None): its device-class override, else its own,
+    else the default (also for an engine the catalog does not know, e.g. a calibration's)."""
+    try:
+        eng = canonical_engine(engine) if engine else default_engine(hw)
+    except ModelError:
+        return MemoryUse()
+    return _memory_use(eng, device_class(hw))
+
+
+@cache
+def _memory_use(eng: str, cls: str) -> MemoryUse:
+    spec = dict(_data()["engines"][eng].get("memory_use") or {})
+    by_class = spec.pop("classes", {}) or {}
+    spec.update(by_class.get(cls, {}))
+    return MemoryUse(**spec) if spec else MemoryUse()
+
+
 # Priors per device kind (the roofline defaults before any fit); docs/model.md gives the sources.
 DEFAULT_EFFICIENCY = {
     "gpu": Efficiency(0.70, 0.60, 4.0, 15.0, "default (gpu)"),

@@ -44,7 +44,9 @@ class Hardware:
 
     @property
     def memory_bytes(self) -> float:
-        return self.memory_gb * 1e9
+        """Device memory in bytes. Vendors' "80 GB" of HBM or GDDR is 80 GiB (DRAM capacities are binary:
+        nvidia-smi prints 81920 MiB for an A100 80GB), so the catalog's ``memory_gb`` is read as GiB."""
+        return self.memory_gb * 2**30
 
     @property
     def bandwidth(self) -> float:
@@ -221,7 +223,7 @@ def load_hardware(ref: str) -> Hardware:
 
 def local_record(probe: dict[str, Any], env: dict[str, Any]) -> dict[str, Any]:
     """The ``local`` record from a probe result: measured bandwidth and matmul FLOP/s are the 'peaks'."""
-    mem = (env.get("memory_gib") or 0) * 2**30 / 1e9
+    mem = env.get("memory_gib") or 0     # the catalog's memory_gb is read as GiB (Hardware.memory_bytes)
     tfl = {"fp32": round(probe["matmul_gflops_fp32"] / 1e3, 4)}
     peaks = {"fp32": "fp32 matmul (numpy BLAS), measured by `phasebench probe`"}
     bf16 = probe.get("matmul_gflops_bf16") or probe.get("torch_cpu_bfloat16_gflops")

@@ -14,7 +14,7 @@ from typing import Any
 
 from .arch import GGUF_BYTES, STORAGE_ONLY, ModelArch, precision_bytes
 from .calibration import efficiency_for
-from .engines import DEFAULT_EFFICIENCY, Efficiency, canonical_engine, profile
+from .engines import DEFAULT_EFFICIENCY, Efficiency, canonical_engine, memory_use, profile
 from .errors import ModelError
 from .hardware import Hardware
 
@@ -22,7 +22,6 @@ __all__ = ["DEFAULT_EFFICIENCY", "Efficiency", "Precision", "Setup", "Prediction
            "setup_for", "sweep", "closed_loop", "forward", "prefill_flops", "decode_flops", "kv_heads_per_rank", "resolve_precision",
            "weight_only"]
 
-USABLE_MEMORY = 0.90  # fraction of device memory for weights + KV (the rest: activations, runtime, fragmentation)
 SRAM_USABLE = 1.0     # SRAM machines: the compiler places weights and KV statically, no allocator slack
 
 
@@ -166,10 +165,17 @@ class Prediction:
     engine: str = ""
     request_s: float = 0.0              # the engine's fixed per-request cost inside TTFT
     range: dict[str, Any] = field(default_factory=dict)   # low/high per metric from the corpus residuals
+    concurrency: int = 0                # sequences held at once when the KV cache holds fewer than ``batch``; 0: all
 
     @property
     def fits(self) -> bool:
+        """The whole batch's weights and KV cache fit in usable memory."""
         return self.memory.fits
+
+    @property
+    def timed(self) -> bool:
+        """Times are predicted: the batch fits, or runs ``concurrency`` sequences at a time (see ``_over_capacity``)."""
+        return self.ttft_s is not None
 
     @property
     def e2e_s(self) -> float | None:
@@ -192,7 +198,7 @@ class Prediction:
         return {
             "model": self.model, "hardware": self.hardware, "devices": self.devices, "tp": self.tp, "pp": self.pp,
             "precision": asdict(self.precision), "batch": self.batch, "input_len": self.input_len,
-            "output_len": self.output_len, "fits": self.fits,
+            "output_len": self.output_len, "fits": self.fits, "concurrency": self.concurrency or self.batch,
             "engine": self.engine, "request_ms": self.request_s * 1e3,
             "ttft_ms": ms(self.ttft_s), "tpot_ms": ms(self.tpot_s), "e2e_s": self.e2e_s,
             "output_throughput": self.output_throughput, "total_throughput": self.total_throughput,
@@ -473,7 +479,8 @@ def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int
     kv_seq = m.kv_bytes(final_ctx, pr.kv)
     w_dev = w / s.devices
     kv_dev_seq = kv_seq * kv_share
-    usable = hw.memory_bytes * USABLE_MEMORY
+    use = memory_use(hw, eff.engine or s.engine or None)
+    usable = use.usable(hw.memory_bytes, w_dev)
     per_dev = w_dev + batch * kv_dev_seq
     max_batch = int((usable - w_dev) // kv_dev_seq) if usable > w_dev and kv_dev_seq else 0
     mem = Memory(w, w_dev, m.kv_bytes_per_token(pr.kv), kv_dev_seq, batch * kv_seq * kv_share * s.devices,
@@ -481,6 +488,8 @@ def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int
     pred = Prediction(m.name, hw.key, s.devices, s.tp, s.pp, pr, batch, input_len, output_len, eff, mem, notes=notes,
                       engine=eff.engine or s.engine or "")
     if not mem.fits:
+        if use.queues_over_capacity and 1 <= mem.max_batch < batch and w_dev < usable:
+            return _over_capacity(setup, pred, mem.max_batch)
         return pred
     pred.prefill = prefill_phase(s, batch, input_len)
     pred.request_s = request_s(s)
@@ -489,6 +498,25 @@ def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int
     pred.decode_first, pred.decode_last = decode_phase(s, batch, c0), decode_phase(s, batch, c1)
     pred.tpot_s = _mean_decode(s, batch, c0, c1, pred.decode_first, pred.decode_last) if output_len > 1 \
         else pred.decode_first.time_s
+    return pred
+
+
+def _over_capacity(setup: Setup, pred: Prediction, held: int) -> Prediction:
+    """A batch whose KV cache at the final context outgrows memory, on an engine that batches continuously: it
+    holds ``held`` sequences and queues (or preempts and later recomputes) the rest, so the batch takes
+    ``batch / held`` times as long as ``held`` sequences do; each running sequence's step is that of ``held``."""
+    q = _predict(setup, held, pred.input_len, pred.output_len)
+    stretch = pred.batch / held
+    pred.prefill, pred.decode_first, pred.decode_last, pred.request_s = q.prefill, q.decode_first, q.decode_last, q.request_s
+    pred.concurrency = held
+    if pred.output_len > 1:
+        pred.ttft_s = q.ttft_s
+        pred.tpot_s = (stretch * q.e2e_s - q.ttft_s) / (pred.output_len - 1)
+    else:
+        pred.ttft_s, pred.tpot_s = stretch * q.ttft_s, q.tpot_s
+    pred.notes.append(f"the KV cache at the final context holds {held} of the {pred.batch} sequences: the engine runs "
+                      f"{held} at a time and queues or preempts the rest, so the batch takes {stretch:.2f}× as long as "
+                      f"{held} sequences (E2E and throughput are the batch's; TPOT is its mean, stretched alike)")
     return pred
 
 
@@ -504,7 +532,7 @@ def closed_loop(setup: Setup, clients: int, input_len: int = 128, output_len: in
       TPOT = step(clients) + (clients − 1) / (output_len − 1) · T_p.
     No parameters of its own: the same ``forward`` as :func:`predict` at batch 1 and at batch ``clients``."""
     many = _predict(setup, clients, input_len, output_len)
-    if clients <= 1 or not many.fits:
+    if clients <= 1 or not many.timed:
         return many
     one = _predict(setup, 1, input_len, output_len)
     t_p = one.prefill.time_s

@@ -120,7 +120,7 @@ def torch_matmul(n: int = 4096, repeats: int = 10) -> dict[str, float]:
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         out["gpu_name"] = torch.cuda.get_device_name(0)  # type: ignore[assignment]
-        out["gpu_memory_gb"] = total / 1e9
+        out["gpu_memory_gb"] = total / 2**30   # GiB, as the catalog's memory_gb is read
         n_el = 256 * 2**20 // 2
         a = torch.empty(n_el, device="cuda", dtype=torch.float16)
         b = torch.empty_like(a)

@@ -33,7 +33,7 @@ def print_predictions(preds: list[Prediction], console: Console) -> None:
     short = {"memory": "mem", "compute": "comp", "communication": "comm", "overhead": "ovh"}
     for p in preds:
         mem = p.memory
-        if not p.fits:
+        if not p.timed:
             t.add_row(str(p.batch), str(p.input_len), str(p.output_len), "[red]no fit[/]", "", "", "", "",
                       f"{mem.per_device / 1e9:.1f}>{mem.capacity / 1e9:.0f}", str(mem.max_batch))
             continue
@@ -41,24 +41,25 @@ def print_predictions(preds: list[Prediction], console: Console) -> None:
         t.add_row(str(p.batch), str(p.input_len), str(p.output_len), _rng(p.ttft_s * 1e3, r.get("ttft_ms")),
                   _rng(p.tpot_s * 1e3, r.get("tpot_ms"), 3), _f(p.e2e_s, 3),
                   _rng(p.output_throughput, r.get("output_throughput"), 1),
-                  f"{short[p.prefill.bound]}/{short[p.decode_last.bound]}", _f(mem.per_device / 1e9, 1), str(mem.max_batch))
+                  f"{short[p.prefill.bound]}/{short[p.decode_last.bound]}",
+                  _f(mem.per_device / 1e9, 1) if p.fits else f"[yellow]{p.concurrency} at a time[/]", str(mem.max_batch))
     console.print(t)
     m = p0.memory
     console.print(f"weights {m.weights_bytes / 1e9:.2f} GB ({m.per_device_weights / 1e9:.2f} GB per device), KV cache "
                   f"{m.kv_per_token / 1024:.0f} KiB per token, usable memory {m.capacity / 1e9:.1f} GB per device")
-    if len(preds) == 1 and p0.fits:
+    if len(preds) == 1 and p0.timed:
         d = p0.decode_last
         console.print(f"decode step at the last context: {d.bytes / 1e9:.2f} GB read, {d.flops / 1e9:.1f} GFLOP, "
                       f"intensity {d.intensity:.1f} FLOP/byte → {d.bound}-bound")
         pf = p0.prefill
         console.print(f"prefill: {pf.flops / 1e12:.3f} TFLOP over {pf.bytes / 1e9:.2f} GB, intensity "
                       f"{pf.intensity:.0f} FLOP/byte → {pf.bound}-bound")
-    for b in dict.fromkeys((p.range or {}).get("basis") for p in preds if p.fits):
+    for b in dict.fromkeys((p.range or {}).get("basis") for p in preds if p.timed):
         if b:
             console.print(f"[dim]range: {escape(b)}[/]")
     for n in dict.fromkeys(n for p in preds for n in p.notes):
         console.print(f"[yellow]note:[/] {escape(n)}")
-    if not p0.fits and len(preds) == 1:
+    if not p0.timed and len(preds) == 1:
         console.print(f"[red]does not fit:[/] needs {m.per_device / 1e9:.1f} GB per device "
                       f"(weights {m.per_device_weights / 1e9:.1f} GB + KV {p0.batch * m.kv_per_device_per_seq / 1e9:.2f} GB), "
                       f"{m.capacity / 1e9:.1f} GB usable; no time is predicted")

@@ -35,7 +35,8 @@ def _lengths(dist: LengthDist, n: int, rng: np.random.Generator) -> list[int]:
 def scheduler_for(setup: Setup | None, max_seqs: int = 256, max_batched_tokens: int = 8192, chunked: bool = True,
                   block_size: int = 16, kv_blocks: int | None = None, static: bool = False) -> SchedulerConfig:
     """The scheduler of a replica of ``setup``: its batching, and (unless given) the KV blocks that device
-    memory leaves after the weights (90% of it; an SRAM machine's SRAM after the weights)."""
+    memory leaves after the weights (what the engine's allocator uses of it: ``memory_use`` in data/engines.yaml; an
+    SRAM machine's SRAM after the weights)."""
     from ..model.errors import ModelError
     from ..model.phases import kv_heads_per_rank, predict
     from .replica import blocks_for_memory
