@@ -457,6 +457,24 @@ def cli(*args: str) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
+def test_memory_fraction_is_the_engines_own_knob():
+    """--memory-fraction sets the engine's memory knob: of all device memory under vLLM, of what the weights leave
+    under TensorRT-LLM; the simulator's KV blocks follow it; out of (0, 1] it is a usage error."""
+    from phasebench.sim.run import scheduler_for
+
+    cap, w = 80 * 2**30, models()["llama-2-7b"].weight_bytes("fp16")
+    p = cli("predict", "--model", "llama-2-7b", "--hardware", "h100-sxm", "--memory-fraction", "0.5", "--json")
+    assert p.returncode == 0, p.stderr
+    mem = json.loads(p.stdout)["memory"]
+    assert mem["usable_gb"] * 1e9 == pytest.approx(0.5 * cap) and "0.5 as set" in mem["policy"]
+    trt = predict(setup("llama-2-7b", "h100-sxm", eff=None, engine="trt-llm", memory_fraction=0.5), 1, 128, 128)
+    assert trt.memory.capacity == pytest.approx(w + 0.5 * (cap - w))
+    half, full = (scheduler_for(setup("llama-2-7b", "h100-sxm", eff=None, memory_fraction=f)).kv_blocks for f in (0.5, 0.9))
+    assert half == pytest.approx((0.5 * cap - w) / (0.9 * cap - w) * full, rel=0.01)
+    bad = cli("predict", "--model", "llama-2-7b", "--hardware", "h100-sxm", "--memory-fraction", "1.5")
+    assert bad.returncode == 2 and "memory fraction must be in (0, 1]" in bad.stderr + bad.stdout
+
+
 def test_predict_command_json_and_sweep():
     # under the reference engine (TensorRT-LLM): with vLLM's fitted per-step CPU cost (~2.3 ms) and the per-layer
     # launch cost, a 7B model's fixed overhead and weight read on an H100 are within a few percent of each other

@@ -54,6 +54,9 @@ def predict(
                                          "neuronx, fastertransformer, ... (aliases such as tensorrt-llm, llamacpp); "
                                          "default: the device's (vllm on GPUs). Its efficiency profile, or your "
                                          "calibration for (hardware, engine) when stored."),
+    memory_fraction: Optional[float] = typer.Option(
+        None, help="The engine's memory setting (0-1]: vLLM --gpu-memory-utilization, SGLang --mem-fraction-static, "
+        "TensorRT-LLM free_gpu_memory_fraction (of the memory the weights leave); default: the engine's own."),
     mem_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak bandwidth achieved."),
     flop_eff: Optional[float] = typer.Option(None, help="Override: fraction of peak FLOP/s the GEMMs achieve (dequantization of weight-only weights included)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -65,7 +68,7 @@ def predict(
     from .report.model import print_predictions
 
     try:
-        setup, notes = setup_for(model, hardware, devices, tp, pp, precision, activations, kv, engine)
+        setup, notes = setup_for(model, hardware, devices, tp, pp, precision, activations, kv, engine, memory_fraction)
         if mem_eff is not None or flop_eff is not None:
             eff = setup.efficiency
             # --flop-eff is the fraction the GEMMs reach, dequantization included: no wq_compute on top of it

@@ -25,10 +25,12 @@ def register(app: typer.Typer) -> None:
     app.add_typer(profile_app, name="profile", rich_help_panel=PANEL_SIMULATE)
 
 
-def _setup(model: str, hardware: str, devices: int, precision: str, engine: Optional[str] = None):  # noqa: ANN202
+def _setup(model: str, hardware: str, devices: int, precision: str, engine: Optional[str] = None,  # noqa: ANN202
+           memory_fraction: Optional[float] = None):
     from .model.phases import setup_for
 
-    return setup_for(model, hardware, devices=devices, precision=precision, engine=engine)[0]
+    return setup_for(model, hardware, devices=devices, precision=precision, engine=engine,
+                     memory_fraction=memory_fraction)[0]
 
 
 def _scheduler(setup, max_seqs: int, max_batched_tokens: int, chunked: bool, block_size: int,
@@ -72,6 +74,8 @@ def simulate(
     static_batching: bool = typer.Option(False, help="Static batching (the baseline continuous batching beats)."),
     block_size: int = typer.Option(16, help="KV block size (tokens)."),
     kv_blocks: Optional[int] = typer.Option(None, help="KV blocks (default: what the device memory leaves)."),
+    memory_fraction: Optional[float] = typer.Option(
+        None, help="The engine's memory setting (0-1], as predict's: sizes the KV blocks the memory leaves."),
     prefix_cache: bool = typer.Option(True, "--prefix-cache/--no-prefix-cache",
                                       help="Trace replay and --turns: reuse the cached prompt blocks the requests "
                                            "share (LRU, in free KV)."),
@@ -91,7 +95,7 @@ def simulate(
     try:
         if profile is None and not (model and hardware):
             fail("give --model and --hardware, or --profile")
-        setup = _setup(model, hardware, devices, precision, engine) if model and hardware else None
+        setup = _setup(model, hardware, devices, precision, engine, memory_fraction) if model and hardware else None
         prof = FittedProfile.load(profile) if profile else analytic_profile(setup, engine)
         cfg = _scheduler(setup, max_seqs, max_batched_tokens, chunked_prefill, block_size, kv_blocks, static_batching)
         cfg.prefix_cache = prefix_cache

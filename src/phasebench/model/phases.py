@@ -65,6 +65,8 @@ class Setup:
     precision: Precision = field(default_factory=Precision)
     efficiency: Efficiency | None = None
     engine: str | None = None      # serving engine (canonical or alias); None: the device's default engine
+    memory_fraction: float | None = None   # the engine's memory knob, set: vLLM --gpu-memory-utilization, SGLang
+    #                                        --mem-fraction-static, TensorRT-LLM free_gpu_memory_fraction
 
     def resolved(self) -> Setup:
         tp = self.tp or max(self.devices // self.pp, 1)
@@ -72,6 +74,8 @@ class Setup:
             raise ModelError(f"tensor parallel {tp} × pipeline parallel {self.pp} ≠ {self.devices} devices")
         if self.devices < 1:
             raise ModelError("devices must be ≥ 1")
+        if self.memory_fraction is not None and not 0 < self.memory_fraction <= 1:
+            raise ModelError(f"memory fraction must be in (0, 1], got {self.memory_fraction}")
         eff = self.efficiency or profile(self.hardware, self.engine)
         if self.precision.weights == "native" and not self.model.weight_bytes_actual:
             raise ModelError("weights 'native' needs a GGUF model (its file size is the weight bytes)")
@@ -79,7 +83,8 @@ class Setup:
 
 
 def setup_for(model: str, hardware: str, devices: int = 1, tp: int = 0, pp: int = 1, precision: str = "fp16",
-              activations: str | None = None, kv: str | None = None, engine: str | None = None) -> tuple[Setup, list[str]]:
+              activations: str | None = None, kv: str | None = None, engine: str | None = None,
+              memory_fraction: float | None = None) -> tuple[Setup, list[str]]:
     """A setup from names, as every command and the Python API build one: the model and hardware looked up,
     unstated precisions resolved, the engine's spelling resolved (``None``: the device's default engine), and
     its efficiency: the user's calibration for (hardware, engine) if stored, else the engine's profile
@@ -95,7 +100,7 @@ def setup_for(model: str, hardware: str, devices: int = 1, tp: int = 0, pp: int 
     if not engine:
         notes.append(f"engine: {default_engine(hw)} (the default for {hw.key}; --engine names another)")
     setup = Setup(load_model(model), hw, devices=devices, tp=tp, pp=pp, precision=pr, efficiency=eff,
-                  engine=eff.engine or (canonical_engine(engine) if engine else None))
+                  engine=eff.engine or (canonical_engine(engine) if engine else None), memory_fraction=memory_fraction)
     return setup, notes
 
 
@@ -134,13 +139,15 @@ class Memory:
     fits: bool
     max_batch: int
     chips_needed: int = 0          # SRAM machines: chips whose SRAM holds weights + KV
+    policy: str = ""               # whose rule ``capacity`` is (the engine's allocator: MemoryUse.source)
 
     def to_dict(self) -> dict[str, Any]:
         gb = 1e9
         return {"weights_gb": self.weights_bytes / gb, "per_device_weights_gb": self.per_device_weights / gb,
                 "kv_per_token_bytes": self.kv_per_token, "kv_total_gb": self.kv_total / gb,
                 "per_device_gb": self.per_device / gb, "usable_gb": self.capacity / gb, "fits": self.fits,
-                "max_batch": self.max_batch, **({"chips_needed": self.chips_needed} if self.chips_needed else {})}
+                "max_batch": self.max_batch, **({"chips_needed": self.chips_needed} if self.chips_needed else {}),
+                **({"policy": self.policy} if self.policy else {})}
 
 
 @dataclass
@@ -480,11 +487,14 @@ def _predict(setup: Setup, batch: int = 1, input_len: int = 128, output_len: int
     w_dev = w / s.devices
     kv_dev_seq = kv_seq * kv_share
     use = memory_use(hw, eff.engine or s.engine or None)
+    if s.memory_fraction is not None:   # the user's setting of the engine's own knob, at every memory size
+        use = replace(use, fraction=s.memory_fraction, small_gib=0.0,
+                      source=f"memory fraction {s.memory_fraction:g} as set" + (" (of what the weights leave)" if use.of_free else ""))
     usable = use.usable(hw.memory_bytes, w_dev)
     per_dev = w_dev + batch * kv_dev_seq
     max_batch = int((usable - w_dev) // kv_dev_seq) if usable > w_dev and kv_dev_seq else 0
     mem = Memory(w, w_dev, m.kv_bytes_per_token(pr.kv), kv_dev_seq, batch * kv_seq * kv_share * s.devices,
-                 per_dev, usable, per_dev <= usable, max(max_batch, 0))
+                 per_dev, usable, per_dev <= usable, max(max_batch, 0), policy=use.source)
     pred = Prediction(m.name, hw.key, s.devices, s.tp, s.pp, pr, batch, input_len, output_len, eff, mem, notes=notes,
                       engine=eff.engine or s.engine or "")
     if not mem.fits:

@@ -46,7 +46,8 @@ def print_predictions(preds: list[Prediction], console: Console) -> None:
     console.print(t)
     m = p0.memory
     console.print(f"weights {m.weights_bytes / 1e9:.2f} GB ({m.per_device_weights / 1e9:.2f} GB per device), KV cache "
-                  f"{m.kv_per_token / 1024:.0f} KiB per token, usable memory {m.capacity / 1e9:.1f} GB per device")
+                  f"{m.kv_per_token / 1024:.0f} KiB per token, usable memory {m.capacity / 1e9:.1f} GB per device"
+                  + (f" ({escape(m.policy)})" if m.policy else ""))
     if len(preds) == 1 and p0.timed:
         d = p0.decode_last
         console.print(f"decode step at the last context: {d.bytes / 1e9:.2f} GB read, {d.flops / 1e9:.1f} GFLOP, "
