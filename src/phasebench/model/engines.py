@@ -143,10 +143,15 @@ def _norm(s: str) -> str:
     return s.strip().lower().replace("_", "-").replace(" ", "-")
 
 
+@cache
+def _squashed_aliases() -> dict[str, str]:
+    return {k.replace("-", ""): v for k, v in _aliases().items()}
+
+
 def canonical_engine(name: str) -> str:
     """The engine's canonical name from any accepted spelling (``tensorrt-llm`` → ``trt-llm``)."""
     al = _aliases()
-    squashed = {k.replace("-", ""): v for k, v in al.items()}
+    squashed = _squashed_aliases()
 
     def lookup(n: str) -> str | None:
         return al.get(n) or squashed.get(n.replace("-", ""))

@@ -47,7 +47,7 @@ def factors(hw: Hardware, engine: str, group: str) -> tuple[float, float, str] |
 
 def attach_range(p: Any, hw: Hardware | None = None) -> None:
     """Fill ``p.range`` (ttft_ms, tpot_ms, e2e_s, output_throughput: [low, high]) and add coverage notes."""
-    if p.ttft_s is None:
+    if not p.timed:
         return
     if hw is None:
         from .hardware import load_hardware
