@@ -5,10 +5,13 @@ Three columns per line: the priors alone (data/engines.yaml, no fit), the fit sc
 Lines: overall, per phase group (prefill = TTFT, decode = TPOT / a stream's tok/s, e2e, throughput), per source,
 per engine|device class; then leave-one-source-out split by what the other sources had of each row's engine and
 device class (so a covered prediction and one outside the corpus are told apart). |error| = |predicted / measured − 1|.
+Last, the held-out set (src/phasebench/data/holdout.csv): published measurements that no fit has seen, scored by the
+fit on the whole corpus (with --holdout-only: the installed fit, data/engines_fit.yaml, as `predict` does today).
 
     PYTHONPATH=src python benchmarks/predict_accuracy.py            # full fit (a few CPU-minutes)
     PYTHONPATH=src python benchmarks/predict_accuracy.py --quick    # fewer fit iterations, for checking
     PYTHONPATH=src python benchmarks/predict_accuracy.py --write    # also regenerate data/engines_fit.yaml
+    PYTHONPATH=src python benchmarks/predict_accuracy.py --holdout-only   # the held-out set alone (seconds, no fit)
 """
 
 from __future__ import annotations
@@ -58,6 +61,27 @@ def _write_rows(path: Path, rows: list, prior: dict, fitted: dict, loso: dict, c
                         ratio(fitted, r.id), ratio(loso, r.id), cov.get(r.id, "")])
 
 
+def holdout(path: Path | None, params: dict[str, float] | None = None) -> None:
+    """The held-out set scored by ``params`` (this run's fit on the whole corpus), or by the installed fit:
+    overall, per phase group, per source, per engine|class."""
+    rows, skipped = load(path or F.holdout_path())
+    got = F.score_installed(rows) if params is None else F.score(rows, params)
+    which = "the installed fit (data/engines_fit.yaml)" if params is None else "this run's fit on the whole corpus"
+    print(f"\nheld-out set ({path or 'data/holdout.csv'}): {len(rows)} rows from {len({r.source for r in rows})} "
+          f"source(s), never fitted on, scored by {which}; {len(rows) - len(got)} not predictable, "
+          f"{len(skipped)} not loadable\n")
+    print(f"| held-out rows | n | {'installed fit' if params is None else 'this fit'} |")
+    print("|---|---:|---:|")
+    print(f"| **overall** | {len(got)} | {_med([F.abs_pct(v) for v in got.values()])} |")
+    for label, keyf in (("group", lambda r: r.group), ("source", lambda r: r.source), ("engine|class", lambda r: r.key)):
+        groups = defaultdict(list)
+        for r in rows:
+            if r.id in got:
+                groups[keyf(r)].append(F.abs_pct(got[r.id]))
+        for k in sorted(groups):
+            print(f"| {label}: {k} | {len(groups[k])} | {_med(groups[k])} |")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="10 fit evaluations instead of 60 (for checking)")
@@ -66,9 +90,14 @@ def main() -> int:
     ap.add_argument("--worst", type=int, default=15, help="list the N worst rows leave-one-source-out")
     ap.add_argument("--rows-csv", type=Path, default=None,
                     help="also write every row's predicted ÷ measured (priors, fitted, held out) to this CSV")
+    ap.add_argument("--holdout", type=Path, default=None, help="held-out set to score (default data/holdout.csv)")
+    ap.add_argument("--holdout-only", action="store_true", help="score the held-out set with the installed fit only")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
                     help="processes for the held-out fits (the figures do not depend on it)")
     a = ap.parse_args()
+    if a.holdout_only:
+        holdout(a.holdout)
+        return 0
     nfev = 10 if a.quick else 60
     t0 = time.process_time()
     rows, skipped = load(a.corpus)
@@ -117,6 +146,7 @@ def main() -> int:
     if a.rows_csv:
         _write_rows(a.rows_csv, rows, prior, fitted.residuals, loso, cov)
         print(f"\nwrote every row's ratios to {a.rows_csv}")
+    holdout(a.holdout, fitted.parameters)
     print("\nfitted parameters:", ", ".join(f"{k}={v:.4g}" for k, v in fitted.parameters.items()))
     if a.write:
         print(f"wrote {F.write(F.document(rows, skipped, fitted, loso, a.corpus or F.corpus_path()))}")

@@ -273,6 +273,24 @@ def test_the_installed_fit_is_of_the_shipped_corpus():
     assert doc["corpus"]["rows"] >= 80 and doc["corpus"]["sources"] >= 8
 
 
+def test_the_held_out_set_is_kept_out_of_the_fit_and_predicted_as_well_as_the_corpus_held_out():
+    """data/holdout.csv: published rows no fit has seen (no source id shared with the corpus), every one
+    predictable, and the installed fit's median |error| on them no worse than 20% (its leave-one-source-out
+    figure on the corpus is ~15%): a refit that regressed on unseen data would fail here."""
+    import statistics
+
+    from phasebench.model import fit as F
+    from phasebench.model.corpus import load
+
+    held, skipped = load(F.holdout_path())
+    corpus, _ = load()
+    assert len(held) >= 30 and not skipped
+    assert not {r.source for r in held} & {r.source for r in corpus}
+    got = F.score_installed(held)
+    assert set(got) == {r.id for r in held}
+    assert statistics.median(F.abs_pct(v) for v in got.values()) <= 20.0
+
+
 def test_llama_cpp_rows_carry_the_gguf_format_their_source_names():
     """Q4_K_M is 4.85 bits per weight, not int4's 4: a row entered as plain int4 would charge a fifth too few bytes."""
     import csv

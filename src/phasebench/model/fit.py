@@ -29,6 +29,7 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,17 @@ def score(rows: list[Row], params: dict[str, float]) -> dict[str, float]:
         if lr is not None:
             out[r.id] = lr
     return out
+
+
+def holdout_path() -> Path:
+    """``data/holdout.csv``: published measurements kept out of every fit, scored by the installed one."""
+    return Path(str(resources.files("phasebench").joinpath("data/holdout.csv")))
+
+
+def score_installed(rows: list[Row]) -> dict[str, float]:
+    """row id -> log error under the installed fit (``data/engines_fit.yaml``): how ``predict`` does today on rows
+    that fit has never seen (:func:`holdout_path`)."""
+    return score(rows, dict(engines.fitted().get("parameters") or {}))
 
 
 def _held_out(rows: list[Row], src: str, max_nfev: int) -> dict[str, float]:
