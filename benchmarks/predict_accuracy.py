@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from phasebench.model import fit as F  # noqa: E402
-from phasebench.model.corpus import load  # noqa: E402
+from phasebench.model.corpus import holdout_path, load  # noqa: E402
 
 
 def _children_cpu() -> float:
@@ -61,10 +61,21 @@ def _write_rows(path: Path, rows: list, prior: dict, fitted: dict, loso: dict, c
                         ratio(fitted, r.id), ratio(loso, r.id), cov.get(r.id, "")])
 
 
+def _lines(rows: list) -> list[tuple[str, list[str]]]:
+    """(line name, its rows' ids): overall, then per phase group, per source and per engine|class."""
+    out = [("**overall**", [r.id for r in rows])]
+    for label, keyf in (("group", lambda r: r.group), ("source", lambda r: r.source), ("engine|class", lambda r: r.key)):
+        groups = defaultdict(list)
+        for r in rows:
+            groups[keyf(r)].append(r.id)
+        out += [(f"{label}: {k}", groups[k]) for k in sorted(groups)]
+    return out
+
+
 def holdout(path: Path | None, params: dict[str, float] | None = None) -> None:
     """The held-out set scored by ``params`` (this run's fit on the whole corpus), or by the installed fit:
     overall, per phase group, per source, per engine|class."""
-    rows, skipped = load(path or F.holdout_path())
+    rows, skipped = load(path or holdout_path())
     got = F.score_installed(rows) if params is None else F.score(rows, params)
     which = "the installed fit (data/engines_fit.yaml)" if params is None else "this run's fit on the whole corpus"
     print(f"\nheld-out set ({path or 'data/holdout.csv'}): {len(rows)} rows from {len({r.source for r in rows})} "
@@ -72,14 +83,8 @@ def holdout(path: Path | None, params: dict[str, float] | None = None) -> None:
           f"{len(skipped)} not loadable\n")
     print(f"| held-out rows | n | {'installed fit' if params is None else 'this fit'} |")
     print("|---|---:|---:|")
-    print(f"| **overall** | {len(got)} | {_med([F.abs_pct(v) for v in got.values()])} |")
-    for label, keyf in (("group", lambda r: r.group), ("source", lambda r: r.source), ("engine|class", lambda r: r.key)):
-        groups = defaultdict(list)
-        for r in rows:
-            if r.id in got:
-                groups[keyf(r)].append(F.abs_pct(got[r.id]))
-        for k in sorted(groups):
-            print(f"| {label}: {k} | {len(groups[k])} | {_med(groups[k])} |")
+    for name, ids in _lines([r for r in rows if r.id in got]):
+        print(f"| {name} | {len(ids)} | {_med([F.abs_pct(got[i]) for i in ids])} |")
 
 
 def main() -> int:
@@ -118,13 +123,8 @@ def main() -> int:
         lo = [F.abs_pct(loso[i]) for i in ids if i in loso]
         print(f"| {name} | {len(lo)} | {_med(p)} | {_med(f)} | {_med(lo)} |")
 
-    line("**overall**", [r.id for r in rows])
-    for label, keyf in (("group", lambda r: r.group), ("source", lambda r: r.source), ("engine|class", lambda r: r.key)):
-        groups = defaultdict(list)
-        for r in rows:
-            groups[keyf(r)].append(r.id)
-        for k in sorted(groups):
-            line(f"{label}: {k}", groups[k])
+    for name, ids in _lines(rows):
+        line(name, ids)
     cov = F.held_out_coverage(rows)
     print("\nleave-one-source-out by what the other sources had of the row's engine and device class (covered: "
           "another source measured that engine on that class; engine elsewhere: only on other classes; engine "

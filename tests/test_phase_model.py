@@ -280,9 +280,9 @@ def test_the_held_out_set_is_kept_out_of_the_fit_and_predicted_as_well_as_the_co
     import statistics
 
     from phasebench.model import fit as F
-    from phasebench.model.corpus import load
+    from phasebench.model.corpus import holdout_path, load
 
-    held, skipped = load(F.holdout_path())
+    held, skipped = load(holdout_path())
     corpus, _ = load()
     assert len(held) >= 30 and not skipped
     assert not {r.source for r in held} & {r.source for r in corpus}

@@ -97,6 +97,12 @@ def corpus_path() -> Path:
     return Path(str(resources.files("phasebench").joinpath("data/corpus.csv")))
 
 
+def holdout_path() -> Path:
+    """``data/holdout.csv``: published measurements in the corpus's format kept out of every fit (no source shared
+    with the corpus), scored by the installed one (``fit.score_installed``)."""
+    return Path(str(resources.files("phasebench").joinpath("data/holdout.csv")))
+
+
 def _int(v: str, default: int) -> int:
     try:
         return int(float(v)) if v not in ("", None) else default

@@ -29,7 +29,6 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -302,14 +301,9 @@ def score(rows: list[Row], params: dict[str, float]) -> dict[str, float]:
     return out
 
 
-def holdout_path() -> Path:
-    """``data/holdout.csv``: published measurements kept out of every fit, scored by the installed one."""
-    return Path(str(resources.files("phasebench").joinpath("data/holdout.csv")))
-
-
 def score_installed(rows: list[Row]) -> dict[str, float]:
     """row id -> log error under the installed fit (``data/engines_fit.yaml``): how ``predict`` does today on rows
-    that fit has never seen (:func:`holdout_path`)."""
+    that fit has never seen (:func:`~phasebench.model.corpus.holdout_path`)."""
     return score(rows, dict(engines.fitted().get("parameters") or {}))
 
 
