@@ -13,8 +13,9 @@ From it come
   records (tested equal on the same run), in numpy over the iterations weighted by how many requests ran in
   each, never per token in Python;
 - :func:`write_jsonl`: ``requests.jsonl`` lines with exactly the fields and types of
-  :class:`~phasebench.records.RequestRecord` (``read_records`` reads them back), serialised by orjson from
-  dicts built directly (numpy slices for the token times), not through ``dataclasses.asdict``;
+  :class:`~phasebench.records.RequestRecord` (``read_records`` reads them back), written from byte templates
+  with each decode iteration's time formatted once (a request's token times are a slice of that text), not
+  through ``dataclasses.asdict``;
 - :func:`to_records`: ``RequestRecord`` objects, for callers that want them.
 """
 
@@ -25,7 +26,6 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -289,47 +289,71 @@ def _record_dicts(c: Columns) -> Iterator[dict[str, Any]]:
         yield _record_dict(L, k, toks, ones)
 
 
-# A served row's line around its values, in RequestRecord's field order: what orjson writes for the row's
-# _record_dict (tests/test_sim.py holds the two byte for byte equal), without building the dict.
-_LINE = (b'{"index":%d,"request_id":"%s%012x","scheduled_ns":%d,"sent_ns":%d,"headers_ns":%d,"first_byte_ns":%d,'
-         b'"first_token_ns":%d,"first_answer_ns":%d,"last_token_ns":%d,"end_ns":%d,"chunk_ns":%s,"chunk_tokens":%s,'
-         b'"reasoning_chunks":0,"input_tokens":%d,"prompt_tokens":%d,"expected_output_tokens":%d,'
-         b'"output_tokens":%d,"output_tokens_client":%d,"output_tokens_source":"simulated","length_met":%s,'
-         b'"finish_reason":"length","status":200,"error":null,"error_type":null,"server_timing":null,'
-         b'"server_stamps":null,"retries":0,"warmup":false,"simulated":true%s}\n')
+# A served row's line in RequestRecord's field order, around its values: what orjson writes for the row's
+# _record_dict (tests/test_sim.py holds the two byte for byte equal), without building the dict. A regular row's
+# line is written in five pieces: _HEAD (up to its first token's time), its decode iterations' times (a slice of
+# the group's text, below), _MID, its token counts (a slice of ",1,1,..."), _TAIL; an explicit row's is _LINE.
+_FIELDS_HEAD = (b'{"index":%d,"request_id":"%s%012x","scheduled_ns":%d,"sent_ns":%d,"headers_ns":%d,'
+                b'"first_byte_ns":%d,"first_token_ns":%d,"first_answer_ns":%d,"last_token_ns":%d,"end_ns":%d,')
+_FIELDS_TAIL = (b'"reasoning_chunks":0,"input_tokens":%d,"prompt_tokens":%d,"expected_output_tokens":%d,'
+                b'"output_tokens":%d,"output_tokens_client":%d,"output_tokens_source":"simulated","length_met":%s,'
+                b'"finish_reason":"length","status":200,"error":null,"error_type":null,"server_timing":null,'
+                b'"server_stamps":null,"retries":0,"warmup":false,"simulated":true%s}\n')
+_LINE = _FIELDS_HEAD + b'"chunk_ns":%s,"chunk_tokens":%s,' + _FIELDS_TAIL
+_HEAD = _FIELDS_HEAD + b'"chunk_ns":[%d'
+_MID = b'],"chunk_tokens":[1'
+_TAIL = b"]," + _FIELDS_TAIL
 
 
-def _lines(c: Columns, L: _Lists | None = None) -> Iterator[bytes]:
-    """``requests.jsonl``'s lines: a served row's from :data:`_LINE` with its numbers put in
-    (orjson for the token times), an unserved row's by orjson from its :func:`_record_dict`."""
+def _times_text(dec: np.ndarray) -> tuple[memoryview, list[int]]:
+    """One group's decode-iteration times as text, ``,t0,t1,...,tn,``, and the offsets of its commas: the
+    iterations ``lo:hi`` are ``text[commas[lo]:commas[hi]]`` (``,t_lo,...,t_hi-1``; empty when lo == hi). Every
+    iteration's time is formatted once, not once per request that ran in it (up to max_seqs of them)."""
+    text = b"," + orjson.dumps(dec, option=_OPT)[1:-1] + b","
+    commas = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == ord(",")).tolist()
+    return memoryview(text), commas
+
+
+def _pieces(c: Columns, L: _Lists | None = None) -> Iterator[bytes | memoryview]:
+    """``requests.jsonl``'s bytes, row by row: a regular row's line in five pieces (:data:`_HEAD` ...
+    :data:`_TAIL`, its token times a slice of :func:`_times_text`), an explicit row's from :data:`_LINE` (orjson
+    for its times), an unserved row's by orjson from its :func:`_record_dict`."""
     dumps, opt = orjson.dumps, _OPT | orjson.OPT_APPEND_NEWLINE
     L = L or _Lists(c)
     prefix = L.prefix.encode()
     idx, sched, n_in, n_out, first, end, last, n_tok = L.idx, L.sched, L.n_in, L.n_out, L.first, L.end, L.last, L.n_tok
-    cached, conv, turn = L.cached, L.conv, L.turn
-    ones: dict[int, bytes] = {}
+    cached, conv, turn, served = L.cached, L.conv, L.turn, L.served
+    texts = [_times_text(g) for g in c.dec_groups]
+    lo, hi, group = c.lo.tolist(), c.hi.tolist(), c.group.tolist()
+    ones = memoryview(b",1" * (int(c.n_tok.max()) if len(c) else 0))
+    explicit = c.explicit
     no_tokens = np.ones(0, dtype=np.int64)
-    for k, toks in _row_tokens(c, L.served):
-        if toks is None:
+    for k in range(len(c)):
+        if not served[k]:
             yield dumps(_record_dict(L, k, None, no_tokens), option=opt)
             continue
         i, f, nt, s = idx[k], first[k], n_tok[k], sched[k]
-        tok = ones.get(nt)
-        if tok is None:
-            tok = ones[nt] = dumps([1] * nt)
         extra = b',"cached_tokens":%d' % cached[k] if cached is not None else b""
         if conv is not None and turn is not None:
             extra += b',"conversation":%d,"turn":%d' % (conv[k], turn[k])
-        yield _LINE % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], dumps(toks, option=_OPT), tok,
-                       n_in[k], n_in[k], n_out[k], nt, nt, b"true" if nt >= n_out[k] else b"false", extra)
+        met = b"true" if nt >= n_out[k] else b"false"
+        if k in explicit:
+            yield _LINE % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], dumps(explicit[k], option=_OPT),
+                           dumps([1] * nt), n_in[k], n_in[k], n_out[k], nt, nt, met, extra)
+            continue
+        text, commas = texts[group[k]]
+        yield _HEAD % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], f)
+        yield text[commas[lo[k]]:commas[hi[k]]]
+        yield _MID
+        yield ones[:2 * nt - 2]
+        yield _TAIL % (n_in[k], n_in[k], n_out[k], nt, nt, met, extra)
 
 
 def write_jsonl(c: Columns, path: Path) -> None:
-    """``requests.jsonl``: one RequestRecord per line (:func:`_lines`)."""
-    lines = _lines(c)
-    with open(path, "wb") as f:   # a block of lines per write: the file is not built whole in memory
-        while block := b"".join(islice(lines, _BLOCK)):
-            f.write(block)
+    """``requests.jsonl``: one RequestRecord per line (:func:`_pieces`, through a 1 MiB write buffer: the file is
+    not built whole in memory, and no line is built whole either)."""
+    with open(path, "wb", buffering=1 << 20) as f:
+        f.writelines(_pieces(c))
 
 
 def to_records(c: Columns) -> list[RequestRecord]:
