@@ -42,11 +42,12 @@ def test_simulate_alone_agrees_with_predict_on_every_platform(hw):
 
 @pytest.mark.parametrize("model,hw,devices,precision", [
     ("llama-2-70b", "h100-sxm", 4, "fp8"), ("mixtral-8x7b", "a100-80gb-sxm", 2, "fp16"),
-    ("llama-3-8b", "inferentia2", 2, "bf16"), ("llama-2-7b", "mi300x", 1, "fp16"), ("llama-2-7b", "tpu-v5e", 4, "bf16")])
+    ("llama-3-8b", "inferentia2", 2, "bf16"), ("llama-2-7b", "mi300x", 1, "fp16"), ("llama-2-7b", "tpu-v5e", 4, "bf16"),
+    ("llama-3-8b", "a10g", 1, "int4")])
 def test_the_simulators_pass_time_is_the_phase_breakdowns_time(model, hw, devices, precision):
-    """Pass.time (the simulator's per-iteration call, no breakdown built) is forward()'s time_s: tensor
-    parallel, MoE, fp8 and the GEMM-rows knee included; and a pass's compute, memory, communication and
-    overhead add up as the roofline says."""
+    """Pass.time and Pass.timer()'s closure (the simulator's per-iteration call, no breakdown built) are
+    forward()'s time_s, to the last bit: tensor parallel, MoE, fp8, weight-only int4 and the GEMM-rows knee
+    included; and a pass's compute, memory, communication and overhead add up as the roofline says."""
     from dataclasses import replace
 
     from phasebench.model.phases import Pass, _roof, forward
@@ -55,9 +56,10 @@ def test_the_simulators_pass_time_is_the_phase_breakdowns_time(model, hw, device
     for eff in (s.efficiency, replace(s.efficiency, gemm_half_rows=8.0, sharpness=3.0)):
         ps = replace(s, efficiency=eff)
         ts = Pass(ps)
+        timer = ts.timer()
         for tokens, attn, kv, lm in ((1, 1e6, 1e7, 1), (64, 5e8, 2e9, 64), (2048, 3e11, 1e9, 1), (300, 2e10, 4e9, 44)):
             ph = forward(ps, tokens, attn, kv, lm)
-            assert ts.time(tokens, attn, kv, lm) == ph.time_s
+            assert ts.time(tokens, attn, kv, lm) == ph.time_s == timer(tokens, attn, kv, lm)
             assert ph.time_s == pytest.approx(_roof(ph.compute_s, ph.memory_s, eff.sharpness) + ph.comm_s + ph.overhead_s)
             assert (ph.comm_s > 0) == (ps.tp > 1 or ps.pp > 1)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
@@ -53,17 +54,29 @@ class AnalyticProfile:
         self.attn = 4.0 * m.q_dim * m.layers
         self.request_s = phases.request_s(s)
         self.sram = phases._sram_only(s.hardware)
-        self._time = None if self.sram else phases.Pass(s).time   # the setup's constants, worked out once
+        if not self.sram:   # the setup's constants worked out once, the iteration priced by one closure
+            self.iteration = self._hbm_iteration(phases.Pass(s).timer())  # type: ignore[method-assign]
+
+    def _hbm_iteration(self, time: Callable[[float, float, float, float], float]
+                       ) -> Callable[[float, float, int, float], float]:
+        """:meth:`iteration` of an HBM device as a closure (the simulator calls it every iteration)."""
+        attn, kv_tok, request_s = self.attn, self.kv_tok, self.request_s
+
+        def iteration(sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float:
+            # one LM-head row per decoding sequence and per finishing prompt
+            t = time(sum_n + batch, attn * (sum_n2 / 2 + sum_ctx), kv_tok * (sum_ctx + sum_n),
+                     batch + (1 if sum_n else 0))
+            return t + (request_s if sum_n else 0.0)
+
+        return iteration
 
     def iteration(self, sum_n: float, sum_n2: float, batch: int, sum_ctx: float) -> float:
+        """An SRAM pipeline's iteration (an HBM device's is the closure ``__init__`` puts in its place)."""
         s = self.s
-        if self.sram:   # one sequence at a time: a prompt, or one decode token at its context
-            t = phases.sram_prefill(s, max(int(sum_n), 1)).time_s if sum_n else 0.0
-            if batch:
-                t += batch * phases.sram_pass(s, sum_ctx / batch).time_s
-            return t + (self.request_s if sum_n else 0.0)
-        lm = batch + (1 if sum_n else 0)   # one LM-head row per decoding sequence and per finishing prompt
-        t = self._time(sum_n + batch, self.attn * (sum_n2 / 2 + sum_ctx), self.kv_tok * (sum_ctx + sum_n), lm)
+        # one sequence at a time: a prompt, or one decode token at its context
+        t = phases.sram_prefill(s, max(int(sum_n), 1)).time_s if sum_n else 0.0
+        if batch:
+            t += batch * phases.sram_pass(s, sum_ctx / batch).time_s
         return t + (self.request_s if sum_n else 0.0)
 
     def forced_note(self) -> str | None:
