@@ -176,6 +176,9 @@ class SimResult:
     sim_seconds: float
     notes: list[str]
     prefix_cache: bool = False
+    # (n_in, n_out, arrival) as the arrays they came in as (arrival None where the simulation set it): from_result
+    # takes them instead of converting state's 10⁶-entry lists back
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray | None] | None = None
 
     def req(self, i: int) -> Req:
         """Request ``i`` as a ``Req``."""
@@ -217,15 +220,15 @@ def _simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[i
     bs = cfg.block_size
     cap = cfg.kv_blocks * bs            # KV capacity in tokens
     slack = bs - 1                      # worst case: a partly filled last block per sequence
+    ins_a, outs_a = np.asarray(n_in, dtype=np.int64), np.asarray(n_out, dtype=np.int64)
     if n:
-        need = -(-(np.asarray(n_in, dtype=np.int64) + np.asarray(n_out, dtype=np.int64)) // bs)
+        need = -(-(ins_a + outs_a) // bs)
         bad = np.flatnonzero(need > cfg.kv_blocks)
         if len(bad):
             i = int(bad[0])
             raise NeverFits(f"request {i} needs {n_in[i] + n_out[i]} tokens of KV cache; the replica holds "
                             f"{cfg.kv_blocks} blocks ({cap} tokens): this workload can never fit")
-    ins = np.asarray(n_in, dtype=np.int64).tolist()
-    outs = np.asarray(n_out, dtype=np.int64).tolist()
+    ins, outs = ins_a.tolist(), outs_a.tolist()
     pending: deque[int] = deque()
     followers = np.zeros(n, dtype=bool)
     if follow is not None:
@@ -486,8 +489,10 @@ def _simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[i
         for i in range(n):
             if arrival[i] == np.inf:      # a later turn never released (the run stopped over capacity)
                 arrival[i] = t
+    # the inputs as arrays, for from_result (arrivals only where the loop did not set them: an open loop alone)
+    arrays = (ins_a, outs_a, None if closed_concurrency or follow is not None else a)
     return SimResult(st, np.array(iter_end), np.array(iter_dec, dtype=bool), len(iter_end), preemptions, over, t, notes,
-                     pc is not None)
+                     pc is not None, arrays)
 
 
 class _Release:
