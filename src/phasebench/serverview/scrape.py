@@ -13,14 +13,12 @@ from __future__ import annotations
 import math
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from functools import cache
 from typing import Any, Callable
 
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from ..spec import redact_url
 
@@ -99,6 +97,8 @@ def parse_metrics(text: str, t_ns: int | None = None) -> Snapshot:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     buckets: dict[str, dict[float, float]] = {}
+    from prometheus_client.parser import text_string_to_metric_families   # here: a run that never scrapes never loads it
+
     try:
         families = list(text_string_to_metric_families(text))
     except (ValueError, TypeError, IndexError) as e:
@@ -152,23 +152,33 @@ def _parse_trtllm_json(text: str, snap: Snapshot) -> Snapshot:
 MAX_BODY = 32 * 2**20
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is an error: following it would send the scrape's Authorization header to another place."""
+@cache
+def _opener() -> Any:
+    """urllib's opener that takes a redirect as an error: following it would send the scrape's Authorization
+    header to another place. Built on first use (urllib.request brings http.client and ssl, ~50 ms of imports a
+    process that never scrapes, as a simulation or a report, does not pay)."""
+    import urllib.error
+    import urllib.request
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
-        raise urllib.error.HTTPError(req.full_url, code, f"redirect to {redact_url(newurl)} not followed", headers, fp)
+    class _NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+            raise urllib.error.HTTPError(req.full_url, code, f"redirect to {redact_url(newurl)} not followed", headers,
+                                         fp)
 
-
-_OPENER = urllib.request.build_opener(_NoRedirect)
+    return urllib.request.build_opener(_NoRedirect)
 
 
 def fetch(url: str, timeout: float = 2.0, headers: dict[str, str] | None = None) -> Snapshot:
     """GET and parse one scrape; the time stamp is the middle of the request (perf_counter_ns)."""
+    import urllib.error
+    import urllib.request
+
+    opener = _opener()
     req = urllib.request.Request(url, headers={"Accept": "text/plain", **(headers or {})})
     shown = redact_url(url)
     t1 = now_ns()
     try:
-        with _OPENER.open(req, timeout=timeout) as r:
+        with opener.open(req, timeout=timeout) as r:
             raw = r.read(MAX_BODY + 1)
     except urllib.error.HTTPError as e:
         raise ScrapeError(f"{shown} answered HTTP {e.code}") from None
