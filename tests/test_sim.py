@@ -265,7 +265,8 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
     from phasebench.records import read_records
     from phasebench.sim.columns import (
         _Lists,
-        _pieces,
+        _rows,
+        db_rows,
         _record_dict,
         _row_tokens,
         concat,
@@ -307,13 +308,42 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
         lists, ones = _Lists(cols), np.ones(int(cols.n_tok.max()), dtype=np.int64)
         want = [orjson.dumps(_record_dict(lists, k, t, ones), option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
                 for k, t in _row_tokens(cols, lists.served)]
-        assert b"".join(_pieces(cols, lists)).splitlines(keepends=True) == want, name
+        assert [b"".join(pieces) for pieces in _rows(cols, lists)] == want, name
+        # the database's request rows from the arrays: what recording the records would store (store._metrics)
+        from phasebench.records import parse_record
+        from phasebench.store import _metrics
+
+        got = list(db_rows(cols))
+        assert [(i, *m) for i, _, *m in got] == [(r.index, *_metrics(r)) for r in recs], name
+        assert [parse_record(j) for _, j, *_ in got] == recs, name
         back = read_records(tmp_path / "r.jsonl")
         assert back.skipped == 0
         strip = lambda r: {k: v for k, v in asdict(r).items() if k != "request_id"}  # noqa: E731
         assert [strip(r) for r in back.records] == [strip(r) for r in recs], name
         assert [type(v) for v in asdict(back.records[0]).values()] == [type(v) for v in asdict(recs[0]).values()]
     assert len(cases["preemption"][0].reqs) and any(r.preemptions for r in cases["preemption"][0].reqs)
+
+
+def test_a_recorded_simulation_stores_the_records_its_folder_holds(tmp_path, monkeypatch):
+    """The database's rows come from the arrays (columns.db_rows), not from RequestRecords: the same records as
+    requests.jsonl, request ids included, and the same per-request metrics as recording the records gives."""
+    from phasebench.records import read_records
+    from phasebench.store import _metrics
+
+    db = tmp_path / "r.db"
+    monkeypatch.setenv("PHASEBENCH_DB", str(db))
+    s = RunSpec(url="http://sim.invalid/v1", scenario="server", rate=[200], requests=300, input_tokens="300:200",
+                output_tokens="40:30", out=tmp_path / "s", hardware="h100-sxm", seed=3)
+    setup = Setup(load_model("llama-3-8b"), load_hardware("h100-sxm"))
+    run = simulate_run(s, AnalyticProfile(setup), SchedulerConfig(max_seqs=8, max_queue=20))   # some not served
+    on_disk = read_records(tmp_path / "s" / "requests.jsonl").records
+    assert on_disk == run.records and any(r.error_type for r in on_disk) and any(not r.error for r in on_disk)
+    with Store(db) as st:
+        rid = st.find(str(tmp_path / "s"))
+        assert st.load(rid).records == on_disk
+        rows = st.db.execute("SELECT idx, ttft_ms, tpot_ms, e2e_ms, error_type FROM requests WHERE run_id=? "
+                             "ORDER BY idx", (rid,)).fetchall()
+    assert rows == [(r.index, *_metrics(r)) for r in on_disk]
 
 
 def test_summary_only_mode_writes_no_records(tmp_path, monkeypatch):

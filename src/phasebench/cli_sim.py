@@ -106,8 +106,9 @@ def simulate(
                           turns=turns, think_time=think_time,
                           out=out_dir or Path("runs") / f"sim-{dt.datetime.now():%Y%m%d-%H%M%S}",
                           model_spec=model, hardware=hardware, devices=devices * replicas)
+        # keep_records=False: what is printed comes from the summary; records are built only for the database
         result = simulate_run(spec, prof, cfg, replicas=replicas, trace=trace, summary_only=summary_only,
-                              trace_speed=trace_speed, trace_window=trace_window)
+                              trace_speed=trace_speed, trace_window=trace_window, keep_records=False)
     except (ModelError, SpecError, NeverFits, FileExistsError, ValueError) as e:
         fail(str(e))
     print_result(result, json_out)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -25,6 +25,10 @@ import orjson
 from .paths import home
 from .records import RequestRecord, parse_record
 from .results import Manifest, NotARunError, Run, SpecRecord, TargetInfo, as_manifest, as_summary
+
+# one row of the requests table as Store.record inserts it: record index, the record as JSON, TTFT, TPOT, E2E
+# (ms, None where undefined) and the error type
+RequestRow = tuple[int, str, float | None, float | None, float | None, str | None]
 
 # Each entry migrates from version i to i + 1. Never edit a shipped entry: append a new one.
 MIGRATIONS: list[str] = [
@@ -224,12 +228,14 @@ class Store:
                             ((rid, k, v) for k, v in run_tags(manifest).items()))
 
     # --- writing ---------------------------------------------------------------------------------------
-    def record(self, run: Run, parent: str | None = None) -> str:
-        """Insert or replace a run (and, for sweeps and plans, each child) in one transaction."""
+    def record(self, run: Run, parent: str | None = None, request_rows: Iterable[RequestRow] | None = None) -> str:
+        """Insert or replace a run (and, for sweeps and plans, each child) in one transaction. ``request_rows``:
+        the run's request rows already made (the simulator's, from its arrays: ``sim.columns.db_rows``) instead
+        of from ``run.records``."""
         with self.guard():
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                rid = self._insert(run, parent)
+                rid = self._insert(run, parent, request_rows)
                 self.db.execute("COMMIT")
             except BaseException:
                 if self.db.in_transaction:
@@ -237,7 +243,7 @@ class Store:
                 raise
         return rid
 
-    def _insert(self, run: Run, parent: str | None) -> str:
+    def _insert(self, run: Run, parent: str | None, request_rows: Iterable[RequestRow] | None = None) -> str:
         m, s = as_manifest(run.manifest), as_summary(run.summary)   # typed from the very objects stored below
         rid = run_id(run)
         spec, target = m.spec or SpecRecord(), m.target or TargetInfo()
@@ -250,9 +256,11 @@ class Store:
              spec.scenario, m.model, target.url or spec.url, m.created, int(bool(m.simulated)),
              int(run.valid), s.completed, s.failed, _j(run.manifest), _j(run.summary), hw, eng))
         self._insert_tags(rid, m)
+        rows = ((r.index, orjson.dumps(r).decode(), *_metrics(r)) for r in run.records) if request_rows is None \
+            else request_rows
         self.db.executemany(
             "INSERT INTO requests (run_id, idx, record, ttft_ms, tpot_ms, e2e_ms, error_type) VALUES (?,?,?,?,?,?,?)",
-            ((rid, r.index, orjson.dumps(r).decode(), *_metrics(r)) for r in run.records))
+            ((rid, *row) for row in rows))
         for child in run.children:
             self._insert(child, rid)
         return rid
@@ -359,8 +367,10 @@ def _hw_engine(m: Manifest) -> tuple[str | None, str | None]:
     return hw, eng
 
 
-def record_run(run: Run, db: Path | None | str = "default") -> tuple[str | None, str | None]:
-    """Record a finished run; returns (id, warning). Never raises: the run folder already holds everything."""
+def record_run(run: Run, db: Path | None | str = "default",
+               request_rows: Iterable[RequestRow] | None = None) -> tuple[str | None, str | None]:
+    """Record a finished run; returns (id, warning). Never raises: the run folder already holds everything.
+    ``request_rows``: as :meth:`Store.record` takes them."""
     path = default_path() if db == "default" else (Path(db) if db else None)
     if path is None:
         return None, None
@@ -370,7 +380,7 @@ def record_run(run: Run, db: Path | None | str = "default") -> tuple[str | None,
         with Store(path) as st:
             if path.exists() and path.stat().st_size <= CHECK_BEFORE_WRITE_BYTES:
                 st.check()  # never write into a damaged file: that can spread the damage
-            return st.record(run), None
+            return st.record(run, request_rows=request_rows), None
     except DamagedStoreError as e:
         return None, clean(f"not recorded: {e}")
     except (StoreError, sqlite3.Error, OSError, ValueError, TypeError) as e:

@@ -76,6 +76,9 @@ class Columns:
     cached: np.ndarray | None = None  # prompt tokens from the prefix cache (a simulation with one), else None
     conversation: np.ndarray | None = None  # multi-turn conversations: each row's conversation and turn
     turn: np.ndarray | None = None
+    # request ids are this + the record index in hex: one prefix per run, so requests.jsonl, the returned
+    # records and the results database name each request alike
+    id_prefix: str = field(default_factory=lambda: uuid.uuid4().hex[:20])
 
     def __len__(self) -> int:
         return len(self.index)
@@ -101,7 +104,8 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
     deployment: the first token is when the KV cache arrived; the request was scheduled at its arrival)."""
     st = res.state
     n = len(st.n_in)
-    arrival = np.array(st.arrival, dtype=np.float64)
+    given_in, given_out, given_arrival = res.arrays or (None, None, None)
+    arrival = np.array(st.arrival, dtype=np.float64) if given_arrival is None else given_arrival
     first_f = np.array(st.first, dtype=np.float64)
     end_f = np.array(st.end, dtype=np.float64)
     served = end_f >= 0
@@ -110,8 +114,8 @@ def from_result(res: SimResult, index: np.ndarray | list[int] | None = None, fir
     sched = _ns(arrival if sched_s is None else sched_s)
     first = np.where(served, _ns(first_f), -1)
     end = np.where(served, _ns(end_f), -1)
-    n_in = np.array(st.n_in, dtype=np.int64)
-    n_out = np.array(st.n_out, dtype=np.int64)
+    n_in = np.array(st.n_in, dtype=np.int64) if given_in is None else given_in
+    n_out = np.array(st.n_out, dtype=np.int64) if given_out is None else given_out
     dec_pos = np.flatnonzero(res.iter_decodes)
     dec_ns = _ns(res.iter_end[dec_pos]) if len(dec_pos) else np.empty(0, dtype=np.int64)
     lo = np.zeros(n, dtype=np.int64)
@@ -227,7 +231,7 @@ class _Lists:
     """A Columns' per-row fields as Python lists (one tolist each; indexing lists is what the row loops do)."""
 
     def __init__(self, c: Columns) -> None:
-        self.prefix = uuid.uuid4().hex[:20]
+        self.prefix = c.id_prefix
         self.idx, self.sched, self.n_in, self.n_out = c.index.tolist(), c.sched.tolist(), c.n_in.tolist(), c.n_out.tolist()
         self.first, self.end, self.last = c.first.tolist(), c.end.tolist(), c.last.tolist()
         self.served, self.n_tok = c.served.tolist(), c.n_tok.tolist()
@@ -314,10 +318,10 @@ def _times_text(dec: np.ndarray) -> tuple[memoryview, list[int]]:
     return memoryview(text), commas
 
 
-def _pieces(c: Columns, L: _Lists | None = None) -> Iterator[bytes | memoryview]:
-    """``requests.jsonl``'s bytes, row by row: a regular row's line in five pieces (:data:`_HEAD` ...
-    :data:`_TAIL`, its token times a slice of :func:`_times_text`), an explicit row's from :data:`_LINE` (orjson
-    for its times), an unserved row's by orjson from its :func:`_record_dict`."""
+def _rows(c: Columns, L: _Lists | None = None) -> Iterator[tuple[bytes | memoryview, ...]]:
+    """``requests.jsonl``'s lines, one tuple of byte pieces per row, in order: a regular row's line in five
+    pieces (:data:`_HEAD` ... :data:`_TAIL`, its token times a slice of :func:`_times_text`), an explicit row's
+    from :data:`_LINE` (orjson for its times), an unserved row's by orjson from its :func:`_record_dict`."""
     dumps, opt = orjson.dumps, _OPT | orjson.OPT_APPEND_NEWLINE
     L = L or _Lists(c)
     prefix = L.prefix.encode()
@@ -330,7 +334,7 @@ def _pieces(c: Columns, L: _Lists | None = None) -> Iterator[bytes | memoryview]
     no_tokens = np.ones(0, dtype=np.int64)
     for k in range(len(c)):
         if not served[k]:
-            yield dumps(_record_dict(L, k, None, no_tokens), option=opt)
+            yield (dumps(_record_dict(L, k, None, no_tokens), option=opt),)
             continue
         i, f, nt, s = idx[k], first[k], n_tok[k], sched[k]
         extra = b',"cached_tokens":%d' % cached[k] if cached is not None else b""
@@ -338,22 +342,39 @@ def _pieces(c: Columns, L: _Lists | None = None) -> Iterator[bytes | memoryview]
             extra += b',"conversation":%d,"turn":%d' % (conv[k], turn[k])
         met = b"true" if nt >= n_out[k] else b"false"
         if k in explicit:
-            yield _LINE % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], dumps(explicit[k], option=_OPT),
-                           dumps([1] * nt), n_in[k], n_in[k], n_out[k], nt, nt, met, extra)
+            yield (_LINE % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], dumps(explicit[k], option=_OPT),
+                            dumps([1] * nt), n_in[k], n_in[k], n_out[k], nt, nt, met, extra),)
             continue
         text, commas = texts[group[k]]
-        yield _HEAD % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], f)
-        yield text[commas[lo[k]]:commas[hi[k]]]
-        yield _MID
-        yield ones[:2 * nt - 2]
-        yield _TAIL % (n_in[k], n_in[k], n_out[k], nt, nt, met, extra)
+        yield (_HEAD % (i, prefix, i, s, s, f, f, f, f, last[k], end[k], f), text[commas[lo[k]]:commas[hi[k]]],
+               _MID, ones[:2 * nt - 2], _TAIL % (n_in[k], n_in[k], n_out[k], nt, nt, met, extra))
 
 
 def write_jsonl(c: Columns, path: Path) -> None:
-    """``requests.jsonl``: one RequestRecord per line (:func:`_pieces`, through a 1 MiB write buffer: the file is
+    """``requests.jsonl``: one RequestRecord per line (:func:`_rows`, through a 1 MiB write buffer: the file is
     not built whole in memory, and no line is built whole either)."""
     with open(path, "wb", buffering=1 << 20) as f:
-        f.writelines(_pieces(c))
+        w = f.writelines
+        for pieces in _rows(c):
+            w(pieces)
+
+
+def db_rows(c: Columns) -> Iterator[tuple[int, str, float | None, float | None, float | None, str | None]]:
+    """The results database's request rows (``store.Store.record``'s ``request_rows``): record index, the record
+    as JSON (``requests.jsonl``'s line), TTFT, TPOT and E2E in ms (``metrics.ttft_ms``/``tpot_ms``/``e2e_ms``,
+    the same arithmetic on the same integers, in numpy) and the error type; without a ``RequestRecord`` built
+    per request (tested equal to what recording the records stores)."""
+    ttft = ((c.first - c.sched) / NS_PER_MS).tolist()
+    e2e = ((c.end - c.sched) / NS_PER_MS).tolist()
+    many = c.n_tok >= 2
+    tpot = np.where(many, (c.last - c.first) / np.maximum(c.n_tok - 1, 1), 0.0) / NS_PER_MS
+    tpot_l, many_l, served = tpot.tolist(), many.tolist(), c.served.tolist()
+    for k, (i, pieces) in enumerate(zip(c.index.tolist(), _rows(c))):
+        line = b"".join(pieces)[:-1].decode()
+        if served[k]:
+            yield i, line, ttft[k], tpot_l[k] if many_l[k] else None, e2e[k], None
+        else:
+            yield i, line, None, None, None, "cancelled"
 
 
 def to_records(c: Columns) -> list[RequestRecord]:

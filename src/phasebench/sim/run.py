@@ -19,7 +19,7 @@ from ..model.phases import Setup
 from ..results import Run, RunFolder
 from ..schedule import make_schedule
 from ..spec import LengthDist, RunSpec, Scenario, SpecError
-from .columns import concat, from_result, to_records, write_jsonl
+from .columns import concat, db_rows, from_result, to_records, write_jsonl
 from .profile import AnalyticProfile, Profile
 from .replica import SchedulerConfig, SimResult, gc_paused, simulate
 
@@ -121,8 +121,8 @@ def simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replicas
     The requests go from the simulator to arrays (:mod:`.columns`); the summary is computed from those and
     ``requests.jsonl`` is written from them. ``summary_only``: no ``requests.jsonl`` and no records in the
     returned run (manifest and summary are still written when ``spec.out`` is set). ``record``: also record
-    the run in the results database. ``keep_records``: put the ``RequestRecord``s in the returned run (always
-    when it is recorded: the database stores them)."""
+    the run in the results database (its request rows made from the arrays, ``columns.db_rows``).
+    ``keep_records``: put the ``RequestRecord``s in the returned run."""
     with gc_paused():   # see replica.gc_paused
         return _simulate_run(spec, profile, cfg, replicas, trace, extra_manifest, summary_only, record, keep_records,
                              trace_speed, trace_window)
@@ -208,12 +208,13 @@ def _simulate_run(spec: RunSpec, profile: Profile, cfg: SchedulerConfig, replica
     sim_block["cpu_s"] = time.process_time() - cpu0
     if path:
         write_run(folder, manifest, summary)
-    records = to_records(cols) if not summary_only and (keep_records or (path and record)) else []
+    records = to_records(cols) if not summary_only and keep_records else []
     run = Run(path, manifest, summary, records)
     if path and record:
         from ..store import record_run
 
-        _, warning = record_run(run)
+        # the request rows straight from the arrays (no RequestRecord per request); none in summary-only mode
+        _, warning = record_run(run, request_rows=iter(()) if summary_only else db_rows(cols))
         if warning:
             summary["phasebench"]["warnings"].append(warning)
     return run
