@@ -1,23 +1,25 @@
 """Simulator speed: simulated requests per CPU-second (aim: >= 20,000 end to end, >= 200,000 summary only).
 
-Each case runs in a fresh process: `simulate_run` on N requests (llama-3-8b on an H100, analytic profile,
-Poisson arrivals at a saturating 1,000 req/s, prompts 576 +- 260 tokens, 128 output tokens each), either writing
-the whole run folder (manifest, requests.jsonl with every token's time, summary) or in the summary-only mode
-(manifest and summary). Two CPU figures per case:
+Each case runs in a fresh process: `simulate_run` on N requests (llama-3-8b on an H100, analytic profile, an
+offline batch of N requests at t = 0, prompts 576 +- 260 tokens, 128 output tokens each), either writing the whole
+run folder (manifest, requests.jsonl with every token's time, summary) or in the summary-only mode (manifest and
+summary). Two CPU figures per case:
 
 - *run*: CPU time of `simulate_run` itself: workload, schedule, simulator, records, summary, files (modules
   that are imported on first use are imported before, so their cost lands in the next figure);
 - *process*: the whole child process's CPU time (getrusage): interpreter start-up (with whatever the site's
-  .pth files import), imports, catalogs, the run. The aims are judged on this figure.
+  .pth files import), imports, catalogs, the run, the exit. The aims are judged on this figure. The child ends
+  as `phasebench`'s CLI does (cli.main: gc.freeze(), so the interpreter's last collections skip the objects
+  reference counting frees anyway, ~0.1 CPU-s).
 
 The cases run at 10,000 requests, and at --large (100,000) where start-up is amortised, and summary only at
 --huge (1,000,000), where it is a tenth of the process; the start-up alone (a child that imports and sets up but
-simulates nothing) is printed on its own row. Start-up (~0.4 CPU-s: the interpreter and site ~0.05, numpy ~0.12,
-pydantic ~0.08, phasebench's modules and catalogs ~0.15) is more than the whole 10,000-request budget of the
-summary-only aim (0.05 s), and most of the end-to-end one (0.5 s), whose requests.jsonl (26 MB) also costs
-~0.05-0.07 s of kernel time to write into new page-cache pages. Bytecode is compiled once
-before the measured children (PYTHONPYCACHEPREFIX in a temporary folder, as an installed package has its .pyc
-files), so a run does not pay for compiling phasebench's sources when PYTHONDONTWRITEBYTECODE is set.
+simulates nothing) is printed on its own row. The same 10,000 requests through the command line
+(`phasebench simulate ... --scenario offline`, its terminal report printed to a pipe) are two more rows: what a
+user's shell sees, with typer, rich and the report on top (informational: the aims are the simulator's).
+Bytecode is compiled once before the measured children (PYTHONPYCACHEPREFIX in a temporary folder, as an
+installed package has its .pyc files), so a run does not pay for compiling phasebench's sources when
+PYTHONDONTWRITEBYTECODE is set.
 
 The results database is off (PHASEBENCH_DB=off); recording 10,000 records there is `store.py`'s cost, printed
 on its own line.
@@ -43,9 +45,9 @@ def child(mode: str, n: int, out: str) -> None:
     from phasebench.spec import build_spec
 
     setup = setup_for("llama-3-8b", "h100-sxm")[0]
-    spec = build_spec(None, url="http://simulated.invalid/v1", scenario="server", rate="1000", requests=n,
+    spec = build_spec(None, url="http://simulated.invalid/v1", scenario="offline", requests=n,
                       input_tokens="576:260", output_tokens="128", seed=0, out=Path(out))
-    cfg = SchedulerConfig(max_seqs=256, max_queue=10**9)
+    cfg = SchedulerConfig(max_seqs=256)
     import numpy.random  # noqa: F401  first-use imports belong to the process figure, not the run's
 
     from phasebench import env
@@ -59,28 +61,48 @@ def child(mode: str, n: int, out: str) -> None:
         return
     c0 = time.process_time()
     run = simulate_run(spec, AnalyticProfile(setup), cfg, summary_only=mode == "summary", record=mode == "db",
-                       keep_records=mode == "db")
+                       keep_records=False)
     c1 = time.process_time()
     print(json.dumps({"run_cpu_s": c1 - c0, "iterations": run.manifest["simulation"]["iterations"],
                       "completed": run.summary["completed"], "itl_values": run.summary["phasebench"]["metrics"]["itl_token_ms"]["count"]}))
+    import gc
+
+    gc.freeze()   # the process ends as the CLI's does (cli.main)
+
+
+CLI = ("import sys; from phasebench.cli import main; sys.argv[0] = 'phasebench'; main()")
 
 
 def measure(mode: str, n: int, pycache: str) -> dict:
+    """One case in a child process: ``mode`` as :func:`child`'s, or cli / cli-summary (`phasebench simulate`)."""
     import resource
     import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, "PHASEBENCH_DB": "off" if mode != "db" else str(Path(tmp) / "results.db"),
-               "PYTHONPYCACHEPREFIX": pycache}
+               "PYTHONPYCACHEPREFIX": pycache, "COLUMNS": "100"}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
+        out = str(Path(tmp) / "run")
+        if mode.startswith("cli"):
+            cmd = [sys.executable, "-c", CLI, "simulate", "--model", "llama-3-8b", "--hardware", "h100-sxm",
+                   "--scenario", "offline", "--requests", str(n), "--input-tokens", "576:260", "--output-tokens",
+                   "128", "--seed", "0", "--out", out, *(["--summary-only"] if mode == "cli-summary" else [])]
+        else:
+            cmd = [sys.executable, __file__, "--child", mode, "--requests", str(n), "--out", out]
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        p = subprocess.run([sys.executable, __file__, "--child", mode, "--requests", str(n), "--out", str(Path(tmp) / "run")],
-                           env=env, capture_output=True, text=True, check=True)
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         run_dir = Path(tmp) / "run"
         size = sum(f.stat().st_size for f in run_dir.iterdir()) if run_dir.is_dir() else 0
-    d = json.loads(p.stdout.strip().splitlines()[-1])
+        if mode.startswith("cli"):   # the run's own figures, from the folder it wrote
+            manifest = json.loads((run_dir / "manifest.json").read_text())
+            summary = json.loads((run_dir / "summary.json").read_text())
+            d = {"run_cpu_s": manifest["simulation"]["cpu_s"],
+                 "iterations": manifest["simulation"]["iterations"], "completed": summary["completed"],
+                 "itl_values": summary["phasebench"]["metrics"]["itl_token_ms"]["count"]}
+        else:
+            d = json.loads(p.stdout.strip().splitlines()[-1])
     d["process_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     d["folder_bytes"] = size
     return d
@@ -118,6 +140,8 @@ def main() -> None:
         cases.append((a.huge, "summary only", "summary", 200_000))
     if not a.quick:
         cases.append((n, "end to end + results database", "db", None))
+        cases += [(n, "`phasebench simulate` (CLI, report printed)", "cli", None),
+                  (n, "`phasebench simulate --summary-only` (CLI)", "cli-summary", None)]
     with tempfile.TemporaryDirectory() as pycache:
         measure("startup", 1, pycache)   # compiles the bytecode once, as an install would have it
         for size, name, mode, aim in cases:
