@@ -195,16 +195,22 @@ _CONSTRAINED = {"ttft_ms": ttft_ms, "tpot_ms": tpot_ms, "e2e_ms": e2e_ms}
 def quantile_ci(sorted_vals: np.ndarray, q: float, confidence: float = 0.95) -> tuple[float, float | None] | None:
     """Distribution-free confidence interval for the q-quantile from order statistics (binomial, normal
     approximation). The upper end is None when there are too few samples to bound it (n < ~ 1/(1-q))."""
-    n = len(sorted_vals)
+    ranks = quantile_ci_ranks(len(sorted_vals), q, confidence)
+    if ranks is None:
+        return None
+    lo, hi = ranks
+    return (float(sorted_vals[lo]), None if hi is None else float(sorted_vals[hi]))
+
+
+def quantile_ci_ranks(n: int, q: float, confidence: float = 0.95) -> tuple[int, int | None] | None:
+    """The 0-based ranks (in the sorted sample of ``n``) of :func:`quantile_ci`'s ends; None below 2 samples."""
     if n < 2:
         return None
     z = 1.959963984540054 if confidence == 0.95 else _z(confidence)
     half = z * math.sqrt(n * q * (1 - q))
     lo = int(math.floor(n * q - half))
     hi = int(math.ceil(n * q + half))
-    if hi >= n:
-        return (float(sorted_vals[max(lo, 0)]), None)
-    return (float(sorted_vals[max(lo, 0)]), float(sorted_vals[hi]))
+    return max(lo, 0), (None if hi >= n else hi)
 
 
 def _z(conf: float) -> float:

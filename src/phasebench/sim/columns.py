@@ -37,7 +37,7 @@ from ..metrics import (
     PERCENTILES,
     RunContext,
     check_validity,
-    quantile_ci,
+    quantile_ci_ranks,
     too_few_for,
     workload_block,
 )
@@ -397,7 +397,9 @@ def _at(sorted_v: np.ndarray, cum: np.ndarray | None, pos: np.ndarray) -> np.nda
 
 def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> dict[str, Any]:
     """:func:`phasebench.metrics.describe` of ``values`` each repeated ``weights`` times (NaN dropped), without
-    expanding them: count, mean, std, min, max, percentiles (numpy's linear rule) and the p99 CI."""
+    expanding them: count, mean, std, min, max, percentiles (numpy's linear rule) and the p99 CI. Only the order
+    statistics these need are found: a partition at their ranks (unweighted; ~3x a sort of 10^6 values), or a
+    sort of the weighted values with their cumulative weights."""
     v = np.asarray(values, dtype=np.float64)
     w = None if weights is None else np.asarray(weights, dtype=np.int64)
     keep = ~np.isnan(v)
@@ -406,54 +408,41 @@ def describe_values(values: np.ndarray, weights: np.ndarray | None = None) -> di
     if not keep.all():
         v = v[keep]
         w = None if w is None else w[keep]
-    # numpy's default (SIMD quick) sort, ~10x the stable one on 10^6 floats: the sorted values are the same
-    # (ties are equal values; + 0.0 makes a -0.0 the 0.0 it equals, so min/max/percentiles cannot differ in sign),
-    # and within a run of equal values the order of their weights does not change the value at any position
+    # + 0.0 makes a -0.0 the 0.0 it equals, so min/max/percentiles cannot differ in sign; numpy's default (SIMD
+    # quick) sort: within a run of equal values the order of their weights does not change the value at any rank
     v = v + 0.0
+    cum: np.ndarray | None = None
     if w is not None:
         order = np.argsort(v)
         v, w = v[order], w[order]
         cum = np.cumsum(w)
         n = int(cum[-1]) if len(cum) else 0
     else:
-        v = np.sort(v)
-        cum, n = None, len(v)
+        n = len(v)
     if n == 0:
         return {"count": 0}
+    h = np.array([(n - 1) * p / 100 for p in PERCENTILES])
+    lo = np.floor(h).astype(np.int64)
+    lo1 = np.minimum(lo + 1, n - 1)
+    ci = quantile_ci_ranks(n, 0.99)
+    ranks = np.array([0, n - 1, *lo, *lo1, *(r for r in (ci or ()) if r is not None)], dtype=np.int64)
     if w is None:
         mean = float(v.mean())
         std = float(v.std(ddof=1)) if n > 1 else 0.0
+        v = np.partition(v, np.unique(ranks))   # each rank's value in place: the sorted sample's order statistics
     else:
         mean = float(np.dot(v, w) / n)
         std = float(math.sqrt(max(np.dot(w, (v - mean) ** 2), 0.0) / (n - 1))) if n > 1 else 0.0
-    out: dict[str, Any] = {"count": n, "mean": mean, "std": std, "min": float(v[0]), "max": float(v[-1])}
-    h = np.array([(n - 1) * p / 100 for p in PERCENTILES])
-    lo = np.floor(h).astype(np.int64)
-    a = _at(v, cum, lo)
-    b = _at(v, cum, np.minimum(lo + 1, n - 1))
+    at = dict(zip(ranks.tolist(), _at(v, cum, ranks).tolist()))
+    out: dict[str, Any] = {"count": n, "mean": mean, "std": std, "min": at[0], "max": at[n - 1]}
+    a, b = np.array([at[r] for r in lo.tolist()]), np.array([at[r] for r in lo1.tolist()])
     t = h - lo
     vals = np.where(t >= 0.5, b - (b - a) * (1 - t), a + (b - a) * t)   # numpy's lerp
     for p, x in zip(PERCENTILES, vals):
         out[f"p{p:g}"] = float(x)
-    ci = _quantile_ci(v, cum, n, 0.99)
-    out["p99_ci95"] = list(ci) if ci else None
+    out["p99_ci95"] = None if ci is None else [at[ci[0]], None if ci[1] is None else at[ci[1]]]
     out["too_few_for"] = too_few_for(n)
     return out
-
-
-def _quantile_ci(v: np.ndarray, cum: np.ndarray | None, n: int, q: float) -> tuple[float, float | None] | None:
-    """:func:`phasebench.metrics.quantile_ci` on the expanded sample."""
-    if n < 2:
-        return None
-    if cum is None:
-        return quantile_ci(v, q)
-    half = 1.959963984540054 * math.sqrt(n * q * (1 - q))
-    lo = int(math.floor(n * q - half))
-    hi = int(math.ceil(n * q + half))
-    vlo = float(_at(v, cum, np.array([max(lo, 0)]))[0])
-    if hi >= n:
-        return (vlo, None)
-    return (vlo, float(_at(v, cum, np.array([hi]))[0]))
 
 
 # ---- the summary --------------------------------------------------------------------------------------------
