@@ -222,3 +222,27 @@ def test_a_user_record_with_a_clashing_alias_does_not_break_lookups(tmp_path, mo
     assert check_hardware("h100-sxm5") == "h100-sxm" and check_hardware("a100-80gb-sxm") == "a100-80gb-sxm"
     assert load_hardware("my-h100").name == "mine" and load_hardware("my-card").name == "mine"
     assert load_hardware("h100 sxm").key == "h100-sxm" and load_hardware("H100_SXM").name == "shadow"
+
+
+def test_packaged_catalogs_come_back_from_the_cache_as_they_parse(tmp_path, monkeypatch):
+    """yamlio.load_data: the parsed value is cached per file version, read back equal, and neither a damaged
+    cache nor an unwritable home changes what a load returns."""
+    import os
+
+    monkeypatch.setenv("PHASEBENCH_HOME", str(tmp_path / "home"))
+    want = {name: yamlio.safe_load((Path(phasebench.__file__).parent / "data" / name).read_text())
+            for name in ("models.yaml", "hardware.yaml", "engines.yaml", "engines_fit.yaml")}
+    for name, value in want.items():
+        assert yamlio.load_data(name) == value              # parsed, and cached
+        files = list((tmp_path / "home" / "cache").glob(f"{name}.*.marshal"))
+        assert len(files) == 1, name
+        assert yamlio.load_data(name) == value              # from the cache
+        files[0].write_bytes(b"\x00not marshal")            # damaged: parsed again, and the cache rewritten
+        assert yamlio.load_data(name) == value
+        assert yamlio.load_data(name) == value
+    assert yamlio.load_data("no-such.yaml") is None
+    (tmp_path / "ro").write_text("a file where the home's folder would be")
+    monkeypatch.setenv("PHASEBENCH_HOME", str(tmp_path / "ro"))
+    assert yamlio.load_data("models.yaml") == want["models.yaml"]   # nothing can be cached: still loads
+    assert not any(p.name.endswith(".tmp") for p in (tmp_path / "home" / "cache").iterdir())
+    assert os.listdir(tmp_path / "home" / "cache")

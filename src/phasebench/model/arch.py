@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, replace
 from functools import cache, cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -176,7 +175,7 @@ _FIELDS = {f for f in ModelArch.__dataclass_fields__}
 
 @cache
 def catalog() -> dict[str, ModelArch]:
-    raw = yamlio.safe_load(resources.files("phasebench").joinpath("data/models.yaml").read_text())
+    raw = yamlio.load_data("models.yaml")
     out = {}
     for name, rec in raw.items():
         hf = rec.pop("hf", "")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from .. import yamlio
@@ -114,16 +113,13 @@ PARAMS = ("memory", "compute", "layer_overhead_us", "allreduce_us", "request_ms"
 
 @cache
 def _data() -> dict[str, Any]:
-    return yamlio.safe_load(resources.files("phasebench").joinpath("data/engines.yaml").read_text())
+    return yamlio.load_data("engines.yaml")
 
 
 @cache
 def fitted() -> dict[str, Any]:
     """The fitted block (``data/engines_fit.yaml``): parameters, residual ranges per class, corpus coverage."""
-    f = resources.files("phasebench").joinpath("data/engines_fit.yaml")
-    if not f.is_file():
-        return {}
-    return yamlio.safe_load(f.read_text()) or {}
+    return yamlio.load_data("engines_fit.yaml") or {}
 
 
 def engines() -> dict[str, dict[str, Any]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +134,7 @@ def alias_map(records: dict[str, Hardware]) -> dict[str, str]:
 
 @cache
 def _builtin() -> dict[str, Hardware]:
-    raw = yamlio.safe_load(resources.files("phasebench").joinpath("data/hardware.yaml").read_text())
+    raw = yamlio.load_data("hardware.yaml")
     recs = {k: _from_record(k, v) for k, v in raw.items()}
     alias_map(recs)        # duplicate or clashing aliases are an error at load time
     return recs
