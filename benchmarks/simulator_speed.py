@@ -87,7 +87,9 @@ def measure(mode: str, n: int, pycache: str) -> dict:
                "PYTHONPYCACHEPREFIX": pycache, "COLUMNS": "100"}
         env.pop("PYTHONDONTWRITEBYTECODE", None)
         out = str(Path(tmp) / "run")
-        if mode.startswith("cli"):
+        if mode == "python":
+            cmd = [sys.executable, "-c", "pass"]
+        elif mode.startswith("cli"):
             cmd = [sys.executable, "-c", CLI, "simulate", "--model", "llama-3-8b", "--hardware", "h100-sxm",
                    "--scenario", "offline", "--requests", str(n), "--input-tokens", "576:260", "--output-tokens",
                    "128", "--seed", "0", "--out", out, *(["--summary-only"] if mode == "cli-summary" else [])]
@@ -104,6 +106,8 @@ def measure(mode: str, n: int, pycache: str) -> dict:
             d = {"run_cpu_s": manifest["simulation"]["cpu_s"],
                  "iterations": manifest["simulation"]["iterations"], "completed": summary["completed"],
                  "itl_values": summary["phasebench"]["metrics"]["itl_token_ms"]["count"]}
+        elif mode == "python":
+            d = {"run_cpu_s": 0.0, "iterations": 0, "completed": 0, "itl_values": 0}
         else:
             d = json.loads(p.stdout.strip().splitlines()[-1])
     d["process_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -139,7 +143,8 @@ def main() -> None:
     for c in ("requests", "mode", "iterations", "ITL values", "run CPU-s", "req / run CPU-s", "process CPU-s",
               "(range)", "req / process CPU-s", "aim", "met"):
         t.add_column(c, justify="right")
-    cases = [(n, "start-up only (imports, catalogs; nothing simulated)", "startup", None),
+    cases = [(0, "`python -c pass` (the interpreter and this site's .pth files)", "python", None),
+             (n, "start-up only (imports, catalogs; nothing simulated)", "startup", None),
              (n, "end to end (folder written)", "full", 20_000), (n, "summary only", "summary", 200_000)]
     if not a.quick and a.large:
         cases += [(a.large, "end to end (folder written)", "full", 20_000), (a.large, "summary only", "summary", 200_000)]
@@ -158,10 +163,10 @@ def main() -> None:
             procs = [r["process_cpu_s"] for r in runs]
             proc = statistics.median(procs)
             rate = size / run_cpu if run_cpu else None
-            prate = size / proc
+            prate = size / proc if proc else 0.0
             t.add_row(f"{size:,}", name, f"{d['iterations']:,}", f"{d['itl_values']:,}", f"{run_cpu:.3f}",
                       f"{rate:,.0f}" if rate else "-", f"{proc:.3f}", f"{min(procs):.2f}–{max(procs):.2f}",
-                      f"{prate:,.0f}" if mode != "startup" else "-", f"{aim:,}" if aim else "-",
+                      f"{prate:,.0f}" if mode not in ("startup", "python") else "-", f"{aim:,}" if aim else "-",
                       ("yes" if prate >= aim else "no") if aim else "-")
     Console(width=170).print(t)
 

@@ -11,7 +11,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -643,6 +642,8 @@ def load_spec_file(path: Path) -> dict[str, Any]:
         raise SpecError(f"spec file not found: {path}") from None
     except OSError as e:
         raise SpecError(f"cannot read spec file {path}: {e.strerror}") from None
+    import yaml
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -7,17 +7,23 @@ from __future__ import annotations
 
 import marshal
 import os
+from functools import cache
 from importlib import resources
 from typing import Any
 
-import yaml
 
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+@cache
+def _loader() -> Any:
+    import yaml   # here, not at import: a process whose catalogs come from the cache never loads PyYAML (~15 ms)
+
+    return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def safe_load(text: str) -> Any:
     """``yaml.safe_load(text)``, parsed by libyaml where available."""
-    return yaml.load(text, Loader=_LOADER)  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
+    import yaml
+
+    return yaml.load(text, Loader=_loader())  # noqa: S506 - a safe loader (CSafeLoader or SafeLoader)
 
 
 def load_data(name: str) -> Any:

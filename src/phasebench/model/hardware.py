@@ -8,7 +8,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from .. import yamlio
 from ..paths import home
@@ -154,10 +153,12 @@ def catalog() -> dict[str, Hardware]:
     out = dict(_builtin())
     d = local_path().parent
     if d.is_dir():
+        from yaml import YAMLError
+
         for p in sorted(d.glob("*.yaml")):
             try:
                 out[p.stem] = _from_record(p.stem, yamlio.safe_load(p.read_text()))
-            except (ModelError, TypeError, yaml.YAMLError) as e:
+            except (ModelError, TypeError, YAMLError) as e:
                 raise ModelError(f"bad hardware record {p}: {e}") from None
     return out
 
@@ -264,6 +265,8 @@ def write_record(name: str, record: dict[str, Any]) -> Path:
     p = local_path().with_name(f"{name}.yaml")
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
+    import yaml
+
     tmp.write_text(yaml.safe_dump(record, sort_keys=False))
     tmp.replace(p)
     return p
