@@ -265,11 +265,11 @@ def test_columnar_summary_and_records_equal_the_per_record_path(tmp_path):
     from phasebench.records import read_records
     from phasebench.sim.columns import (
         _Lists,
-        _rows,
-        db_rows,
         _record_dict,
         _row_tokens,
+        _rows,
         concat,
+        db_rows,
         from_result,
         summarize_columns,
         to_records,

@@ -14,7 +14,8 @@ from typing import Any
 
 @cache
 def _loader() -> Any:
-    import yaml   # here, not at import: a process whose catalogs come from the cache never loads PyYAML (~15 ms)
+    # imported here, not at import: a process whose catalogs come from the cache never loads PyYAML (~15 ms)
+    import yaml
 
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 

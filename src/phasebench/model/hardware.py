@@ -8,7 +8,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-
 from .. import yamlio
 from ..paths import home
 from .errors import ModelError, unknown

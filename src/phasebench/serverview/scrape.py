@@ -14,8 +14,8 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from functools import cache
+from pathlib import Path
 from typing import Any, Callable
 
 import orjson
@@ -97,7 +97,8 @@ def parse_metrics(text: str, t_ns: int | None = None) -> Snapshot:
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     buckets: dict[str, dict[float, float]] = {}
-    from prometheus_client.parser import text_string_to_metric_families   # here: a run that never scrapes never loads it
+    # imported here: a run that never scrapes never loads it
+    from prometheus_client.parser import text_string_to_metric_families
 
     try:
         families = list(text_string_to_metric_families(text))
