@@ -237,13 +237,13 @@ def _simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[i
     if closed_concurrency:
         st = _Reqs([0.0] * n, ins, outs)
         pending.extend(np.flatnonzero(~followers).tolist())
-        arrive_q = deque((0.0, pending.popleft()) for _ in range(min(closed_concurrency, len(pending))))
+        arrive_q = deque(pending.popleft() for _ in range(min(closed_concurrency, len(pending))))
     else:
         a = np.where(followers, np.inf, np.asarray(arrivals, dtype=np.float64))
         al = a.tolist()
         st = _Reqs(al, ins, outs)
         order_ = np.argsort(a, kind="stable")[: n - int(followers.sum())].tolist()   # = sorted((arrival, i))
-        arrive_q = deque(zip((al[i] for i in order_), order_))
+        arrive_q = deque(order_)   # request indices in arrival order; their times are st.arrival's
     # what a completion lets in; nothing (None) in an open loop without conversations
     release = _Release(st, follow, think, pending, arrive_q, bool(closed_concurrency)) \
         if follow is not None or closed_concurrency else None
@@ -281,8 +281,8 @@ def _simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[i
     # the loop below uses no closures: every name it touches stays a fast local
 
     while done < n:
-        while arrive_q and arrive_q[0][0] <= t:
-            waiting.append(arrive_q.popleft()[1])
+        while arrive_q and arrival[arrive_q[0]] <= t:
+            waiting.append(arrive_q.popleft())
         # unstable: the queue keeps growing while requests still arrive (an offline burst is not a backlog)
         if (arrive_q and len(waiting) > max_queue) or t > max_sim:
             over = True
@@ -292,7 +292,7 @@ def _simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[i
         if not waiting and not prefilling and not decoding:
             if not arrive_q:
                 break
-            t = arrive_q[0][0]
+            t = arrival[arrive_q[0]]
             continue
         if decoding and not prefilling and not static and heap:
             # Fast-forward: while nothing can join (no free seat, or nothing waiting until the next arrival), each
@@ -311,9 +311,9 @@ def _simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[i
                 if steps > 0:
                     t_stop = max_sim
                     if seats > 0 and arrive_q:
-                        t_stop = arrive_q[0][0]               # it could be admitted: stop once it has arrived
+                        t_stop = arrival[arrive_q[0]]         # it could be admitted: stop once it has arrived
                     elif arrive_q and len(arrive_q) > max_queue - len(waiting):
-                        t_stop = min(t_stop, arrive_q[max(max_queue - len(waiting), 0)][0])   # over capacity
+                        t_stop = min(t_stop, arrival[arrive_q[max(max_queue - len(waiting), 0)]])   # over capacity
                     k = 0
                     while k < steps:
                         dt = iteration(0.0, 0.0, nd, float(sum_ctx))
@@ -422,7 +422,7 @@ def _simulate(arrivals: list[float] | np.ndarray, n_in: list[int], n_out: list[i
                 decode_now, batch = True, len(decoding)
             elif not prefilling:
                 if arrive_q:          # the queue head waits for KV nothing holds: impossible, guarded above
-                    t = max(t, arrive_q[0][0])
+                    t = max(t, arrival[arrive_q[0]])
                     continue
                 raise NeverFits("waiting requests need more KV cache than the replica has")
         dt = iteration(float(sum_n), float(sum_n2), batch, float(sum_ctx) if batch else 0.0)
@@ -502,21 +502,25 @@ class _Release:
     __slots__ = ("arrival", "arrive_q", "closed", "follow", "pending", "think")
 
     def __init__(self, st: _Reqs, follow: list[int] | None, think: list[float] | None, pending: deque[int],
-                 arrive_q: deque[tuple[float, int]], closed: bool) -> None:
+                 arrive_q: deque[int], closed: bool) -> None:
         self.arrival, self.follow, self.pending = st.arrival, follow, pending
         self.arrive_q, self.closed = arrive_q, closed
         self.think = think if think is not None else [0.0] * len(st.arrival)
+
+    def _key(self, j: int) -> tuple[float, int]:
+        return self.arrival[j], j
 
     def __call__(self, i: int, t: float) -> None:
         nxt = self.follow[i] if self.follow is not None else -1
         if nxt >= 0:
             at = t + self.think[i]
             self.arrival[nxt] = at
-            bisect.insort(self.arrive_q, (at, nxt))   # think times differ: keep the queue in time order
+            # think times differ: keep the queue in (time, index) order
+            bisect.insort(self.arrive_q, nxt, key=self._key)
         elif self.closed and self.pending:
             nxt = self.pending.popleft()
             self.arrival[nxt] = t
-            self.arrive_q.append((t, nxt))
+            self.arrive_q.append(nxt)
 
 
 def _preempt(st: _Reqs, decoding: set[int], prefilling: list[int], waiting: deque[int], n_iter: int, D: int,
