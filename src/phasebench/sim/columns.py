@@ -359,20 +359,28 @@ def write_jsonl(c: Columns, path: Path) -> None:
             w(pieces)
 
 
+def _latencies_ms(c: Columns, rows: np.ndarray | slice) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TTFT, TPOT (NaN below 2 tokens) and E2E in ms of ``rows`` (served ones), as ``metrics.ttft_ms``,
+    ``tpot_ms`` and ``e2e_ms`` compute them from a record: the same arithmetic on the same integers."""
+    first, ntok = c.first[rows], c.n_tok[rows]
+    ttft = (first - c.sched[rows]) / NS_PER_MS
+    tpot = np.where(ntok >= 2, (c.last[rows] - first) / np.maximum(ntok - 1, 1) / NS_PER_MS, np.nan)
+    e2e = (c.end[rows] - c.sched[rows]) / NS_PER_MS
+    return ttft, tpot, e2e
+
+
 def db_rows(c: Columns) -> Iterator[tuple[int, str, float | None, float | None, float | None, str | None]]:
     """The results database's request rows (``store.Store.record``'s ``request_rows``): record index, the record
     as JSON (``requests.jsonl``'s line), TTFT, TPOT and E2E in ms (``metrics.ttft_ms``/``tpot_ms``/``e2e_ms``,
     the same arithmetic on the same integers, in numpy) and the error type; without a ``RequestRecord`` built
     per request (tested equal to what recording the records stores)."""
-    ttft = ((c.first - c.sched) / NS_PER_MS).tolist()
-    e2e = ((c.end - c.sched) / NS_PER_MS).tolist()
-    many = c.n_tok >= 2
-    tpot = np.where(many, (c.last - c.first) / np.maximum(c.n_tok - 1, 1), 0.0) / NS_PER_MS
-    tpot_l, many_l, served = tpot.tolist(), many.tolist(), c.served.tolist()
+    ttft_a, tpot_a, e2e_a = _latencies_ms(c, slice(None))
+    ttft, tpot, e2e = ttft_a.tolist(), tpot_a.tolist(), e2e_a.tolist()
+    many, served = (c.n_tok >= 2).tolist(), c.served.tolist()
     for k, (i, pieces) in enumerate(zip(c.index.tolist(), _rows(c))):
         line = b"".join(pieces)[:-1].decode()
         if served[k]:
-            yield i, line, ttft[k], tpot_l[k] if many_l[k] else None, e2e[k], None
+            yield i, line, ttft[k], tpot[k] if many[k] else None, e2e[k], None
         else:
             yield i, line, None, None, None, "cancelled"
 
@@ -552,11 +560,9 @@ def summarize_columns(c: Columns, ctx: RunContext) -> dict[str, Any]:
     done_m = c.served & (c.end >= w0) & (c.end <= w1)
     in_tokens_in_win = int(c.n_in[done_m].sum())
 
-    ttft = (c.first[ok] - c.sched[ok]) / NS_PER_MS
+    ttft, tpot, e2e = _latencies_ms(c, ok)
     ntok = c.n_tok[ok]
     two = ntok >= 2
-    tpot = np.where(two, (c.last[ok] - c.first[ok]) / np.maximum(ntok - 1, 1) / NS_PER_MS, np.nan)
-    e2e = (c.end[ok] - c.sched[ok]) / NS_PER_MS
     with np.errstate(divide="ignore", invalid="ignore"):
         ptps = np.where((ttft != 0) & (c.n_in[ok] != 0), c.n_in[ok] / (ttft / 1000), np.nan)
         dtps = np.where(two & (tpot != 0), 1000 / tpot, np.nan)
