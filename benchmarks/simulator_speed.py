@@ -58,9 +58,6 @@ def child(mode: str, n: int, out: str) -> None:
     env.environment()
     if mode == "startup":
         print(json.dumps({"run_cpu_s": 0.0, "iterations": 0, "completed": 0, "itl_values": 0}))
-        import gc
-
-        gc.freeze()   # ends as every case does (below)
         return
     c0 = time.process_time()
     run = simulate_run(spec, AnalyticProfile(setup), cfg, summary_only=mode == "summary", record=mode == "db",
@@ -68,9 +65,6 @@ def child(mode: str, n: int, out: str) -> None:
     c1 = time.process_time()
     print(json.dumps({"run_cpu_s": c1 - c0, "iterations": run.manifest["simulation"]["iterations"],
                       "completed": run.summary["completed"], "itl_values": run.summary["phasebench"]["metrics"]["itl_token_ms"]["count"]}))
-    import gc
-
-    gc.freeze()   # the process ends as the CLI's does (cli.main)
 
 
 CLI = ("import sys; from phasebench.cli import main; sys.argv[0] = 'phasebench'; main()")
@@ -119,6 +113,9 @@ def main() -> None:
     if sys.argv[1:2] == ["--child"]:   # the measured process: no argparse (its import is not the simulator's)
         _, _, mode, _, n, _, out = sys.argv
         child(mode, int(n), out)
+        import gc
+
+        gc.freeze()   # the process ends as the CLI's does (cli.main)
         return
     import argparse
     import statistics
