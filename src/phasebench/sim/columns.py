@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -43,6 +43,9 @@ from ..metrics import (
 )
 from ..records import RequestRecord
 from .replica import SimResult, token_times
+
+if TYPE_CHECKING:
+    from ..store import RequestRow
 
 NS_PER_MS = 1e6
 _OPT = orjson.OPT_SERIALIZE_NUMPY
@@ -369,7 +372,7 @@ def _latencies_ms(c: Columns, rows: np.ndarray | slice) -> tuple[np.ndarray, np.
     return ttft, tpot, e2e
 
 
-def db_rows(c: Columns) -> Iterator[tuple[int, str, float | None, float | None, float | None, str | None]]:
+def db_rows(c: Columns) -> Iterator[RequestRow]:
     """The results database's request rows (``store.Store.record``'s ``request_rows``): record index, the record
     as JSON (``requests.jsonl``'s line), TTFT, TPOT and E2E in ms (``metrics.ttft_ms``/``tpot_ms``/``e2e_ms``,
     the same arithmetic on the same integers, in numpy) and the error type; without a ``RequestRecord`` built
